@@ -1,0 +1,77 @@
+"""TREC qrels (`qid 0 pid grade`) and runs (`qid Q0 pid rank score tag`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from relscope.data.lines import iter_lines, split_fields
+from relscope.data.types import Qrels, Run, ScoredDoc, sort_run
+from relscope.errors import DataError, where
+from relscope.io import atomic_write_text
+
+QRELS_LAYOUT = "qid iteration pid grade"
+RUN_LAYOUT = "qid Q0 pid rank score tag"
+
+
+def read_qrels(path: str | Path) -> Qrels:
+    """Graded judgments; a duplicate (qid, pid) or a non-integer grade is an error."""
+    qrels: Qrels = {}
+    for line, text in iter_lines(path, "qrels"):
+        qid, _, pid, grade = split_fields(text, path, line, 4, QRELS_LAYOUT)
+        try:
+            value = int(grade)
+        except ValueError:
+            raise DataError(
+                f"{where(path, line)}: grade {grade!r} is not an integer; TREC qrels grades are "
+                "integers such as 0-3"
+            ) from None
+        judged = qrels.setdefault(qid, {})
+        if pid in judged:
+            raise DataError(
+                f"{where(path, line)}: duplicate judgment for query {qid} passage {pid}; keep one"
+            )
+        judged[pid] = value
+    return qrels
+
+
+def read_run(path: str | Path) -> Run:
+    """A ranked run, best first per query (ordered by score, ties by rank)."""
+    rows: dict[str, list[tuple[int, ScoredDoc]]] = {}
+    seen: dict[tuple[str, str], int] = {}
+    for line, text in iter_lines(path, "run"):
+        qid, _, pid, rank, score, _tag = split_fields(text, path, line, 6, RUN_LAYOUT)
+        try:
+            rank_value, score_value = int(rank), float(score)
+        except ValueError:
+            raise DataError(
+                f"{where(path, line)}: rank {rank!r} must be an integer and score {score!r} a "
+                "number; fix this line"
+            ) from None
+        if (qid, pid) in seen:
+            raise DataError(
+                f"{where(path, line)}: passage {pid} appears twice for query {qid} (first on line "
+                f"{seen[qid, pid]}); a run lists each passage once per query"
+            )
+        seen[qid, pid] = line
+        rows.setdefault(qid, []).append((rank_value, ScoredDoc(pid, score_value, line)))
+    return {qid: sort_run([d for _, d in sorted(docs, key=lambda r: r[0])]) for qid, docs in rows.items()}
+
+
+def format_run(run: Run, tag: str) -> str:
+    """TREC run text; ranks follow list order (callers pass sorted lists)."""
+    out = []
+    for qid, docs in run.items():
+        for rank, doc in enumerate(docs, start=1):
+            out.append(f"{qid} Q0 {doc.pid} {rank} {doc.score:.6f} {tag}\n")
+    return "".join(out)
+
+
+def write_run(run: Run, path: str | Path, tag: str = "relscope") -> None:
+    if any(ch.isspace() for ch in tag) or not tag:
+        raise DataError(f"run tag {tag!r} must be one word without spaces")
+    atomic_write_text(path, format_run(run, tag))
+
+
+def write_qrels(qrels: Qrels, path: str | Path) -> None:
+    lines = [f"{qid} 0 {pid} {grade}\n" for qid, judged in qrels.items() for pid, grade in judged.items()]
+    atomic_write_text(path, "".join(lines))

@@ -1,0 +1,1 @@
+"""Model loading, per-family specs, scoring heads and the batched scorer."""

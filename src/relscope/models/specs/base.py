@@ -1,0 +1,94 @@
+"""ModelSpec: where a family keeps its layers, attention, MLP and projections."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from relscope.errors import ModelError
+from relscope.registry import Registry
+
+# Family-independent projection names (what users write in LoRA targets and ablations).
+PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Paths are dotted attribute paths; per-layer paths are relative to one decoder layer."""
+
+    model_type: str
+    backbone: str  # the decoder stack, whose output is the final-normed hidden state
+    layers: str  # the ModuleList of decoder layers
+    final_norm: str
+    attention: str
+    mlp: str
+    # projection name -> module path inside a layer; q/k/v may share a fused module
+    projections: dict[str, str] = field(default_factory=dict)
+    fused_qkv: bool = False  # q, k, v are slices of one Linear (Phi-3, GPT-NeoX)
+    fused_gate_up: bool = False  # gate and up are halves of one Linear (Phi-3)
+    # GPT-NeoX interleaves q/k/v per head in its fused output; Phi-3 concatenates them.
+    qkv_layout: str = "concat"
+
+    def resolve(self, root: nn.Module, path: str) -> nn.Module:
+        module = root
+        for part in path.split("."):
+            if not hasattr(module, part):
+                raise ModelError(f"{self.model_type}: no module {path!r} ({part!r} missing); fix its ModelSpec")
+            module = getattr(module, part)
+        return module
+
+    def backbone_of(self, model: nn.Module) -> nn.Module:
+        return self.resolve(model, self.backbone)
+
+    def layer_list(self, model: nn.Module) -> nn.ModuleList:
+        return self.resolve(model, self.layers)  # type: ignore[return-value]
+
+    def attention_of(self, model: nn.Module, layer: int) -> nn.Module:
+        return self.resolve(self.layer_list(model)[layer], self.attention)
+
+    def mlp_of(self, model: nn.Module, layer: int) -> nn.Module:
+        return self.resolve(self.layer_list(model)[layer], self.mlp)
+
+    def projection_of(self, model: nn.Module, layer: int, name: str) -> nn.Module:
+        if name not in self.projections:
+            have = ", ".join(self.projections)
+            raise ModelError(f"{self.model_type} has no {name!r} projection; it has: {have}")
+        return self.resolve(self.layer_list(model)[layer], self.projections[name])
+
+    def module_names(self, name: str) -> str:
+        """The leaf module name of a projection (what PEFT's target_modules matches)."""
+        return self.projections[name].rsplit(".", 1)[-1]
+
+
+SPECS: Registry[ModelSpec] = Registry("model family")
+
+
+def get_spec(config) -> ModelSpec:
+    """The spec for a model config (or a model, whose `.config` is used)."""
+    config = getattr(config, "config", config)
+    model_type = getattr(config, "model_type", None)
+    if model_type not in SPECS:
+        raise ModelError(
+            f"model family {model_type!r} is not supported; supported: {', '.join(SPECS.names())}. "
+            "Add a ModelSpec for it in relscope/models/specs/families.py"
+        )
+    return SPECS.get(model_type)
+
+
+def num_layers(config) -> int:
+    return int(config.get_text_config().num_hidden_layers)
+
+
+def num_heads(config) -> int:
+    return int(config.get_text_config().num_attention_heads)
+
+
+def num_kv_heads(config) -> int:
+    text = config.get_text_config()
+    return int(getattr(text, "num_key_value_heads", None) or text.num_attention_heads)
+
+
+def head_dim(config) -> int:
+    text = config.get_text_config()
+    return int(getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads)
