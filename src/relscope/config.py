@@ -123,3 +123,34 @@ def _coerce_scalar(hint: Any, value: Any, key: str) -> Any:
     if isinstance(hint, type) and not isinstance(value, hint):
         raise ConfigError(f"{key}: expected {hint.__name__}, got {value!r}")
     return value
+
+
+# nDCG@10, MRR@10 and MAP with NIST's "relevant" threshold of grade 2 (as the TREC DL overviews).
+DEFAULT_MEASURES = ("nDCG@10", "RR(rel=2)@10", "AP(rel=2)")
+
+
+@dataclasses.dataclass(frozen=True)
+class RerankConfig:
+    """`relscope rerank`: score a first-stage run's top-k with an LLM and evaluate it."""
+
+    model: str = "smollm2-135m-instruct"  # HF id, local folder, .gguf file or packaged alias
+    data: str | None = None  # a TREC folder (queries.tsv, collection.tsv, qrels.txt, run.bm25.txt)
+    queries: str | None = None  # explicit files override the folder's
+    collection: str | None = None
+    qrels: str | None = None
+    run: str | None = None
+    top_k: int = 100
+    template: str = "yes_no"  # yes_no | score | pairwise (see relscope.prompts.templates)
+    head: str | None = None  # default: the template's own (yes_no, linear, ab)
+    max_length: int = 512
+    max_batch_tokens: int = 8192
+    prefix_cache: bool = True
+    on_missing: Literal["error", "skip"] = "error"
+    measures: tuple[str, ...] = DEFAULT_MEASURES
+    dtype: str = "auto"
+    device: str | None = None
+
+    def __post_init__(self) -> None:
+        for key in ("top_k", "max_length", "max_batch_tokens"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"{key} must be a positive integer, got {getattr(self, key)}")

@@ -29,6 +29,7 @@ class ScoringOptions:
     max_batch_size: int = 64
     prefix_cache: bool = True  # reuse the KV cache of a prefix shared within a group
     min_prefix: int = 8  # shorter shared prefixes are not worth a separate forward
+    padding_side: str = "right"  # "left" works too (position ids then follow the mask)
 
 
 class Scorer:
@@ -66,10 +67,12 @@ class Scorer:
     # -- the two paths ---------------------------------------------------------------------
 
     def _run_plain(self, prompts, indices, out, bar) -> None:
+        left = self.options.padding_side == "left"
         for batch in self._batches(indices, [len(prompts[i]) for i in indices]):
-            ids, mask, last = self._pad([prompts[i].input_ids for i in batch])
-            hidden = self.backbone(input_ids=ids, attention_mask=mask).last_hidden_state  # (b, seq, d)
-            self._collect(hidden, last, batch, out, bar)
+            ids, mask, last = self._pad([prompts[i].input_ids for i in batch], left=left)
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)  # real tokens count from 0 on either side
+            hidden = self.backbone(input_ids=ids, attention_mask=mask, position_ids=positions).last_hidden_state
+            self._collect(hidden, last, batch, out, bar)  # hidden: (b, seq, d_model)
 
     def _run_with_prefix(self, prompts, indices, prefix_len, out, bar) -> None:
         device = self._device()
@@ -109,15 +112,17 @@ class Scorer:
             batches.append([i])
         return batches
 
-    def _pad(self, sequences: list[Sequence[int]]):
+    def _pad(self, sequences: list[Sequence[int]], left: bool = False):
+        """(ids, mask, index of each row's last real token), padded on the right or the left."""
         longest = max(len(s) for s in sequences)
         ids = torch.full((len(sequences), longest), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(sequences), longest), dtype=torch.long)
         for row, seq in enumerate(sequences):
-            ids[row, : len(seq)] = torch.tensor(seq)
-            mask[row, : len(seq)] = 1
+            cols = slice(longest - len(seq), longest) if left else slice(0, len(seq))
+            ids[row, cols] = torch.tensor(seq)
+            mask[row, cols] = 1
         self.tokens_run += sum(len(s) for s in sequences)
-        last = torch.tensor([len(s) - 1 for s in sequences])
+        last = torch.tensor([longest - 1 if left else len(s) - 1 for s in sequences])
         device = self._device()
         return ids.to(device), mask.to(device), last.to(device)
 

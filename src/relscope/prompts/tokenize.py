@@ -15,6 +15,7 @@ Truncation shortens passages only: never the query or the instruction.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -23,6 +24,8 @@ import numpy as np
 
 from relscope.errors import ConfigError, ModelError
 from relscope.prompts.templates import PromptTemplate
+
+log = logging.getLogger(__name__)
 
 INSTRUCTION, QUERY, DOCUMENT, LAST = "instruction", "query", "document", "last"
 POSITION_GROUPS = (INSTRUCTION, QUERY, DOCUMENT, LAST)
@@ -201,8 +204,12 @@ class PromptBuilder:
         prompt_ids = self.tokenizer(text, **kwargs)["input_ids"]
         full_ids = self.tokenizer(text + word, **kwargs)["input_ids"]
         if full_ids[: len(prompt_ids)] == prompt_ids and len(full_ids) > len(prompt_ids):
-            return full_ids[len(prompt_ids)]
-        return self.tokenizer(word, add_special_tokens=False)["input_ids"][0]
+            new = full_ids[len(prompt_ids):]
+        else:
+            new = self.tokenizer(word, add_special_tokens=False)["input_ids"]
+        if len(new) > 1:
+            log.warning("answer %r is %d tokens for this tokenizer; its first token is read", word, len(new))
+        return new[0]
 
 
 @dataclass(frozen=True)

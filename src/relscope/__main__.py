@@ -1,0 +1,5 @@
+import sys
+
+from relscope.cli import main
+
+sys.exit(main())

@@ -1,0 +1,114 @@
+"""The relscope command line: thin parsing over the Python API, imports deferred to the command.
+
+Errors a user can cause print one line and exit 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from relscope.config import DEFAULT_MEASURES
+from relscope.errors import RelscopeError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    try:
+        return args.handler(args)
+    except RelscopeError as err:
+        print(f"relscope: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("relscope: interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="relscope", description="How does relevance emerge inside an LLM reranker?")
+    commands = parser.add_subparsers(dest="command", required=True)
+    _add_rerank(commands.add_parser("rerank", help="rerank a first-stage run with an LLM and evaluate it"))
+    _add_evaluate(commands.add_parser("evaluate", help="evaluate a TREC run with ir_measures"))
+    return parser
+
+
+def _add_rerank(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML file of RerankConfig keys; flags given here override it")
+    p.add_argument("--model", help="HF id, local folder, .gguf file or packaged alias (default smollm2-135m-instruct)")
+    p.add_argument("--data", help="TREC folder with queries.tsv, collection.tsv, qrels.txt, run.bm25.txt "
+                                  "(default $RELSCOPE_DATA/trec-dl-2019)")
+    for name in ("queries", "collection", "qrels", "run"):
+        p.add_argument(f"--{name}", help=f"explicit {name} file (overrides the folder's)")
+    p.add_argument("--top-k", type=int, help="rerank this many first-stage passages per query (default 100)")
+    p.add_argument("--template", help="prompt template: yes_no (default), score, pairwise")
+    p.add_argument("--head", help="scoring head: yes_no, linear, ab (default: the template's)")
+    p.add_argument("--max-length", type=int, help="prompt tokens; passages are truncated to fit (default 512)")
+    p.add_argument("--max-batch-tokens", type=int, help="padded tokens per forward (default 8192)")
+    p.add_argument("--no-prefix-cache", dest="prefix_cache", action="store_const", const=False,
+                   help="do not reuse the KV cache of each query's shared prompt prefix")
+    p.add_argument("--on-missing", choices=["error", "skip"], help="a run passage without text: fail or skip")
+    p.add_argument("--measures", nargs="+", help="ir_measures strings (default nDCG@10 RR(rel=2)@10 AP(rel=2))")
+    p.add_argument("--dtype", help="auto (default), float32, bfloat16, float16")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(handler=_rerank)
+
+
+def _add_evaluate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--qrels", required=True, help="TREC qrels file")
+    p.add_argument("--run", required=True, help="TREC run file")
+    p.add_argument("--measures", nargs="+", default=list(DEFAULT_MEASURES), help="ir_measures strings")
+    p.add_argument("--per-query", action="store_true", help="also print one line per query")
+    p.set_defaults(handler=_evaluate)
+
+
+def _rerank(args: argparse.Namespace) -> int:
+    from relscope.config import RerankConfig, from_mapping, load_yaml
+    from relscope.evaluation.job import run_rerank_job
+
+    values = load_yaml(args.config) if args.config else {}
+    flags = {k: getattr(args, k) for k in ("model", "data", "queries", "collection", "qrels", "run", "top_k",
+                                              "template", "head", "max_length", "max_batch_tokens", "prefix_cache",
+                                              "on_missing", "measures", "dtype", "device")}
+    values.update({k: v for k, v in flags.items() if v is not None})
+    config = from_mapping(RerankConfig, values, args.config or "rerank options")
+    metrics = run_rerank_job(config, args.out, progress=not args.quiet)
+    _print_comparison(metrics)
+    print(f"outputs: {args.out}/ (run.trec, metrics.json, per_query.csv, manifest.json)")
+    return 0
+
+
+def _print_comparison(metrics: dict) -> None:
+    print(f"{metrics['queries']} queries, {metrics['passages_scored']} passages scored in {metrics['seconds']:.1f} s "
+          f"({metrics['passages_per_second']} passages/s, {metrics['tokens_per_second']} tokens/s)")
+    if metrics.get("passages_missing_text"):
+        print(f"{metrics['passages_missing_text']} run passages had no text and were kept below the reranked ones")
+    if "reranked" in metrics:
+        width = max(len(m) for m in metrics["reranked"]) + 2
+        print(f"{'measure':<{width}}{'first stage':>12}{'reranked':>12}")
+        for name, value in metrics["reranked"].items():
+            print(f"{name:<{width}}{metrics['first_stage'][name]:>12.4f}{value:>12.4f}")
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from relscope.data.trec import read_qrels, read_run
+    from relscope.evaluation.metrics import evaluate_run
+
+    mean, per_query = evaluate_run(read_qrels(args.qrels), read_run(args.run), args.measures)
+    if args.per_query:
+        for qid in sorted(per_query):
+            print("\t".join([qid] + [f"{per_query[qid][m]:.4f}" for m in args.measures]))
+    for name, value in mean.items():
+        print(f"{name}\tall\t{value:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Rerank a first-stage run and evaluate it the TREC way (ir_measures)."""

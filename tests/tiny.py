@@ -1,0 +1,93 @@
+"""Tiny random models and a tiny tokenizer, built offline from config, for fast tests."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    AutoModelForCausalLM,
+    Gemma3TextConfig,
+    GPTNeoXConfig,
+    LlamaConfig,
+    MistralConfig,
+    Phi3Config,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen3Config,
+)
+
+from relscope.models.load import LoadedModel
+from relscope.models.specs import get_spec
+
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text", "gpt_neox", "phi3")
+CHATML = (
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+CORPUS = [
+    "Query: what is the capital of france Passage: Paris is the capital and largest city of France.",
+    "Does the passage answer the query? Answer yes or no. Which document is more relevant? Answer A or B.",
+    "The quick brown fox jumps over the lazy dog while bananas ripen in tropical climates.",
+    "query: document: system user assistant You judge whether a passage answers a search query.",
+    "Rivers flow to the sea; mountains rise above the clouds; 0123456789 numbers and punctuation!",
+]
+
+
+@functools.lru_cache(maxsize=None)
+def _trained_tokenizer() -> Tokenizer:
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(CORPUS * 3, trainer=trainer)
+    return tok
+
+
+def tiny_tokenizer(chat: bool = True) -> PreTrainedTokenizerFast:
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(_trained_tokenizer().to_str()),
+        eos_token="<|im_end|>" if chat else "<|endoftext|>",
+        pad_token="<|endoftext|>",
+    )
+    if chat:
+        tokenizer.chat_template = CHATML
+    return tokenizer
+
+
+def tiny_config(family: str, vocab_size: int = 400):
+    common = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                  num_attention_heads=4, max_position_embeddings=1024, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    if family == "gpt_neox":
+        return GPTNeoXConfig(**common, rotary_pct=0.25, use_parallel_residual=True)
+    kv = dict(num_key_value_heads=2)
+    if family == "llama":
+        return LlamaConfig(**common, **kv)
+    if family == "mistral":
+        return MistralConfig(**common, **kv, sliding_window=None)
+    if family == "qwen2":
+        return Qwen2Config(**common, **kv)
+    if family == "qwen3":
+        return Qwen3Config(**common, **kv, head_dim=8)
+    if family == "gemma3_text":
+        return Gemma3TextConfig(**common, **kv, head_dim=8, sliding_window=16, query_pre_attn_scalar=8)
+    if family == "phi3":
+        return Phi3Config(**common, **kv)
+    raise ValueError(family)
+
+
+def tiny_model(family: str = "llama", seed: int = 0):
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(family), attn_implementation="eager")
+    return model.eval()
+
+
+def tiny_loaded(family: str = "llama", chat: bool = True, seed: int = 0) -> LoadedModel:
+    model = tiny_model(family, seed)
+    return LoadedModel(model, tiny_tokenizer(chat), get_spec(model), f"tiny-{family}", "memory")

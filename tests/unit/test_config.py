@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+import pytest
+
+from relscope.config import RerankConfig, dump_yaml, from_mapping, load_yaml
+from relscope.errors import ConfigError
+
+
+def test_unknown_key_is_named_with_the_valid_ones():
+    with pytest.raises(ConfigError, match=r"unknown key 'topk'; valid keys are: .*top_k"):
+        from_mapping(RerankConfig, {"topk": 5})
+
+
+@pytest.mark.parametrize(
+    "values,words",
+    [
+        ({"top_k": "ten"}, "top_k: expected int"),
+        ({"top_k": 0}, "top_k must be a positive integer"),
+        ({"prefix_cache": "yes"}, "expected true or false"),
+        ({"on_missing": "drop"}, "choose one of 'error', 'skip'"),
+        ({"measures": "nDCG@10"}, "expected a list"),
+    ],
+)
+def test_bad_values_are_reported_by_key(values, words):
+    with pytest.raises(ConfigError, match=words):
+        from_mapping(RerankConfig, values, "cfg.yaml")
+
+
+def test_yaml_round_trip(tmp_path):
+    config = from_mapping(RerankConfig, {"top_k": 20, "measures": ["nDCG@10"]})
+    path = tmp_path / "c.yaml"
+    path.write_text(dump_yaml(config))
+    assert from_mapping(RerankConfig, load_yaml(path)) == config
+    assert config.measures == ("nDCG@10",)
+
+
+def test_bad_yaml_names_the_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("top_k: [1,\n")
+    with pytest.raises(ConfigError, match="c.yaml: not valid YAML"):
+        load_yaml(path)
+    path.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_yaml(path)
