@@ -49,7 +49,7 @@ def _add_rerank(p: argparse.ArgumentParser) -> None:
     p.add_argument("--template", help="prompt template: yes_no (default), score, pairwise")
     p.add_argument("--head", help="scoring head: yes_no, linear, ab (default: the template's)")
     p.add_argument("--max-length", type=int, help="prompt tokens; passages are truncated to fit (default 512)")
-    p.add_argument("--max-batch-tokens", type=int, help="padded tokens per forward (default 8192)")
+    p.add_argument("--max-batch-tokens", type=int, help="padded tokens per forward (default: 1024 on CPU, 16384 on CUDA)")
     p.add_argument("--no-prefix-cache", dest="prefix_cache", action="store_const", const=False,
                    help="do not reuse the KV cache of each query's shared prompt prefix")
     p.add_argument("--on-missing", choices=["error", "skip"], help="a run passage without text: fail or skip")

@@ -143,7 +143,7 @@ class RerankConfig:
     template: str = "yes_no"  # yes_no | score | pairwise (see relscope.prompts.templates)
     head: str | None = None  # default: the template's own (yes_no, linear, ab)
     max_length: int = 512
-    max_batch_tokens: int = 8192
+    max_batch_tokens: int = 0  # padded tokens per forward; 0 = by device (1024 CPU, 16384 CUDA)
     prefix_cache: bool = True
     on_missing: Literal["error", "skip"] = "error"
     measures: tuple[str, ...] = DEFAULT_MEASURES
@@ -151,6 +151,8 @@ class RerankConfig:
     device: str | None = None
 
     def __post_init__(self) -> None:
-        for key in ("top_k", "max_length", "max_batch_tokens"):
+        for key in ("top_k", "max_length"):
             if getattr(self, key) <= 0:
                 raise ValueError(f"{key} must be a positive integer, got {getattr(self, key)}")
+        if self.max_batch_tokens < 0:
+            raise ValueError(f"max_batch_tokens must be 0 (by device) or positive, got {self.max_batch_tokens}")

@@ -1,0 +1,85 @@
+"""Slow tier: the real SmolLM2-135M-Instruct on the real TREC DL data (~2 minutes on 2 cores)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from relscope.cli import main
+from relscope.config import RerankConfig
+from relscope.data import read_groups, read_qrels, read_run, read_texts
+from relscope.data.dataset import load_rerank_dataset, resolve_files
+from relscope.evaluation.job import run_rerank_job
+from relscope.evaluation.rerank import Reranker
+from relscope.models.scoring import ScoringOptions
+
+pytestmark = pytest.mark.slow
+
+
+def test_bm25_run_evaluates_to_the_published_figure(real_data, capsys):
+    dl19 = real_data / "trec-dl-2019"
+    assert main(["evaluate", "--qrels", str(dl19 / "qrels.txt"), "--run", str(dl19 / "run.bm25.txt")]) == 0
+    out = capsys.readouterr().out
+    assert "nDCG@10\tall\t0.5058" in out
+
+
+def test_every_real_file_reads_cleanly(real_data):
+    grades = np.bincount([g for q in read_qrels(real_data / "trec-dl-2019/qrels.txt").values() for g in q.values()])
+    assert grades.tolist() == [5158, 1601, 1804, 697]
+    for year in ("trec-dl-2019", "trec-dl-2021", "trec-dl-2023"):
+        assert read_texts(real_data / year / "queries.tsv", "query")
+        assert read_texts(real_data / year / "collection.tsv", "passage")
+    assert len(read_run(real_data / "trec-dl-2021/run.bm25.txt")) == 53
+    groups = read_groups(real_data / "relevance-mi/msmarco.jsonl")
+    assert len(groups) == 183 and {n.kind for n in groups[0].negatives} == {"hard", "random"}
+
+
+def test_golden_prompts_for_smollm2(smollm2):
+    from relscope.prompts import PromptBuilder, get_template
+
+    builder = PromptBuilder(smollm2.tokenizer, get_template("yes_no"))
+    prompt = builder.build("capital of france", ["Paris is the capital of France."])
+    assert list(prompt.input_ids) == [
+        1, 9690, 198, 2683, 8048, 1991, 253, 7429, 5360, 253, 3179, 8520, 30, 2, 198, 1, 4093, 198, 22731, 42,
+        3575, 282, 275, 8603, 198, 17911, 473, 42, 7042, 314, 260, 3575, 282, 4649, 30, 198, 14748, 260, 7429,
+        2988, 260, 8520, 47, 19842, 9805, 355, 787, 30, 2, 198, 1, 520, 9531, 198,
+    ]
+    assert [(s.group, s.start, s.end) for s in prompt.spans] == [
+        ("instruction", 0, 20), ("query", 20, 24), ("instruction", 24, 28), ("document", 28, 35),
+        ("instruction", 35, 53), ("last", 53, 54),
+    ]
+    assert builder.answer_ids == (10407, 4607)  # "yes", "no"
+    pair = PromptBuilder(smollm2.tokenizer, get_template("pairwise"))
+    prompt = pair.build("capital of france", ["Paris is in France.", "Bananas are yellow."])
+    assert [(s.group, s.start, s.end, s.index) for s in prompt.spans] == [
+        ("instruction", 0, 22, 0), ("query", 22, 26, 0), ("instruction", 26, 30, 0), ("document", 30, 35, 0),
+        ("instruction", 35, 39, 0), ("document", 39, 44, 1), ("instruction", 44, 64, 0), ("last", 64, 65, 0),
+    ]
+    assert pair.answer_ids == (49, 50)  # "A", "B"
+
+
+def test_prefix_cache_and_padding_match_single_forwards_on_the_real_model(smollm2, real_data):
+    data = load_rerank_dataset(resolve_files(real_data / "trec-dl-2019"), top_k=8)
+    qid = next(iter(data.run))
+    texts = [data.passages[d.pid] for d in data.run[qid][:8]]
+    scores = {}
+    for name, options in {"prefix": ScoringOptions(), "plain": ScoringOptions(prefix_cache=False),
+                          "single": ScoringOptions(prefix_cache=False, max_batch_size=1)}.items():
+        reranker = Reranker.build(smollm2, options=options, progress=False)
+        prompts = [reranker.builder.build(data.queries[qid], [t]) for t in texts]
+        scores[name] = reranker.scorer.score(prompts, [qid] * len(prompts))
+    np.testing.assert_allclose(scores["prefix"], scores["single"], atol=2e-4)
+    np.testing.assert_allclose(scores["plain"], scores["single"], atol=2e-4)
+
+
+def test_rerank_job_on_five_dl19_queries(smollm2, real_data, tmp_path):
+    dl19 = real_data / "trec-dl-2019"
+    run = read_run(dl19 / "run.bm25.txt")
+    subset = tmp_path / "run5.txt"
+    subset.write_text("".join(f"{q} Q0 {d.pid} {i + 1} {d.score} bm25\n"
+                              for q in sorted(run)[:5] for i, d in enumerate(run[q])))
+    config = RerankConfig(data=str(dl19), run=str(subset), top_k=10)
+    metrics = run_rerank_job(config, tmp_path / "out", progress=False)
+    assert metrics["queries"] == 5 and metrics["passages_scored"] == 50
+    assert 0.0 < metrics["reranked"]["nDCG@10"] <= 1.0
+    assert len(read_run(tmp_path / "out" / "run.trec")) == 5

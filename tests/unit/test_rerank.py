@@ -1,0 +1,98 @@
+"""Reranking a run end to end on a tiny model: every output, the tail kept, pairwise aggregation."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from relscope.cli import main
+from relscope.config import RerankConfig
+from relscope.data import ScoredDoc, read_run
+from relscope.evaluation.job import run_rerank_job
+from relscope.evaluation.rerank import _aggregate, _merge
+
+
+def test_rerank_job_writes_every_output(tiny_model_dir, trec_dir, tmp_path):
+    out = tmp_path / "out"
+    config = RerankConfig(model=str(tiny_model_dir), data=str(trec_dir), top_k=3)
+    metrics = run_rerank_job(config, out, progress=False)
+    assert {p.name for p in out.iterdir()} == {"config.yaml", "run.trec", "metrics.json", "per_query.csv",
+                                                  "manifest.json"}
+    run = read_run(out / "run.trec")
+    first = read_run(trec_dir / "run.bm25.txt")
+    for qid in first:  # same passages; beyond top-3 the first-stage order is kept below
+        assert sorted(d.pid for d in run[qid]) == sorted(d.pid for d in first[qid])
+        assert [d.pid for d in run[qid][3:]] == [d.pid for d in first[qid][3:]]
+    assert metrics["passages_scored"] == 6 and metrics["first_stage"]["nDCG@10"] > 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["template_hash"] and set(manifest["data"]) == {"queries", "collection", "qrels", "run"}
+    assert len(manifest["data"]["run"]["sha256"]) == 64
+    assert (out / "per_query.csv").read_text().splitlines()[0].startswith("qid,first_stage:nDCG@10")
+
+
+def test_prefix_cache_does_not_change_the_ranking(tiny_model_dir, trec_dir, tmp_path):
+    runs = []
+    for cache in (True, False):
+        config = RerankConfig(model=str(tiny_model_dir), data=str(trec_dir), top_k=4, prefix_cache=cache)
+        run_rerank_job(config, tmp_path / str(cache), progress=False)
+        runs.append(read_run(tmp_path / str(cache) / "run.trec"))
+    assert {q: [d.pid for d in docs] for q, docs in runs[0].items()} == {
+        q: [d.pid for d in docs] for q, docs in runs[1].items()}
+
+
+def test_pairwise_rerank_scores_every_ordered_pair(tiny_model_dir, trec_dir, tmp_path):
+    config = RerankConfig(model=str(tiny_model_dir), data=str(trec_dir), top_k=3, template="pairwise")
+    metrics = run_rerank_job(config, tmp_path / "pw", progress=False)
+    assert metrics["prompts_scored"] == 2 * 3 * 2 and metrics["passages_scored"] == 6
+
+
+def test_pairwise_aggregation_is_the_symmetric_sum():
+    cands = {"q": [ScoredDoc("a", 0), ScoredDoc("b", 0)]}
+    # a beats b strongly in both orders
+    owners = [("q", (0, 1)), ("q", (1, 0))]
+    totals = _aggregate(cands, owners, np.array([4.0, -4.0]), pairwise=True)
+    assert totals["q"][0] > 1.9 and totals["q"][1] < 0.1
+    assert totals["q"].sum() == pytest.approx(2.0)
+
+
+def test_merge_puts_unscored_passages_below_in_first_stage_order():
+    first = [ScoredDoc(p, 10 - i) for i, p in enumerate("abcde")]
+    scored = [first[0], first[2], first[1]]
+    merged = _merge(first, scored, np.array([0.1, 0.9, 0.5]), top_k=3)
+    assert [d.pid for d in merged] == ["c", "b", "a", "d", "e"]
+    assert all(x.score > y.score for x, y in zip(merged, merged[1:]))
+
+
+def test_cli_rerank_and_evaluate(tiny_model_dir, trec_dir, tmp_path, capsys):
+    out = tmp_path / "cli"
+    assert main(["rerank", "--model", str(tiny_model_dir), "--data", str(trec_dir), "--top-k", "2",
+                 "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "first stage" in printed and "nDCG@10" in printed
+    assert main(["evaluate", "--qrels", str(trec_dir / "qrels.txt"), "--run", str(out / "run.trec"),
+                 "--measures", "nDCG@10", "P@1"]) == 0
+    assert "P@1\tall\t" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args,words", [
+    (["rerank", "--data", "/nowhere", "--out", "x"], "data folder not found"),
+    (["rerank", "--top-k", "0", "--out", "x"], "top_k must be a positive integer"),
+    (["evaluate", "--qrels", "/nowhere", "--run", "/nowhere"], "qrels file not found"),
+])
+def test_cli_errors_are_one_line_without_traceback(args, words, capsys, trec_dir):
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("relscope: error:") and words in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_cli_bad_measure_and_bad_config_key(trec_dir, tmp_path, capsys):
+    assert main(["evaluate", "--qrels", str(trec_dir / "qrels.txt"), "--run", str(trec_dir / "run.bm25.txt"),
+                 "--measures", "nDCG@ten"]) == 2
+    assert "not an ir_measures measure" in capsys.readouterr().err
+    config = tmp_path / "c.yaml"
+    config.write_text("topk: 3\n")
+    assert main(["rerank", "--config", str(config), "--out", str(tmp_path / "o")]) == 2
+    assert "unknown key 'topk'" in capsys.readouterr().err
