@@ -45,6 +45,7 @@ def _add_rerank(p: argparse.ArgumentParser) -> None:
                                   "(default $RELSCOPE_DATA/trec-dl-2019)")
     for name in ("queries", "collection", "qrels", "run"):
         p.add_argument(f"--{name}", help=f"explicit {name} file (overrides the folder's)")
+    p.add_argument("--rankllm", help="a rank_llm request json (queries, candidates and their text) instead")
     p.add_argument("--top-k", type=int, help="rerank this many first-stage passages per query (default 100)")
     p.add_argument("--template", help="prompt template: yes_no (default), score, pairwise")
     p.add_argument("--head", help="scoring head: yes_no, linear, ab (default: the template's)")
@@ -74,7 +75,7 @@ def _rerank(args: argparse.Namespace) -> int:
     from relscope.evaluation.job import run_rerank_job
 
     values = load_yaml(args.config) if args.config else {}
-    flags = {k: getattr(args, k) for k in ("model", "data", "queries", "collection", "qrels", "run", "top_k",
+    flags = {k: getattr(args, k) for k in ("model", "data", "queries", "collection", "qrels", "run", "rankllm", "top_k",
                                               "template", "head", "max_length", "max_batch_tokens", "prefix_cache",
                                               "on_missing", "measures", "dtype", "device")}
     values.update({k: v for k, v in flags.items() if v is not None})

@@ -139,6 +139,7 @@ class RerankConfig:
     collection: str | None = None
     qrels: str | None = None
     run: str | None = None
+    rankllm: str | None = None  # a rank_llm request json (queries, candidates, text) instead of the above
     top_k: int = 100
     template: str = "yes_no"  # yes_no | score | pairwise (see relscope.prompts.templates)
     head: str | None = None  # default: the template's own (yes_no, linear, ab)

@@ -96,3 +96,16 @@ def test_cli_bad_measure_and_bad_config_key(trec_dir, tmp_path, capsys):
     config.write_text("topk: 3\n")
     assert main(["rerank", "--config", str(config), "--out", str(tmp_path / "o")]) == 2
     assert "unknown key 'topk'" in capsys.readouterr().err
+
+
+def test_rerank_from_a_rankllm_file(tiny_model_dir, trec_dir, tmp_path):
+    from relscope.data import read_texts, write_rankllm
+
+    first = read_run(trec_dir / "run.bm25.txt")
+    passages = read_texts(trec_dir / "collection.tsv")
+    write_rankllm(first, read_texts(trec_dir / "queries.tsv"), passages, tmp_path / "req.json")
+    config = RerankConfig(model=str(tiny_model_dir), rankllm=str(tmp_path / "req.json"),
+                          qrels=str(trec_dir / "qrels.txt"), top_k=3)
+    metrics = run_rerank_job(config, tmp_path / "rl", progress=False)
+    assert metrics["passages_scored"] == 6 and "reranked" in metrics
+    assert "rankllm" in json.loads((tmp_path / "rl" / "manifest.json").read_text())["data"]

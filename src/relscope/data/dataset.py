@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from relscope.data.msmarco import read_texts
+from relscope.data.rankllm import read_rankllm
 from relscope.data.trec import read_qrels, read_run
 from relscope.data.types import Qrels, Run
 from relscope.errors import DataError, where
@@ -89,3 +90,12 @@ def load_rerank_dataset(files: dict[str, Path], top_k: int, on_missing: str = "e
         )
     qrels = read_qrels(files["qrels"]) if "qrels" in files else None
     return RerankDataset(queries, passages, run, qrels, dict(files), missing)
+
+
+def load_rankllm_dataset(path: Path, top_k: int, qrels: Path | None = None) -> RerankDataset:
+    """A rank_llm request file carries queries, the run and passage text in one json."""
+    if top_k <= 0:
+        raise DataError(f"top_k must be a positive integer, got {top_k}")
+    data = read_rankllm(path)
+    files = {"rankllm": Path(path), **({"qrels": Path(qrels)} if qrels else {})}
+    return RerankDataset(data.queries, data.passages, data.run, read_qrels(qrels) if qrels else None, files)

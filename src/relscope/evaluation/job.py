@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 
 from relscope.config import RerankConfig, dump_yaml, to_mapping
-from relscope.data.dataset import data_root, load_rerank_dataset, resolve_files
+from relscope.data.dataset import RerankDataset, data_root, load_rankllm_dataset, load_rerank_dataset, resolve_files
 from relscope.data.trec import write_run
 from relscope.evaluation.metrics import evaluate_run
 from relscope.evaluation.rerank import Reranker, rerank
@@ -28,11 +28,17 @@ def dataset_files(config: RerankConfig) -> dict[str, Path]:
     return resolve_files(Path(folder) if folder else None, **{k: Path(v) if v else None for k, v in explicit.items()})
 
 
+def load_dataset(config: RerankConfig) -> RerankDataset:
+    if config.rankllm:
+        return load_rankllm_dataset(Path(config.rankllm), config.top_k, Path(config.qrels) if config.qrels else None)
+    return load_rerank_dataset(dataset_files(config), config.top_k, config.on_missing)
+
+
 def run_rerank_job(config: RerankConfig, out_dir: str | Path, progress: bool = True) -> dict:
     """Writes config.yaml, run.trec, metrics.json, per_query.csv and manifest.json to out_dir."""
     out = Path(out_dir)
-    files = dataset_files(config)  # fail on missing data before loading a model
-    dataset = load_rerank_dataset(files, config.top_k, config.on_missing)
+    dataset = load_dataset(config)  # fail on bad data before loading a model
+    files = dataset.files
     loaded = load_model(config.model, dtype=config.dtype, device=config.device)
     options = ScoringOptions(max_batch_tokens=config.max_batch_tokens, prefix_cache=config.prefix_cache)
     reranker = Reranker.build(loaded, config.template, config.head, config.max_length, options, progress)
