@@ -1,0 +1,90 @@
+"""Training groups from real judgments: one positive and n negatives, seeded and reproducible.
+
+Positives are judged passages with grade >= min_grade. Hard negatives come from a
+first-stage run (judged 0 or unjudged); without a run, from the judged-0 passages (pooled
+from many systems, so they are hard too). Random negatives come from the collection.
+Pairs whose passage has no text are skipped and counted, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from relscope.data.groups import NegativePassage, TrainingGroup
+from relscope.data.types import Qrels, Run
+from relscope.errors import DataError
+
+
+@dataclass
+class GroupReport:
+    queries: int = 0
+    queries_without_positive: int = 0
+    groups: int = 0
+    hard_negatives: int = 0
+    random_negatives: int = 0
+    skipped_missing_text: int = 0  # judged pairs whose passage has no text
+    notes: list[str] = field(default_factory=list)
+
+
+def build_groups(
+    queries: dict[str, str],
+    qrels: Qrels,
+    passages: dict[str, str],
+    run: Run | None = None,
+    negatives: int = 7,
+    hard_fraction: float = 1.0,
+    min_grade: int = 2,
+    hard_depth: int = 100,
+    seed: int = 0,
+) -> tuple[list[TrainingGroup], GroupReport]:
+    """One group per positive passage; hard negatives first, topped up with random ones."""
+    if negatives < 1 or not 0.0 <= hard_fraction <= 1.0:
+        raise DataError(f"need negatives >= 1 and 0 <= hard_fraction <= 1, got {negatives}, {hard_fraction}")
+    report = GroupReport()
+    pool = sorted(passages)
+    groups: list[TrainingGroup] = []
+    for qid in sorted(qrels, key=_natural):
+        if qid not in queries:
+            raise DataError(f"query {qid} is judged in the qrels but absent from the queries file; use matching files")
+        report.queries += 1
+        judged = qrels[qid]
+        report.skipped_missing_text += sum(pid not in passages for pid in judged)
+        positives = sorted((p for p, g in judged.items() if g >= min_grade and p in passages), key=_natural)
+        if not positives:
+            report.queries_without_positive += 1
+            continue
+        hard_pool = _hard_pool(qid, judged, passages, run, hard_depth)
+        for pid in positives:
+            rng = random.Random(f"{seed}:{qid}:{pid}")  # str seeds are stable across runs and processes
+            chosen = _negatives(rng, hard_pool, pool, judged, negatives, hard_fraction)
+            report.hard_negatives += sum(n.kind == "hard" for n in chosen)
+            report.random_negatives += sum(n.kind == "random" for n in chosen)
+            groups.append(TrainingGroup(qid, queries[qid], (passages[pid],),
+                                        tuple(NegativePassage(passages[n.pid], n.kind, n.pid) for n in chosen)))
+    report.groups = len(groups)
+    if not groups:
+        raise DataError(f"no training groups: no judged passage with text has grade >= {min_grade}; "
+                        "check the qrels/collection pair or lower min_grade")
+    return groups, report
+
+
+def _hard_pool(qid: str, judged: dict[str, int], passages: dict[str, str], run: Run | None, depth: int) -> list[str]:
+    if run is not None and qid in run:
+        return [d.pid for d in run[qid][:depth] if judged.get(d.pid, 0) == 0 and d.pid in passages]
+    return sorted((p for p, g in judged.items() if g == 0 and p in passages), key=_natural)
+
+
+def _negatives(rng: random.Random, hard_pool: list[str], pool: list[str], judged: dict[str, int], n: int,
+               hard_fraction: float) -> list[NegativePassage]:
+    n_hard = min(round(n * hard_fraction), len(hard_pool))
+    chosen = [NegativePassage("", "hard", pid) for pid in rng.sample(hard_pool, n_hard)]
+    taken = {c.pid for c in chosen}
+    candidates = [p for p in pool if judged.get(p, 0) == 0 and p not in taken]
+    for pid in rng.sample(candidates, min(n - n_hard, len(candidates))):
+        chosen.append(NegativePassage("", "random", pid))
+    return chosen
+
+
+def _natural(ident: str):
+    return (0, int(ident), "") if ident.isdigit() else (1, 0, ident)

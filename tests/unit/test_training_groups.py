@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import pytest
+
+from relscope.data import ScoredDoc
+from relscope.data.training import build_groups
+from relscope.errors import DataError
+
+QUERIES = {"1": "capital of france", "2": "yellow bananas", "3": "no positives here"}
+PASSAGES = {f"p{i}": f"passage number {i}" for i in range(20)}
+QRELS = {
+    "1": {"p0": 3, "p1": 2, "p2": 1, "p3": 0, "p4": 0, "ghost": 3},
+    "2": {"p5": 2, "p6": 0},
+    "3": {"p7": 1},
+}
+RUN = {"1": [ScoredDoc(p, 10 - i) for i, p in enumerate(["p3", "p0", "p8", "p2", "p9"])]}
+
+
+def test_groups_have_one_positive_and_the_asked_negatives():
+    groups, report = build_groups(QUERIES, QRELS, PASSAGES, RUN, negatives=3, seed=1)
+    assert [(g.qid, g.positives[0]) for g in groups] == [
+        ("1", "passage number 0"), ("1", "passage number 1"), ("2", "passage number 5")]
+    assert all(len(g.negatives) == 3 for g in groups)
+    assert report.skipped_missing_text == 1 and report.queries_without_positive == 1
+    for g in groups:  # never a passage judged relevant (grade >= 1) as a negative
+        judged = QRELS[g.qid]
+        assert all(judged.get(n.pid, 0) == 0 for n in g.negatives)
+    hard = [n.pid for n in groups[0].negatives if n.kind == "hard"]
+    assert set(hard) <= {"p3", "p8", "p9"}  # from the run: judged 0 or unjudged, never p2 (grade 1)
+
+
+def test_without_a_run_hard_negatives_are_the_judged_zero_passages():
+    groups, _ = build_groups(QUERIES, QRELS, PASSAGES, negatives=4, seed=0)
+    first = groups[0]
+    assert {n.pid for n in first.negatives if n.kind == "hard"} == {"p3", "p4"}
+    assert sum(n.kind == "random" for n in first.negatives) == 2
+
+
+def test_same_seed_same_groups_other_seed_other_groups():
+    a, _ = build_groups(QUERIES, QRELS, PASSAGES, negatives=5, hard_fraction=0.0, seed=7)
+    b, _ = build_groups(QUERIES, QRELS, PASSAGES, negatives=5, hard_fraction=0.0, seed=7)
+    c, _ = build_groups(QUERIES, QRELS, PASSAGES, negatives=5, hard_fraction=0.0, seed=8)
+    assert a == b and a != c
+
+
+def test_empty_training_set_and_bad_arguments_fail_clearly():
+    with pytest.raises(DataError, match="no training groups"):
+        build_groups(QUERIES, {"3": {"p7": 1}}, PASSAGES)
+    with pytest.raises(DataError, match="negatives >= 1"):
+        build_groups(QUERIES, QRELS, PASSAGES, negatives=0)
+    with pytest.raises(DataError, match="query 9 is judged"):
+        build_groups(QUERIES, {"9": {"p1": 2}}, PASSAGES)
+
+
+@pytest.mark.slow
+def test_real_dl21_and_dl23_groups(real_data):
+    from relscope.data import read_qrels, read_run, read_texts
+
+    for year, has_run in (("trec-dl-2021", True), ("trec-dl-2023", False)):
+        folder = real_data / year
+        run = read_run(folder / "run.bm25.txt") if has_run else None
+        groups, report = build_groups(read_texts(folder / "queries.tsv"), read_qrels(folder / "qrels.txt"),
+                                      read_texts(folder / "collection.tsv"), run, negatives=7)
+        assert report.groups == len(groups) > 100 and report.skipped_missing_text > 0
