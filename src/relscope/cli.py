@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     _add_rerank(commands.add_parser("rerank", help="rerank a first-stage run with an LLM and evaluate it"))
     _add_evaluate(commands.add_parser("evaluate", help="evaluate a TREC run with ir_measures"))
+    _add_groups(commands.add_parser("groups", help="build training groups (Tevatron jsonl) from judgments"))
     return parser
 
 
@@ -68,6 +69,44 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--measures", nargs="+", default=list(DEFAULT_MEASURES), help="ir_measures strings")
     p.add_argument("--per-query", action="store_true", help="also print one line per query")
     p.set_defaults(handler=_evaluate)
+
+
+def _add_groups(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", action="append", required=True,
+                   help="TREC folder with queries.tsv, collection.tsv, qrels.txt (and run.bm25.txt for hard "
+                        "negatives); repeat to combine years, e.g. --data dl21 --data dl23")
+    p.add_argument("--negatives", type=int, default=7, help="negatives per positive (default 7)")
+    p.add_argument("--hard-fraction", type=float, default=1.0, help="share of hard negatives (default 1.0)")
+    p.add_argument("--min-grade", type=int, default=2, help="lowest grade counted as positive (default 2)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output .jsonl")
+    p.set_defaults(handler=_groups)
+
+
+def _groups(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from relscope.data import read_qrels, read_run, read_texts, write_groups
+    from relscope.data.lines import require_file
+    from relscope.data.training import build_groups
+
+    groups = []
+    for folder in map(Path, args.data):
+        run_file = folder / "run.bm25.txt"
+        built, report = build_groups(
+            read_texts(require_file(folder / "queries.tsv", "queries"), "query"),
+            read_qrels(folder / "qrels.txt"),
+            read_texts(require_file(folder / "collection.tsv", "collection"), "passage"),
+            read_run(run_file) if run_file.is_file() else None,
+            args.negatives, args.hard_fraction, args.min_grade, seed=args.seed,
+        )
+        groups += built
+        print(f"{folder}: {report.queries} queries, {report.groups} groups, {report.hard_negatives} hard + "
+              f"{report.random_negatives} random negatives; {report.skipped_missing_text} judged pairs skipped "
+              f"(no text); {report.queries_without_positive} queries without a positive")
+    write_groups(groups, args.out)
+    print(f"{len(groups)} groups -> {args.out}")
+    return 0
 
 
 def _rerank(args: argparse.Namespace) -> int:

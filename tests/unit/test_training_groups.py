@@ -62,3 +62,13 @@ def test_real_dl21_and_dl23_groups(real_data):
         groups, report = build_groups(read_texts(folder / "queries.tsv"), read_qrels(folder / "qrels.txt"),
                                       read_texts(folder / "collection.tsv"), run, negatives=7)
         assert report.groups == len(groups) > 100 and report.skipped_missing_text > 0
+
+
+def test_cli_groups_writes_tevatron_jsonl(trec_dir, tmp_path, capsys):
+    from relscope.cli import main
+    from relscope.data import read_groups
+
+    assert main(["groups", "--data", str(trec_dir), "--negatives", "2", "--out", str(tmp_path / "g.jsonl")]) == 0
+    groups = read_groups(tmp_path / "g.jsonl")
+    assert len(groups) == 2 and all(len(g.negatives) == 2 for g in groups)
+    assert "2 groups" in capsys.readouterr().out
