@@ -51,7 +51,8 @@ def _add_rerank(p: argparse.ArgumentParser) -> None:
     p.add_argument("--template", help="prompt template: yes_no (default), score, pairwise")
     p.add_argument("--head", help="scoring head: yes_no, linear, ab (default: the template's)")
     p.add_argument("--max-length", type=int, help="prompt tokens; passages are truncated to fit (default 512)")
-    p.add_argument("--max-batch-tokens", type=int, help="padded tokens per forward (default: 1024 on CPU, 16384 on CUDA)")
+    p.add_argument("--max-batch-tokens", type=int,
+                   help="padded tokens per forward (default: 1024 on CPU, 16384 on CUDA)")
     p.add_argument("--no-prefix-cache", dest="prefix_cache", action="store_const", const=False,
                    help="do not reuse the KV cache of each query's shared prompt prefix")
     p.add_argument("--on-missing", choices=["error", "skip"], help="a run passage without text: fail or skip")
@@ -87,16 +88,15 @@ def _groups(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from relscope.data import read_qrels, read_run, read_texts, write_groups
-    from relscope.data.lines import require_file
     from relscope.data.training import build_groups
 
     groups = []
     for folder in map(Path, args.data):
         run_file = folder / "run.bm25.txt"
         built, report = build_groups(
-            read_texts(require_file(folder / "queries.tsv", "queries"), "query"),
+            read_texts(folder / "queries.tsv", "query"),
             read_qrels(folder / "qrels.txt"),
-            read_texts(require_file(folder / "collection.tsv", "collection"), "passage"),
+            read_texts(folder / "collection.tsv", "passage"),
             read_run(run_file) if run_file.is_file() else None,
             args.negatives, args.hard_fraction, args.min_grade, seed=args.seed,
         )
@@ -110,13 +110,13 @@ def _groups(args: argparse.Namespace) -> int:
 
 
 def _rerank(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from relscope.config import RerankConfig, from_mapping, load_yaml
     from relscope.evaluation.job import run_rerank_job
 
     values = load_yaml(args.config) if args.config else {}
-    flags = {k: getattr(args, k) for k in ("model", "data", "queries", "collection", "qrels", "run", "rankllm", "top_k",
-                                              "template", "head", "max_length", "max_batch_tokens", "prefix_cache",
-                                              "on_missing", "measures", "dtype", "device")}
+    flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(RerankConfig)}  # one flag per config key
     values.update({k: v for k, v in flags.items() if v is not None})
     config = from_mapping(RerankConfig, values, args.config or "rerank options")
     metrics = run_rerank_job(config, args.out, progress=not args.quiet)

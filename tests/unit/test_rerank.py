@@ -60,7 +60,7 @@ def test_pairwise_aggregation_is_the_symmetric_sum():
 def test_merge_puts_unscored_passages_below_in_first_stage_order():
     first = [ScoredDoc(p, 10 - i) for i, p in enumerate("abcde")]
     scored = [first[0], first[2], first[1]]
-    merged = _merge(first, scored, np.array([0.1, 0.9, 0.5]), top_k=3)
+    merged = _merge(first, scored, np.array([0.1, 0.9, 0.5]))
     assert [d.pid for d in merged] == ["c", "b", "a", "d", "e"]
     assert all(x.score > y.score for x, y in zip(merged, merged[1:]))
 

@@ -67,8 +67,7 @@ def load_rerank_dataset(files: dict[str, Path], top_k: int, on_missing: str = "e
     A run passage absent from the collection is an error by default; with
     on_missing="skip" it is counted, reported and kept below the reranked ones.
     """
-    if top_k <= 0:
-        raise DataError(f"top_k must be a positive integer, got {top_k}")
+    _check_top_k(top_k)
     run = read_run(files["run"])
     queries = read_texts(files["queries"], "query")
     unknown = [q for q in run if q not in queries]
@@ -94,8 +93,12 @@ def load_rerank_dataset(files: dict[str, Path], top_k: int, on_missing: str = "e
 
 def load_rankllm_dataset(path: Path, top_k: int, qrels: Path | None = None) -> RerankDataset:
     """A rank_llm request file carries queries, the run and passage text in one json."""
-    if top_k <= 0:
-        raise DataError(f"top_k must be a positive integer, got {top_k}")
+    _check_top_k(top_k)
     data = read_rankllm(path)
     files = {"rankllm": Path(path), **({"qrels": Path(qrels)} if qrels else {})}
     return RerankDataset(data.queries, data.passages, data.run, read_qrels(qrels) if qrels else None, files)
+
+
+def _check_top_k(top_k: int) -> None:
+    if top_k <= 0:
+        raise DataError(f"top_k must be a positive integer, got {top_k}")

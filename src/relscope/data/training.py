@@ -9,10 +9,10 @@ Pairs whose passage has no text are skipped and counted, never silently dropped.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from relscope.data.groups import NegativePassage, TrainingGroup
-from relscope.data.types import Qrels, Run
+from relscope.data.types import Qrels, Run, natural_key
 from relscope.errors import DataError
 
 
@@ -24,7 +24,6 @@ class GroupReport:
     hard_negatives: int = 0
     random_negatives: int = 0
     skipped_missing_text: int = 0  # judged pairs whose passage has no text
-    notes: list[str] = field(default_factory=list)
 
 
 def build_groups(
@@ -44,13 +43,13 @@ def build_groups(
     report = GroupReport()
     pool = sorted(passages)
     groups: list[TrainingGroup] = []
-    for qid in sorted(qrels, key=_natural):
+    for qid in sorted(qrels, key=natural_key):
         if qid not in queries:
             raise DataError(f"query {qid} is judged in the qrels but absent from the queries file; use matching files")
         report.queries += 1
         judged = qrels[qid]
         report.skipped_missing_text += sum(pid not in passages for pid in judged)
-        positives = sorted((p for p, g in judged.items() if g >= min_grade and p in passages), key=_natural)
+        positives = sorted((p for p, g in judged.items() if g >= min_grade and p in passages), key=natural_key)
         if not positives:
             report.queries_without_positive += 1
             continue
@@ -72,7 +71,7 @@ def build_groups(
 def _hard_pool(qid: str, judged: dict[str, int], passages: dict[str, str], run: Run | None, depth: int) -> list[str]:
     if run is not None and qid in run:
         return [d.pid for d in run[qid][:depth] if judged.get(d.pid, 0) == 0 and d.pid in passages]
-    return sorted((p for p, g in judged.items() if g == 0 and p in passages), key=_natural)
+    return sorted((p for p, g in judged.items() if g == 0 and p in passages), key=natural_key)
 
 
 def _negatives(rng: random.Random, hard_pool: list[str], pool: list[str], judged: dict[str, int], n: int,
@@ -84,7 +83,3 @@ def _negatives(rng: random.Random, hard_pool: list[str], pool: list[str], judged
     for pid in rng.sample(candidates, min(n - n_hard, len(candidates))):
         chosen.append(NegativePassage("", "random", pid))
     return chosen
-
-
-def _natural(ident: str):
-    return (0, int(ident), "") if ident.isdigit() else (1, 0, ident)

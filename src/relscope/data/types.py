@@ -26,6 +26,11 @@ def sort_run(docs: list[ScoredDoc]) -> list[ScoredDoc]:
     return sorted(docs, key=lambda d: -d.score)
 
 
+def natural_key(ident: str) -> tuple[int, int, str]:
+    """Sort ids numerically when they are numbers ("2" before "10"), else as text."""
+    return (0, int(ident), "") if ident.isdigit() else (1, 0, ident)
+
+
 def run_scores(run: Run) -> dict[str, dict[str, float]]:
     """The dict-of-dicts form ir_measures takes."""
     return {qid: {d.pid: d.score for d in docs} for qid, docs in run.items()}

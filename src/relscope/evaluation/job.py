@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import csv
 import io
-import logging
 from pathlib import Path
 
 from relscope.config import RerankConfig, dump_yaml, to_mapping
 from relscope.data.dataset import RerankDataset, data_root, load_rankllm_dataset, load_rerank_dataset, resolve_files
 from relscope.data.trec import write_run
+from relscope.data.types import natural_key
 from relscope.evaluation.metrics import evaluate_run
 from relscope.evaluation.rerank import Reranker, rerank
 from relscope.io import atomic_write_json, atomic_write_text
 from relscope.manifest import build_manifest
 from relscope.models.load import load_model
 from relscope.models.scoring import ScoringOptions
-
-log = logging.getLogger(__name__)
 
 
 def dataset_files(config: RerankConfig) -> dict[str, Path]:
@@ -84,7 +82,7 @@ def per_query_csv(per_query: dict[str, dict[str, dict[str, float]]], measures) -
     writer = csv.writer(buffer, lineterminator="\n")
     runs = list(per_query)
     writer.writerow(["qid"] + [f"{run}:{m}" for run in runs for m in measures])
-    qids = sorted(set().union(*(per_query[r] for r in runs)), key=_natural)
+    qids = sorted(set().union(*(per_query[r] for r in runs)), key=natural_key)
     for qid in qids:
         writer.writerow([qid] + [_fmt(per_query[r].get(qid, {}).get(m)) for r in runs for m in measures])
     return buffer.getvalue()
@@ -92,7 +90,3 @@ def per_query_csv(per_query: dict[str, dict[str, dict[str, float]]], measures) -
 
 def _fmt(value: float | None) -> str:
     return "" if value is None else f"{value:.4f}"
-
-
-def _natural(qid: str):
-    return (0, int(qid), "") if qid.isdigit() else (1, 0, qid)

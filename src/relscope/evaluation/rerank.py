@@ -61,7 +61,7 @@ def rerank(reranker: Reranker, dataset: RerankDataset, top_k: int) -> RerankResu
             owners.append((qid, pair))
     scores = reranker.scorer.score(prompts, keys)
     per_query = _aggregate(candidates, owners, scores, reranker.pairwise)
-    run = {qid: _merge(dataset.run[qid], candidates[qid], per_query[qid], top_k) for qid in dataset.run}
+    run = {qid: _merge(dataset.run[qid], candidates[qid], per_query[qid]) for qid in dataset.run}
     return RerankResult(
         run=run,
         scored=sum(len(c) for c in candidates.values()),
@@ -90,7 +90,7 @@ def _aggregate(candidates, owners, scores: np.ndarray, pairwise: bool) -> dict[s
     return totals
 
 
-def _merge(first_stage: list[ScoredDoc], scored: list[ScoredDoc], scores: np.ndarray, top_k: int) -> list[ScoredDoc]:
+def _merge(first_stage: list[ScoredDoc], scored: list[ScoredDoc], scores: np.ndarray) -> list[ScoredDoc]:
     """Reranked passages first; unscored ones (no text, or beyond top-k) below, in first-stage order."""
     reranked = sort_run([ScoredDoc(d.pid, float(s)) for d, s in zip(scored, scores)])
     done = {d.pid for d in scored}
