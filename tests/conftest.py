@@ -71,3 +71,41 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     tiny_model("llama").save_pretrained(folder)
     tiny_tokenizer().save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_family_dir(tmp_path_factory):
+    """family -> a saved tiny random model folder of that family (built once per session)."""
+    from tiny import tiny_model, tiny_tokenizer
+
+    made: dict[str, Path] = {}
+
+    def build(family: str) -> Path:
+        if family not in made:
+            folder = tmp_path_factory.mktemp(f"tiny-{family}")
+            tiny_model(family).save_pretrained(folder)
+            tiny_tokenizer().save_pretrained(folder)
+            made[family] = folder
+        return made[family]
+
+    return build
+
+
+@pytest.fixture
+def tiny_groups(tmp_path: Path) -> Path:
+    """A Tevatron group file of 12 groups: one positive and three negatives each."""
+    from relscope.data.groups import NegativePassage, TrainingGroup, write_groups
+
+    topics = [("what is the capital of france", "Paris is the capital and largest city of France."),
+              ("why are bananas yellow", "Bananas are yellow because of carotenoids."),
+              ("where do rivers flow", "Rivers flow to the sea.")]
+    noise = ["The quick brown fox jumps over the lazy dog.", "Mountains rise above the clouds.",
+             "Numbers and punctuation 0123456789!", "Bananas ripen in tropical climates."]
+    groups = [
+        TrainingGroup(f"q{i}", topics[i % 3][0], (topics[i % 3][1],),
+                      tuple(NegativePassage(noise[(i + j) % 4], "hard", f"n{(i + j) % 4}") for j in range(3)))
+        for i in range(12)
+    ]
+    path = tmp_path / "groups.jsonl"
+    write_groups(groups, path)
+    return path

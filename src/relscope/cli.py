@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_rerank(commands.add_parser("rerank", help="rerank a first-stage run with an LLM and evaluate it"))
     _add_evaluate(commands.add_parser("evaluate", help="evaluate a TREC run with ir_measures"))
     _add_groups(commands.add_parser("groups", help="build training groups (Tevatron jsonl) from judgments"))
+    _add_train(commands.add_parser("train", help="fine-tune a causal LM as a reranker with LoRA"))
     return parser
 
 
@@ -47,8 +48,9 @@ def _add_rerank(p: argparse.ArgumentParser) -> None:
     for name in ("queries", "collection", "qrels", "run"):
         p.add_argument(f"--{name}", help=f"explicit {name} file (overrides the folder's)")
     p.add_argument("--rankllm", help="a rank_llm request json (queries, candidates and their text) instead")
+    p.add_argument("--adapter", help="a checkpoint-<step>/ folder of relscope train (uses its model, template, head)")
     p.add_argument("--top-k", type=int, help="rerank this many first-stage passages per query (default 100)")
-    p.add_argument("--template", help="prompt template: yes_no (default), score, pairwise")
+    p.add_argument("--template", help="prompt template: yes_no, score, pairwise (default: the adapter's, else yes_no)")
     p.add_argument("--head", help="scoring head: yes_no, linear, ab (default: the template's)")
     p.add_argument("--max-length", type=int, help="prompt tokens; passages are truncated to fit (default 512)")
     p.add_argument("--max-batch-tokens", type=int,
@@ -82,6 +84,33 @@ def _add_groups(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output .jsonl")
     p.set_defaults(handler=_groups)
+
+
+def _add_train(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML file of TrainConfig keys (see configs/train-*.yaml)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one key, dotted for nested ones, value in YAML: --set lora.rank=2 "
+                        "--set lora.targets=[q,v] --set max_steps=50 (repeatable)")
+    p.add_argument("--out", required=True, help="output folder; an interrupted run there is resumed")
+    p.add_argument("--no-resume", dest="resume", action="store_false",
+                   help="start from scratch even if --out holds checkpoints")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_train)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from relscope.config import from_mapping, load_yaml, set_dotted
+    from relscope.training.config import TrainConfig
+    from relscope.training.job import run_train_job
+
+    values = load_yaml(args.config) if args.config else {}
+    for item in args.set:
+        set_dotted(values, item)
+    config = from_mapping(TrainConfig, values, args.config or "train options")
+    summary = run_train_job(config, args.out, resume=args.resume, progress=not args.quiet)
+    print(f"trained {summary['steps']} steps; last checkpoint {summary['last_checkpoint']}")
+    print(f"rerank with it: relscope rerank --adapter {summary['last_checkpoint']} --out <folder>")
+    return 0
 
 
 def _groups(args: argparse.Namespace) -> int:

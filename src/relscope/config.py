@@ -79,6 +79,24 @@ def dump_yaml(obj: Any) -> str:
     return yaml.safe_dump(to_mapping(obj), sort_keys=False)
 
 
+def set_dotted(values: dict[str, Any], assignment: str) -> None:
+    """Apply one `key.sub=value` override (value parsed as YAML) to nested plain data."""
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE, e.g. lora.rank=8")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        raise ConfigError(f"--set {assignment!r}: the value is not valid YAML") from None
+    *parents, leaf = key.split(".")
+    node = values
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {assignment!r}: {part!r} is not a mapping")
+    node[leaf] = value
+
+
 def _coerce(hint: Any, value: Any, key: str) -> Any:
     origin = get_origin(hint)
     if origin in (typing.Union, types.UnionType):
@@ -140,9 +158,10 @@ class RerankConfig:
     qrels: str | None = None
     run: str | None = None
     rankllm: str | None = None  # a rank_llm request json (queries, candidates, text) instead of the above
+    adapter: str | None = None  # a checkpoint-<step>/ of `relscope train`: its base model, template and head
     top_k: int = 100
-    template: str = "yes_no"  # yes_no | score | pairwise (see relscope.prompts.templates)
-    head: str | None = None  # default: the template's own (yes_no, linear, ab)
+    template: str | None = None  # yes_no | score | pairwise; default: the adapter's, else yes_no
+    head: str | None = None  # default: the adapter's, else the template's own (yes_no, linear, ab)
     max_length: int = 512
     max_batch_tokens: int = 0  # padded tokens per forward; 0 = by device (1024 CPU, 16384 CUDA)
     prefix_cache: bool = True

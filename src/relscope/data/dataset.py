@@ -27,6 +27,15 @@ def data_root() -> Path:
     return Path(os.environ.get("RELSCOPE_DATA", "../shared/data"))
 
 
+def data_path(value: str | Path) -> Path:
+    """A path from a config: a leading $RELSCOPE_DATA (or ${RELSCOPE_DATA}) means data_root()."""
+    text = str(value)
+    for prefix in ("${RELSCOPE_DATA}", "$RELSCOPE_DATA"):
+        if text.startswith(prefix):
+            return data_root() / text[len(prefix):].lstrip("/")
+    return Path(text)
+
+
 @dataclass
 class RerankDataset:
     """Everything a rerank-and-evaluate job reads, with where it came from."""

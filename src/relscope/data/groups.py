@@ -33,17 +33,8 @@ class TrainingGroup:
 
 
 def read_groups(path: str | Path) -> list[TrainingGroup]:
-    groups, seen = [], {}
-    for line, text in iter_lines(path, "group jsonl"):
-        group = _parse_group(text, path, line)
-        if group.qid in seen:
-            raise DataError(
-                f"{where(path, line)}: duplicate query_id {group.qid} (first on line {seen[group.qid]}); "
-                "merge the groups or give them distinct ids"
-            )
-        seen[group.qid] = line
-        groups.append(group)
-    return groups
+    """One group per line. A query may have several lines (Tevatron writes one per positive)."""
+    return [_parse_group(text, path, line) for line, text in iter_lines(path, "group jsonl")]
 
 
 def write_groups(groups: Iterable[TrainingGroup], path: str | Path) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from relscope.config import RerankConfig, dump_yaml, to_mapping
 from relscope.data.dataset import RerankDataset, data_root, load_rankllm_dataset, load_rerank_dataset, resolve_files
 from relscope.data.trec import write_run
+from relscope.errors import ConfigError
 from relscope.data.types import natural_key
 from relscope.evaluation.metrics import evaluate_run
 from relscope.evaluation.rerank import Reranker, rerank
@@ -36,15 +37,16 @@ def run_rerank_job(config: RerankConfig, out_dir: str | Path, progress: bool = T
     """Writes config.yaml, run.trec, metrics.json, per_query.csv and manifest.json to out_dir."""
     out = Path(out_dir)
     dataset = load_dataset(config)  # fail on bad data before loading a model
-    files = dataset.files
-    loaded = load_model(config.model, dtype=config.dtype, device=config.device)
+    files = dict(dataset.files)
     options = ScoringOptions(max_batch_tokens=config.max_batch_tokens, prefix_cache=config.prefix_cache)
-    reranker = Reranker.build(loaded, config.template, config.head, config.max_length, options, progress)
+    reranker = build_reranker(config, options, progress)
+    loaded = reranker.loaded
     result = rerank(reranker, dataset, config.top_k)
 
     metrics = {
-        "model": config.model,
-        "template": config.template,
+        "model": loaded.name,
+        "adapter": config.adapter,
+        "template": reranker.builder.template.name,
         "top_k": config.top_k,
         "queries": len(dataset.run),
         "passages_scored": result.scored,
@@ -64,16 +66,33 @@ def run_rerank_job(config: RerankConfig, out_dir: str | Path, progress: bool = T
 
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.yaml", dump_yaml(config))
-    write_run(result.run, out / "run.trec", tag=f"relscope-{config.template}")
+    write_run(result.run, out / "run.trec", tag=f"relscope-{reranker.builder.template.name}")
     atomic_write_json(out / "metrics.json", metrics)
     if per_query:
         atomic_write_text(out / "per_query.csv", per_query_csv(per_query, config.measures))
+    if config.adapter:
+        files["adapter"] = Path(config.adapter) / "adapter_model.safetensors"
     manifest = build_manifest(
         to_mapping(config), files, template_hash=reranker.builder.template.fingerprint(),
         model_source=loaded.source, missing_passages=[list(m) for m in dataset.missing[:100]],
     )
     atomic_write_json(out / "manifest.json", manifest)
     return metrics
+
+
+def build_reranker(config: RerankConfig, options: ScoringOptions, progress: bool) -> Reranker:
+    """The base model zero-shot, or a trained checkpoint with its own template and head."""
+    if config.adapter is None:
+        loaded = load_model(config.model, dtype=config.dtype, device=config.device)
+        return Reranker.build(loaded, config.template or "yes_no", config.head, config.max_length, options, progress)
+    from relscope.training.checkpoint import load_trained
+
+    loaded, head, meta = load_trained(config.adapter, dtype=config.dtype, device=config.device)
+    template = config.template or meta["template"]
+    if config.head is not None or template != meta["template"]:
+        raise ConfigError(f"adapter {config.adapter} was trained with template {meta['template']!r} and head "
+                          f"{meta['head']!r}; leave template and head unset to use them")
+    return Reranker.build(loaded, template, head, config.max_length, options, progress)
 
 
 def per_query_csv(per_query: dict[str, dict[str, dict[str, float]]], measures) -> str:

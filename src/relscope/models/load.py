@@ -80,8 +80,11 @@ def resolve_source(name_or_path: str) -> tuple[str, Path | None]:
 
 
 def load_model(name_or_path: str = DEFAULT_MODEL, dtype: str = "auto", device: str | None = None,
-               attn_implementation: str | None = None) -> LoadedModel:
-    """Load model + tokenizer in eval mode. dtype "auto": bf16 on CUDA, fp32 on CPU."""
+               attn_implementation: str | None = None, quantize_4bit: bool = False) -> LoadedModel:
+    """Load model + tokenizer in eval mode. dtype "auto": bf16 on CUDA, fp32 on CPU.
+
+    quantize_4bit loads the base in NF4 through bitsandbytes (QLoRA); it needs CUDA.
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -90,6 +93,8 @@ def load_model(name_or_path: str = DEFAULT_MODEL, dtype: str = "auto", device: s
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch_dtype = _dtype(dtype, device)
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    if quantize_4bit:
+        kwargs["quantization_config"] = _nf4_config(device, torch_dtype)
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype, **kwargs)
@@ -97,8 +102,22 @@ def load_model(name_or_path: str = DEFAULT_MODEL, dtype: str = "auto", device: s
         raise ModelError(f"could not load model {name_or_path!r}: {err}") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model.to(device).eval()
+    if not quantize_4bit:  # bitsandbytes places quantised weights itself
+        model.to(device)
+    model.eval()
     return LoadedModel(model, tokenizer, get_spec(model), name_or_path, folder)
+
+
+def _nf4_config(device: str, compute_dtype):
+    import importlib.util
+
+    from transformers import BitsAndBytesConfig
+
+    if not device.startswith("cuda") or importlib.util.find_spec("bitsandbytes") is None:
+        raise ModelError("quantize_4bit (QLoRA) needs a CUDA device and the bitsandbytes package; "
+                         "install bitsandbytes on a GPU machine or set lora.quantize_4bit: false")
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute_dtype)
 
 
 def _dtype(dtype: str, device: str):

@@ -116,18 +116,8 @@ class Scorer:
         return batches
 
     def _pad(self, sequences: list[Sequence[int]], left: bool = False):
-        """(ids, mask, index of each row's last real token), padded on the right or the left."""
-        longest = max(len(s) for s in sequences)
-        ids = torch.full((len(sequences), longest), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(sequences), longest), dtype=torch.long)
-        for row, seq in enumerate(sequences):
-            cols = slice(longest - len(seq), longest) if left else slice(0, len(seq))
-            ids[row, cols] = torch.tensor(seq)
-            mask[row, cols] = 1
         self.tokens_run += sum(len(s) for s in sequences)
-        last = torch.tensor([longest - 1 if left else len(s) - 1 for s in sequences])
-        device = self._device()
-        return ids.to(device), mask.to(device), last.to(device)
+        return tuple(t.to(self._device()) for t in pad_sequences(sequences, self.pad_id, left))
 
     def _collect(self, hidden, last, batch, out, bar) -> None:
         picked = hidden[torch.arange(len(batch), device=hidden.device), last]  # (b, d_model)
@@ -137,6 +127,19 @@ class Scorer:
 
     def _device(self) -> torch.device:
         return next(self.backbone.parameters()).device
+
+
+def pad_sequences(sequences: Sequence[Sequence[int]], pad_id: int, left: bool = False):
+    """(ids, mask, index of each row's last real token), padded on the right or the left."""
+    longest = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), longest), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        cols = slice(longest - len(seq), longest) if left else slice(0, len(seq))
+        ids[row, cols] = torch.tensor(seq)
+        mask[row, cols] = 1
+    last = torch.tensor([longest - 1 if left else len(s) - 1 for s in sequences])
+    return ids, mask, last
 
 
 def _unwrap(model):

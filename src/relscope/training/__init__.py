@@ -1,0 +1,1 @@
+"""LoRA fine-tuning of causal LMs as rerankers: objectives, PEFT targets, HF Trainer, checkpoints."""

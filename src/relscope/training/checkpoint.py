@@ -1,0 +1,83 @@
+"""What a checkpoint holds besides the trainer state, and how to load it back for reranking.
+
+checkpoint-<step>/
+    adapter_model.safetensors, adapter_config.json   the LoRA weights (PEFT format)
+    head.safetensors                                 a trained head (the linear head only)
+    relscope.json                                    base model, objective, template, head, max_length
+    grad_norms.npz, dev_metrics.json                 written by the callbacks
+    optimizer.pt, scheduler.pt, rng_state.pth, trainer_state.json   HF Trainer (trainer_state last)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+
+from relscope.errors import ModelError
+from relscope.io import atomic_write_json
+
+META_FILE = "relscope.json"
+HEAD_FILE = "head.safetensors"
+ADAPTER_FILE = "adapter_model.safetensors"
+STATE_FILE = "trainer_state.json"  # the Trainer writes it last: its presence marks a complete checkpoint
+
+
+def save_weights(module, output_dir: str | Path, meta: dict) -> None:
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    module.peft_model.save_pretrained(out)
+    head_state = {k: v.detach().contiguous().cpu() for k, v in module.trainable_head_state().items()}
+    if head_state:
+        save_file(head_state, out / HEAD_FILE)
+    atomic_write_json(out / META_FILE, meta)
+
+
+def load_weights(module, checkpoint: str | Path) -> None:
+    """Load adapter and head weights into an already built module (used by resume)."""
+    from peft import set_peft_model_state_dict
+
+    folder = Path(checkpoint)
+    adapter = folder / ADAPTER_FILE
+    if not adapter.is_file():
+        raise ModelError(f"{folder}: no {ADAPTER_FILE}; not a relscope checkpoint")
+    device = next(module.parameters()).device
+    set_peft_model_state_dict(module.peft_model, load_file(adapter, device=str(device)))
+    if (folder / HEAD_FILE).is_file():
+        module.head.load_state_dict(load_file(folder / HEAD_FILE, device=str(device)), strict=False)
+
+
+def read_meta(checkpoint: str | Path) -> dict:
+    path = Path(checkpoint) / META_FILE
+    if not path.is_file():
+        raise ModelError(f"{checkpoint}: no {META_FILE}; give a checkpoint-<step> folder written by relscope train")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def latest_checkpoint(out_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint-<step>/ (one with trainer_state.json) in out_dir."""
+    folder = Path(out_dir)
+    if not folder.is_dir():
+        return None
+    done = [p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit() and (p / STATE_FILE).is_file()]
+    return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
+
+
+def load_trained(checkpoint: str | Path, dtype: str = "auto", device: str | None = None):
+    """(LoadedModel whose model is the PEFT-wrapped LM, the head module, the meta) for reranking."""
+    from peft import PeftModel
+
+    from relscope.models.heads import build_head
+    from relscope.models.load import load_model
+    from relscope.prompts.templates import get_template
+    from relscope.prompts.tokenize import PromptBuilder
+
+    meta = read_meta(checkpoint)
+    loaded = load_model(meta["model"], dtype=dtype, device=device)
+    loaded.model = PeftModel.from_pretrained(loaded.model, str(checkpoint)).eval()
+    builder = PromptBuilder(loaded.tokenizer, get_template(meta["template"]), meta["max_length"])
+    head = build_head(meta["head"], loaded.model, builder)
+    if (Path(checkpoint) / HEAD_FILE).is_file():
+        head.load_state_dict(load_file(Path(checkpoint) / HEAD_FILE, device=str(loaded.device)), strict=False)
+    return loaded, head, meta

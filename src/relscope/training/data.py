@@ -1,0 +1,96 @@
+"""Training data: groups from jsonl files or TREC folders, and the collator that makes prompts of them."""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from relscope.data.dataset import data_path
+from relscope.data.groups import TrainingGroup, read_groups
+from relscope.data.lines import require_file
+from relscope.data.msmarco import read_texts
+from relscope.data.trec import read_qrels, read_run
+from relscope.data.training import build_groups
+from relscope.errors import DataError
+from relscope.models.scoring import pad_sequences
+from relscope.prompts.tokenize import PromptBuilder
+from relscope.training.objectives import Objective
+
+log = logging.getLogger(__name__)
+
+
+def load_training_groups(sources: tuple[str, ...], negatives: int, hard_fraction: float = 1.0,
+                         min_grade: int = 2, seed: int = 0) -> list[TrainingGroup]:
+    """Read every source: a .jsonl of groups, or a TREC folder whose judgments are turned into groups."""
+    groups: list[TrainingGroup] = []
+    for source in map(data_path, sources):
+        if source.is_dir():
+            run_file = source / "run.bm25.txt"
+            built, report = build_groups(
+                read_texts(require_file(source / "queries.tsv", "queries"), "query"),
+                read_qrels(require_file(source / "qrels.txt", "qrels")),
+                read_texts(require_file(source / "collection.tsv", "collection"), "passage"),
+                read_run(run_file) if run_file.is_file() else None,
+                negatives=max(negatives, 7), hard_fraction=hard_fraction, min_grade=min_grade, seed=seed,
+            )
+            log.info("%s: %d groups from %d queries; %d judged pairs skipped (no text)",
+                     source, report.groups, report.queries, report.skipped_missing_text)
+            groups += built
+        elif source.is_file():
+            groups += read_groups(source)
+        else:
+            raise DataError(f"{source}: training data not found; give a group .jsonl file or a TREC folder")
+    without = [g.qid for g in groups if not g.negatives]
+    if without:
+        raise DataError(f"query {without[0]} (and {len(without) - 1} more) has no negative passages; "
+                        "every training group needs at least one")
+    if not groups:
+        raise DataError("the training set is empty; check the train sources")
+    return groups
+
+
+class GroupDataset(Dataset):
+    """Item i is group i; the collator picks its positive and negatives."""
+
+    def __init__(self, groups: list[TrainingGroup]) -> None:
+        self.groups = groups
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __getitem__(self, index: int) -> int:
+        return index
+
+
+@dataclass
+class GroupCollator:
+    """Groups -> one padded batch of prompts, groups x prompts_per_group rows in group order.
+
+    The positive and the negatives of group i are a seeded sample, the same in every
+    process and on every resume. Groups with fewer negatives than asked repeat them.
+    """
+
+    groups: list[TrainingGroup]
+    objective: Objective
+    builder: PromptBuilder
+    negatives: int
+    pad_id: int
+    seed: int = 0
+
+    def __call__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        prompts = []
+        for index in indices:
+            group = self.groups[index]
+            rng = random.Random(f"{self.seed}:{index}")
+            positive = rng.choice(group.positives)
+            pool = [n.text for n in group.negatives]
+            chosen = rng.sample(pool, self.negatives) if len(pool) >= self.negatives else \
+                [pool[i % len(pool)] for i in range(self.negatives)]
+            prompts += self.objective.prompts(self.builder, group.query, positive, chosen)
+        ids, mask, last = pad_sequences([p.input_ids for p in prompts], self.pad_id)
+        return {"input_ids": ids, "attention_mask": mask, "last": last}

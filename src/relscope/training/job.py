@@ -1,0 +1,198 @@
+"""`relscope train` as a function: check everything, build the pieces, train, resume if interrupted.
+
+out/
+    config.yaml, manifest.json          what ran (written before training starts)
+    checkpoint-<step>/                  see relscope.training.checkpoint
+    log.jsonl, tensorboard/             loss, accuracy, p_correct, learning rate, grad norm, dev metrics
+    grad_norms.npz                      per step x layer x module gradient norms
+    summary.json                        written when training ends
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from transformers import TrainingArguments, set_seed
+
+from relscope.config import dump_yaml, load_yaml, to_mapping
+from relscope.errors import ConfigError
+from relscope.io import atomic_write_json, atomic_write_text
+from relscope.manifest import build_manifest
+from relscope.models.heads import HEADS, build_head
+from relscope.models.load import LoadedModel, load_model
+from relscope.models.scoring import Scorer, ScoringOptions
+from relscope.models.specs.base import num_layers
+from relscope.prompts.templates import get_template
+from relscope.prompts.tokenize import PromptBuilder
+from relscope.training.callbacks import DevEvaluator, GradNormRecorder, JsonlLogger, trim_log
+from relscope.training.checkpoint import latest_checkpoint
+from relscope.training.config import TrainConfig
+from relscope.training.data import GroupCollator, GroupDataset, load_training_groups
+from relscope.training.lora import apply_lora, lora_sites, resolve_freeze
+from relscope.training.module import RerankerModule
+from relscope.training.objectives import OBJECTIVES
+from relscope.training.trainer import RelscopeTrainer
+
+log = logging.getLogger(__name__)
+
+
+def run_train_job(config: TrainConfig, out_dir: str | Path, resume: bool = True, progress: bool = True) -> dict:
+    out = Path(out_dir)
+    objective = OBJECTIVES.get(config.objective)
+    template = get_template(config.template or objective.template)
+    head_name = config.head or (objective.head if template.name == objective.template else _head_for(template))
+    HEADS.get(head_name)
+    if (template.kind == "pairwise") != (objective.name == "pairwise"):
+        raise ConfigError(f"template: the {objective.name} objective cannot use the {template.kind} template "
+                          f"{template.name!r}; leave template unset to use {objective.template!r}")
+    checkpoint = latest_checkpoint(out) if resume else None
+    _check_same_run(out, config, checkpoint)
+    dev = _load_dev(config) if config.dev else None  # bad dev data fails here, before the model loads
+    groups = load_training_groups(config.train, config.negatives, config.hard_fraction, config.min_grade, config.seed)
+
+    set_seed(config.seed)  # LoRA and linear-head initialisation
+    loaded = load_model(config.model, dtype=config.dtype, device=config.device,
+                        quantize_4bit=config.lora.quantize_4bit)
+    sites = lora_sites(loaded.model, loaded.spec, config.lora)  # bad targets / layers fail before training
+    resolve_freeze(config.lora.freeze, num_layers(loaded.model.config))
+    if config.lora.quantize_4bit:
+        from peft import prepare_model_for_kbit_training
+
+        loaded.model = prepare_model_for_kbit_training(loaded.model)
+    peft_model, sites = apply_lora(loaded.model, loaded.spec, config.lora)
+    builder = PromptBuilder(loaded.tokenizer, template, config.max_length)
+    head = build_head(head_name, peft_model, builder)
+    if any(p.requires_grad for p in head.parameters()):
+        head.float()  # a trained head keeps fp32 master weights, as LoRA does
+    module = RerankerModule(peft_model, loaded.spec, head)
+    pad_id = loaded.tokenizer.pad_token_id
+    meta = {"model": config.model, "objective": objective.name, "template": template.name, "head": head_name,
+            "max_length": config.max_length, "lora": to_mapping(config.lora)}
+
+    recorder = GradNormRecorder(peft_model.get_base_model(), sites, num_layers(loaded.model.config))
+    trainer = RelscopeTrainer(
+        model=module,
+        args=_training_arguments(config, out, loaded, progress),
+        train_dataset=GroupDataset(groups),
+        data_collator=GroupCollator(groups, objective, builder, config.negatives, pad_id, config.seed),
+        callbacks=[JsonlLogger(out / "log.jsonl"), recorder],
+        objective=objective,
+        prompts_per_group=objective.prompts_per_group(config.negatives),
+        meta=meta,
+        grad_recorder=recorder,
+    )
+    _add_tensorboard(trainer, config, out)
+    if dev is not None:
+        reranker = _dev_reranker(loaded, peft_model, builder, head, pad_id)
+        trainer.add_callback(DevEvaluator(trainer, reranker, dev, config.dev.top_k, config.dev.measures))
+
+    if trainer.is_world_process_zero():
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "config.yaml", dump_yaml(config))
+        atomic_write_json(out / "manifest.json", build_manifest(
+            to_mapping(config), {}, template_hash=template.fingerprint(), model_source=loaded.source,
+            groups=len(groups), lora_sites=len(sites)))
+    if checkpoint is not None:
+        step = int(checkpoint.name.split("-")[-1])
+        log.info("resuming from %s", checkpoint)
+        if trainer.is_world_process_zero():
+            trim_log(out / "log.jsonl", step)
+        recorder.resume_from(checkpoint, step)
+
+    start = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    summary = {
+        "steps": trainer.state.global_step,
+        "train_loss": result.training_loss,
+        "seconds_this_session": round(time.perf_counter() - start, 1),
+        "groups": len(groups),
+        "trainable_parameters": sum(p.numel() for p in module.parameters() if p.requires_grad),
+        "resumed_from": str(checkpoint) if checkpoint else None,
+        "last_checkpoint": str(latest_checkpoint(out)),
+    }
+    if trainer.is_world_process_zero():
+        atomic_write_json(out / "summary.json", summary)
+    return summary
+
+
+def _head_for(template) -> str:
+    return "linear" if template.answers is None else ("ab" if template.kind == "pairwise" else "yes_no")
+
+
+def _check_same_run(out: Path, config: TrainConfig, checkpoint: Path | None) -> None:
+    """Resuming with another config would silently mix two runs: refuse, naming the fix."""
+    if checkpoint is None or not (out / "config.yaml").is_file():
+        return
+    before = load_yaml(out / "config.yaml")
+    now = to_mapping(config)
+    changed = sorted(k for k in set(before) | set(now) if _plain(before.get(k)) != _plain(now.get(k)))
+    if changed:
+        raise ConfigError(f"{out}: holds a run with a different config (key {changed[0]!r} differs); "
+                          "resume with the same config, pick a new --out, or pass --no-resume to start over there")
+
+
+def _plain(value):
+    return to_mapping(value) if not isinstance(value, (list, tuple)) else [_plain(v) for v in value]
+
+
+def _load_dev(config: TrainConfig):
+    from relscope.data.dataset import data_path, load_rerank_dataset, resolve_files
+
+    dataset = load_rerank_dataset(resolve_files(data_path(config.dev.data)), config.dev.top_k)
+    if dataset.qrels is None:
+        raise ConfigError(f"dev.data: {config.dev.data} has no qrels.txt; the dev run needs judgments")
+    if config.dev.max_queries:
+        keep = list(dataset.run)[: config.dev.max_queries]
+        dataset = replace(dataset, run={q: dataset.run[q] for q in keep})
+    return dataset
+
+
+def _dev_reranker(loaded: LoadedModel, peft_model, builder, head, pad_id):
+    from relscope.evaluation.rerank import Reranker
+
+    scorer = Scorer(peft_model, loaded.spec, head, pad_id, ScoringOptions(), progress=False)
+    return Reranker(replace(loaded, model=peft_model), builder, scorer)
+
+
+def _training_arguments(config: TrainConfig, out: Path, loaded: LoadedModel, progress: bool) -> TrainingArguments:
+    on_cuda = loaded.device.type == "cuda"
+    bf16 = config.bf16 == "yes" or (config.bf16 == "auto" and on_cuda and torch.cuda.is_bf16_supported())
+    return TrainingArguments(
+        output_dir=str(out),
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        learning_rate=config.learning_rate,
+        warmup_steps=config.warmup_steps,
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm,
+        lr_scheduler_type=config.scheduler,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        logging_steps=config.logging_steps,
+        seed=config.seed,
+        data_seed=config.seed,
+        bf16=bf16,
+        use_cpu=not on_cuda,
+        report_to="none",  # TensorBoard is added by hand, to write into out/tensorboard
+        remove_unused_columns=False,
+        label_names=[],
+        dataloader_num_workers=0,
+        ddp_find_unused_parameters=False,
+        disable_tqdm=not progress,
+    )
+
+
+def _add_tensorboard(trainer, config: TrainConfig, out: Path) -> None:
+    if "tensorboard" not in config.report_to:
+        return
+    from transformers.integrations import TensorBoardCallback
+
+    callback = TensorBoardCallback()
+    callback.logging_dir = str(out / "tensorboard")
+    trainer.add_callback(callback)

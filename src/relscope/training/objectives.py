@@ -1,0 +1,119 @@
+"""Training objectives as registered strategies.
+
+An objective turns a training group (one positive, n negatives) into prompts, and the
+scores of those prompts into a loss plus two per-group figures for the logs:
+`correct` (the positive comes out on top) and `p_correct` (the model's probability of
+the right answer, averaged over the group's decisions).
+
+    listwise  score template + linear head; softmax cross-entropy over the group (Tevatron/RankLLaMA)
+    yes_no    yes/no template + answer head; binary cross-entropy on logit(yes) - logit(no) per passage
+    pairwise  A/B template + answer head; every (positive, negative) pair shown in both orders
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from relscope.prompts.tokenize import PromptBuilder, TokenizedPrompt
+from relscope.registry import Registry
+
+
+@dataclass
+class GroupStats:
+    loss: torch.Tensor  # scalar, mean over the batch's groups
+    correct: torch.Tensor  # (groups,) 1.0 where the positive wins
+    p_correct: torch.Tensor  # (groups,) mean probability of the right decision
+
+
+class Objective:
+    name: str
+    template: str  # the default prompt template
+    head: str  # the default head
+
+    def prompts(self, builder: PromptBuilder, query: str, positive: str, negatives: list[str]) -> list[TokenizedPrompt]:
+        raise NotImplementedError
+
+    def prompts_per_group(self, negatives: int) -> int:
+        raise NotImplementedError
+
+    def loss(self, scores: torch.Tensor) -> GroupStats:
+        """scores: (groups, prompts_per_group), in the order `prompts` made them."""
+        raise NotImplementedError
+
+
+class Listwise(Objective):
+    """Positive first; cross-entropy of the positive against the group (as Tevatron's train_group_size)."""
+
+    name, template, head = "listwise", "score", "linear"
+
+    def prompts(self, builder, query, positive, negatives):
+        return [builder.build(query, [text]) for text in [positive, *negatives]]
+
+    def prompts_per_group(self, negatives: int) -> int:
+        return negatives + 1
+
+    def loss(self, scores: torch.Tensor) -> GroupStats:
+        scores = scores.float()
+        target = torch.zeros(len(scores), dtype=torch.long, device=scores.device)
+        p_positive = scores.softmax(-1)[:, 0]
+        return GroupStats(F.cross_entropy(scores, target), _positive_wins(scores), p_positive.detach())
+
+
+class YesNo(Objective):
+    """Each passage judged on its own: 'yes' for the positive, 'no' for every negative."""
+
+    name, template, head = "yes_no", "yes_no", "yes_no"
+
+    def prompts(self, builder, query, positive, negatives):
+        return [builder.build(query, [text]) for text in [positive, *negatives]]
+
+    def prompts_per_group(self, negatives: int) -> int:
+        return negatives + 1
+
+    def loss(self, scores: torch.Tensor) -> GroupStats:
+        scores = scores.float()
+        labels = torch.zeros_like(scores)
+        labels[:, 0] = 1.0
+        loss = F.binary_cross_entropy_with_logits(scores, labels)
+        p_right = torch.where(labels.bool(), scores.sigmoid(), 1 - scores.sigmoid())
+        return GroupStats(loss, _positive_wins(scores), p_right.mean(-1).detach())
+
+
+class Pairwise(Objective):
+    """For each negative: (positive, negative) answered A and (negative, positive) answered B.
+
+    Showing both orders cancels the position bias of the A/B answer.
+    """
+
+    name, template, head = "pairwise", "pairwise", "ab"
+
+    def prompts(self, builder, query, positive, negatives):
+        prompts = []
+        for text in negatives:
+            prompts += [builder.build(query, [positive, text]), builder.build(query, [text, positive])]
+        return prompts
+
+    def prompts_per_group(self, negatives: int) -> int:
+        return 2 * negatives
+
+    def loss(self, scores: torch.Tensor) -> GroupStats:
+        scores = scores.float()  # logit(A) - logit(B); even columns want A, odd columns want B
+        signed = torch.cat([scores[:, 0::2], -scores[:, 1::2]], dim=-1)
+        loss = F.binary_cross_entropy_with_logits(signed, torch.ones_like(signed))
+        p_right = signed.sigmoid()
+        # The positive wins a comparison when its two-order average probability exceeds 1/2 (duoT5 SYM-SUM).
+        pair_wins = (p_right[:, : scores.shape[1] // 2] + p_right[:, scores.shape[1] // 2:]) > 1.0
+        return GroupStats(loss, pair_wins.all(-1).float(), p_right.mean(-1).detach())
+
+
+def _positive_wins(scores: torch.Tensor) -> torch.Tensor:
+    return (scores[:, 0:1] > scores[:, 1:]).all(-1).float().detach()
+
+
+OBJECTIVES: Registry[Objective] = Registry("training objective")
+for _objective in (Listwise(), YesNo(), Pairwise()):
+    OBJECTIVES.register(_objective.name, _objective)
+

@@ -1,0 +1,49 @@
+"""HF Trainer, taught three things: the group loss, relscope checkpoints, and group metrics in the logs."""
+
+from __future__ import annotations
+
+import torch
+from transformers import Trainer
+
+from relscope.training.callbacks import GradNormRecorder
+from relscope.training.checkpoint import load_weights, save_weights
+from relscope.training.objectives import Objective
+
+
+class RelscopeTrainer(Trainer):
+    def __init__(self, *args, objective: Objective, prompts_per_group: int, meta: dict,
+                 grad_recorder: GradNormRecorder | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.objective = objective
+        self.prompts_per_group = prompts_per_group
+        self.meta = meta
+        self.grad_recorder = grad_recorder
+        self._sums = torch.zeros(3, dtype=torch.float64)  # groups, correct, p_correct since the last log
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        scores = model(**inputs).view(-1, self.prompts_per_group)
+        stats = self.objective.loss(scores)
+        self._sums += torch.tensor([len(scores), stats.correct.sum().item(), stats.p_correct.sum().item()],
+                                   dtype=torch.float64)
+        return (stats.loss, scores) if return_outputs else stats.loss
+
+    def _clip_grad_norm(self, model):
+        if self.grad_recorder is not None:  # record before clipping rescales the gradients
+            self.grad_recorder.record(self.state.global_step + 1)
+        return super()._clip_grad_norm(model)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:  # a training record: add group accuracy and mean P(correct), over all processes
+            sums = self.accelerator.reduce(self._sums.to(self.args.device), reduction="sum").cpu()
+            if sums[0] > 0:
+                logs["accuracy"] = round(float(sums[1] / sums[0]), 4)
+                logs["p_correct"] = round(float(sums[2] / sums[0]), 4)
+            self._sums.zero_()
+        super().log(logs, start_time)
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        if self.args.should_save:  # adapter + head + meta; the base model is never copied
+            save_weights(self.model, output_dir or self.args.output_dir, self.meta)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        load_weights(self.model, resume_from_checkpoint)
