@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from relscope.data.dataset import data_path
 from relscope.data.groups import TrainingGroup, read_groups
@@ -65,6 +65,29 @@ class GroupDataset(Dataset):
 
     def __getitem__(self, index: int) -> int:
         return index
+
+
+class EpochSeededSampler(Sampler[int]):
+    """A permutation drawn from (seed, epoch) alone: the same in 1 or N processes and on resume.
+
+    Deliberately not a RandomSampler: Accelerate swaps those for samplers seeded another way in
+    multi-process runs, which would give N processes other batches than one process.
+    """
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size = size
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
 
 
 @dataclass

@@ -107,6 +107,7 @@ def run_train_job(config: TrainConfig, out_dir: str | Path, resume: bool = True,
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     summary = {
         "steps": trainer.state.global_step,
+        "processes": trainer.args.world_size,
         "train_loss": result.training_loss,
         "seconds_this_session": round(time.perf_counter() - start, 1),
         "groups": len(groups),

@@ -7,6 +7,7 @@ from transformers import Trainer
 
 from relscope.training.callbacks import GradNormRecorder
 from relscope.training.checkpoint import load_weights, save_weights
+from relscope.training.data import EpochSeededSampler
 from relscope.training.objectives import Objective
 
 
@@ -19,6 +20,10 @@ class RelscopeTrainer(Trainer):
         self.meta = meta
         self.grad_recorder = grad_recorder
         self._sums = torch.zeros(3, dtype=torch.float64)  # groups, correct, p_correct since the last log
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        return EpochSeededSampler(len(dataset), self.args.data_seed or self.args.seed)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         scores = model(**inputs).view(-1, self.prompts_per_group)

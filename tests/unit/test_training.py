@@ -1,0 +1,193 @@
+"""`relscope train` end to end on tiny models: objectives, checkpoints, logs, grad norms, resume, freezing."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from relscope.config import RerankConfig, from_mapping
+from relscope.errors import ConfigError, DataError
+from relscope.evaluation.job import run_rerank_job
+from relscope.training.callbacks import load_grad_norms
+from relscope.training.checkpoint import latest_checkpoint, load_trained
+from relscope.training.config import TrainConfig
+from relscope.training.job import run_train_job
+
+
+def _config(model: Path, groups: Path, **overrides) -> TrainConfig:
+    values = dict(model=str(model), train=[str(groups)], negatives=2, max_length=96, max_steps=4, batch_size=2,
+                  save_steps=2, learning_rate=1e-2, report_to=[], lora={"rank": 4, "dropout": 0.0})
+    values.update(overrides)
+    return from_mapping(TrainConfig, values)
+
+
+def _log(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def _losses(out: Path) -> list[float]:
+    return [r["loss"] for r in _log(out) if "loss" in r]
+
+
+@pytest.mark.parametrize("objective", ["listwise", "yes_no", "pairwise"])
+def test_each_objective_trains_and_writes_its_checkpoints(objective, tiny_family_dir, tiny_groups, tmp_path):
+    out = tmp_path / objective
+    summary = run_train_job(_config(tiny_family_dir("llama"), tiny_groups, objective=objective, max_steps=6,
+                                    save_steps=3), out, progress=False)
+    assert summary["steps"] == 6
+    losses = _losses(out)
+    assert len(losses) == 6 and np.mean(losses[-2:]) < np.mean(losses[:2])  # it learns this easy set
+    records = [r for r in _log(out) if "loss" in r]
+    assert all(0.0 <= r["accuracy"] <= 1.0 and 0.0 < r["p_correct"] < 1.0 for r in records)
+    for step in (3, 6):
+        names = {p.name for p in (out / f"checkpoint-{step}").iterdir()}
+        assert {"adapter_model.safetensors", "relscope.json", "trainer_state.json", "optimizer.pt",
+                "grad_norms.npz"} <= names
+        assert "model.safetensors" not in names  # the base model is never copied
+        assert ("head.safetensors" in names) == (objective == "listwise")
+    assert (out / "tensorboard").exists() is False  # report_to=[] turns it off
+
+
+def test_grad_norms_cover_every_step_layer_and_module(tiny_family_dir, tiny_groups, tmp_path):
+    run_train_job(_config(tiny_family_dir("llama"), tiny_groups, lora={"rank": 4, "freeze": ["late"]},
+                          report_to=["tensorboard"]), tmp_path, progress=False)
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    saved = load_grad_norms(tmp_path / "grad_norms.npz")
+    assert saved["steps"].tolist() == [1, 2, 3, 4]
+    assert saved["labels"].tolist() == ["q", "k", "v", "o", "gate", "up", "down"]
+    norms = saved["norms"]
+    assert norms.shape == (4, 3, 7)
+    assert np.isnan(norms[:, 2]).all()  # layer 2 is "late" (of 3) and frozen: no gradient
+    assert (norms[:, :2] > 0).all()
+
+
+def test_grad_norm_of_a_site_is_the_norm_of_its_lora_gradients(tiny_family_dir, tiny_groups, tmp_path):
+    """The recorder's aggregate equals the norm recomputed from the parameters' own gradients."""
+    from relscope.training.callbacks import GradNormRecorder
+    from relscope.training.lora import LoraSite
+
+    layer = torch.nn.Module()
+    layer.lora_A = torch.nn.Linear(4, 2, bias=False)
+    layer.lora_B = torch.nn.Linear(2, 4, bias=False)
+    layer.lora_A.weight.grad = torch.full((2, 4), 3.0)
+    layer.lora_B.weight.grad = torch.full((4, 2), 4.0)
+    root = torch.nn.Module()
+    root.q = layer
+    recorder = GradNormRecorder(root, [LoraSite(1, "q", "q")], n_layers=2)
+    recorder.record(1)
+    assert recorder.rows[0][1, 0] == pytest.approx(np.sqrt(8 * 9 + 8 * 16))
+    assert np.isnan(recorder.rows[0][0, 0])
+
+
+def test_frozen_layers_keep_their_initial_adapter(tiny_family_dir, tiny_groups, tmp_path):
+    run_train_job(_config(tiny_family_dir("llama"), tiny_groups, lora={"rank": 4, "freeze": ["early", "2"]}),
+                  tmp_path, progress=False)
+    weights = load_file(tmp_path / "checkpoint-4" / "adapter_model.safetensors")
+    b_matrices = {k: v for k, v in weights.items() if "lora_B" in k}
+    for name, value in b_matrices.items():
+        trained = ".layers.1." in name
+        assert bool(value.abs().sum() > 0) == trained, name
+
+
+def test_resume_after_an_interruption_gives_the_uninterrupted_result(tiny_family_dir, tiny_groups, tmp_path):
+    config = _config(tiny_family_dir("llama"), tiny_groups, max_steps=6, save_steps=3,
+                     lora={"rank": 4, "dropout": 0.1})  # dropout: the RNG state must resume too
+    full = tmp_path / "full"
+    run_train_job(config, full, progress=False)
+
+    # An interruption after step 5: checkpoint-3 is the last complete one; the log and
+    # the grad-norm file ran ahead of it, and a half-written checkpoint-6 lacks its trainer state.
+    broken = tmp_path / "broken"
+    shutil.copytree(full, broken)
+    shutil.rmtree(broken / "checkpoint-6" / "optimizer.pt", ignore_errors=True)
+    (broken / "checkpoint-6" / "trainer_state.json").unlink()
+    (broken / "summary.json").unlink()
+    assert latest_checkpoint(broken).name == "checkpoint-3"
+    run_train_job(config, broken, progress=False)
+
+    assert _losses(broken) == pytest.approx(_losses(full), rel=1e-6)
+    a = load_file(full / "checkpoint-6" / "adapter_model.safetensors")
+    b = load_file(broken / "checkpoint-6" / "adapter_model.safetensors")
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    norms_a, norms_b = load_grad_norms(full / "grad_norms.npz"), load_grad_norms(broken / "grad_norms.npz")
+    assert norms_b["steps"].tolist() == list(range(1, 7))
+    np.testing.assert_allclose(norms_a["norms"], norms_b["norms"], rtol=1e-5)
+
+
+def test_resume_with_another_config_is_refused(tiny_family_dir, tiny_groups, tmp_path):
+    run_train_job(_config(tiny_family_dir("llama"), tiny_groups, max_steps=2), tmp_path, progress=False)
+    with pytest.raises(ConfigError, match="different config.*'learning_rate'"):
+        run_train_job(_config(tiny_family_dir("llama"), tiny_groups, max_steps=2, learning_rate=1e-3), tmp_path,
+                      progress=False)
+
+
+@pytest.mark.parametrize("overrides,error,words", [
+    ({"lora": {"targets": ["qkv"]}}, ConfigError, "unknown target module 'qkv'"),
+    ({"lora": {"layers": [7]}}, ConfigError, "layer 7 is out of range"),
+    ({"lora": {"rank": 0}}, ConfigError, "rank must be a positive integer"),
+    ({"objective": "pointwise"}, ConfigError, "unknown training objective 'pointwise'"),
+    ({"template": "pairwise"}, ConfigError, "cannot use the pairwise template"),
+    ({"train": ["missing.jsonl"]}, DataError, "missing.jsonl: training data not found"),
+    ({"train": []}, ConfigError, "train is empty"),
+    ({"dev": {"data": "no-such-folder"}}, DataError, "no-such-folder"),
+])
+def test_bad_configs_fail_before_training(overrides, error, words, tiny_family_dir, tiny_groups, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(error, match=words):
+        run_train_job(_config(tiny_family_dir("llama"), tiny_groups, **overrides), out, progress=False)
+    assert not list(out.glob("checkpoint-*"))
+
+
+def test_an_empty_training_set_is_an_error(tiny_family_dir, tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(DataError, match="training set is empty"):
+        run_train_job(_config(tiny_family_dir("llama"), empty), tmp_path / "out", progress=False)
+
+
+def test_qlora_without_cuda_says_what_it_needs(tiny_family_dir, tiny_groups, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(Exception, match="needs a CUDA device and the bitsandbytes package"):
+        run_train_job(_config(tiny_family_dir("llama"), tiny_groups, lora={"quantize_4bit": True}), tmp_path,
+                      progress=False)
+
+
+@pytest.mark.parametrize("family", ["phi3", "gpt_neox"])
+def test_fused_families_train(family, tiny_family_dir, tiny_groups, tmp_path):
+    run_train_job(_config(tiny_family_dir(family), tiny_groups, max_steps=2), tmp_path, progress=False)
+    labels = load_grad_norms(tmp_path / "grad_norms.npz")["labels"].tolist()
+    assert labels[0] == "q+k+v"
+
+
+def test_trained_checkpoint_reranks_with_its_own_template_and_head(tiny_family_dir, tiny_groups, trec_dir,
+                                                                    tmp_path):
+    """rerank --adapter scores exactly what the trained module scores, and a fresh adapter matches the base."""
+    from relscope.prompts.tokenize import PromptBuilder
+    from relscope.training.module import RerankerModule
+
+    run_train_job(_config(tiny_family_dir("llama"), tiny_groups, objective="listwise"), tmp_path / "train",
+                  progress=False)
+    checkpoint = tmp_path / "train" / "checkpoint-4"
+    metrics = run_rerank_job(RerankConfig(adapter=str(checkpoint), data=str(trec_dir), top_k=3), tmp_path / "rr",
+                             progress=False)
+    assert metrics["template"] == "score" and metrics["adapter"] == str(checkpoint)
+
+    loaded, head, meta = load_trained(checkpoint)
+    builder = PromptBuilder(loaded.tokenizer, __import__("relscope").TEMPLATES.get(meta["template"]), 96)
+    prompt = builder.build("why are bananas yellow", ["Bananas are yellow because of carotenoids."])
+    module = RerankerModule(loaded.model, loaded.spec, head)
+    ids = torch.tensor([prompt.input_ids])
+    with torch.no_grad():
+        direct = module(ids, torch.ones_like(ids), torch.tensor([len(prompt) - 1])).item()
+        with loaded.model.disable_adapter():  # every LoRA delta off: the base model's hidden state
+            base = module(ids, torch.ones_like(ids), torch.tensor([len(prompt) - 1])).item()
+    scores = {(f[0], f[2]): float(f[4]) for f in map(str.split, (tmp_path / "rr" / "run.trec").read_text().splitlines())}
+    assert scores[("2", "p2")] == pytest.approx(direct, abs=1e-4)
+    assert abs(direct - base) > 1e-4  # the adapter changed the score
