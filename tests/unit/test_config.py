@@ -42,3 +42,18 @@ def test_bad_yaml_names_the_file(tmp_path):
     path.write_text("- a list\n")
     with pytest.raises(ConfigError, match="expected a mapping"):
         load_yaml(path)
+
+
+def test_every_shipped_config_loads():
+    """A typo in configs/ fails here, not an hour into a run."""
+    from pathlib import Path
+
+    from relscope.config import RerankConfig, from_mapping, load_yaml
+    from relscope.training.config import TrainConfig
+
+    root = Path(__file__).resolve().parents[2] / "configs"
+    files = sorted(root.rglob("*.yaml"))
+    assert len(files) >= 7
+    for path in files:
+        cls = TrainConfig if path.name.startswith("train-") or path.parent.name == "paper" else RerankConfig
+        from_mapping(cls, load_yaml(path), str(path))

@@ -191,3 +191,45 @@ def test_trained_checkpoint_reranks_with_its_own_template_and_head(tiny_family_d
     scores = {(f[0], f[2]): float(f[4]) for f in map(str.split, (tmp_path / "rr" / "run.trec").read_text().splitlines())}
     assert scores[("2", "p2")] == pytest.approx(direct, abs=1e-4)
     assert abs(direct - base) > 1e-4  # the adapter changed the score
+
+
+def test_gradient_checkpointing_changes_nothing_but_memory(tiny_family_dir, tiny_groups, tmp_path):
+    plain, checkpointed = tmp_path / "plain", tmp_path / "ckpt"
+    run_train_job(_config(tiny_family_dir("llama"), tiny_groups, max_steps=3), plain, progress=False)
+    run_train_job(_config(tiny_family_dir("llama"), tiny_groups, max_steps=3, gradient_checkpointing=True),
+                  checkpointed, progress=False)
+    assert _losses(checkpointed) == pytest.approx(_losses(plain), rel=1e-5)
+
+
+def test_cli_train_with_overrides_then_rerank_the_checkpoint(tiny_family_dir, tiny_groups, trec_dir, tmp_path, capsys):
+    import yaml
+
+    from relscope.cli import main
+
+    config = tmp_path / "train.yaml"
+    config.write_text(yaml.safe_dump(dict(model=str(tiny_family_dir("llama")), train=[str(tiny_groups)],
+                                          negatives=2, max_length=96, max_steps=2, save_steps=2, report_to=[])))
+    assert main(["train", "--config", str(config), "--set", "lora.rank=2", "--set", "lora.targets=[q,v]",
+                 "--out", str(tmp_path / "t"), "--quiet"]) == 0
+    meta = json.loads((tmp_path / "t" / "checkpoint-2" / "relscope.json").read_text())
+    assert meta["lora"]["rank"] == 2 and meta["lora"]["targets"] == ["q", "v"]
+    assert main(["rerank", "--adapter", str(tmp_path / "t" / "checkpoint-2"), "--data", str(trec_dir),
+                 "--out", str(tmp_path / "r"), "--quiet"]) == 0
+    assert main(["train", "--config", str(config), "--set", "lora.rank", "--out", str(tmp_path / "x")]) == 2
+    assert "expected KEY=VALUE" in capsys.readouterr().err
+
+
+def test_merged_adapter_scores_equal_the_unmerged_ones(tiny_family_dir, tiny_groups, tmp_path):
+    """rerank --adapter merges LoRA into the weights: an exact fast path, so the scores must not move."""
+    from relscope.models.scoring import Scorer
+    from relscope.prompts.templates import get_template
+    from relscope.prompts.tokenize import PromptBuilder
+
+    run_train_job(_config(tiny_family_dir("llama"), tiny_groups), tmp_path / "t", progress=False)
+    scores = []
+    for merge in (False, True):
+        loaded, head, meta = load_trained(tmp_path / "t" / "checkpoint-4", merge=merge)
+        builder = PromptBuilder(loaded.tokenizer, get_template(meta["template"]), 96)
+        prompts = [builder.build("why are bananas yellow", [t]) for t in ["Bananas are yellow.", "Rivers flow."]]
+        scores.append(Scorer(loaded.model, loaded.spec, head, 0, progress=False).score(prompts))
+    np.testing.assert_allclose(scores[0], scores[1], atol=1e-5)

@@ -87,7 +87,7 @@ def build_reranker(config: RerankConfig, options: ScoringOptions, progress: bool
         return Reranker.build(loaded, config.template or "yes_no", config.head, config.max_length, options, progress)
     from relscope.training.checkpoint import load_trained
 
-    loaded, head, meta = load_trained(config.adapter, dtype=config.dtype, device=config.device)
+    loaded, head, meta = load_trained(config.adapter, dtype=config.dtype, device=config.device, merge=True)
     template = config.template or meta["template"]
     if config.head is not None or template != meta["template"]:
         raise ConfigError(f"adapter {config.adapter} was trained with template {meta['template']!r} and head "

@@ -64,8 +64,12 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
     return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
 
 
-def load_trained(checkpoint: str | Path, dtype: str = "auto", device: str | None = None):
-    """(LoadedModel whose model is the PEFT-wrapped LM, the head module, the meta) for reranking."""
+def load_trained(checkpoint: str | Path, dtype: str = "auto", device: str | None = None, merge: bool = False):
+    """(LoadedModel whose model is the PEFT-wrapped LM, the head module, the meta).
+
+    merge=True folds W + BA into the base weights (PEFT merge_and_unload): the same scores
+    without the adapter's extra matmuls, for reranking; analyses that switch LoRA off keep it unmerged.
+    """
     from peft import PeftModel
 
     from relscope.models.heads import build_head
@@ -76,6 +80,8 @@ def load_trained(checkpoint: str | Path, dtype: str = "auto", device: str | None
     meta = read_meta(checkpoint)
     loaded = load_model(meta["model"], dtype=dtype, device=device)
     loaded.model = PeftModel.from_pretrained(loaded.model, str(checkpoint)).eval()
+    if merge:
+        loaded.model = loaded.model.merge_and_unload()
     builder = PromptBuilder(loaded.tokenizer, get_template(meta["template"]), meta["max_length"])
     head = build_head(meta["head"], loaded.model, builder)
     if (Path(checkpoint) / HEAD_FILE).is_file():

@@ -76,7 +76,8 @@ class TrainConfig:
     save_total_limit: int | None = None
     logging_steps: int = 1
     seed: int = 42
-    bf16: Literal["auto", "yes", "no"] = "auto"  # auto: bf16 on CUDA when supported
+    bf16: Literal["auto", "yes", "no"] = "auto"  # auto: bf16 on CUDA when supported; "yes" autocasts on CPU too
+    gradient_checkpointing: bool = False  # recompute activations in backward: 7-8B models on one GPU
     dtype: str = "auto"
     device: str | None = None
     dev: DevSettings | None = None

@@ -64,6 +64,8 @@ def run_train_job(config: TrainConfig, out_dir: str | Path, resume: bool = True,
 
         loaded.model = prepare_model_for_kbit_training(loaded.model)
     peft_model, sites = apply_lora(loaded.model, loaded.spec, config.lora)
+    if config.gradient_checkpointing:  # non-reentrant: works although the frozen inputs need no grad
+        peft_model.get_base_model().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     builder = PromptBuilder(loaded.tokenizer, template, config.max_length)
     head = build_head(head_name, peft_model, builder)
     if any(p.requires_grad for p in head.parameters()):
