@@ -108,7 +108,9 @@ def apply_lora(model: nn.Module, spec: ModelSpec, settings: LoraSettings):
         r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout, bias="none",
         target_modules=[s.path for s in sites],
     )
+    was_training = model.training
     peft_model = get_peft_model(model, config)
+    peft_model.train(was_training)  # new dropout modules start in train mode: keep an eval model in eval
     frozen = resolve_freeze(settings.freeze, num_layers(model.config))
     base = peft_model.get_base_model()
     for site in sites:

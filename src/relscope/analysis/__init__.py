@@ -1,0 +1,1 @@
+"""Opening rerankers up: LoRA surgery, probes, attention, activation patching."""
