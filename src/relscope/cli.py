@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(commands.add_parser("evaluate", help="evaluate a TREC run with ir_measures"))
     _add_groups(commands.add_parser("groups", help="build training groups (Tevatron jsonl) from judgments"))
     _add_train(commands.add_parser("train", help="fine-tune a causal LM as a reranker with LoRA"))
+    _add_lora(commands.add_parser("lora", help="LoRA anatomy: checkpoints, rank sweep, ablation, delta stats"))
     return parser
 
 
@@ -110,6 +111,62 @@ def _train(args: argparse.Namespace) -> int:
     summary = run_train_job(config, args.out, resume=args.resume, progress=not args.quiet)
     print(f"trained {summary['steps']} steps; last checkpoint {summary['last_checkpoint']}")
     print(f"rerank with it: relscope rerank --adapter {summary['last_checkpoint']} --out <folder>")
+    return 0
+
+
+def _add_lora(p: argparse.ArgumentParser) -> None:
+    jobs = p.add_subparsers(dest="job", required=True)
+    checkpoints = jobs.add_parser("checkpoints", help="evaluate every checkpoint of a training run on a dev run")
+    checkpoints.add_argument("run_dir", help="the --out folder of relscope train")
+    checkpoints.add_argument("--epsilon", type=float, default=0.01,
+                             help="converged = first step within epsilon of the best nDCG@10 (default 0.01)")
+    sweep = jobs.add_parser("sweep-rank", help="train one config at several LoRA ranks and tabulate them")
+    sweep.add_argument("--config", required=True, help="a train config (configs/train-*.yaml)")
+    sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    sweep.add_argument("--ranks", type=int, nargs="+", default=[1, 2, 8, 32])
+    sweep.add_argument("--epsilon", type=float, default=0.01)
+    ablate = jobs.add_parser("ablate", help="metrics with the LoRA update kept only in some modules/layers")
+    ablate.add_argument("adapter", help="a checkpoint-<step>/ folder or any PEFT LoRA adapter folder")
+    ablate.add_argument("--variants", nargs="+", help="'<modules>[@<layers>]': presets none, mlp-only, attn-only, "
+                        "all, up+gate, down, or projections joined by '+'; layers like 5-15, 0-4+16-31, 0.5-1.0 "
+                        "(default: the source study's Tables 3 and 4)")
+    stats = jobs.add_parser("stats", help="Frobenius norm, spectrum and effective rank of every delta W")
+    stats.add_argument("adapter", help="a checkpoint-<step>/ folder or any PEFT LoRA adapter folder")
+    for job in (ablate, stats):
+        job.add_argument("--model", help="base model of an external adapter (default: its adapter_config's)")
+    ablate.add_argument("--template", help="prompt template of an external adapter (default yes_no)")
+    for job in (checkpoints, sweep, ablate):
+        job.add_argument("--data", default="$RELSCOPE_DATA/trec-dl-2019", help="dev TREC folder (default DL19)")
+        job.add_argument("--top-k", type=int, default=20, help="rerank this many BM25 passages (default 20)")
+        job.add_argument("--max-queries", type=int, help="the first n queries only")
+    for job in (checkpoints, sweep, ablate, stats):
+        job.add_argument("--out", required=True, help="output folder (csv, md, png, manifest.json)")
+        job.set_defaults(handler=_lora)
+
+
+def _lora(args: argparse.Namespace) -> int:
+    from relscope.analysis import anatomy
+    from relscope.reports.tables import to_markdown
+
+    dev = anatomy.DevRun(args.data, args.top_k, args.max_queries) if hasattr(args, "data") else None
+    if args.job == "checkpoints":
+        rows = anatomy.evaluate_checkpoints(args.run_dir, args.out, dev, args.epsilon)
+    elif args.job == "sweep-rank":
+        from relscope.config import from_mapping, load_yaml, set_dotted
+        from relscope.training.config import TrainConfig
+
+        values = load_yaml(args.config)
+        for item in args.set:
+            set_dotted(values, item)
+        config = from_mapping(TrainConfig, values, args.config)
+        rows = anatomy.sweep_rank(config, args.ranks, args.out, dev, args.epsilon)
+    elif args.job == "ablate":
+        variants = args.variants or anatomy.DEFAULT_VARIANTS
+        rows = anatomy.ablate(args.adapter, args.out, variants, dev, args.model, args.template)
+    else:
+        rows = anatomy.adapter_stats(args.adapter, args.out, args.model)
+    print(to_markdown(rows, bold_best="nDCG@10" if "nDCG@10" in rows[0] else None), end="")
+    print(f"outputs: {args.out}/")
     return 0
 
 

@@ -64,26 +64,51 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
     return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
 
 
-def load_trained(checkpoint: str | Path, dtype: str = "auto", device: str | None = None, merge: bool = False):
+def load_trained(checkpoint: str | Path, dtype: str = "auto", device: str | None = None, merge: bool = False,
+                 model: str | None = None, template: str | None = None, head: str | None = None):
     """(LoadedModel whose model is the PEFT-wrapped LM, the head module, the meta).
 
+    A relscope checkpoint names its base model, template and head in relscope.json. Any other
+    PEFT LoRA adapter (adapter_config.json + adapter_model.safetensors) loads too: the base
+    comes from `model` or its adapter_config, the template from `template` (default yes_no).
     merge=True folds W + BA into the base weights (PEFT merge_and_unload): the same scores
     without the adapter's extra matmuls, for reranking; analyses that switch LoRA off keep it unmerged.
     """
     from peft import PeftModel
 
-    from relscope.models.heads import build_head
+    from relscope.models.heads import DEFAULT_HEAD, build_head
     from relscope.models.load import load_model
     from relscope.prompts.templates import get_template
     from relscope.prompts.tokenize import PromptBuilder
 
-    meta = read_meta(checkpoint)
-    loaded = load_model(meta["model"], dtype=dtype, device=device)
-    loaded.model = PeftModel.from_pretrained(loaded.model, str(checkpoint)).eval()
+    folder = Path(checkpoint)
+    meta = read_meta(folder) if (folder / META_FILE).is_file() else _external_meta(folder, model, template, head)
+    loaded = load_model(model or meta["model"], dtype=dtype, device=device)
+    try:
+        loaded.model = PeftModel.from_pretrained(loaded.model, str(folder)).eval()
+    except (RuntimeError, ValueError, KeyError) as err:  # size mismatch, target modules not found
+        raise ModelError(f"{folder}: this adapter does not fit {loaded.name!r} (made for "
+                         f"{_adapter_base(folder)!r}?): {str(err).splitlines()[0][:300]}. "
+                         "Give the base model it was trained on") from None
     if merge:
         loaded.model = loaded.model.merge_and_unload()
-    builder = PromptBuilder(loaded.tokenizer, get_template(meta["template"]), meta["max_length"])
-    head = build_head(meta["head"], loaded.model, builder)
-    if (Path(checkpoint) / HEAD_FILE).is_file():
-        head.load_state_dict(load_file(Path(checkpoint) / HEAD_FILE, device=str(loaded.device)), strict=False)
-    return loaded, head, meta
+    builder = PromptBuilder(loaded.tokenizer, get_template(meta["template"]), meta.get("max_length", 512))
+    head_module = build_head(meta.get("head") or DEFAULT_HEAD.get(meta["template"], "yes_no"), loaded.model, builder)
+    if (folder / HEAD_FILE).is_file():
+        head_module.load_state_dict(load_file(folder / HEAD_FILE, device=str(loaded.device)), strict=False)
+    return loaded, head_module, meta
+
+
+def _adapter_base(folder: Path) -> str | None:
+    config = folder / "adapter_config.json"
+    return json.loads(config.read_text(encoding="utf-8")).get("base_model_name_or_path") if config.is_file() else None
+
+
+def _external_meta(folder: Path, model: str | None, template: str | None, head: str | None) -> dict:
+    if not (folder / "adapter_config.json").is_file():
+        raise ModelError(f"{folder}: neither a relscope checkpoint ({META_FILE}) nor a PEFT adapter "
+                         "(adapter_config.json); give a checkpoint-<step>/ folder or a PEFT adapter folder")
+    base = model or _adapter_base(folder)
+    if not base:
+        raise ModelError(f"{folder}/adapter_config.json names no base model; pass the base model explicitly")
+    return {"model": base, "template": template or "yes_no", "head": head, "external": True}

@@ -1,0 +1,218 @@
+"""LoRA anatomy (`relscope lora ...`): metrics across checkpoints, rank sweeps, ablations, delta statistics.
+
+Each job writes <name>.csv, <name>.md (shaped like the source study's table), <name>.png and
+manifest.json into its output folder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from relscope.analysis.lora_surgery import (
+    MODULE_PRESETS,
+    adapted_sites,
+    delta_stats,
+    keep_only,
+    parse_layers,
+    select,
+)
+from relscope.config import DEFAULT_MEASURES, to_mapping
+from relscope.data.dataset import RerankDataset, data_path, load_rerank_dataset, resolve_files
+from relscope.errors import ConfigError
+from relscope.evaluation.metrics import evaluate_run
+from relscope.evaluation.rerank import Reranker, rerank
+from relscope.io import atomic_write_json
+from relscope.manifest import build_manifest
+from relscope.models.scoring import ScoringOptions
+from relscope.models.specs.base import PROJECTIONS, num_layers
+from relscope.reports import plots
+from relscope.reports.tables import write_table
+from relscope.training.checkpoint import latest_checkpoint, load_trained
+
+NDCG = "nDCG@10"
+
+
+@dataclass(frozen=True)
+class DevRun:
+    """The ranking task every anatomy figure is measured on."""
+
+    data: str = "$RELSCOPE_DATA/trec-dl-2019"
+    top_k: int = 20
+    max_queries: int | None = None
+    measures: tuple[str, ...] = DEFAULT_MEASURES
+
+    def load(self) -> RerankDataset:
+        dataset = load_rerank_dataset(resolve_files(data_path(self.data)), self.top_k)
+        if dataset.qrels is None:
+            raise ConfigError(f"{self.data}: no qrels.txt; anatomy measures need judgments")
+        if self.max_queries:
+            dataset = replace(dataset, run={q: dataset.run[q] for q in list(dataset.run)[: self.max_queries]})
+        return dataset
+
+
+def _measure(reranker: Reranker, dataset: RerankDataset, dev: DevRun) -> dict[str, float]:
+    return evaluate_run(dataset.qrels, rerank(reranker, dataset, dev.top_k).run, dev.measures)[0]
+
+
+def _reranker(loaded, head, meta, max_length: int = 512) -> Reranker:
+    return Reranker.build(loaded, meta["template"], head, max_length, ScoringOptions(), progress=False)
+
+
+def _finish(out: Path, name: str, rows: list[dict], title: str, fig, config: dict, files=None) -> list[dict]:
+    out.mkdir(parents=True, exist_ok=True)
+    write_table(rows, out / name, title, bold_best=NDCG if NDCG in rows[0] else None)
+    plots.save(fig, out / f"{name}.png")
+    atomic_write_json(out / "manifest.json", build_manifest(config, files or {}))
+    return rows
+
+
+# -- 1. checkpoints ----------------------------------------------------------------------------
+
+def checkpoint_steps(run_dir: Path) -> list[tuple[int, Path]]:
+    found = sorted((int(p.name.split("-")[-1]), p) for p in run_dir.glob("checkpoint-*")
+                   if p.name.split("-")[-1].isdigit() and (p / "adapter_model.safetensors").is_file())
+    if not found:
+        raise ConfigError(f"{run_dir}: no checkpoint-<step>/ folders; point at the --out of relscope train")
+    return found
+
+
+def convergence_step(steps: Sequence[int], values: Sequence[float], epsilon: float) -> int:
+    """The first step whose value is within `epsilon` of the best."""
+    best = max(values)
+    return next(s for s, v in zip(steps, values) if v >= best - epsilon)
+
+
+def evaluate_checkpoints(run_dir: str | Path, out: str | Path, dev: DevRun = DevRun(), epsilon: float = 0.01,
+                         include_base: bool = True) -> list[dict]:
+    """Every checkpoint (and, for answer heads, the base model at step 0) on the dev run."""
+    run_dir, out = Path(run_dir), Path(out)
+    dataset = dev.load()
+    rows = []
+    for step, folder in checkpoint_steps(run_dir):
+        loaded, head, meta = load_trained(folder)
+        reranker = _reranker(loaded, head, meta)
+        if include_base and not rows and meta["head"] != "linear":  # step 0: the untrained judge
+            with loaded.model.disable_adapter():
+                rows.append({"step": 0, **_measure(reranker, dataset, dev)})
+        rows.append({"step": step, **_measure(reranker, dataset, dev)})
+    steps = [r["step"] for r in rows]
+    converged = convergence_step(steps, [r[NDCG] for r in rows], epsilon)
+    for row in rows:
+        row["converged"] = "yes" if row["step"] == converged else ""
+    fig = plots.metric_curves(steps, {m: [r[m] for r in rows] for m in dev.measures},
+                              f"{run_dir.name}: dev metrics by checkpoint", converged)
+    return _finish(out, "checkpoints", rows, f"{run_dir.name}: metrics by checkpoint (converged at step "
+                   f"{converged}, epsilon {epsilon})", fig, {"run": str(run_dir), "dev": to_mapping(dev),
+                                                            "epsilon": epsilon})
+
+
+# -- 2. rank sweep -----------------------------------------------------------------------------
+
+def sweep_rank(config, ranks: Sequence[int], out: str | Path, dev: DevRun = DevRun(), epsilon: float = 0.01,
+               progress: bool = True) -> list[dict]:
+    """Train `config` once per LoRA rank (resuming any finished or interrupted rank), then tabulate."""
+    from relscope.training.job import run_train_job
+
+    out = Path(out)
+    rows = []
+    for rank in ranks:
+        run_dir = out / f"rank-{rank}"
+        ranked = replace(config, lora=replace(config.lora, rank=rank, alpha=config.lora.alpha * rank / config.lora.rank))
+        if latest_checkpoint(run_dir) is None or not (run_dir / "summary.json").is_file():
+            run_train_job(ranked, run_dir, progress=progress)
+        table = evaluate_checkpoints(run_dir, run_dir / "anatomy", dev, epsilon, include_base=False)
+        best = max(table, key=lambda r: r[NDCG])
+        converged = next(r["step"] for r in table if r["converged"])
+        rows.append({"rank": rank, "alpha": ranked.lora.alpha, NDCG: best[NDCG], "best step": best["step"],
+                     "converged at": converged})
+    fig = plots.metric_curves([r["rank"] for r in rows], {NDCG: [r[NDCG] for r in rows]}, "best nDCG@10 by LoRA rank")
+    fig.axes[0].set_xscale("log", base=2)
+    fig.axes[0].set_xlabel("LoRA rank")
+    return _finish(out, "rank_sweep", rows, "LoRA rank sweep (alpha/rank fixed)", fig,
+                   {"config": to_mapping(config), "ranks": list(ranks), "dev": to_mapping(dev)})
+
+
+# -- 3. ablation -------------------------------------------------------------------------------
+
+DEFAULT_VARIANTS = ("none", "mlp-only", "attn-only", "all",  # Table 3
+                    "all@5-15", "all@0-4+16-31", "all@5-31", "all@0-15",  # layer ranges (32-layer models)
+                    "up+gate", "down")  # Table 4
+
+
+def parse_variant(text: str, n_layers: int) -> tuple[tuple[str, ...], set[int] | None]:
+    """'<modules>[@<layers>]': a preset (none, mlp-only, attn-only, all, up+gate, down) or projections
+    joined by '+', optionally restricted to layer ranges ('5-15', '0-4+16-31', '0.5-1.0')."""
+    modules_text, _, layers_text = text.partition("@")
+    if modules_text in MODULE_PRESETS:
+        modules = MODULE_PRESETS[modules_text]
+    else:
+        modules = tuple(modules_text.split("+"))
+        unknown = [m for m in modules if m not in PROJECTIONS]
+        if unknown:
+            raise ConfigError(f"variant {text!r}: unknown module {unknown[0]!r}; use a preset "
+                              f"({', '.join(MODULE_PRESETS)}) or projections joined by '+'")
+    return modules, parse_layers(layers_text, n_layers) if layers_text else None
+
+
+def ablate(adapter: str | Path, out: str | Path, variants: Sequence[str] = DEFAULT_VARIANTS, dev: DevRun = DevRun(),
+           model: str | None = None, template: str | None = None) -> list[dict]:
+    """Metrics with the LoRA update kept only where each variant says (exact: the rest scaled to 0)."""
+    loaded, head, meta = load_trained(adapter, model=model, template=template)
+    base = loaded.model.get_base_model()
+    n_layers = num_layers(base.config)
+    parsed = [(v, *parse_variant(v, n_layers)) for v in variants]  # bad variants fail before any scoring
+    sites = adapted_sites(base, loaded.spec)
+    reranker = _reranker(loaded, head, meta)
+    dataset = dev.load()
+    rows = []
+    for name, modules, layers in parsed:
+        kept = select(sites, modules, layers) if modules else []
+        with keep_only(base, kept):
+            rows.append({"keep LoRA in": name, "sites kept": f"{len(kept)}/{len(sites)}",
+                         **_measure(reranker, dataset, dev)})
+    fig = _bar(rows, "keep LoRA in", f"{Path(adapter).name}: LoRA kept in")
+    return _finish(out, "ablation", rows, f"{adapter}: LoRA update kept only in", fig,
+                   {"adapter": str(adapter), "variants": list(variants), "dev": to_mapping(dev)},
+                   {"adapter": Path(adapter) / "adapter_model.safetensors"})
+
+
+def _bar(rows: list[dict], key: str, title: str):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(5, 0.6 * len(rows)), 3.6))
+    ax.bar(range(len(rows)), [r[NDCG] for r in rows])
+    ax.set_xticks(range(len(rows)), [r[key] for r in rows], rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel(NDCG)
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+# -- 4. delta statistics -----------------------------------------------------------------------
+
+def adapter_stats(adapter: str | Path, out: str | Path, model: str | None = None) -> list[dict]:
+    """||delta W||_F, singular values and effective rank of every adapted module."""
+    loaded, _, _ = load_trained(adapter, model=model)
+    base = loaded.model.get_base_model()
+    stats = delta_stats(base, adapted_sites(base, loaded.spec))
+    rows = [{"layer": s.layer, "module": s.label, "frobenius": s.frobenius, "effective_rank": s.effective_rank,
+             "top_singular_value": s.singular_values[0] if s.singular_values else 0.0} for s in stats]
+    labels = list(dict.fromkeys(s.label for s in stats))
+    n_layers = num_layers(base.config)
+    grid = {key: np.full((n_layers, len(labels)), np.nan) for key in ("frobenius", "effective_rank")}
+    for s in stats:
+        grid["frobenius"][s.layer, labels.index(s.label)] = s.frobenius
+        grid["effective_rank"][s.layer, labels.index(s.label)] = s.effective_rank
+    out = Path(out)
+    layer_names = [str(i) for i in range(n_layers)]
+    plots.save(plots.heatmap(grid["effective_rank"], layer_names, labels, "effective rank of delta W",
+                             "effective rank"), out / "effective_rank.png")
+    plots.save(plots.spectra({f"{s.layer}.{s.label}": s.singular_values for s in stats[:: max(1, len(stats) // 12)]},
+                             "singular values of delta W (a sample of modules)"), out / "spectra.png")
+    fig = plots.heatmap(grid["frobenius"], layer_names, labels, "||delta W||_F by layer and module", "Frobenius norm")
+    return _finish(out, "delta_stats", rows, f"{adapter}: LoRA update by layer and module", fig,
+                   {"adapter": str(adapter)}, {"adapter": Path(adapter) / "adapter_model.safetensors"})

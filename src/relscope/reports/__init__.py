@@ -1,0 +1,1 @@
+"""Tables and figures: pure functions from data to text or matplotlib Figures."""

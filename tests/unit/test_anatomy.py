@@ -1,0 +1,112 @@
+"""`relscope lora ...` on a tiny trained run: every output written, the numbers tied to direct computations."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from relscope.analysis import anatomy
+from relscope.cli import main
+from relscope.config import RerankConfig, from_mapping
+from relscope.errors import ConfigError, ModelError
+from relscope.evaluation.job import run_rerank_job
+from relscope.training.config import TrainConfig
+from relscope.training.job import run_train_job
+
+
+@pytest.fixture
+def trained(tiny_family_dir, tiny_groups, tmp_path) -> Path:
+    config = from_mapping(TrainConfig, dict(model=str(tiny_family_dir("llama")), train=[str(tiny_groups)], negatives=2,
+                                            max_length=96, max_steps=4, batch_size=2, save_steps=2,
+                                            learning_rate=2e-2, report_to=[], lora={"rank": 4, "dropout": 0.0}))
+    run_train_job(config, tmp_path / "run", progress=False)
+    return tmp_path / "run"
+
+
+def _dev(trec_dir: Path) -> anatomy.DevRun:
+    return anatomy.DevRun(data=str(trec_dir), top_k=4)
+
+
+def _outputs(folder: Path, name: str) -> None:
+    for suffix in (".csv", ".md", ".png"):
+        assert (folder / f"{name}{suffix}").stat().st_size > 0
+    assert json.loads((folder / "manifest.json").read_text())["versions"]["relscope"]
+
+
+def test_checkpoints_table_matches_reranking_each_checkpoint(trained, trec_dir, tmp_path):
+    rows = anatomy.evaluate_checkpoints(trained, tmp_path / "ck", _dev(trec_dir))
+    assert [r["step"] for r in rows] == [0, 2, 4]  # step 0: the base model judging zero-shot
+    direct = run_rerank_job(RerankConfig(adapter=str(trained / "checkpoint-4"), data=str(trec_dir), top_k=4),
+                            tmp_path / "rr", progress=False)
+    assert rows[-1]["nDCG@10"] == pytest.approx(direct["reranked"]["nDCG@10"])
+    base_model = json.loads((trained / "checkpoint-2" / "relscope.json").read_text())["model"]
+    zero_shot = run_rerank_job(RerankConfig(model=base_model, data=str(trec_dir), top_k=4), tmp_path / "zs",
+                               progress=False)
+    assert rows[0]["nDCG@10"] == pytest.approx(zero_shot["reranked"]["nDCG@10"])
+    assert sum(r["converged"] == "yes" for r in rows) == 1
+    _outputs(tmp_path / "ck", "checkpoints")
+
+
+def test_convergence_step_is_the_first_within_epsilon():
+    assert anatomy.convergence_step([0, 100, 200, 300], [0.30, 0.49, 0.51, 0.50], 0.02) == 100
+    assert anatomy.convergence_step([0, 100, 200, 300], [0.30, 0.49, 0.51, 0.50], 0.0) == 200
+
+
+def test_ablation_table_ends_are_the_base_model_and_the_adapter(trained, trec_dir, tmp_path):
+    adapter = trained / "checkpoint-4"
+    rows = anatomy.ablate(adapter, tmp_path / "ab", ["none", "all", "mlp-only", "q+v@0-1", "all@0.5-1.0"],
+                          _dev(trec_dir))
+    by_name = {r["keep LoRA in"]: r for r in rows}
+    checkpoints = anatomy.evaluate_checkpoints(trained, tmp_path / "ck", _dev(trec_dir))
+    assert by_name["none"]["nDCG@10"] == pytest.approx(checkpoints[0]["nDCG@10"])  # = base model
+    assert by_name["all"]["nDCG@10"] == pytest.approx(checkpoints[-1]["nDCG@10"])  # = adapter
+    assert by_name["q+v@0-1"]["sites kept"] == "4/21"
+    assert by_name["all@0.5-1.0"]["sites kept"] == "14/21"  # layers 1 and 2 of 3
+    _outputs(tmp_path / "ab", "ablation")
+
+
+def test_bad_variant_fails_before_scoring(trained, trec_dir, tmp_path):
+    with pytest.raises(ConfigError, match="unknown module 'ffn'"):
+        anatomy.ablate(trained / "checkpoint-4", tmp_path / "ab", ["ffn"], _dev(trec_dir))
+    with pytest.raises(ConfigError, match="outside 0..2"):
+        anatomy.ablate(trained / "checkpoint-4", tmp_path / "ab", ["all@5-15"], _dev(trec_dir))
+
+
+def test_stats_cover_every_adapted_module(trained, tmp_path):
+    rows = anatomy.adapter_stats(trained / "checkpoint-4", tmp_path / "st")
+    assert len(rows) == 3 * 7
+    assert all(r["frobenius"] > 0 and 1.0 <= r["effective_rank"] <= 4.0 for r in rows)
+    _outputs(tmp_path / "st", "delta_stats")
+    assert (tmp_path / "st" / "effective_rank.png").is_file() and (tmp_path / "st" / "spectra.png").is_file()
+
+
+def test_external_peft_adapter_loads_and_a_foreign_one_is_refused(trained, tiny_family_dir, tmp_path):
+    external = tmp_path / "external"
+    shutil.copytree(trained / "checkpoint-4", external)
+    (external / "relscope.json").unlink()  # a plain PEFT adapter folder now
+    rows = anatomy.adapter_stats(external, tmp_path / "st")
+    assert len(rows) == 21
+    with pytest.raises(ModelError, match="does not fit"):
+        anatomy.adapter_stats(external, tmp_path / "st2", model=str(tiny_family_dir("gpt_neox")))
+
+
+def test_sweep_rank_trains_each_rank_and_tabulates(tiny_family_dir, tiny_groups, trec_dir, tmp_path):
+    config = from_mapping(TrainConfig, dict(model=str(tiny_family_dir("llama")), train=[str(tiny_groups)],
+                                            negatives=2, max_length=96, max_steps=2, batch_size=2, save_steps=1,
+                                            report_to=[], lora={"rank": 2, "alpha": 4}))
+    rows = anatomy.sweep_rank(config, [1, 4], tmp_path / "sw", _dev(trec_dir), progress=False)
+    assert [(r["rank"], r["alpha"]) for r in rows] == [(1, 2.0), (4, 8.0)]
+    assert all(r["best step"] in (1, 2) for r in rows)
+    _outputs(tmp_path / "sw", "rank_sweep")
+
+
+def test_cli_lora_stats_and_checkpoints(trained, trec_dir, tmp_path, capsys):
+    assert main(["lora", "stats", str(trained / "checkpoint-2"), "--out", str(tmp_path / "s")]) == 0
+    assert main(["lora", "checkpoints", str(trained), "--data", str(trec_dir), "--top-k", "3",
+                 "--out", str(tmp_path / "c")]) == 0
+    assert "| step |" in capsys.readouterr().out
+    assert main(["lora", "checkpoints", str(tmp_path), "--out", str(tmp_path / "x")]) == 2
+    assert "no checkpoint-<step>/" in capsys.readouterr().err
