@@ -109,3 +109,15 @@ def test_rerank_from_a_rankllm_file(tiny_model_dir, trec_dir, tmp_path):
     metrics = run_rerank_job(config, tmp_path / "rl", progress=False)
     assert metrics["passages_scored"] == 6 and "reranked" in metrics
     assert "rankllm" in json.loads((tmp_path / "rl" / "manifest.json").read_text())["data"]
+
+
+def test_metrics_average_over_the_queries_the_run_has_only():
+    """A run over a subset of the judged queries (a dev subset) is averaged over that subset, as trec_eval does."""
+    from relscope.data.types import ScoredDoc
+    from relscope.evaluation.metrics import evaluate_run
+
+    qrels = {"1": {"a": 2, "b": 0}, "2": {"c": 2}, "3": {"d": 2}}
+    run = {"1": [ScoredDoc("a", 2.0), ScoredDoc("b", 1.0)], "2": [ScoredDoc("x", 1.0), ScoredDoc("c", 0.5)]}
+    mean, per_query = evaluate_run(qrels, run, ["RR(rel=2)@10"])
+    assert per_query == {"1": {"RR(rel=2)@10": 1.0}, "2": {"RR(rel=2)@10": 0.5}}
+    assert mean["RR(rel=2)@10"] == pytest.approx(0.75)  # not (1 + 0.5 + 0) / 3

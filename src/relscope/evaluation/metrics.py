@@ -33,6 +33,7 @@ def evaluate_run(
     """
     parsed = parse_measures(measures)
     judged = {q: docs for q, docs in run_scores(run).items() if q in qrels}
+    qrels = {q: qrels[q] for q in judged}  # ir_measures would average a judged query the run lacks in as 0
     per_query: dict[str, dict[str, float]] = {}
     for metric in ir_measures.iter_calc(parsed, qrels, judged):
         per_query.setdefault(metric.query_id, {})[str(metric.measure)] = float(metric.value)
