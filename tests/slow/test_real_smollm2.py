@@ -83,3 +83,28 @@ def test_rerank_job_on_five_dl19_queries(smollm2, real_data, tmp_path):
     assert metrics["queries"] == 5 and metrics["passages_scored"] == 50
     assert 0.0 < metrics["reranked"]["nDCG@10"] <= 1.0
     assert len(read_run(tmp_path / "out" / "run.trec")) == 5
+
+
+def test_a_short_real_training_run_resumes_and_reranks(smollm2, real_data, tmp_path):
+    """SmolLM2 on real DL21 groups: 2 steps, interrupted after 1, resumed; the checkpoint reranks DL19."""
+    import json
+    import shutil
+
+    from relscope.config import from_mapping
+    from relscope.training.job import run_train_job
+    from relscope.training.config import TrainConfig
+
+    config = from_mapping(TrainConfig, dict(train=[str(real_data / "trec-dl-2021")], negatives=1, max_length=128,
+                                            max_steps=2, batch_size=1, save_steps=1, report_to=[],
+                                            lora={"rank": 2, "targets": ["q", "v"], "layers": [0, -1]}))
+    run_train_job(config, tmp_path / "full", progress=False)
+    shutil.copytree(tmp_path / "full", tmp_path / "cut")
+    shutil.rmtree(tmp_path / "cut" / "checkpoint-2")
+    run_train_job(config, tmp_path / "cut", progress=False)
+    losses = [[json.loads(line)["loss"] for line in (tmp_path / run / "log.jsonl").read_text().splitlines()
+               if '"loss"' in line] for run in ("full", "cut")]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6) and len(losses[0]) == 2
+    metrics = run_rerank_job(RerankConfig(adapter=str(tmp_path / "cut" / "checkpoint-2"),
+                                          data=str(real_data / "trec-dl-2019"), top_k=3), tmp_path / "rr",
+                             progress=False)
+    assert metrics["queries"] == 43 and 0.0 < metrics["reranked"]["nDCG@10"] <= 1.0

@@ -44,16 +44,20 @@ class Objective:
         raise NotImplementedError
 
 
-class Listwise(Objective):
-    """Positive first; cross-entropy of the positive against the group (as Tevatron's train_group_size)."""
-
-    name, template, head = "listwise", "score", "linear"
+class _OnePassagePerPrompt(Objective):
+    """The positive first, then the negatives, one prompt each."""
 
     def prompts(self, builder, query, positive, negatives):
         return [builder.build(query, [text]) for text in [positive, *negatives]]
 
     def prompts_per_group(self, negatives: int) -> int:
         return negatives + 1
+
+
+class Listwise(_OnePassagePerPrompt):
+    """Cross-entropy of the positive against its group (as Tevatron's train_group_size)."""
+
+    name, template, head = "listwise", "score", "linear"
 
     def loss(self, scores: torch.Tensor) -> GroupStats:
         scores = scores.float()
@@ -62,16 +66,10 @@ class Listwise(Objective):
         return GroupStats(F.cross_entropy(scores, target), _positive_wins(scores), p_positive.detach())
 
 
-class YesNo(Objective):
+class YesNo(_OnePassagePerPrompt):
     """Each passage judged on its own: 'yes' for the positive, 'no' for every negative."""
 
     name, template, head = "yes_no", "yes_no", "yes_no"
-
-    def prompts(self, builder, query, positive, negatives):
-        return [builder.build(query, [text]) for text in [positive, *negatives]]
-
-    def prompts_per_group(self, negatives: int) -> int:
-        return negatives + 1
 
     def loss(self, scores: torch.Tensor) -> GroupStats:
         scores = scores.float()
