@@ -24,6 +24,14 @@ class ModelError(RelscopeError):
     """A model that cannot be loaded or is of an unsupported family."""
 
 
+class TrainingError(RelscopeError):
+    """Training cannot go on (a non-finite loss or gradient); the last checkpoint is intact."""
+
+
+class BusyError(RelscopeError):
+    """Another relscope run is writing to the same output folder."""
+
+
 def where(path: str | Path, line: int | None = None) -> str:
     """`file:line` for error messages (line is 1-based)."""
     return f"{path}:{line}" if line is not None else str(path)

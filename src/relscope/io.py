@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,6 +25,44 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+@contextmanager
+def output_lock(folder: str | Path) -> Iterator[None]:
+    """Hold `folder`/.relscope.lock while writing there; a second live run is refused, a stale lock taken over."""
+    from relscope.errors import BusyError
+
+    lock = Path(folder) / ".relscope.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    me = f"{os.getpid()} {socket.gethostname()}"
+    while True:
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            break
+        except FileExistsError:
+            owner = lock.read_text(encoding="utf-8").split() if lock.exists() else []
+            if owner and _alive(owner):
+                raise BusyError(f"{folder}: another relscope run (pid {owner[0]} on {owner[1]}) is writing here; "
+                                "wait for it to end or choose another --out") from None
+            lock.unlink(missing_ok=True)  # stale: its process is gone (killed, crashed)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(me)
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _alive(owner: list[str]) -> bool:
+    if len(owner) < 2 or owner[1] != socket.gethostname():
+        return len(owner) >= 2  # another machine's lock on a shared disk: assume it is live
+    try:
+        os.kill(int(owner[0]), 0)
+    except (ProcessLookupError, ValueError):
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

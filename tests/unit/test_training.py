@@ -233,3 +233,53 @@ def test_merged_adapter_scores_equal_the_unmerged_ones(tiny_family_dir, tiny_gro
         prompts = [builder.build("why are bananas yellow", [t]) for t in ["Bananas are yellow.", "Rivers flow."]]
         scores.append(Scorer(loaded.model, loaded.spec, head, 0, progress=False).score(prompts))
     np.testing.assert_allclose(scores[0], scores[1], atol=1e-5)
+
+
+def test_a_second_run_on_the_same_folder_is_refused_and_a_stale_lock_taken_over(tiny_family_dir, tiny_groups,
+                                                                                 tmp_path):
+    import os
+    import socket
+    import subprocess
+
+    from relscope.errors import BusyError
+
+    out = tmp_path / "out"
+    out.mkdir()
+    lock = out / ".relscope.lock"
+    lock.write_text(f"{os.getpid()} {socket.gethostname()}")  # a live process holds it
+    with pytest.raises(BusyError, match="another relscope run"):
+        run_train_job(_config(tiny_family_dir("llama"), tiny_groups, max_steps=1), out, progress=False)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    lock.write_text(f"{dead.pid} {socket.gethostname()}")  # its process is gone: a crash left it
+    run_train_job(_config(tiny_family_dir("llama"), tiny_groups, max_steps=1), out, progress=False)
+    assert not lock.exists()
+
+
+def test_a_non_finite_loss_stops_training_naming_the_step(tiny_family_dir, tiny_groups, tmp_path):
+    from tiny import tiny_model, tiny_tokenizer
+
+    from relscope.errors import TrainingError
+
+    broken = tmp_path / "broken-model"
+    model = tiny_model("llama")
+    with torch.no_grad():
+        model.model.layers[1].mlp.down_proj.weight[0, 0] = float("inf")  # a corrupted weight file
+    model.save_pretrained(broken)
+    tiny_tokenizer().save_pretrained(broken)
+    with pytest.raises(TrainingError, match="step 1: the loss is nan"):
+        run_train_job(_config(broken, tiny_groups), tmp_path / "out", progress=False)
+
+
+def test_a_non_finite_gradient_names_the_layer_and_module():
+    from relscope.errors import TrainingError
+    from relscope.training.callbacks import GradNormRecorder
+    from relscope.training.lora import LoraSite
+
+    module = torch.nn.Module()
+    module.lora_A = torch.nn.Linear(2, 2, bias=False)
+    module.lora_A.weight.grad = torch.tensor([[1.0, float("nan")], [0.0, 0.0]])
+    root = torch.nn.Module()
+    root.down = module
+    with pytest.raises(TrainingError, match="step 7: the gradient of layer 2's down LoRA is nan"):
+        GradNormRecorder(root, [LoraSite(2, "down", "down")], n_layers=3).record(7)

@@ -13,7 +13,7 @@ from relscope.errors import ConfigError
 from relscope.data.types import natural_key
 from relscope.evaluation.metrics import evaluate_run
 from relscope.evaluation.rerank import Reranker, rerank
-from relscope.io import atomic_write_json, atomic_write_text
+from relscope.io import atomic_write_json, atomic_write_text, output_lock
 from relscope.manifest import build_manifest
 from relscope.models.load import load_model
 from relscope.models.scoring import ScoringOptions
@@ -35,7 +35,11 @@ def load_dataset(config: RerankConfig) -> RerankDataset:
 
 def run_rerank_job(config: RerankConfig, out_dir: str | Path, progress: bool = True) -> dict:
     """Writes config.yaml, run.trec, metrics.json, per_query.csv and manifest.json to out_dir."""
-    out = Path(out_dir)
+    with output_lock(out_dir):  # two jobs on one folder would leave a mix of both outputs
+        return _rerank_job(config, Path(out_dir), progress)
+
+
+def _rerank_job(config: RerankConfig, out: Path, progress: bool) -> dict:
     dataset = load_dataset(config)  # fail on bad data before loading a model
     files = dict(dataset.files)
     options = ScoringOptions(max_batch_tokens=config.max_batch_tokens, prefix_cache=config.prefix_cache)

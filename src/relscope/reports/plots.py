@@ -56,9 +56,9 @@ def spectra(curves: Mapping[str, Sequence[float]], title: str) -> Figure:
 
 
 def save(fig: Figure, path: Path) -> None:
-    """PNG, written to a temporary name first so a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=130)
+    """PNG, written atomically: a reader never sees half a file."""
+    from relscope.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=130, format="png")
     plt.close(fig)
-    tmp.replace(path)

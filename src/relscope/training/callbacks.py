@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from transformers import TrainerCallback
 
-from relscope.io import atomic_write_json, atomic_write_text
+from relscope.errors import TrainingError
+from relscope.io import atomic_path, atomic_write_json, atomic_write_text
 from relscope.training.lora import LoraSite, lora_parameters
 
 GRAD_NORMS_FILE = "grad_norms.npz"
@@ -47,6 +46,10 @@ class GradNormRecorder(TrainerCallback):
             values = torch.stack([s for _, s in squares]).sqrt().cpu().numpy()
             for ((layer, col), _), value in zip(squares, values):
                 row[layer, col] = value
+                if not np.isfinite(value):
+                    raise TrainingError(f"step {step}: the gradient of layer {layer}'s {self.labels[col]} LoRA is "
+                                        f"{value}; lower learning_rate or check the inputs (the last checkpoint is "
+                                        "intact)")
         self.steps.append(step)
         self.rows.append(row)
 
@@ -64,12 +67,9 @@ class GradNormRecorder(TrainerCallback):
             self.save(Path(args.output_dir) / GRAD_NORMS_FILE)
 
     def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         norms = np.stack(self.rows) if self.rows else np.zeros((0, self.n_layers, len(self.labels)), np.float32)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
-        os.close(fd)
-        np.savez(tmp, norms=norms, steps=np.array(self.steps, dtype=np.int64), labels=np.array(self.labels))
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp, tmp.open("wb") as f:
+            np.savez(f, norms=norms, steps=np.array(self.steps, dtype=np.int64), labels=np.array(self.labels))
 
     def resume_from(self, checkpoint: Path, step: int) -> None:
         """Continue the array of an interrupted run: the checkpoint's rows up to its step."""

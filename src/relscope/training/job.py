@@ -11,7 +11,9 @@ out/
 from __future__ import annotations
 
 import logging
+import os
 import time
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from transformers import TrainingArguments, set_seed
 
 from relscope.config import dump_yaml, load_yaml, to_mapping
 from relscope.errors import ConfigError
-from relscope.io import atomic_write_json, atomic_write_text
+from relscope.io import atomic_write_json, atomic_write_text, output_lock
 from relscope.manifest import build_manifest
 from relscope.models.heads import HEADS, build_head
 from relscope.models.load import LoadedModel, load_model
@@ -41,7 +43,14 @@ log = logging.getLogger(__name__)
 
 
 def run_train_job(config: TrainConfig, out_dir: str | Path, resume: bool = True, progress: bool = True) -> dict:
+    """Train; resume from the last complete checkpoint in out_dir unless resume=False. One run per folder."""
     out = Path(out_dir)
+    first_process = int(os.environ.get("RANK", "0")) == 0  # under torchrun/accelerate, one process holds the lock
+    with output_lock(out) if first_process else nullcontext():
+        return _train(config, out, resume, progress)
+
+
+def _train(config: TrainConfig, out: Path, resume: bool, progress: bool) -> dict:
     objective = OBJECTIVES.get(config.objective)
     template = get_template(config.template or objective.template)
     head_name = config.head or (objective.head if template.name == objective.template else _head_for(template))
