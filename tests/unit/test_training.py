@@ -283,3 +283,27 @@ def test_a_non_finite_gradient_names_the_layer_and_module():
     root.down = module
     with pytest.raises(TrainingError, match="step 7: the gradient of layer 2's down LoRA is nan"):
         GradNormRecorder(root, [LoraSite(2, "down", "down")], n_layers=3).record(7)
+
+
+def test_no_resume_sets_the_earlier_run_aside(tiny_family_dir, tiny_groups, tmp_path):
+    config = _config(tiny_family_dir("llama"), tiny_groups, max_steps=2)
+    run_train_job(config, tmp_path, progress=False)
+    run_train_job(config, tmp_path, resume=False, progress=False)
+    (aside,) = tmp_path.glob("replaced-*")
+    assert (aside / "checkpoint-2" / "adapter_model.safetensors").is_file()
+    assert len(_losses(tmp_path)) == 2  # a fresh log, not appended to the old one
+
+
+def test_dev_run_is_scored_at_each_checkpoint_into_the_log(tiny_family_dir, tiny_groups, trec_dir, tmp_path):
+    run_train_job(_config(tiny_family_dir("llama"), tiny_groups, dev={"data": str(trec_dir), "top_k": 3,
+                                                                      "max_queries": 1}), tmp_path, progress=False)
+    dev_records = [r for r in _log(tmp_path) if "dev/nDCG@10" in r]
+    assert [r["step"] for r in dev_records] == [2, 4]
+    saved = json.loads((tmp_path / "checkpoint-4" / "dev_metrics.json").read_text())
+    assert saved["nDCG@10"] == pytest.approx(dev_records[-1]["dev/nDCG@10"])
+    direct = run_rerank_job(RerankConfig(adapter=str(tmp_path / "checkpoint-4"), data=str(trec_dir), top_k=3),
+                            tmp_path / "rr", progress=False)
+    per_query = (tmp_path / "rr" / "per_query.csv").read_text().splitlines()
+    first_query = dict(zip(per_query[0].split(","), per_query[1].split(",")))
+    assert saved["nDCG@10"] == pytest.approx(float(first_query["reranked:nDCG@10"]), abs=1e-4)
+    assert direct["queries"] == 2

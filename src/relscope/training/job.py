@@ -51,13 +51,7 @@ def run_train_job(config: TrainConfig, out_dir: str | Path, resume: bool = True,
 
 
 def _train(config: TrainConfig, out: Path, resume: bool, progress: bool) -> dict:
-    objective = OBJECTIVES.get(config.objective)
-    template = get_template(config.template or objective.template)
-    head_name = config.head or (objective.head if template.name == objective.template else _head_for(template))
-    HEADS.get(head_name)
-    if (template.kind == "pairwise") != (objective.name == "pairwise"):
-        raise ConfigError(f"template: the {objective.name} objective cannot use the {template.kind} template "
-                          f"{template.name!r}; leave template unset to use {objective.template!r}")
+    objective, template, head_name = _resolve_objective(config)
     checkpoint = latest_checkpoint(out) if resume else None
     _check_same_run(out, config, checkpoint)
     dev = _load_dev(config) if config.dev else None  # bad dev data fails here, before the model loads
@@ -66,30 +60,16 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool) -> dict
     set_seed(config.seed)  # LoRA and linear-head initialisation
     loaded = load_model(config.model, dtype=config.dtype, device=config.device,
                         quantize_4bit=config.lora.quantize_4bit)
-    sites = lora_sites(loaded.model, loaded.spec, config.lora)  # bad targets / layers fail before training
-    resolve_freeze(config.lora.freeze, num_layers(loaded.model.config))
-    if config.lora.quantize_4bit:
-        from peft import prepare_model_for_kbit_training
-
-        loaded.model = prepare_model_for_kbit_training(loaded.model)
-    peft_model, sites = apply_lora(loaded.model, loaded.spec, config.lora)
-    if config.gradient_checkpointing:  # non-reentrant: works although the frozen inputs need no grad
-        peft_model.get_base_model().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    builder = PromptBuilder(loaded.tokenizer, template, config.max_length)
-    head = build_head(head_name, peft_model, builder)
-    if any(p.requires_grad for p in head.parameters()):
-        head.float()  # a trained head keeps fp32 master weights, as LoRA does
-    module = RerankerModule(peft_model, loaded.spec, head)
-    pad_id = loaded.tokenizer.pad_token_id
+    module, sites, builder = _build_module(config, loaded, template, head_name)
+    recorder = GradNormRecorder(module.base, sites, num_layers(loaded.model.config))
     meta = {"model": config.model, "objective": objective.name, "template": template.name, "head": head_name,
             "max_length": config.max_length, "lora": to_mapping(config.lora)}
-
-    recorder = GradNormRecorder(peft_model.get_base_model(), sites, num_layers(loaded.model.config))
     trainer = RelscopeTrainer(
         model=module,
         args=_training_arguments(config, out, loaded, progress),
         train_dataset=GroupDataset(groups),
-        data_collator=GroupCollator(groups, objective, builder, config.negatives, pad_id, config.seed),
+        data_collator=GroupCollator(groups, objective, builder, config.negatives, loaded.tokenizer.pad_token_id,
+                                    config.seed),
         callbacks=[JsonlLogger(out / "log.jsonl"), recorder],
         objective=objective,
         prompts_per_group=objective.prompts_per_group(config.negatives),
@@ -98,10 +78,12 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool) -> dict
     )
     _add_tensorboard(trainer, config, out)
     if dev is not None:
-        reranker = _dev_reranker(loaded, peft_model, builder, head, pad_id)
+        reranker = _dev_reranker(loaded, module, builder)
         trainer.add_callback(DevEvaluator(trainer, reranker, dev, config.dev.top_k, config.dev.measures))
 
     if trainer.is_world_process_zero():
+        if not resume:
+            _set_aside(out)
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.yaml", dump_yaml(config))
         atomic_write_json(out / "manifest.json", build_manifest(
@@ -129,6 +111,48 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool) -> dict
     if trainer.is_world_process_zero():
         atomic_write_json(out / "summary.json", summary)
     return summary
+
+
+def _resolve_objective(config: TrainConfig):
+    """(objective, template, head name), checked against each other before anything loads."""
+    objective = OBJECTIVES.get(config.objective)
+    template = get_template(config.template or objective.template)
+    head_name = config.head or (objective.head if template.name == objective.template else _head_for(template))
+    HEADS.get(head_name)
+    if (template.kind == "pairwise") != (objective.name == "pairwise"):
+        raise ConfigError(f"template: the {objective.name} objective cannot use the {template.kind} template "
+                          f"{template.name!r}; leave template unset to use {objective.template!r}")
+    return objective, template, head_name
+
+
+def _build_module(config: TrainConfig, loaded: LoadedModel, template, head_name: str):
+    """LoRA on the resolved sites (bad targets or layers fail here), the head, and the module that trains."""
+    lora_sites(loaded.model, loaded.spec, config.lora)
+    resolve_freeze(config.lora.freeze, num_layers(loaded.model.config))
+    if config.lora.quantize_4bit:
+        from peft import prepare_model_for_kbit_training
+
+        loaded.model = prepare_model_for_kbit_training(loaded.model)
+    peft_model, sites = apply_lora(loaded.model, loaded.spec, config.lora)
+    if config.gradient_checkpointing:  # non-reentrant: works although the frozen inputs need no grad
+        peft_model.get_base_model().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    builder = PromptBuilder(loaded.tokenizer, template, config.max_length)
+    head = build_head(head_name, peft_model, builder)
+    if any(p.requires_grad for p in head.parameters()):
+        head.float()  # a trained head keeps fp32 master weights, as LoRA does
+    return RerankerModule(peft_model, loaded.spec, head), sites, builder
+
+
+def _set_aside(out: Path) -> None:
+    """--no-resume keeps what an earlier run left (nothing is lost): it moves to out/replaced-<time>/."""
+    earlier = [p for p in out.glob("*") if p.name.startswith("checkpoint-") or p.name in
+               ("log.jsonl", "grad_norms.npz", "summary.json", "tensorboard", "config.yaml", "manifest.json")]
+    if earlier:
+        keep = out / time.strftime("replaced-%Y%m%d-%H%M%S")
+        keep.mkdir()
+        for path in earlier:
+            path.rename(keep / path.name)
+        log.info("set the earlier run aside in %s", keep)
 
 
 def _head_for(template) -> str:
@@ -163,11 +187,12 @@ def _load_dev(config: TrainConfig):
     return dataset
 
 
-def _dev_reranker(loaded: LoadedModel, peft_model, builder, head, pad_id):
+def _dev_reranker(loaded: LoadedModel, module: RerankerModule, builder):
     from relscope.evaluation.rerank import Reranker
 
-    scorer = Scorer(peft_model, loaded.spec, head, pad_id, ScoringOptions(), progress=False)
-    return Reranker(replace(loaded, model=peft_model), builder, scorer)
+    scorer = Scorer(module.peft_model, loaded.spec, module.head, loaded.tokenizer.pad_token_id, ScoringOptions(),
+                    progress=False)
+    return Reranker(replace(loaded, model=module.peft_model), builder, scorer)
 
 
 def _training_arguments(config: TrainConfig, out: Path, loaded: LoadedModel, progress: bool) -> TrainingArguments:
