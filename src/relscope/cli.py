@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_rerank(commands.add_parser("rerank", help="rerank a first-stage run with an LLM and evaluate it"))
     _add_evaluate(commands.add_parser("evaluate", help="evaluate a TREC run with ir_measures"))
     _add_groups(commands.add_parser("groups", help="build training groups (Tevatron jsonl) from judgments"))
+    _add_fuse(commands.add_parser("fuse", help="interpolate runs (a reranker with its first stage) and evaluate"))
     _add_train(commands.add_parser("train", help="fine-tune a causal LM as a reranker with LoRA"))
     _add_lora(commands.add_parser("lora", help="LoRA anatomy: checkpoints, rank sweep, ablation, delta stats"))
     return parser
@@ -73,6 +74,34 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--measures", nargs="+", default=list(DEFAULT_MEASURES), help="ir_measures strings")
     p.add_argument("--per-query", action="store_true", help="also print one line per query")
     p.set_defaults(handler=_evaluate)
+
+
+def _add_fuse(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run", action="append", required=True, help="a TREC run; repeat (first: its queries and order)")
+    p.add_argument("--weights", type=float, nargs="+", required=True, help="one fixed weight per run")
+    p.add_argument("--norm", default="zscore", help="per-query score normalisation: zscore, minmax, rrf")
+    p.add_argument("--qrels", help="evaluate each input run and the fused one")
+    p.add_argument("--measures", nargs="+", default=list(DEFAULT_MEASURES), help="ir_measures strings")
+    p.add_argument("--out", required=True, help="the fused TREC run")
+    p.set_defaults(handler=_fuse)
+
+
+def _fuse(args: argparse.Namespace) -> int:
+    from relscope.data.trec import read_qrels, read_run, write_run
+    from relscope.evaluation.fusion import fuse_runs
+    from relscope.evaluation.metrics import evaluate_run
+
+    runs = [read_run(path) for path in args.run]
+    fused = fuse_runs(runs, args.weights, args.norm)
+    write_run(fused, args.out, tag=f"relscope-fuse-{args.norm}")
+    if args.qrels:
+        qrels = read_qrels(args.qrels)
+        print("\t".join(["run"] + args.measures))
+        for name, run in [*zip(args.run, runs), (f"fused ({args.norm}, {args.weights})", fused)]:
+            mean, _ = evaluate_run(qrels, run, args.measures)
+            print("\t".join([name] + [f"{mean[m]:.4f}" for m in args.measures]))
+    print(f"fused run: {args.out}")
+    return 0
 
 
 def _add_groups(p: argparse.ArgumentParser) -> None:
