@@ -101,7 +101,8 @@ def test_delta_stats_match_the_explicit_product():
     base = peft_model.get_base_model()
     stats = delta_stats(base, sites[:1])[0]
     module = base.get_submodule(sites[0].path)
-    delta = module.lora_B["default"].weight @ module.lora_A["default"].weight * module.scaling["default"]
+    with torch.no_grad():
+        delta = module.lora_B["default"].weight @ module.lora_A["default"].weight * module.scaling["default"]
     assert stats.frobenius == pytest.approx(float(delta.norm()), rel=1e-5)
     assert len(stats.singular_values) == 4
     assert 1.0 <= stats.effective_rank <= 4.0

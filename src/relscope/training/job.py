@@ -135,7 +135,7 @@ def _build_module(config: TrainConfig, loaded: LoadedModel, template, head_name:
         loaded.model = prepare_model_for_kbit_training(loaded.model)
     peft_model, sites = apply_lora(loaded.model, loaded.spec, config.lora)
     if config.gradient_checkpointing:  # non-reentrant: works although the frozen inputs need no grad
-        peft_model.get_base_model().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        _checkpoint_activations(peft_model.get_base_model())
     builder = PromptBuilder(loaded.tokenizer, template, config.max_length)
     head = build_head(head_name, peft_model, builder)
     if any(p.requires_grad for p in head.parameters()):
@@ -233,3 +233,11 @@ def _add_tensorboard(trainer, config: TrainConfig, out: Path) -> None:
     callback = TensorBoardCallback()
     callback.logging_dir = str(out / "tensorboard")
     trainer.add_callback(callback)
+
+
+def _checkpoint_activations(model) -> None:
+    """Non-reentrant activation checkpointing (the frozen inputs need no grad); named per transformers version."""
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
