@@ -31,7 +31,7 @@ from relscope.models.scoring import ScoringOptions
 from relscope.models.specs.base import PROJECTIONS, num_layers
 from relscope.reports import plots
 from relscope.reports.tables import write_table
-from relscope.training.checkpoint import latest_checkpoint, load_trained
+from relscope.training.checkpoint import checkpoint_step, complete_checkpoints, latest_checkpoint, load_trained
 
 NDCG = "nDCG@10"
 
@@ -73,8 +73,8 @@ def _finish(out: Path, name: str, rows: list[dict], title: str, fig, config: dic
 # -- 1. checkpoints ----------------------------------------------------------------------------
 
 def checkpoint_steps(run_dir: Path) -> list[tuple[int, Path]]:
-    found = sorted((int(p.name.split("-")[-1]), p) for p in run_dir.glob("checkpoint-*")
-                   if p.name.split("-")[-1].isdigit() and (p / "adapter_model.safetensors").is_file())
+    """(step, folder) of every complete checkpoint: a half-written one is never measured."""
+    found = [(checkpoint_step(p), p) for p in complete_checkpoints(run_dir)]
     if not found:
         raise ConfigError(f"{run_dir}: no checkpoint-<step>/ folders; point at the --out of relscope train")
     return found

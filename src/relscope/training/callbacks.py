@@ -11,6 +11,7 @@ from transformers import TrainerCallback
 
 from relscope.errors import TrainingError
 from relscope.io import atomic_path, atomic_write_json, atomic_write_text
+from relscope.training.checkpoint import checkpoint_dir
 from relscope.training.lora import LoraSite, lora_parameters
 
 GRAD_NORMS_FILE = "grad_norms.npz"
@@ -58,8 +59,7 @@ class GradNormRecorder(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
-            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            self.save(folder / GRAD_NORMS_FILE)
+            self.save(checkpoint_dir(args.output_dir, state.global_step) / GRAD_NORMS_FILE)
             self.save(Path(args.output_dir) / GRAD_NORMS_FILE)
 
     def on_train_end(self, args, state, control, **kwargs):
@@ -130,6 +130,6 @@ class DevEvaluator(TrainerCallback):
         result = rerank(self.reranker, self.dataset, self.top_k)
         module.train(was_training)
         mean, _ = evaluate_run(self.dataset.qrels, result.run, self.measures)
-        atomic_write_json(Path(args.output_dir) / f"checkpoint-{state.global_step}" / "dev_metrics.json",
+        atomic_write_json(checkpoint_dir(args.output_dir, state.global_step) / "dev_metrics.json",
                           {"step": state.global_step, "top_k": self.top_k, **mean})
         self.trainer.log({f"dev/{name}": value for name, value in mean.items()})

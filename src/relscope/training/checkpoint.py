@@ -55,13 +55,27 @@ def read_meta(checkpoint: str | Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def latest_checkpoint(out_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint-<step>/ (one with trainer_state.json) in out_dir."""
+def checkpoint_dir(out_dir: str | Path, step: int) -> Path:
+    return Path(out_dir) / f"checkpoint-{step}"
+
+
+def checkpoint_step(folder: Path) -> int:
+    return int(folder.name.split("-")[-1])
+
+
+def complete_checkpoints(out_dir: str | Path) -> list[Path]:
+    """Every complete checkpoint-<step>/ (one with trainer_state.json) in out_dir, oldest first."""
     folder = Path(out_dir)
     if not folder.is_dir():
-        return None
+        return []
     done = [p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit() and (p / STATE_FILE).is_file()]
-    return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
+    return sorted(done, key=checkpoint_step)
+
+
+def latest_checkpoint(out_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint-<step>/ in out_dir."""
+    done = complete_checkpoints(out_dir)
+    return done[-1] if done else None
 
 
 def load_trained(checkpoint: str | Path, dtype: str = "auto", device: str | None = None, merge: bool = False,

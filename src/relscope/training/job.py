@@ -31,7 +31,7 @@ from relscope.models.specs.base import num_layers
 from relscope.prompts.templates import get_template
 from relscope.prompts.tokenize import PromptBuilder
 from relscope.training.callbacks import DevEvaluator, GradNormRecorder, JsonlLogger, trim_log
-from relscope.training.checkpoint import latest_checkpoint
+from relscope.training.checkpoint import checkpoint_step, latest_checkpoint
 from relscope.training.config import TrainConfig
 from relscope.training.data import GroupCollator, GroupDataset, load_training_groups
 from relscope.training.lora import apply_lora, lora_sites, resolve_freeze
@@ -90,7 +90,7 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool) -> dict
             to_mapping(config), {}, template_hash=template.fingerprint(), model_source=loaded.source,
             groups=len(groups), lora_sites=len(sites)))
     if checkpoint is not None:
-        step = int(checkpoint.name.split("-")[-1])
+        step = checkpoint_step(checkpoint)
         log.info("resuming from %s", checkpoint)
         if trainer.is_world_process_zero():
             trim_log(out / "log.jsonl", step)
