@@ -176,8 +176,9 @@ def _add_lora(p: argparse.ArgumentParser) -> None:
 def _lora(args: argparse.Namespace) -> int:
     from relscope.analysis import anatomy
     from relscope.reports.tables import to_markdown
+    from relscope.training.config import DevSettings
 
-    dev = anatomy.DevRun(args.data, args.top_k, args.max_queries) if hasattr(args, "data") else None
+    dev = DevSettings(args.data, args.top_k, args.max_queries) if hasattr(args, "data") else None
     if args.job == "checkpoints":
         rows = anatomy.evaluate_checkpoints(args.run_dir, args.out, dev, args.epsilon)
     elif args.job == "sweep-rank":

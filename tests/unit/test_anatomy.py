@@ -13,7 +13,7 @@ from relscope.cli import main
 from relscope.config import RerankConfig, from_mapping
 from relscope.errors import ConfigError, ModelError
 from relscope.evaluation.job import run_rerank_job
-from relscope.training.config import TrainConfig
+from relscope.training.config import DevSettings, TrainConfig
 from relscope.training.job import run_train_job
 
 
@@ -26,8 +26,8 @@ def trained(tiny_family_dir, tiny_groups, tmp_path) -> Path:
     return tmp_path / "run"
 
 
-def _dev(trec_dir: Path) -> anatomy.DevRun:
-    return anatomy.DevRun(data=str(trec_dir), top_k=4)
+def _dev(trec_dir: Path) -> DevSettings:
+    return DevSettings(data=str(trec_dir), top_k=4)
 
 
 def _outputs(folder: Path, name: str) -> None:

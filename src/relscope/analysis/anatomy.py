@@ -7,7 +7,7 @@ manifest.json into its output folder.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +20,8 @@ from relscope.analysis.lora_surgery import (
     parse_layers,
     select,
 )
-from relscope.config import DEFAULT_MEASURES, to_mapping
-from relscope.data.dataset import RerankDataset, data_path, load_rerank_dataset, resolve_files
+from relscope.config import to_mapping
+from relscope.data.dataset import RerankDataset
 from relscope.errors import ConfigError
 from relscope.evaluation.metrics import evaluate_run
 from relscope.evaluation.rerank import Reranker, rerank
@@ -32,29 +32,16 @@ from relscope.models.specs.base import PROJECTIONS, num_layers
 from relscope.reports import plots
 from relscope.reports.tables import write_table
 from relscope.training.checkpoint import checkpoint_step, complete_checkpoints, latest_checkpoint, load_trained
+from relscope.training.config import DevSettings
+from relscope.training.data import load_dev_run
 
 NDCG = "nDCG@10"
 
 
-@dataclass(frozen=True)
-class DevRun:
-    """The ranking task every anatomy figure is measured on."""
-
-    data: str = "$RELSCOPE_DATA/trec-dl-2019"
-    top_k: int = 20
-    max_queries: int | None = None
-    measures: tuple[str, ...] = DEFAULT_MEASURES
-
-    def load(self) -> RerankDataset:
-        dataset = load_rerank_dataset(resolve_files(data_path(self.data)), self.top_k)
-        if dataset.qrels is None:
-            raise ConfigError(f"{self.data}: no qrels.txt; anatomy measures need judgments")
-        if self.max_queries:
-            dataset = replace(dataset, run={q: dataset.run[q] for q in list(dataset.run)[: self.max_queries]})
-        return dataset
+DEFAULT_DEV = DevSettings("$RELSCOPE_DATA/trec-dl-2019")  # the ranking task every figure is measured on
 
 
-def _measure(reranker: Reranker, dataset: RerankDataset, dev: DevRun) -> dict[str, float]:
+def _measure(reranker: Reranker, dataset: RerankDataset, dev: DevSettings) -> dict[str, float]:
     return evaluate_run(dataset.qrels, rerank(reranker, dataset, dev.top_k).run, dev.measures)[0]
 
 
@@ -86,11 +73,11 @@ def convergence_step(steps: Sequence[int], values: Sequence[float], epsilon: flo
     return next(s for s, v in zip(steps, values) if v >= best - epsilon)
 
 
-def evaluate_checkpoints(run_dir: str | Path, out: str | Path, dev: DevRun = DevRun(), epsilon: float = 0.01,
+def evaluate_checkpoints(run_dir: str | Path, out: str | Path, dev: DevSettings = DEFAULT_DEV, epsilon: float = 0.01,
                          include_base: bool = True) -> list[dict]:
     """Every checkpoint (and, for answer heads, the base model at step 0) on the dev run."""
     run_dir, out = Path(run_dir), Path(out)
-    dataset = dev.load()
+    dataset = load_dev_run(dev)
     rows = []
     for step, folder in checkpoint_steps(run_dir):
         loaded, head, meta = load_trained(folder)
@@ -112,7 +99,7 @@ def evaluate_checkpoints(run_dir: str | Path, out: str | Path, dev: DevRun = Dev
 
 # -- 2. rank sweep -----------------------------------------------------------------------------
 
-def sweep_rank(config, ranks: Sequence[int], out: str | Path, dev: DevRun = DevRun(), epsilon: float = 0.01,
+def sweep_rank(config, ranks: Sequence[int], out: str | Path, dev: DevSettings = DEFAULT_DEV, epsilon: float = 0.01,
                progress: bool = True) -> list[dict]:
     """Train `config` once per LoRA rank (resuming any finished or interrupted rank), then tabulate."""
     from relscope.training.job import run_train_job
@@ -158,7 +145,7 @@ def parse_variant(text: str, n_layers: int) -> tuple[tuple[str, ...], set[int] |
     return modules, parse_layers(layers_text, n_layers) if layers_text else None
 
 
-def ablate(adapter: str | Path, out: str | Path, variants: Sequence[str] = DEFAULT_VARIANTS, dev: DevRun = DevRun(),
+def ablate(adapter: str | Path, out: str | Path, variants: Sequence[str] = DEFAULT_VARIANTS, dev: DevSettings = DEFAULT_DEV,
            model: str | None = None, template: str | None = None) -> list[dict]:
     """Metrics with the LoRA update kept only where each variant says (exact: the rest scaled to 0)."""
     loaded, head, meta = load_trained(adapter, model=model, template=template)
@@ -167,7 +154,7 @@ def ablate(adapter: str | Path, out: str | Path, variants: Sequence[str] = DEFAU
     parsed = [(v, *parse_variant(v, n_layers)) for v in variants]  # bad variants fail before any scoring
     sites = adapted_sites(base, loaded.spec)
     reranker = _reranker(loaded, head, meta)
-    dataset = dev.load()
+    dataset = load_dev_run(dev)
     rows = []
     for name, modules, layers in parsed:
         kept = select(sites, modules, layers) if modules else []

@@ -4,24 +4,36 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from relscope.data.dataset import data_path
+from relscope.data.dataset import RerankDataset, data_path, load_rerank_dataset, resolve_files
 from relscope.data.groups import TrainingGroup, read_groups
 from relscope.data.lines import require_file
 from relscope.data.msmarco import read_texts
 from relscope.data.trec import read_qrels, read_run
 from relscope.data.training import build_groups
-from relscope.errors import DataError
+from relscope.errors import ConfigError, DataError
 from relscope.models.scoring import pad_sequences
 from relscope.prompts.tokenize import PromptBuilder
+from relscope.training.config import DevSettings
 from relscope.training.objectives import Objective
 
 log = logging.getLogger(__name__)
+
+
+def load_dev_run(dev: DevSettings) -> RerankDataset:
+    """The dev run's top-k with text and judgments (the first `max_queries` queries when set)."""
+    dataset = load_rerank_dataset(resolve_files(data_path(dev.data)), dev.top_k)
+    if dataset.qrels is None:
+        raise ConfigError(f"{dev.data}: no qrels.txt; a dev run is measured against judgments, so give a "
+                          "folder that has them")
+    if dev.max_queries:
+        dataset = replace(dataset, run={q: dataset.run[q] for q in list(dataset.run)[: dev.max_queries]})
+    return dataset
 
 
 def load_training_groups(sources: tuple[str, ...], negatives: int, hard_fraction: float = 1.0,

@@ -33,7 +33,7 @@ from relscope.prompts.tokenize import PromptBuilder
 from relscope.training.callbacks import DevEvaluator, GradNormRecorder, JsonlLogger, trim_log
 from relscope.training.checkpoint import checkpoint_step, latest_checkpoint
 from relscope.training.config import TrainConfig
-from relscope.training.data import GroupCollator, GroupDataset, load_training_groups
+from relscope.training.data import GroupCollator, GroupDataset, load_dev_run, load_training_groups
 from relscope.training.lora import apply_lora, lora_sites, resolve_freeze
 from relscope.training.module import RerankerModule
 from relscope.training.objectives import OBJECTIVES
@@ -54,7 +54,7 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool) -> dict
     objective, template, head_name = _resolve_objective(config)
     checkpoint = latest_checkpoint(out) if resume else None
     _check_same_run(out, config, checkpoint)
-    dev = _load_dev(config) if config.dev else None  # bad dev data fails here, before the model loads
+    dev = load_dev_run(config.dev) if config.dev else None  # bad dev data fails here, before the model loads
     groups = load_training_groups(config.train, config.negatives, config.hard_fraction, config.min_grade, config.seed)
 
     set_seed(config.seed)  # LoRA and linear-head initialisation
@@ -173,18 +173,6 @@ def _check_same_run(out: Path, config: TrainConfig, checkpoint: Path | None) -> 
 
 def _plain(value):
     return to_mapping(value) if not isinstance(value, (list, tuple)) else [_plain(v) for v in value]
-
-
-def _load_dev(config: TrainConfig):
-    from relscope.data.dataset import data_path, load_rerank_dataset, resolve_files
-
-    dataset = load_rerank_dataset(resolve_files(data_path(config.dev.data)), config.dev.top_k)
-    if dataset.qrels is None:
-        raise ConfigError(f"dev.data: {config.dev.data} has no qrels.txt; the dev run needs judgments")
-    if config.dev.max_queries:
-        keep = list(dataset.run)[: config.dev.max_queries]
-        dataset = replace(dataset, run={q: dataset.run[q] for q in keep})
-    return dataset
 
 
 def _dev_reranker(loaded: LoadedModel, module: RerankerModule, builder):
