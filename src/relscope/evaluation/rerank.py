@@ -9,7 +9,7 @@ import numpy as np
 
 from relscope.data.dataset import RerankDataset
 from relscope.data.types import Run, ScoredDoc, sort_run
-from relscope.models.heads import DEFAULT_HEAD, Head, build_head
+from relscope.models.heads import Head, build_head, default_head
 from relscope.models.load import LoadedModel
 from relscope.models.scoring import Scorer, ScoringOptions
 from relscope.prompts.templates import get_template
@@ -29,7 +29,7 @@ class Reranker:
         """`head`: a registered name (default: the template's) or a built Head (e.g. a trained one)."""
         builder = PromptBuilder(loaded.tokenizer, get_template(template), max_length)
         head_module = head if isinstance(head, Head) else \
-            build_head(head or DEFAULT_HEAD.get(template, "yes_no"), loaded.model, builder)
+            build_head(head or default_head(builder.template), loaded.model, builder)
         scorer = Scorer(loaded.model, loaded.spec, head_module, loaded.tokenizer.pad_token_id, options, progress)
         return cls(loaded, builder, scorer)
 

@@ -76,8 +76,11 @@ HEADS.register("yes_no", _answer_head("pointwise"))
 HEADS.register("ab", _answer_head("pairwise"))
 HEADS.register("linear", lambda model, builder: LinearScoreHead(model.config.get_text_config().hidden_size))
 
-# The head each built-in template is read with, unless the user picks another.
-DEFAULT_HEAD = {"yes_no": "yes_no", "pairwise": "ab", "score": "linear"}
+def default_head(template) -> str:
+    """The head a template is read with unless the user picks another: its answer words, else a trained score."""
+    if template.answers is None:
+        return "linear"
+    return "ab" if template.kind == "pairwise" else "yes_no"
 
 
 def build_head(name: str, model, builder) -> Head:

@@ -90,7 +90,7 @@ def load_trained(checkpoint: str | Path, dtype: str = "auto", device: str | None
     """
     from peft import PeftModel
 
-    from relscope.models.heads import DEFAULT_HEAD, build_head
+    from relscope.models.heads import build_head, default_head
     from relscope.models.load import load_model
     from relscope.prompts.templates import get_template
     from relscope.prompts.tokenize import PromptBuilder
@@ -107,7 +107,7 @@ def load_trained(checkpoint: str | Path, dtype: str = "auto", device: str | None
     if merge:
         loaded.model = loaded.model.merge_and_unload()
     builder = PromptBuilder(loaded.tokenizer, get_template(meta["template"]), meta.get("max_length", 512))
-    head_module = build_head(meta.get("head") or DEFAULT_HEAD.get(meta["template"], "yes_no"), loaded.model, builder)
+    head_module = build_head(meta.get("head") or default_head(builder.template), loaded.model, builder)
     if (folder / HEAD_FILE).is_file():
         head_module.load_state_dict(load_file(folder / HEAD_FILE, device=str(loaded.device)), strict=False)
     return loaded, head_module, meta

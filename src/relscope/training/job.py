@@ -24,7 +24,7 @@ from relscope.config import dump_yaml, load_yaml, to_mapping
 from relscope.errors import ConfigError
 from relscope.io import atomic_write_json, atomic_write_text, output_lock
 from relscope.manifest import build_manifest
-from relscope.models.heads import HEADS, build_head
+from relscope.models.heads import HEADS, build_head, default_head
 from relscope.models.load import LoadedModel, load_model
 from relscope.models.scoring import Scorer, ScoringOptions
 from relscope.models.specs.base import num_layers
@@ -117,7 +117,7 @@ def _resolve_objective(config: TrainConfig):
     """(objective, template, head name), checked against each other before anything loads."""
     objective = OBJECTIVES.get(config.objective)
     template = get_template(config.template or objective.template)
-    head_name = config.head or (objective.head if template.name == objective.template else _head_for(template))
+    head_name = config.head or default_head(template)
     HEADS.get(head_name)
     if (template.kind == "pairwise") != (objective.name == "pairwise"):
         raise ConfigError(f"template: the {objective.name} objective cannot use the {template.kind} template "
@@ -153,10 +153,6 @@ def _set_aside(out: Path) -> None:
         for path in earlier:
             path.rename(keep / path.name)
         log.info("set the earlier run aside in %s", keep)
-
-
-def _head_for(template) -> str:
-    return "linear" if template.answers is None else ("ab" if template.kind == "pairwise" else "yes_no")
 
 
 def _check_same_run(out: Path, config: TrainConfig, checkpoint: Path | None) -> None:

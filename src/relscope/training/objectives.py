@@ -30,8 +30,7 @@ class GroupStats:
 
 class Objective:
     name: str
-    template: str  # the default prompt template
-    head: str  # the default head
+    template: str  # the default prompt template (its head follows from it: models.heads.default_head)
 
     def prompts(self, builder: PromptBuilder, query: str, positive: str, negatives: list[str]) -> list[TokenizedPrompt]:
         raise NotImplementedError
@@ -57,7 +56,7 @@ class _OnePassagePerPrompt(Objective):
 class Listwise(_OnePassagePerPrompt):
     """Cross-entropy of the positive against its group (as Tevatron's train_group_size)."""
 
-    name, template, head = "listwise", "score", "linear"
+    name, template = "listwise", "score"
 
     def loss(self, scores: torch.Tensor) -> GroupStats:
         scores = scores.float()
@@ -69,7 +68,7 @@ class Listwise(_OnePassagePerPrompt):
 class YesNo(_OnePassagePerPrompt):
     """Each passage judged on its own: 'yes' for the positive, 'no' for every negative."""
 
-    name, template, head = "yes_no", "yes_no", "yes_no"
+    name, template = "yes_no", "yes_no"
 
     def loss(self, scores: torch.Tensor) -> GroupStats:
         scores = scores.float()
@@ -86,7 +85,7 @@ class Pairwise(Objective):
     Showing both orders cancels the position bias of the A/B answer.
     """
 
-    name, template, head = "pairwise", "pairwise", "ab"
+    name, template = "pairwise", "pairwise"
 
     def prompts(self, builder, query, positive, negatives):
         prompts = []
