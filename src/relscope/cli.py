@@ -129,18 +129,24 @@ def _add_train(p: argparse.ArgumentParser) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from relscope.config import from_mapping, load_yaml, set_dotted
-    from relscope.training.config import TrainConfig
     from relscope.training.job import run_train_job
 
-    values = load_yaml(args.config) if args.config else {}
-    for item in args.set:
-        set_dotted(values, item)
-    config = from_mapping(TrainConfig, values, args.config or "train options")
+    config = _train_config(args.config, args.set)
     summary = run_train_job(config, args.out, resume=args.resume, progress=not args.quiet)
     print(f"trained {summary['steps']} steps; last checkpoint {summary['last_checkpoint']}")
     print(f"rerank with it: relscope rerank --adapter {summary['last_checkpoint']} --out <folder>")
     return 0
+
+
+def _train_config(path: str | None, overrides: list[str]):
+    """A TrainConfig from a YAML file (or none) with `--set key.sub=value` overrides applied."""
+    from relscope.config import from_mapping, load_yaml, set_dotted
+    from relscope.training.config import TrainConfig
+
+    values = load_yaml(path) if path else {}
+    for item in overrides:
+        set_dotted(values, item)
+    return from_mapping(TrainConfig, values, path or "train options")
 
 
 def _add_lora(p: argparse.ArgumentParser) -> None:
@@ -182,14 +188,7 @@ def _lora(args: argparse.Namespace) -> int:
     if args.job == "checkpoints":
         rows = anatomy.evaluate_checkpoints(args.run_dir, args.out, dev, args.epsilon)
     elif args.job == "sweep-rank":
-        from relscope.config import from_mapping, load_yaml, set_dotted
-        from relscope.training.config import TrainConfig
-
-        values = load_yaml(args.config)
-        for item in args.set:
-            set_dotted(values, item)
-        config = from_mapping(TrainConfig, values, args.config)
-        rows = anatomy.sweep_rank(config, args.ranks, args.out, dev, args.epsilon)
+        rows = anatomy.sweep_rank(_train_config(args.config, args.set), args.ranks, args.out, dev, args.epsilon)
     elif args.job == "ablate":
         variants = args.variants or anatomy.DEFAULT_VARIANTS
         rows = anatomy.ablate(args.adapter, args.out, variants, dev, args.model, args.template)
@@ -203,19 +202,12 @@ def _lora(args: argparse.Namespace) -> int:
 def _groups(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from relscope.data import read_qrels, read_run, read_texts, write_groups
-    from relscope.data.training import build_groups
+    from relscope.data import write_groups
+    from relscope.data.training import groups_from_trec_folder
 
     groups = []
     for folder in map(Path, args.data):
-        run_file = folder / "run.bm25.txt"
-        built, report = build_groups(
-            read_texts(folder / "queries.tsv", "query"),
-            read_qrels(folder / "qrels.txt"),
-            read_texts(folder / "collection.tsv", "passage"),
-            read_run(run_file) if run_file.is_file() else None,
-            args.negatives, args.hard_fraction, args.min_grade, seed=args.seed,
-        )
+        built, report = groups_from_trec_folder(folder, args.negatives, args.hard_fraction, args.min_grade, args.seed)
         groups += built
         print(f"{folder}: {report.queries} queries, {report.groups} groups, {report.hard_negatives} hard + "
               f"{report.random_negatives} random negatives; {report.skipped_missing_text} judged pairs skipped "

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 from relscope.data.groups import NegativePassage, TrainingGroup
+from relscope.data.lines import require_file
+from relscope.data.msmarco import read_texts
+from relscope.data.trec import read_qrels, read_run
 from relscope.data.types import Qrels, Run, natural_key
 from relscope.errors import DataError
 
@@ -66,6 +70,19 @@ def build_groups(
         raise DataError(f"no training groups: no judged passage with text has grade >= {min_grade}; "
                         "check the qrels/collection pair or lower min_grade")
     return groups, report
+
+
+def groups_from_trec_folder(folder: Path, negatives: int = 7, hard_fraction: float = 1.0, min_grade: int = 2,
+                            seed: int = 0) -> tuple[list[TrainingGroup], GroupReport]:
+    """build_groups over a TREC folder's queries.tsv, qrels.txt, collection.tsv (and run.bm25.txt if present)."""
+    run_file = folder / "run.bm25.txt"
+    return build_groups(
+        read_texts(require_file(folder / "queries.tsv", "queries"), "query"),
+        read_qrels(require_file(folder / "qrels.txt", "qrels")),
+        read_texts(require_file(folder / "collection.tsv", "collection"), "passage"),
+        read_run(run_file) if run_file.is_file() else None,
+        negatives=negatives, hard_fraction=hard_fraction, min_grade=min_grade, seed=seed,
+    )
 
 
 def _hard_pool(qid: str, judged: dict[str, int], passages: dict[str, str], run: Run | None, depth: int) -> list[str]:

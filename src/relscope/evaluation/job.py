@@ -9,8 +9,8 @@ from pathlib import Path
 from relscope.config import RerankConfig, dump_yaml, to_mapping
 from relscope.data.dataset import RerankDataset, data_root, load_rankllm_dataset, load_rerank_dataset, resolve_files
 from relscope.data.trec import write_run
-from relscope.errors import ConfigError
 from relscope.data.types import natural_key
+from relscope.errors import ConfigError
 from relscope.evaluation.metrics import evaluate_run
 from relscope.evaluation.rerank import Reranker, rerank
 from relscope.io import atomic_write_json, atomic_write_text, output_lock

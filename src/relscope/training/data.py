@@ -5,17 +5,13 @@ from __future__ import annotations
 import logging
 import random
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset, Sampler
 
 from relscope.data.dataset import RerankDataset, data_path, load_rerank_dataset, resolve_files
 from relscope.data.groups import TrainingGroup, read_groups
-from relscope.data.lines import require_file
-from relscope.data.msmarco import read_texts
-from relscope.data.trec import read_qrels, read_run
-from relscope.data.training import build_groups
+from relscope.data.training import groups_from_trec_folder
 from relscope.errors import ConfigError, DataError
 from relscope.models.scoring import pad_sequences
 from relscope.prompts.tokenize import PromptBuilder
@@ -42,14 +38,7 @@ def load_training_groups(sources: tuple[str, ...], negatives: int, hard_fraction
     groups: list[TrainingGroup] = []
     for source in map(data_path, sources):
         if source.is_dir():
-            run_file = source / "run.bm25.txt"
-            built, report = build_groups(
-                read_texts(require_file(source / "queries.tsv", "queries"), "query"),
-                read_qrels(require_file(source / "qrels.txt", "qrels")),
-                read_texts(require_file(source / "collection.tsv", "collection"), "passage"),
-                read_run(run_file) if run_file.is_file() else None,
-                negatives=max(negatives, 7), hard_fraction=hard_fraction, min_grade=min_grade, seed=seed,
-            )
+            built, report = groups_from_trec_folder(source, max(negatives, 7), hard_fraction, min_grade, seed)
             log.info("%s: %d groups from %d queries; %d judged pairs skipped (no text)",
                      source, report.groups, report.queries, report.skipped_missing_text)
             groups += built

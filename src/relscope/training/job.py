@@ -161,14 +161,10 @@ def _check_same_run(out: Path, config: TrainConfig, checkpoint: Path | None) -> 
         return
     before = load_yaml(out / "config.yaml")
     now = to_mapping(config)
-    changed = sorted(k for k in set(before) | set(now) if _plain(before.get(k)) != _plain(now.get(k)))
+    changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))  # both plain data
     if changed:
         raise ConfigError(f"{out}: holds a run with a different config (key {changed[0]!r} differs); "
                           "resume with the same config, pick a new --out, or pass --no-resume to start over there")
-
-
-def _plain(value):
-    return to_mapping(value) if not isinstance(value, (list, tuple)) else [_plain(v) for v in value]
 
 
 def _dev_reranker(loaded: LoadedModel, module: RerankerModule, builder):
