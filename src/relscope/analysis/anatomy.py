@@ -31,7 +31,13 @@ from relscope.models.scoring import ScoringOptions
 from relscope.models.specs.base import PROJECTIONS, num_layers
 from relscope.reports import plots
 from relscope.reports.tables import write_table
-from relscope.training.checkpoint import checkpoint_step, complete_checkpoints, latest_checkpoint, load_trained
+from relscope.training.checkpoint import (
+    checkpoint_step,
+    complete_checkpoints,
+    latest_checkpoint,
+    load_trained,
+    load_weights,
+)
 from relscope.training.config import DevSettings
 from relscope.training.data import load_dev_run
 
@@ -79,12 +85,14 @@ def evaluate_checkpoints(run_dir: str | Path, out: str | Path, dev: DevSettings 
     run_dir, out = Path(run_dir), Path(out)
     dataset = load_dev_run(dev)
     rows = []
-    for step, folder in checkpoint_steps(run_dir):
-        loaded, head, meta = load_trained(folder)
-        reranker = _reranker(loaded, head, meta)
-        if include_base and not rows and meta["head"] != "linear":  # step 0: the untrained judge
-            with loaded.model.disable_adapter():
-                rows.append({"step": 0, **_measure(reranker, dataset, dev)})
+    checkpoints = checkpoint_steps(run_dir)
+    loaded, head, meta = load_trained(checkpoints[0][1])  # the base loads once; later adapters load into it
+    reranker = _reranker(loaded, head, meta)
+    if include_base and meta["head"] != "linear":  # step 0: the untrained judge
+        with loaded.model.disable_adapter():
+            rows.append({"step": 0, **_measure(reranker, dataset, dev)})
+    for step, folder in checkpoints:
+        load_weights(loaded.model, head, folder)
         rows.append({"step": step, **_measure(reranker, dataset, dev)})
     steps = [r["step"] for r in rows]
     converged = convergence_step(steps, [r[NDCG] for r in rows], epsilon)

@@ -34,18 +34,19 @@ def save_weights(module, output_dir: str | Path, meta: dict) -> None:
     atomic_write_json(out / META_FILE, meta)
 
 
-def load_weights(module, checkpoint: str | Path) -> None:
-    """Load adapter and head weights into an already built module (used by resume)."""
+def load_weights(peft_model, head, checkpoint: str | Path) -> None:
+    """Load a checkpoint's adapter and head weights into an already built model of the same run
+    (resume, or stepping through a run's checkpoints without reloading the base)."""
     from peft import set_peft_model_state_dict
 
     folder = Path(checkpoint)
     adapter = folder / ADAPTER_FILE
     if not adapter.is_file():
         raise ModelError(f"{folder}: no {ADAPTER_FILE}; not a relscope checkpoint")
-    device = next(module.parameters()).device
-    set_peft_model_state_dict(module.peft_model, load_file(adapter, device=str(device)))
+    device = str(next(peft_model.parameters()).device)
+    set_peft_model_state_dict(peft_model, load_file(adapter, device=device))
     if (folder / HEAD_FILE).is_file():
-        module.head.load_state_dict(load_file(folder / HEAD_FILE, device=str(device)), strict=False)
+        head.load_state_dict(load_file(folder / HEAD_FILE, device=device), strict=False)
 
 
 def read_meta(checkpoint: str | Path) -> dict:

@@ -89,11 +89,11 @@ def lora_sites(model: nn.Module, spec: ModelSpec, settings: LoraSettings) -> lis
     projections = expand_targets(settings.targets, spec)
     _warn_partial_fusion(spec, projections)
     layers_path = spec.layers
+    by_path: dict[str, list[str]] = {}  # module path in a layer -> the projections it holds
+    for name in projections:
+        by_path.setdefault(spec.projections[name], []).append(name)
     sites = []
     for layer in resolve_layers(settings.layers, n_layers):
-        by_path: dict[str, list[str]] = {}
-        for name in projections:
-            by_path.setdefault(spec.projections[name], []).append(name)
         for rel, names in by_path.items():
             sites.append(LoraSite(layer, "+".join(names), f"{layers_path}.{layer}.{rel}"))
     return sites

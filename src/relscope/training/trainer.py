@@ -55,4 +55,4 @@ class RelscopeTrainer(Trainer):
             save_weights(self.model, output_dir or self.args.output_dir, self.meta)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        load_weights(self.model, resume_from_checkpoint)
+        load_weights(self.model.peft_model, self.model.head, resume_from_checkpoint)
