@@ -54,8 +54,10 @@ def output_lock(folder: str | Path) -> Iterator[None]:
 
 
 def _alive(owner: list[str]) -> bool:
-    if len(owner) < 2 or owner[1] != socket.gethostname():
-        return len(owner) >= 2  # another machine's lock on a shared disk: assume it is live
+    if len(owner) < 2:
+        return False  # unreadable: left by a run killed while writing it
+    if owner[1] != socket.gethostname():
+        return True  # another machine's lock on a shared disk: its process cannot be checked from here
     try:
         os.kill(int(owner[0]), 0)
     except (ProcessLookupError, ValueError):

@@ -127,7 +127,7 @@ def _resolve_objective(config: TrainConfig):
 
 def _build_module(config: TrainConfig, loaded: LoadedModel, template, head_name: str):
     """LoRA on the resolved sites (bad targets or layers fail here), the head, and the module that trains."""
-    lora_sites(loaded.model, loaded.spec, config.lora)
+    lora_sites(loaded.model, loaded.spec, config.lora)  # checked before QLoRA preparation changes the model
     resolve_freeze(config.lora.freeze, num_layers(loaded.model.config))
     if config.lora.quantize_4bit:
         from peft import prepare_model_for_kbit_training
