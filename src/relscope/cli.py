@@ -180,11 +180,21 @@ def _add_lora(p: argparse.ArgumentParser) -> None:
 
 
 def _lora(args: argparse.Namespace) -> int:
-    from relscope.analysis import anatomy
+    from relscope.io import output_lock
     from relscope.reports.tables import to_markdown
     from relscope.training.config import DevSettings
 
     dev = DevSettings(args.data, args.top_k, args.max_queries) if hasattr(args, "data") else None
+    with output_lock(args.out):  # two jobs on one folder would leave a mix of both tables
+        rows = _lora_job(args, dev)
+    print(to_markdown(rows, bold_best="nDCG@10" if "nDCG@10" in rows[0] else None), end="")
+    print(f"outputs: {args.out}/")
+    return 0
+
+
+def _lora_job(args: argparse.Namespace, dev) -> list[dict]:
+    from relscope.analysis import anatomy
+
     if args.job == "checkpoints":
         rows = anatomy.evaluate_checkpoints(args.run_dir, args.out, dev, args.epsilon)
     elif args.job == "sweep-rank":
@@ -194,9 +204,7 @@ def _lora(args: argparse.Namespace) -> int:
         rows = anatomy.ablate(args.adapter, args.out, variants, dev, args.model, args.template)
     else:
         rows = anatomy.adapter_stats(args.adapter, args.out, args.model)
-    print(to_markdown(rows, bold_best="nDCG@10" if "nDCG@10" in rows[0] else None), end="")
-    print(f"outputs: {args.out}/")
-    return 0
+    return rows
 
 
 def _groups(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ checking types so that a typo or a wrong type fails before any work starts.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -26,8 +27,14 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: config file not found; check the path")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: byte {err.start} is not UTF-8 text; a config is a YAML text file") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err}); fix the syntax") from None
+        mark = getattr(err, "problem_mark", None)
+        at = f"{path}:{mark.line + 1}" if mark else str(path)
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{at}: not valid YAML (line {mark.line + 1 if mark else '?'}: {problem}); "
+                          "fix the syntax") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -125,6 +132,10 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
     return _coerce_scalar(hint, value, key)
 
 
+_KIND = {int: "an integer", float: "a number", str: "a string", dict: "a mapping"}
+_YAML11_EXPONENT = re.compile(r"[-+]?\d+[eE][-+]?\d+")
+
+
 def _coerce_scalar(hint: Any, value: Any, key: str) -> Any:
     if hint is Any:
         return value
@@ -134,12 +145,14 @@ def _coerce_scalar(hint: Any, value: Any, key: str) -> Any:
         return Path(value)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str) and _YAML11_EXPONENT.fullmatch(value.strip()):
+        return float(value)  # PyYAML (YAML 1.1) reads 1e-3 as a string; everyone means 0.001
     if hint is bool and not isinstance(value, bool):
         raise ConfigError(f"{key}: expected true or false, got {value!r}")
     if hint is int and isinstance(value, bool):
         raise ConfigError(f"{key}: expected an integer, got {value!r}")
     if isinstance(hint, type) and not isinstance(value, hint):
-        raise ConfigError(f"{key}: expected {hint.__name__}, got {value!r}")
+        raise ConfigError(f"{key}: expected {_KIND.get(hint, hint.__name__)}, got {value!r}")
     return value
 
 

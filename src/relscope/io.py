@@ -30,8 +30,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 @contextmanager
 def output_lock(folder: str | Path) -> Iterator[None]:
     """Hold `folder`/.relscope.lock while writing there; a second live run is refused, a stale lock taken over."""
-    from relscope.errors import BusyError
+    from relscope.errors import BusyError, ConfigError
 
+    if Path(folder).exists() and not Path(folder).is_dir():
+        raise ConfigError(f"{folder}: exists and is not a folder; choose another --out")
     lock = Path(folder) / ".relscope.lock"
     lock.parent.mkdir(parents=True, exist_ok=True)
     me = f"{os.getpid()} {socket.gethostname()}"

@@ -14,7 +14,7 @@ def test_unknown_key_is_named_with_the_valid_ones():
 @pytest.mark.parametrize(
     "values,words",
     [
-        ({"top_k": "ten"}, "top_k: expected int"),
+        ({"top_k": "ten"}, "top_k: expected an integer"),
         ({"top_k": 0}, "top_k must be a positive integer"),
         ({"prefix_cache": "yes"}, "expected true or false"),
         ({"on_missing": "drop"}, "choose one of 'error', 'skip'"),
@@ -37,7 +37,7 @@ def test_yaml_round_trip(tmp_path):
 def test_bad_yaml_names_the_file(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("top_k: [1,\n")
-    with pytest.raises(ConfigError, match="c.yaml: not valid YAML"):
+    with pytest.raises(ConfigError, match=r"c.yaml:2: not valid YAML \(line 2"):
         load_yaml(path)
     path.write_text("- a list\n")
     with pytest.raises(ConfigError, match="expected a mapping"):

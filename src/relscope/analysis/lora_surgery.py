@@ -63,7 +63,8 @@ def parse_layers(text: str, n_layers: int) -> set[int]:
         except ValueError:
             raise ConfigError(f"layers {text!r}: {part!r} is not a range like 5-15, 7 or 0.5-1.0") from None
         if not chosen or chosen.start < 0 or chosen.stop > n_layers:
-            raise ConfigError(f"layers {text!r}: {part!r} is outside 0..{n_layers - 1}")
+            raise ConfigError(f"layers {text!r}: {part!r} is outside 0..{n_layers - 1} (the model has {n_layers} "
+                              "layers); use indices in that range or fractions of depth such as 0.5-1.0")
         layers |= set(chosen)
     return layers
 

@@ -96,7 +96,7 @@ def load_rerank_dataset(files: dict[str, Path], top_k: int, on_missing: str = "e
             f"{len(missing)} of the top-{top_k} passages lack text. Use the collection that matches "
             "the run, or pass --on-missing skip to rerank the rest and keep these below them"
         )
-    qrels = read_qrels(files["qrels"]) if "qrels" in files else None
+    qrels = read_matching_qrels(files["qrels"], run) if "qrels" in files else None
     return RerankDataset(queries, passages, run, qrels, dict(files), missing)
 
 
@@ -105,7 +105,17 @@ def load_rankllm_dataset(path: Path, top_k: int, qrels: Path | None = None) -> R
     _check_top_k(top_k)
     data = read_rankllm(path)
     files = {"rankllm": Path(path), **({"qrels": Path(qrels)} if qrels else {})}
-    return RerankDataset(data.queries, data.passages, data.run, read_qrels(qrels) if qrels else None, files)
+    judged = read_matching_qrels(Path(qrels), data.run) if qrels else None
+    return RerankDataset(data.queries, data.passages, data.run, judged, files)
+
+
+def read_matching_qrels(path: Path, run: Run) -> Qrels:
+    """Qrels that judge at least one of the run's queries: judgments of other queries only mean the wrong file."""
+    qrels = read_qrels(path)
+    if not any(q in qrels for q in run):
+        raise DataError(f"{path}: judges none of the run's {len(run)} queries (it judges {', '.join(list(qrels)[:3])}"
+                        f"{' ...' if len(qrels) > 3 else ''}); use the qrels of the run's queries, or leave them out")
+    return qrels
 
 
 def _check_top_k(top_k: int) -> None:

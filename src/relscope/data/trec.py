@@ -31,6 +31,8 @@ def read_qrels(path: str | Path) -> Qrels:
                 f"{where(path, line)}: duplicate judgment for query {qid} passage {pid}; keep one"
             )
         judged[pid] = value
+    if not qrels:
+        raise DataError(f"{path}: no judgments (the file is empty); give a TREC qrels file, `{QRELS_LAYOUT}`")
     return qrels
 
 
@@ -54,6 +56,8 @@ def read_run(path: str | Path) -> Run:
             )
         seen[qid, pid] = line
         rows.setdefault(qid, []).append((rank_value, ScoredDoc(pid, score_value, line)))
+    if not rows:
+        raise DataError(f"{path}: no ranked passages (the file is empty); give a TREC run, `{RUN_LAYOUT}`")
     return {qid: sort_run([d for _, d in sorted(docs, key=lambda r: r[0])]) for qid, docs in rows.items()}
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from relscope.errors import ModelError
@@ -44,16 +45,47 @@ def load_weights(peft_model, head, checkpoint: str | Path) -> None:
     if not adapter.is_file():
         raise ModelError(f"{folder}: no {ADAPTER_FILE}; not a relscope checkpoint")
     device = str(next(peft_model.parameters()).device)
-    set_peft_model_state_dict(peft_model, load_file(adapter, device=device))
+    set_peft_model_state_dict(peft_model, read_tensors(adapter, device))
     if (folder / HEAD_FILE).is_file():
-        head.load_state_dict(load_file(folder / HEAD_FILE, device=device), strict=False)
+        head.load_state_dict(read_tensors(folder / HEAD_FILE, device), strict=False)
+
+
+def read_tensors(path: Path, device: str) -> dict:
+    """A safetensors file, or an error naming it when it is truncated or not safetensors at all."""
+    try:
+        return load_file(path, device=device)
+    except (SafetensorError, OSError) as err:
+        raise ModelError(f"{path}: damaged or not a safetensors file ({err}); copy it again, or resume the "
+                         "training run from an earlier checkpoint") from None
 
 
 def read_meta(checkpoint: str | Path) -> dict:
     path = Path(checkpoint) / META_FILE
     if not path.is_file():
         raise ModelError(f"{checkpoint}: no {META_FILE}; give a checkpoint-<step> folder written by relscope train")
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ModelError(f"{path}: damaged ({err}); copy the checkpoint again or pick another") from None
+    if not isinstance(meta, dict) or not {"model", "template"} <= meta.keys():
+        raise ModelError(f"{path}: lacks the keys model and template; not written by relscope train")
+    return meta
+
+
+def base_fingerprint(model_config) -> dict:
+    """What identifies a base model's shape, stored with each checkpoint so a foreign base is refused
+    even when PEFT could load the adapter (same module names and sizes, other weights)."""
+    keys = ("model_type", "num_hidden_layers", "hidden_size", "intermediate_size", "vocab_size")
+    text = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+    return {k: getattr(text, k, None) for k in keys}
+
+
+def check_base(folder: Path, meta: dict, model_config, name: str) -> None:
+    expected, found = meta.get("base"), base_fingerprint(model_config)
+    if expected and expected != found:
+        differ = ", ".join(f"{k} {expected[k]} vs {found[k]}" for k in expected if expected[k] != found.get(k))
+        raise ModelError(f"{folder}: trained on {meta['model']!r}, which differs from {name!r} ({differ}); "
+                         "give the base model it was trained on")
 
 
 def checkpoint_dir(out_dir: str | Path, step: int) -> Path:
@@ -99,6 +131,8 @@ def load_trained(checkpoint: str | Path, dtype: str = "auto", device: str | None
     folder = Path(checkpoint)
     meta = read_meta(folder) if (folder / META_FILE).is_file() else _external_meta(folder, model, template, head)
     loaded = load_model(model or meta["model"], dtype=dtype, device=device)
+    check_base(folder, meta, loaded.model.config, loaded.name)
+    read_tensors(folder / ADAPTER_FILE, "cpu")  # a damaged file is named here, not deep inside PEFT
     try:
         loaded.model = PeftModel.from_pretrained(loaded.model, str(folder)).eval()
     except (RuntimeError, ValueError, KeyError) as err:  # size mismatch, target modules not found
@@ -110,7 +144,7 @@ def load_trained(checkpoint: str | Path, dtype: str = "auto", device: str | None
     builder = PromptBuilder(loaded.tokenizer, get_template(meta["template"]), meta.get("max_length", 512))
     head_module = build_head(meta.get("head") or default_head(builder.template), loaded.model, builder)
     if (folder / HEAD_FILE).is_file():
-        head_module.load_state_dict(load_file(folder / HEAD_FILE, device=str(loaded.device)), strict=False)
+        head_module.load_state_dict(read_tensors(folder / HEAD_FILE, str(loaded.device)), strict=False)
     return loaded, head_module, meta
 
 

@@ -32,8 +32,8 @@ class LoraSettings:
         known = ("q", "k", "v", "o", "gate", "up", "down", "attn", "mlp", "all")
         unknown = [t for t in self.targets if t not in known]
         if not self.targets or unknown:
-            raise ValueError(f"targets: unknown target module {unknown[0]!r}" if unknown else "targets is empty"
-                             f"; use {', '.join(known[:7])} or the groups attn, mlp, all")
+            problem = f"unknown target module {unknown[0]!r}" if unknown else "targets is empty"
+            raise ValueError(f"targets: {problem}; use {', '.join(known[:7])} or the groups attn, mlp, all")
 
 
 @dataclass(frozen=True)

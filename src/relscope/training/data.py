@@ -51,7 +51,8 @@ def load_training_groups(sources: tuple[str, ...], negatives: int, hard_fraction
         raise DataError(f"query {without[0]} (and {len(without) - 1} more) has no negative passages; "
                         "every training group needs at least one")
     if not groups:
-        raise DataError("the training set is empty; check the train sources")
+        raise DataError(f"no training groups in {', '.join(map(str, sources))}; give group .jsonl files with at "
+                        "least one line, or TREC folders whose qrels have positives with text")
     return groups
 
 

@@ -31,7 +31,7 @@ from relscope.models.specs.base import num_layers
 from relscope.prompts.templates import get_template
 from relscope.prompts.tokenize import PromptBuilder
 from relscope.training.callbacks import DevEvaluator, GradNormRecorder, JsonlLogger, trim_log
-from relscope.training.checkpoint import checkpoint_step, latest_checkpoint
+from relscope.training.checkpoint import base_fingerprint, checkpoint_step, latest_checkpoint
 from relscope.training.config import TrainConfig
 from relscope.training.data import GroupCollator, GroupDataset, load_dev_run, load_training_groups
 from relscope.training.lora import apply_lora, lora_sites, resolve_freeze
@@ -62,8 +62,9 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool) -> dict
                         quantize_4bit=config.lora.quantize_4bit)
     module, sites, builder = _build_module(config, loaded, template, head_name)
     recorder = GradNormRecorder(module.base, sites, num_layers(loaded.model.config))
-    meta = {"model": config.model, "objective": objective.name, "template": template.name, "head": head_name,
-            "max_length": config.max_length, "lora": to_mapping(config.lora)}
+    meta = {"model": config.model, "base": base_fingerprint(loaded.model.config), "objective": objective.name,
+            "template": template.name, "head": head_name, "max_length": config.max_length,
+            "lora": to_mapping(config.lora)}
     trainer = RelscopeTrainer(
         model=module,
         args=_training_arguments(config, out, loaded, progress),
