@@ -103,9 +103,17 @@ def trim_log(path: Path, step: int) -> None:
     """Drop records past `step` (written after the checkpoint a resumed run starts from)."""
     if not path.is_file():
         return
-    keep = [line for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step]
+    keep = [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines()
+            if _record_step(line) <= step]
     atomic_write_text(path, "".join(line + "\n" for line in keep))
+
+
+def _record_step(line: str) -> float:
+    """A record's step; a line cut short by a kill mid-write counts as past any checkpoint (dropped)."""
+    try:
+        return json.loads(line).get("step", 0)
+    except (json.JSONDecodeError, AttributeError):
+        return float("inf")
 
 
 class DevEvaluator(TrainerCallback):

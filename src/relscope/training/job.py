@@ -90,11 +90,11 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool) -> dict
         atomic_write_json(out / "manifest.json", build_manifest(
             to_mapping(config), {}, template_hash=template.fingerprint(), model_source=loaded.source,
             groups=len(groups), lora_sites=len(sites)))
+    step = checkpoint_step(checkpoint) if checkpoint is not None else 0
+    if trainer.is_world_process_zero():
+        trim_log(out / "log.jsonl", step)  # records a killed run wrote after its last checkpoint (or before any)
     if checkpoint is not None:
-        step = checkpoint_step(checkpoint)
         log.info("resuming from %s", checkpoint)
-        if trainer.is_world_process_zero():
-            trim_log(out / "log.jsonl", step)
         recorder.resume_from(checkpoint, step)
 
     start = time.perf_counter()
