@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import DynamicCache
 
+from relscope.errors import ModelError, overflow_hint
 from relscope.models.heads import Head
 from relscope.models.specs import ModelSpec
 from relscope.prompts.tokenize import TokenizedPrompt
@@ -50,7 +51,11 @@ class Scorer:
     def score(self, prompts: Sequence[TokenizedPrompt], groups: Sequence[Hashable] | None = None) -> np.ndarray:
         """(n,) float32 scores. Prompts with the same group key may share a prefix cache."""
         hidden = self.last_hidden(prompts, groups)
-        return self.head(hidden).float().cpu().numpy()
+        scores = self.head(hidden).float().cpu().numpy()
+        if not np.isfinite(scores).all():
+            bad = int((~np.isfinite(scores)).sum())
+            raise ModelError(f"{bad} of {len(scores)} scores are not finite{overflow_hint(hidden.dtype)}")
+        return scores
 
     def last_hidden(self, prompts: Sequence[TokenizedPrompt], groups: Sequence[Hashable] | None = None) -> torch.Tensor:
         """(n, d_model) final-normed hidden state at each prompt's last token."""

@@ -80,6 +80,8 @@ class TrainConfig:
     gradient_checkpointing: bool = False  # recompute activations in backward: 7-8B models on one GPU
     dtype: str = "auto"
     device: str | None = None
+    # Bit-identical reruns on GPU too (deterministic cuBLAS/cuDNN kernels, slower); CPU runs are deterministic anyway.
+    deterministic: bool = False
     dev: DevSettings | None = None
     report_to: tuple[str, ...] = ("tensorboard",)
 

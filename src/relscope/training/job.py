@@ -195,6 +195,7 @@ def _training_arguments(config: TrainConfig, out: Path, loaded: LoadedModel, pro
         logging_steps=config.logging_steps,
         seed=config.seed,
         data_seed=config.seed,
+        full_determinism=config.deterministic,
         bf16=bf16,
         use_cpu=not on_cuda,
         report_to="none",  # TensorBoard is added by hand, to write into out/tensorboard

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from transformers import Trainer
 
-from relscope.errors import TrainingError
+from relscope.errors import TrainingError, overflow_hint
 from relscope.training.callbacks import GradNormRecorder
 from relscope.training.checkpoint import load_weights, save_weights
 from relscope.training.data import EpochSeededSampler
@@ -30,8 +30,9 @@ class RelscopeTrainer(Trainer):
         scores = model(**inputs).view(-1, self.prompts_per_group)
         stats = self.objective.loss(scores)
         if not torch.isfinite(stats.loss):
-            raise TrainingError(f"step {self.state.global_step + 1}: the loss is {stats.loss.item()}; lower "
-                                "learning_rate, or check the model weights and inputs (the last checkpoint is intact)")
+            raise TrainingError(f"step {self.state.global_step + 1}: the loss is {stats.loss.item()}"
+                                f"{overflow_hint(next(model.parameters()).dtype)}"
+                                "; otherwise lower learning_rate (the last checkpoint is intact)")
         self._sums += torch.tensor([len(scores), stats.correct.sum().item(), stats.p_correct.sum().item()],
                                    dtype=torch.float64)
         return (stats.loss, scores) if return_outputs else stats.loss
