@@ -134,7 +134,8 @@ def sweep_rank(config, ranks: Sequence[int], out: str | Path, dev: DevSettings =
 # -- 3. ablation -------------------------------------------------------------------------------
 
 DEFAULT_VARIANTS = ("none", "mlp-only", "attn-only", "all",  # Table 3
-                    "all@5-15", "all@0-4+16-31", "all@5-31", "all@0-15",  # layer ranges (32-layer models)
+                    # the source's layer ranges 5-15, 0-4+16-31, 5-31, 0-15 of 32 layers, as fractions of depth
+                    "all@0.15625-0.5", "all@0.0-0.15625+0.5-1.0", "all@0.15625-1.0", "all@0.0-0.5",
                     "up+gate", "down")  # Table 4
 
 

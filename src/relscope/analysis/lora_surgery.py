@@ -50,13 +50,16 @@ def adapted_sites(base: nn.Module, spec: ModelSpec) -> list[LoraSite]:
 
 
 def parse_layers(text: str, n_layers: int) -> set[int]:
-    """'5-15', '0-4+16-31', '7', or fractions of depth '0.5-1.0' (end exclusive for fractions)."""
+    """'5-15', '0-4+16-31', '7', or fractions of depth '0.5-1.0' (end exclusive for fractions).
+
+    Fraction bounds round to the nearest layer boundary, so complementary fractions partition any depth
+    (0.15625-0.5 and 0.0-0.15625+0.5-1.0 are 5-15 and 0-4+16-31 on 32 layers, 5-14 and 0-4+15-29 on 30)."""
     layers: set[int] = set()
     for part in filter(None, (p.strip() for p in text.split("+"))):
         low, _, high = part.partition("-")
         try:
             if "." in part:  # fractions transfer across depths: 0.0-0.5 is the first half of any model
-                start, stop = math.floor(float(low) * n_layers + 1e-9), math.ceil(float(high or low) * n_layers - 1e-9)
+                start, stop = (math.floor(float(x) * n_layers + 0.5) for x in (low, high or low))
                 chosen = range(start, max(stop, start + 1))
             else:
                 chosen = range(int(low), int(high or low) + 1)
