@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fuse(commands.add_parser("fuse", help="interpolate runs (a reranker with its first stage) and evaluate"))
     _add_train(commands.add_parser("train", help="fine-tune a causal LM as a reranker with LoRA"))
     _add_lora(commands.add_parser("lora", help="LoRA anatomy: checkpoints, rank sweep, ablation, delta stats"))
+    _add_dynamics(commands.add_parser("dynamics", help="training curves, the loss cliff, per-layer gradient norms"))
     return parser
 
 
@@ -205,6 +206,30 @@ def _lora_job(args: argparse.Namespace, dev) -> list[dict]:
     else:
         rows = anatomy.adapter_stats(args.adapter, args.out, args.model)
     return rows
+
+
+def _add_dynamics(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", help="the --out folder of relscope train (log.jsonl, grad_norms.npz)")
+    p.add_argument("--window", type=int, default=25, help="smoothing window in steps for the loss cliff (default 25)")
+    p.add_argument("--out", required=True, help="output folder (csv, md, png, summary.json, manifest.json)")
+    p.set_defaults(handler=_dynamics)
+
+
+def _dynamics(args: argparse.Namespace) -> int:
+    from relscope.analysis.dynamics import analyse_dynamics
+    from relscope.io import output_lock
+
+    with output_lock(args.out):
+        summary = analyse_dynamics(args.run_dir, args.out, args.window)
+    cliff = summary["phase_transition"]
+    print(f"steepest loss drop: steps {cliff['start_step']}-{cliff['end_step']} (middle {cliff['step']}), "
+          f"smoothed loss {cliff['loss_before']:.4f} -> {cliff['loss_after']:.4f}")
+    if "grad_norms" in summary:
+        means = summary["grad_norms"]["mean_by_group"]
+        print("mean LoRA gradient norm: " + ", ".join(f"{k} {v:.4g}" if v is not None else f"{k} (no LoRA)"
+                                                      for k, v in means.items()))
+    print(f"outputs: {args.out}/")
+    return 0
 
 
 def _groups(args: argparse.Namespace) -> int:

@@ -55,6 +55,68 @@ def spectra(curves: Mapping[str, Sequence[float]], title: str) -> Figure:
     return fig
 
 
+def lines(x: Sequence[float], series: Mapping[str, Sequence[float]], title: str, xlabel: str, ylabel: str,
+          log_y: bool = False) -> Figure:
+    """One line per series against a shared x."""
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for name, values in series.items():
+        ax.plot(x, values, label=name, linewidth=1.2)
+    if log_y:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def training_curves(curves: Mapping[str, np.ndarray], smoothed_loss: np.ndarray, cliff, name: str) -> Figure:
+    """Loss (raw and smoothed, the phase transition shaded) above accuracy and mean P(correct)."""
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(6.4, 5.2), sharex=True)
+    steps = curves["step"]
+    top.plot(steps, curves["loss"], color="lightgrey", linewidth=0.8, label="loss")
+    top.plot(steps, smoothed_loss, color="black", linewidth=1.5, label="loss (smoothed)")
+    top.axvspan(cliff.start_step, cliff.end_step, color="tab:red", alpha=0.15,
+                label=f"steepest drop: {cliff.loss_before:.3f} → {cliff.loss_after:.3f}")
+    top.axvline(cliff.step, color="tab:red", linewidth=1)
+    top.set_ylabel("training loss")
+    top.set_title(f"{name}: training curves")
+    top.legend(fontsize=8)
+    for key, label in (("accuracy", "group accuracy"), ("p_correct", "mean P(correct)")):
+        bottom.plot(steps, curves[key], linewidth=0.8, alpha=0.8, label=label)
+    bottom.axvline(cliff.step, color="tab:red", linewidth=1)
+    bottom.set_ylim(0, 1)
+    bottom.set_xlabel("optimizer step")
+    bottom.set_ylabel("fraction")
+    bottom.legend(fontsize=8)
+    for ax in (top, bottom):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def step_heatmap(values: np.ndarray, steps: Sequence[int], rows: Sequence[str], title: str, label: str,
+                 log: bool = False) -> Figure:
+    """values[row, step] over training steps (rows: layers, bottom-up); a log colour scale on request."""
+    from matplotlib.colors import LogNorm
+
+    finite = values[np.isfinite(values) & (values > 0)] if log else values[np.isfinite(values)]
+    norm = LogNorm(vmin=finite.min(), vmax=finite.max()) if log and finite.size else None
+    fig, ax = plt.subplots(figsize=(7.5, 1.4 + 0.13 * len(rows)))
+    image = ax.imshow(np.ma.masked_invalid(values), aspect="auto", origin="lower", cmap="magma", norm=norm,
+                      extent=(steps[0] - 0.5, steps[-1] + 0.5, -0.5, len(rows) - 0.5), interpolation="nearest")
+    ticks = range(0, len(rows), max(1, len(rows) // 10))
+    ax.set_yticks(list(ticks), [rows[i] for i in ticks])
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("layer")
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, label=label)
+    fig.tight_layout()
+    return fig
+
+
 def save(fig: Figure, path: Path) -> None:
     """PNG, written atomically: a reader never sees half a file."""
     from relscope.io import atomic_path

@@ -1,0 +1,150 @@
+"""Training dynamics (`relscope dynamics RUN_DIR`): loss, accuracy and P(correct) curves, the loss "cliff"
+(phase transition), and per-layer gradient norms over steps, from what `relscope train` already wrote
+(log.jsonl and grad_norms.npz): no model is loaded.
+
+Outputs: curves.csv, grad_norm_by_layer.csv (+ .md), groups.csv and four figures.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy.ndimage import uniform_filter1d
+
+from relscope.errors import DataError
+from relscope.io import atomic_write_json, atomic_write_text
+from relscope.manifest import build_manifest
+from relscope.reports import plots
+from relscope.reports.tables import to_csv, write_table
+from relscope.training.callbacks import load_grad_norms
+from relscope.training.lora import LAYER_GROUPS, layer_groups
+
+CURVES = ("loss", "accuracy", "p_correct")
+
+
+@dataclass(frozen=True)
+class PhaseTransition:
+    """The steepest drop of the smoothed loss over one window: where it starts and ends."""
+
+    step: int  # the middle of the steepest window
+    start_step: int
+    end_step: int
+    loss_before: float  # smoothed loss at start_step
+    loss_after: float  # smoothed loss at end_step
+
+    @property
+    def drop(self) -> float:
+        return self.loss_before - self.loss_after
+
+
+def read_curves(run_dir: Path) -> dict[str, np.ndarray]:
+    """{"step", "loss", "accuracy", "p_correct"} from log.jsonl's training records, in step order."""
+    path = run_dir / "log.jsonl"
+    if not path.is_file():
+        raise DataError(f"{path}: not found; point at the --out folder of relscope train")
+    records = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            raise DataError(f"{path}:{number}: not JSON; the log is damaged (resume the run to rewrite it)") from None
+        if "loss" in record:
+            records[record["step"]] = record
+    if len(records) < 2:
+        raise DataError(f"{path}: fewer than two training steps logged; train longer first")
+    steps = sorted(records)
+    return {"step": np.array(steps), **{k: np.array([records[s].get(k, np.nan) for s in steps], dtype=float)
+                                        for k in CURVES}}
+
+
+def smooth(values: np.ndarray, window: int) -> np.ndarray:
+    """Centred moving average; the edges repeat the end values instead of shrinking toward zero."""
+    return uniform_filter1d(np.asarray(values, dtype=float), size=max(1, window), mode="nearest")
+
+
+def phase_transition(steps: np.ndarray, loss: np.ndarray, window: int) -> PhaseTransition:
+    """The window of `window` steps over which the smoothed loss falls the most."""
+    window = max(1, min(window, len(loss) - 1))
+    smoothed = smooth(loss, window)
+    drops = smoothed[:-window] - smoothed[window:]
+    start = int(np.argmax(drops))
+    end = start + window
+    return PhaseTransition(int(steps[(start + end) // 2]), int(steps[start]), int(steps[end]),
+                           float(smoothed[start]), float(smoothed[end]))
+
+
+def layer_norms(norms: np.ndarray) -> np.ndarray:
+    """(steps, layers): the gradient norm of each layer's LoRA parameters (all its modules together).
+    A layer without LoRA parameters (not adapted, or frozen) stays NaN."""
+    squares = np.nansum(np.square(norms), axis=2)
+    squares[np.all(np.isnan(norms), axis=2)] = np.nan
+    return np.sqrt(squares)
+
+
+def group_means(per_layer: np.ndarray) -> dict[str, np.ndarray]:
+    """early / middle / late: the mean over each third of the layers, per step; and late/early."""
+    groups = layer_groups(per_layer.shape[1])
+    means = {name: _nanmean(per_layer[:, groups[name]], axis=1) for name in LAYER_GROUPS}
+    with np.errstate(divide="ignore", invalid="ignore"):
+        means["late/early"] = means["late"] / means["early"]
+    return means
+
+
+def _nanmean(values: np.ndarray, axis: int | None = None):
+    """Mean of the finite entries; NaN, silently, where there are none (frozen or unadapted layers)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(values, axis=axis)
+
+
+def _finite_or_none(value: float) -> float | None:
+    return float(value) if np.isfinite(value) else None  # JSON has no NaN
+
+
+def analyse_dynamics(run_dir: str | Path, out: str | Path, window: int = 25) -> dict:
+    """Write the curves, the phase transition and the gradient-norm tables and figures; return the summary."""
+    run_dir, out = Path(run_dir), Path(out)
+    curves = read_curves(run_dir)
+    cliff = phase_transition(curves["step"], curves["loss"], window)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [{"step": int(s), **{k: float(curves[k][i]) for k in CURVES},
+             "loss (smoothed)": float(v)} for i, (s, v) in enumerate(zip(curves["step"], smooth(curves["loss"], window)))]
+    atomic_write_text(out / "curves.csv", to_csv(rows))
+    plots.save(plots.training_curves(curves, smooth(curves["loss"], window), cliff, run_dir.name),
+               out / "curves.png")
+    summary = {"run": str(run_dir), "window": window, "phase_transition": {**asdict(cliff), "drop": cliff.drop}}
+    grad_file = run_dir / "grad_norms.npz"
+    if grad_file.is_file():
+        summary["grad_norms"] = _gradient_outputs(load_grad_norms(grad_file), out, run_dir.name)
+    atomic_write_json(out / "summary.json", summary)
+    atomic_write_json(out / "manifest.json", build_manifest({"run": str(run_dir), "window": window},
+                                                            {"log": run_dir / "log.jsonl"}))
+    return summary
+
+
+def _gradient_outputs(grads: dict[str, np.ndarray], out: Path, name: str) -> dict:
+    steps, per_layer = grads["steps"], layer_norms(grads["norms"])
+    layers = [str(i) for i in range(per_layer.shape[1])]
+    plots.save(plots.step_heatmap(per_layer.T, steps, layers, f"{name}: LoRA gradient norm per layer",
+                                  "gradient norm (log scale)", log=True), out / "grad_norms.png")
+    with np.errstate(invalid="ignore"):
+        by_row = per_layer.T / np.nanmax(per_layer.T, axis=1, keepdims=True)
+    plots.save(plots.step_heatmap(by_row, steps, layers, f"{name}: gradient norm, each layer / its own maximum",
+                                  "fraction of the layer's largest norm"), out / "grad_norms_row_normalised.png")
+    means = group_means(per_layer)
+    atomic_write_text(out / "groups.csv", to_csv([{"step": int(s), **{k: float(v[i]) for k, v in means.items()}}
+                                                  for i, s in enumerate(steps)]))
+    plots.save(plots.lines(steps, means, f"{name}: mean LoRA gradient norm by layer group", "step",
+                           "gradient norm", log_y=True), out / "groups.png")
+    per_module = _nanmean(grads["norms"], axis=0)  # (layers, modules), mean over steps
+    table = [{"layer": i, "all modules": float(_nanmean(per_layer[:, i])),
+              **{str(label): float(per_module[i, j]) for j, label in enumerate(grads["labels"])}}
+             for i in range(per_layer.shape[1])]
+    write_table(table, out / "grad_norm_by_layer", f"{name}: mean LoRA gradient norm over {len(steps)} steps")
+    return {"steps": len(steps), "mean_by_group": {k: _finite_or_none(_nanmean(v)) for k, v in means.items()},
+            "layer0_mean": _finite_or_none(_nanmean(per_layer[:, 0])),
+            "last_layer_mean": _finite_or_none(_nanmean(per_layer[:, -1]))}
