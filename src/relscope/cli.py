@@ -40,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(commands.add_parser("train", help="fine-tune a causal LM as a reranker with LoRA"))
     _add_lora(commands.add_parser("lora", help="LoRA anatomy: checkpoints, rank sweep, ablation, delta stats"))
     _add_dynamics(commands.add_parser("dynamics", help="training curves, the loss cliff, per-layer gradient norms"))
+    _add_representation(commands.add_parser("probe", help="linear probes and PCA on each layer's last-token state"),
+                        _probe)
+    _add_representation(commands.add_parser("attention", help="attention mass from document to query tokens"),
+                        _attention)
     return parser
 
 
@@ -228,6 +232,48 @@ def _dynamics(args: argparse.Namespace) -> int:
         means = summary["grad_norms"]["mean_by_group"]
         print("mean LoRA gradient norm: " + ", ".join(f"{k} {v:.4g}" if v is not None else f"{k} (no LoRA)"
                                                       for k, v in means.items()))
+    print(f"outputs: {args.out}/")
+    return 0
+
+
+def _add_representation(p: argparse.ArgumentParser, handler) -> None:
+    p.add_argument("model", help="the base model (alias, HF id, folder or .gguf)")
+    p.add_argument("adapter", nargs="?", help="a checkpoint-<step>/ or PEFT adapter: base vs fine-tuned")
+    p.add_argument("--groups", default="$RELSCOPE_DATA/relevance-mi/msmarco.jsonl",
+                   help="Tevatron group jsonl of labelled examples (default: the 183-query MS MARCO set)")
+    p.add_argument("--template", help="yes_no, score or pairwise (default: the adapter's, else yes_no)")
+    p.add_argument("--max-groups", type=int, help="groups to use; two prompts each (default 100 probe, 25 attention)")
+    p.add_argument("--layers", type=int, nargs="+", help="layers to analyse (default: all for probe, 5 for attention)")
+    p.add_argument("--max-length", type=int, default=256, help="prompt tokens (default 256)")
+    if handler is _probe:
+        p.add_argument("--negatives", default="hard", choices=["hard", "random", "any"], help="negative kind")
+        p.add_argument("--folds", type=int, default=5, help="cross-validation folds, split by query (default 5)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(handler=handler)
+
+
+def _probe(args: argparse.Namespace) -> int:
+    from relscope.analysis.probe import probe_job
+    from relscope.io import output_lock
+    from relscope.reports.tables import to_markdown
+
+    with output_lock(args.out):
+        rows = probe_job(args.out, args.groups, args.model, args.adapter, args.template, args.max_groups or 100,
+                         args.negatives, args.layers, args.folds, args.max_length)
+    print(to_markdown(rows), end="")
+    print(f"outputs: {args.out}/")
+    return 0
+
+
+def _attention(args: argparse.Namespace) -> int:
+    from relscope.analysis.attention import attention_job
+    from relscope.io import output_lock
+    from relscope.reports.tables import to_markdown
+
+    with output_lock(args.out):
+        rows = attention_job(args.out, args.groups, args.model, args.adapter, args.template, args.layers,
+                             args.max_groups or 25, args.max_length)
+    print(to_markdown(rows), end="")
     print(f"outputs: {args.out}/")
     return 0
 

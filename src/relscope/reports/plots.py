@@ -30,12 +30,19 @@ def metric_curves(steps: Sequence[int], series: Mapping[str, Sequence[float]], t
     return fig
 
 
-def heatmap(values: np.ndarray, rows: Sequence[str], cols: Sequence[str], title: str, label: str) -> Figure:
-    """values[row, col]; NaN cells are left blank."""
-    fig, ax = plt.subplots(figsize=(1.2 + 0.7 * len(cols), 1.2 + 0.22 * len(rows)))
-    image = ax.imshow(np.ma.masked_invalid(values), aspect="auto", cmap="viridis")
+def heatmap(values: np.ndarray, rows: Sequence[str], cols: Sequence[str], title: str, label: str,
+            xlabel: str | None = None, ylabel: str | None = None, diverging: bool = False) -> Figure:
+    """values[row, col]; NaN cells are left blank. diverging: a red-blue scale centred on 0 (changes)."""
+    fig, ax = plt.subplots(figsize=(1.6 + 0.5 * max(len(cols), 6), 1.4 + 0.22 * len(rows)))
+    limit = float(np.nanmax(np.abs(values))) if diverging and np.isfinite(values).any() else None
+    image = ax.imshow(np.ma.masked_invalid(values), aspect="auto", cmap="RdBu_r" if diverging else "viridis",
+                      vmin=-limit if limit else None, vmax=limit)
     ax.set_xticks(range(len(cols)), cols)
     ax.set_yticks(range(len(rows)), rows, fontsize=7)
+    if xlabel:
+        ax.set_xlabel(xlabel)
+    if ylabel:
+        ax.set_ylabel(ylabel)
     ax.set_title(title)
     fig.colorbar(image, ax=ax, label=label)
     fig.tight_layout()
@@ -113,6 +120,24 @@ def step_heatmap(values: np.ndarray, steps: Sequence[int], rows: Sequence[str], 
     ax.set_ylabel("layer")
     ax.set_title(title)
     fig.colorbar(image, ax=ax, label=label)
+    fig.tight_layout()
+    return fig
+
+
+def pca_grid(points: Mapping[int, np.ndarray], labels: np.ndarray, title: str,
+             names: tuple[str, str] = ("label 0", "label 1")) -> Figure:
+    """One PCA scatter per layer (points[layer]: (n, 2)), coloured by the binary label."""
+    fig, axes = plt.subplots(1, len(points), figsize=(2.6 * len(points), 2.9), squeeze=False)
+    for ax, (layer, xy) in zip(axes[0], points.items()):
+        for value, colour in ((0, "tab:red"), (1, "tab:blue")):
+            chosen = labels == value
+            ax.scatter(xy[chosen, 0], xy[chosen, 1], s=8, alpha=0.6, color=colour, label=names[value])
+        ax.set_title(f"layer {layer}", fontsize=9)
+        ax.set_xlabel("PC 1", fontsize=8)
+        ax.set_ylabel("PC 2", fontsize=8)
+        ax.tick_params(labelsize=6)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
 

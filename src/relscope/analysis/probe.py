@@ -1,0 +1,120 @@
+"""Linear probes and PCA on the last-token hidden state of every layer (`relscope probe BASE [ADAPTER]`).
+
+Hidden states are computed once per (model, adapter, template, examples) and cached in states.npz; a probe
+is scikit-learn's logistic regression (on standardised features) scored by k-fold cross-validation whose folds
+never split a query (StratifiedGroupKFold), so a probe cannot pass by recognising the query.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from sklearn.decomposition import PCA
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedGroupKFold, cross_val_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from relscope.analysis.examples import LabelledPrompt, adapter_state, labelled_prompts, last_token_states
+from relscope.io import atomic_path, atomic_write_json
+from relscope.manifest import build_manifest
+from relscope.reports import plots
+from relscope.reports.tables import write_table
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    layer: int  # 0 = the embeddings, i = after layer i-1 ... as transformers' hidden_states
+    accuracy: float
+    std: float
+
+
+def probe_accuracy(states: np.ndarray, labels: np.ndarray, queries: np.ndarray, folds: int = 5,
+                   seed: int = 0) -> tuple[float, float]:
+    """Mean and std over folds of a logistic-regression probe's held-out accuracy."""
+    split = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=1.0))
+    scores = cross_val_score(probe, states, labels, groups=queries, cv=split)
+    return float(scores.mean()), float(scores.std())
+
+
+def probe_layers(states: np.ndarray, labels: np.ndarray, queries: np.ndarray, layers: list[int],
+                 folds: int = 5, seed: int = 0) -> list[ProbeResult]:
+    return [ProbeResult(layer, *probe_accuracy(states[layer], labels, queries, folds, seed)) for layer in layers]
+
+
+def cached_states(model, backbone, examples: list[LabelledPrompt], pad_id: int, cache: Path, key: dict,
+                  adapter: bool) -> np.ndarray:
+    """The (layers + 1, n, d) states from `cache` when it was made from the same inputs, else computed and saved."""
+    digest = hashlib.sha256(json.dumps({**key, "adapter_on": adapter, "ids": [e.prompt.input_ids for e in examples]},
+                                       sort_keys=True).encode()).hexdigest()[:20]
+    if cache.is_file():
+        with np.load(cache) as stored:
+            if str(stored["digest"]) == digest:
+                return stored["states"]
+    with adapter_state(model, adapter):
+        states = last_token_states(backbone, [e.prompt for e in examples], pad_id)
+    with atomic_path(cache) as tmp, tmp.open("wb") as f:
+        np.savez(f, states=states, digest=np.array(digest))
+    return states
+
+
+def run_probe(states: dict[str, np.ndarray], examples: list[LabelledPrompt], out: Path, layers: list[int] | None,
+              folds: int, title: str, config: dict) -> list[dict]:
+    """Probe every layer of each model variant ("base", "fine-tuned"), write the table and figures."""
+    labels = np.array([e.label for e in examples])
+    queries = np.array([e.qid for e in examples])
+    depth = next(iter(states.values())).shape[0]
+    layers = layers or list(range(depth))
+    results = {name: probe_layers(s, labels, queries, layers, folds) for name, s in states.items()}
+    rows = [{"layer": layer, **{f"{name} accuracy": r[i].accuracy for name, r in results.items()},
+             **{f"{name} std": r[i].std for name, r in results.items()}} for i, layer in enumerate(layers)]
+    out.mkdir(parents=True, exist_ok=True)
+    write_table(rows, out / "probe", f"{title}: linear-probe accuracy per layer ({folds}-fold, folds split by query)")
+    plots.save(plots.lines(layers, {name: [x.accuracy for x in r] for name, r in results.items()},
+                           f"{title}: probe accuracy per layer", "layer (0 = embeddings)", "held-out accuracy"),
+               out / "probe.png")
+    shown = layers[:: max(1, len(layers) // 6)][:6]
+    for name, s in states.items():
+        points = {layer: PCA(n_components=2, random_state=0).fit_transform(s[layer]) for layer in shown}
+        plots.save(plots.pca_grid(points, labels, f"{title} ({name}): PCA of last-token states"),
+                   out / f"pca_{name.replace(' ', '_').replace('-', '_')}.png")
+    atomic_write_json(out / "manifest.json", build_manifest(config, {}))
+    return rows
+
+
+def probe_job(out: str | Path, groups: str | Path, model: str | None = None, adapter: str | None = None,
+              template: str | None = None, max_groups: int = 100, negative_kind: str = "hard",
+              layers: list[int] | None = None, folds: int = 5, max_length: int = 256) -> list[dict]:
+    """Probe the base model (and, given an adapter, the fine-tuned one, loaded once and switched)."""
+    from relscope.data.dataset import data_path
+    from relscope.data.groups import read_groups
+    from relscope.models.load import load_model
+    from relscope.prompts.templates import get_template
+    from relscope.prompts.tokenize import PromptBuilder
+    from relscope.training.checkpoint import load_trained
+
+    out = Path(out)
+    if adapter:
+        loaded, _, meta = load_trained(adapter, model=model, template=template)
+        template = meta["template"]
+    else:
+        loaded = load_model(model or "smollm2-135m-instruct")
+    template = template or "yes_no"
+    builder = PromptBuilder(loaded.tokenizer, get_template(template), max_length)
+    examples = labelled_prompts(read_groups(data_path(str(groups))), builder, max_groups, negative_kind)
+    base_model = loaded.model.get_base_model() if hasattr(loaded.model, "get_base_model") else loaded.model
+    backbone = loaded.spec.backbone_of(base_model)
+    key = {"model": loaded.source, "adapter": str(adapter), "template": template}
+    pad = loaded.tokenizer.pad_token_id
+    states = {"base": cached_states(loaded.model, backbone, examples, pad, out / "states_base.npz", key, False)}
+    if adapter:
+        states["fine-tuned"] = cached_states(loaded.model, backbone, examples, pad, out / "states_tuned.npz", key,
+                                             True)
+    config = {"model": loaded.source, "adapter": adapter, "template": template, "groups": str(groups),
+              "max_groups": max_groups, "negative_kind": negative_kind, "folds": folds, "examples": len(examples)}
+    return run_probe(states, examples, out, layers, folds, f"{loaded.name} {template}", config)
