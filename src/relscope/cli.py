@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(commands.add_parser("train", help="fine-tune a causal LM as a reranker with LoRA"))
     _add_lora(commands.add_parser("lora", help="LoRA anatomy: checkpoints, rank sweep, ablation, delta stats"))
     _add_dynamics(commands.add_parser("dynamics", help="training curves, the loss cliff, per-layer gradient norms"))
+    _add_freeze(commands.add_parser("freeze", help="train with only some layer groups trainable; compare them"))
     _add_representation(commands.add_parser("probe", help="linear probes and PCA on each layer's last-token state"),
                         _probe)
     _add_representation(commands.add_parser("attention", help="attention mass from document to query tokens"),
@@ -232,6 +233,35 @@ def _dynamics(args: argparse.Namespace) -> int:
         means = summary["grad_norms"]["mean_by_group"]
         print("mean LoRA gradient norm: " + ", ".join(f"{k} {v:.4g}" if v is not None else f"{k} (no LoRA)"
                                                       for k, v in means.items()))
+    print(f"outputs: {args.out}/")
+    return 0
+
+
+def _add_freeze(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="a train config (configs/train-*.yaml)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    from relscope.analysis.freeze import DEFAULT_FREEZE_VARIANTS
+
+    p.add_argument("--variants", nargs="+", default=list(DEFAULT_FREEZE_VARIANTS),
+                   help="trainable layers: early, middle, late (thirds), joined by '+', all, or ranges like 0-9 "
+                        "or 0.25-0.75 (default: early middle late early+middle all)")
+    p.add_argument("--data", default="$RELSCOPE_DATA/trec-dl-2019", help="dev TREC folder (default DL19)")
+    p.add_argument("--top-k", type=int, default=20, help="rerank this many BM25 passages (default 20)")
+    p.add_argument("--max-queries", type=int, help="the first n queries only")
+    p.add_argument("--out", required=True, help="output folder: one training run per variant, the table, a figure")
+    p.set_defaults(handler=_freeze)
+
+
+def _freeze(args: argparse.Namespace) -> int:
+    from relscope.analysis.freeze import freeze_sweep
+    from relscope.io import output_lock
+    from relscope.reports.tables import to_markdown
+    from relscope.training.config import DevSettings
+
+    with output_lock(args.out):
+        rows = freeze_sweep(_train_config(args.config, args.set), args.variants, args.out,
+                            DevSettings(args.data, args.top_k, args.max_queries))
+    print(to_markdown(rows, bold_best="nDCG@10"), end="")
     print(f"outputs: {args.out}/")
     return 0
 

@@ -131,6 +131,20 @@ def _dtype(dtype: str, device: str):
         raise ModelError(f"dtype {dtype!r} is not one of auto, float32, bfloat16, float16") from None
 
 
+def model_depth(name_or_path: str) -> int:
+    """The number of transformer layers, from the config alone (no weights are loaded)."""
+    from transformers import AutoConfig
+
+    from relscope.models.specs.base import num_layers
+
+    kind, path = resolve_source(name_or_path)
+    folder = str(gguf_to_cache(path) if kind == "gguf" else (path if kind == "dir" else name_or_path))
+    try:
+        return num_layers(AutoConfig.from_pretrained(folder))
+    except OSError as err:
+        raise ModelError(f"could not read the config of {name_or_path!r}: {err}") from None
+
+
 def gguf_to_cache(gguf: Path) -> Path:
     """Dequantise a GGUF file once into a safetensors folder; return that folder."""
     stat = gguf.stat()

@@ -142,6 +142,23 @@ def pca_grid(points: Mapping[int, np.ndarray], labels: np.ndarray, title: str,
     return fig
 
 
+def bars(names: Sequence[str], series: Mapping[str, Sequence[float]], title: str, ylabel: str = "score") -> Figure:
+    """Grouped bars: one group per name, one bar per series, the value printed on each bar."""
+    fig, ax = plt.subplots(figsize=(1.5 + 1.1 * len(names), 3.6))
+    width = 0.8 / max(1, len(series))
+    for i, (label, values) in enumerate(series.items()):
+        positions = np.arange(len(names)) + (i - (len(series) - 1) / 2) * width
+        drawn = ax.bar(positions, values, width, label=label)
+        ax.bar_label(drawn, fmt="%.3f", fontsize=7)
+    ax.set_xticks(range(len(names)), names)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    return fig
+
+
 def save(fig: Figure, path: Path) -> None:
     """PNG, written atomically: a reader never sees half a file."""
     from relscope.io import atomic_path
