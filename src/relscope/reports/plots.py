@@ -33,7 +33,7 @@ def metric_curves(steps: Sequence[int], series: Mapping[str, Sequence[float]], t
 def heatmap(values: np.ndarray, rows: Sequence[str], cols: Sequence[str], title: str, label: str,
             xlabel: str | None = None, ylabel: str | None = None, diverging: bool = False) -> Figure:
     """values[row, col]; NaN cells are left blank. diverging: a red-blue scale centred on 0 (changes)."""
-    fig, ax = plt.subplots(figsize=(1.6 + 0.5 * max(len(cols), 6), 1.4 + 0.22 * len(rows)))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 + 0.5 * len(cols)), 1.6 + 0.22 * len(rows)))
     limit = float(np.nanmax(np.abs(values))) if diverging and np.isfinite(values).any() else None
     image = ax.imshow(np.ma.masked_invalid(values), aspect="auto", cmap="RdBu_r" if diverging else "viridis",
                       vmin=-limit if limit else None, vmax=limit)
@@ -43,7 +43,7 @@ def heatmap(values: np.ndarray, rows: Sequence[str], cols: Sequence[str], title:
         ax.set_xlabel(xlabel)
     if ylabel:
         ax.set_ylabel(ylabel)
-    ax.set_title(title)
+    ax.set_title(title, fontsize=10)
     fig.colorbar(image, ax=ax, label=label)
     fig.tight_layout()
     return fig
