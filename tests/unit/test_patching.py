@@ -1,0 +1,84 @@
+"""Activation patching: the invariants (no hooks = the plain model; clean into clean = no change; the whole residual
+stream at layer 0 = IE 1) and the batched engine equal to one naive forward per patch, on several families."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from tiny import tiny_loaded
+
+from relscope.analysis.patching.engine import PairResult, PatchingEngine, Site, all_sites, indirect_effects
+from relscope.analysis.patching.hooks import Edit, patching
+from relscope.analysis.patching.pairs import PatchPair, build_pairs, same_layout
+from relscope.data.groups import read_groups
+from relscope.models.heads import build_head
+from relscope.prompts import PromptBuilder, get_template
+
+FAMILIES = ["llama", "gpt_neox", "phi3", "gemma3_text"]
+
+
+def _setup(family: str, tiny_groups, template: str = "yes_no"):
+    loaded = tiny_loaded(family)
+    builder = PromptBuilder(loaded.tokenizer, get_template(template), 128)
+    head = build_head("ab" if template == "pairwise" else "yes_no", loaded.model, builder)
+    pairs, report = build_pairs(read_groups(tiny_groups), builder, max_pairs=3)
+    return loaded, PatchingEngine(loaded.model, loaded.spec, head, batch_size=7), pairs, report
+
+
+@pytest.mark.parametrize("template", ["yes_no", "pairwise"])
+def test_pairs_line_up_token_for_token(template, tiny_groups):
+    _, _, pairs, report = _setup("llama", tiny_groups, template)
+    assert report.pairs == len(pairs) == 3
+    for pair in pairs:
+        assert same_layout(pair.clean, pair.corrupted)
+        assert pair.clean.input_ids != pair.corrupted.input_ids
+        if template == "pairwise":  # the same passages, swapped
+            a, b = pair.clean.positions("document"), pair.corrupted.positions("document")
+            assert sorted(pair.clean.input_ids[i] for i in a) == sorted(pair.corrupted.input_ids[i] for i in b)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_no_edits_and_removed_hooks_leave_the_model_unchanged(family, tiny_groups):
+    loaded, engine, pairs, _ = _setup(family, tiny_groups)
+    ids = torch.tensor([pairs[0].corrupted.input_ids])
+    with torch.no_grad():
+        direct = engine.head(engine.backbone(input_ids=ids).last_hidden_state[:, -1]).numpy()
+    assert np.array_equal(engine.logit_diffs(ids), direct)
+    noise = Edit(0, torch.tensor([0, 1]), torch.randn(2, loaded.model.config.hidden_size))
+    with patching(engine.model, engine.spec, {("mlp", 0): [noise]}):
+        pass
+    assert np.array_equal(engine.logit_diffs(ids), direct)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_patching_clean_into_clean_changes_nothing(family, tiny_groups):
+    loaded, engine, pairs, _ = _setup(family, tiny_groups)
+    pair = PatchPair(pairs[0].qid, pairs[0].clean, pairs[0].clean)
+    result = engine.sweep(pair, all_sites(loaded.model.config.num_hidden_layers))
+    np.testing.assert_allclose(result.patched, result.clean, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_whole_residual_stream_patched_gives_ie_one(family, tiny_groups):
+    loaded, engine, pairs, _ = _setup(family, tiny_groups)
+    last = loaded.model.config.num_hidden_layers - 1
+    result = engine.sweep(pairs[0], [Site("resid_pre", 0, "all"), Site("resid_post", last, "all")])
+    np.testing.assert_allclose(result.indirect_effects(), 1.0, atol=1e-4)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_batched_sweep_equals_one_naive_forward_per_patch(family, tiny_groups):
+    loaded, engine, pairs, _ = _setup(family, tiny_groups)
+    sites = all_sites(loaded.model.config.num_hidden_layers)
+    for pair in pairs[:2]:
+        result = engine.sweep(pair, sites)
+        naive = np.array([engine.naive(pair, site) for site in sites])
+        ie_naive = (naive - result.corrupted) / result.gap
+        assert np.max(np.abs(result.indirect_effects() - ie_naive)) <= 1e-4
+
+
+def test_pairs_with_a_small_gap_are_excluded_and_counted():
+    results = [PairResult("a", 2.0, 0.0, np.array([1.0, 2.0])), PairResult("b", 0.01, 0.0, np.array([0.0, 0.0]))]
+    ie, excluded = indirect_effects(results, min_gap=0.1)
+    assert excluded == ["b"] and ie.tolist() == [[0.5, 1.0]]
