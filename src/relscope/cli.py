@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(commands.add_parser("train", help="fine-tune a causal LM as a reranker with LoRA"))
     _add_lora(commands.add_parser("lora", help="LoRA anatomy: checkpoints, rank sweep, ablation, delta stats"))
     _add_dynamics(commands.add_parser("dynamics", help="training curves, the loss cliff, per-layer gradient norms"))
+    _add_patch(commands.add_parser("patch", help="activation patching: IE per layer x component x position group"))
     _add_freeze(commands.add_parser("freeze", help="train with only some layer groups trainable; compare them"))
     _add_representation(commands.add_parser("probe", help="linear probes and PCA on each layer's last-token state"),
                         _probe)
@@ -234,6 +235,44 @@ def _dynamics(args: argparse.Namespace) -> int:
         print("mean LoRA gradient norm: " + ", ".join(f"{k} {v:.4g}" if v is not None else f"{k} (no LoRA)"
                                                       for k, v in means.items()))
     print(f"outputs: {args.out}/")
+    return 0
+
+
+def _add_patch(p: argparse.ArgumentParser) -> None:
+    from relscope.analysis.patching.engine import POSITION_GROUPS
+    from relscope.analysis.patching.hooks import COMPONENTS
+
+    p.add_argument("model", help="the model (alias, HF id, folder or .gguf)")
+    p.add_argument("adapter", nargs="?", help="a checkpoint-<step>/ or PEFT adapter to patch instead of the base")
+    p.add_argument("--groups", default="$RELSCOPE_DATA/relevance-mi/msmarco.jsonl",
+                   help="Tevatron group jsonl (default: the 183-query MS MARCO set)")
+    p.add_argument("--template", help="yes_no (clean: relevant, corrupted: non-relevant) or pairwise (swapped)")
+    p.add_argument("--negatives", default="hard", choices=["hard", "random", "any"], help="the corrupting passage")
+    p.add_argument("--max-pairs", type=int, default=20, help="pairs to patch (default 20)")
+    p.add_argument("--components", nargs="+", default=list(COMPONENTS), choices=list(COMPONENTS))
+    p.add_argument("--positions", nargs="+", default=list(POSITION_GROUPS), choices=list(POSITION_GROUPS))
+    p.add_argument("--layers", type=int, nargs="+", help="layers to patch (default all)")
+    p.add_argument("--min-gap", type=float, default=0.1,
+                   help="exclude pairs whose |LD_clean - LD_corrupted| is below this (default 0.1)")
+    p.add_argument("--max-length", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=16, help="patch variants per forward (default 16)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(handler=_patch)
+
+
+def _patch(args: argparse.Namespace) -> int:
+    from relscope.analysis.patching.job import patch_job
+    from relscope.io import output_lock
+
+    with output_lock(args.out):
+        summary = patch_job(args.out, args.groups, args.model, args.adapter, args.template, args.max_pairs,
+                            args.negatives, args.components, args.positions, args.layers, args.min_gap,
+                            args.max_length, args.batch_size, progress=not args.quiet)
+    print(f"{summary['pairs']} pairs ({len(summary['excluded_small_gap'])} excluded for a gap below "
+          f"{summary['min_gap']}, {summary['skipped_misaligned']} misaligned skipped), {summary['sites']} sites, "
+          f"{summary['forwards']} forwards")
+    print(f"outputs: {args.out}/ (ie.npz, ie_mean.csv, top_sites.md, ie_<component>.png)")
     return 0
 
 

@@ -82,3 +82,24 @@ def test_pairs_with_a_small_gap_are_excluded_and_counted():
     results = [PairResult("a", 2.0, 0.0, np.array([1.0, 2.0])), PairResult("b", 0.01, 0.0, np.array([0.0, 0.0]))]
     ie, excluded = indirect_effects(results, min_gap=0.1)
     assert excluded == ["b"] and ie.tolist() == [[0.5, 1.0]]
+
+
+def test_patch_command_writes_the_ie_grid_equal_to_the_engine(tiny_family_dir, tiny_groups, tmp_path, capsys):
+    from relscope.cli import main
+    from relscope.models.load import load_model
+
+    model = str(tiny_family_dir("llama"))
+    out = tmp_path / "patch"
+    assert main(["patch", model, "--groups", str(tiny_groups), "--max-pairs", "2", "--min-gap", "0",
+                 "--components", "resid_pre", "mlp", "--out", str(out), "--quiet"]) == 0
+    saved = np.load(out / "ie.npz")
+    assert saved["ie"].shape == (2, 2, 3, 5)  # pairs, components, layers, position groups
+    loaded = load_model(model)
+    builder = PromptBuilder(loaded.tokenizer, get_template("yes_no"), 256)
+    pairs, _ = build_pairs(read_groups(tiny_groups), builder, max_pairs=2)
+    engine = PatchingEngine(loaded.model, loaded.spec, build_head("yes_no", loaded.model, builder))
+    direct = engine.sweep(pairs[1], [Site("mlp", 2, "last")]).indirect_effects()[0]
+    assert saved["ie"][1, 1, 2, 3] == pytest.approx(direct, abs=1e-5)
+    np.testing.assert_allclose(saved["ie"][:, 0, 0, 4], 1.0, atol=1e-4)  # resid_pre 0, all positions
+    for name in ("ie_resid_pre.png", "ie_mlp.png", "top_sites.md", "ie_mean.csv", "manifest.json"):
+        assert (out / name).is_file()
