@@ -256,6 +256,7 @@ def _add_patch(p: argparse.ArgumentParser) -> None:
                    help="exclude pairs whose |LD_clean - LD_corrupted| is below this (default 0.1)")
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=16, help="patch variants per forward (default 16)")
+    p.add_argument("--heads", action="store_true", help="also patch every head at the last token, query, all")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(handler=_patch)
@@ -268,7 +269,7 @@ def _patch(args: argparse.Namespace) -> int:
     with output_lock(args.out):
         summary = patch_job(args.out, args.groups, args.model, args.adapter, args.template, args.max_pairs,
                             args.negatives, args.components, args.positions, args.layers, args.min_gap,
-                            args.max_length, args.batch_size, progress=not args.quiet)
+                            args.max_length, args.batch_size, heads=args.heads, progress=not args.quiet)
     print(f"{summary['pairs']} pairs ({len(summary['excluded_small_gap'])} excluded for a gap below "
           f"{summary['min_gap']}, {summary['skipped_misaligned']} misaligned skipped), {summary['sites']} sites, "
           f"{summary['forwards']} forwards")

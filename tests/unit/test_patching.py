@@ -91,7 +91,7 @@ def test_patch_command_writes_the_ie_grid_equal_to_the_engine(tiny_family_dir, t
     model = str(tiny_family_dir("llama"))
     out = tmp_path / "patch"
     assert main(["patch", model, "--groups", str(tiny_groups), "--max-pairs", "2", "--min-gap", "0",
-                 "--components", "resid_pre", "mlp", "--out", str(out), "--quiet"]) == 0
+                 "--components", "resid_pre", "mlp", "--heads", "--out", str(out), "--quiet"]) == 0
     saved = np.load(out / "ie.npz")
     assert saved["ie"].shape == (2, 2, 3, 5)  # pairs, components, layers, position groups
     loaded = load_model(model)
@@ -101,5 +101,25 @@ def test_patch_command_writes_the_ie_grid_equal_to_the_engine(tiny_family_dir, t
     direct = engine.sweep(pairs[1], [Site("mlp", 2, "last")]).indirect_effects()[0]
     assert saved["ie"][1, 1, 2, 3] == pytest.approx(direct, abs=1e-5)
     np.testing.assert_allclose(saved["ie"][:, 0, 0, 4], 1.0, atol=1e-4)  # resid_pre 0, all positions
-    for name in ("ie_resid_pre.png", "ie_mlp.png", "top_sites.md", "ie_mean.csv", "manifest.json"):
+    heads = np.load(out / "ie_heads.npz")["ie"]
+    assert heads.shape == (2, 3, 3, engine.n_heads)  # pairs, groups (last, query, all), layers, heads
+    direct_head = engine.sweep(pairs[0], [Site("z", 1, "query", 2)]).indirect_effects()[0]
+    assert heads[0, 1, 1, 2] == pytest.approx(direct_head, abs=1e-5)
+    for name in ("ie_resid_pre.png", "ie_mlp.png", "top_sites.md", "ie_mean.csv", "manifest.json",
+                 "ie_heads_last.png"):
         assert (out / name).is_file()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_per_head_patching_equals_naive_and_all_heads_equal_the_whole_block(family, tiny_groups):
+    from relscope.analysis.patching.engine import head_sites
+
+    loaded, engine, pairs, _ = _setup(family, tiny_groups)
+    sites = head_sites(loaded.model.config.num_hidden_layers, engine.n_heads)
+    result = engine.sweep(pairs[0], sites)
+    naive = np.array([engine.naive(pairs[0], s) for s in sites[:: max(1, len(sites) // 12)]])
+    np.testing.assert_allclose(result.patched[:: max(1, len(sites) // 12)], naive, atol=1e-5)
+    # every head of layer 1 at all positions = the attention block's input to o_proj, hence its whole output
+    every_head = engine.sweep(pairs[0], [Site("z", 1, "all")]).patched[0]
+    block = engine.sweep(pairs[0], [Site("attn", 1, "all")]).patched[0]
+    assert every_head == pytest.approx(block, abs=1e-5)

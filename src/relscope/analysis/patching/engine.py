@@ -23,9 +23,10 @@ POSITION_GROUPS = ("instruction", "query", "document", "last", "all")
 
 @dataclass(frozen=True)
 class Site:
-    component: str  # resid_pre, resid_post, attn, mlp
+    component: str  # resid_pre, resid_post, attn, mlp; z with a head for per-head patching
     layer: int
     group: str  # a position group, or "all"
+    head: int | None = None
 
     @property
     def key(self) -> tuple[str, int]:
@@ -35,6 +36,14 @@ class Site:
 def all_sites(n_layers: int, components: Sequence[str] = COMPONENTS,
               groups: Sequence[str] = POSITION_GROUPS) -> list[Site]:
     return [Site(c, layer, g) for c in components for layer in range(n_layers) for g in groups]
+
+
+HEAD_GROUPS = ("last", "query", "all")
+
+
+def head_sites(n_layers: int, n_heads: int, groups: Sequence[str] = HEAD_GROUPS) -> list[Site]:
+    """Every head of every layer at each position group (group outermost, then layer, then head)."""
+    return [Site("z", layer, g, h) for g in groups for layer in range(n_layers) for h in range(n_heads)]
 
 
 @dataclass(frozen=True)
@@ -65,6 +74,9 @@ class PatchingEngine:
     def __init__(self, model, spec: ModelSpec, head, batch_size: int = 16) -> None:
         self.model = model.get_base_model() if hasattr(model, "get_base_model") else model
         self.spec = spec
+        text = self.model.config.get_text_config()
+        self.n_heads = int(text.num_attention_heads)
+        self.head_dim = spec.projection_of(self.model, 0, "o").in_features // self.n_heads
         self.backbone = spec.backbone_of(self.model)
         self.head = head
         self.batch_size = batch_size
@@ -104,15 +116,20 @@ class PatchingEngine:
             chunk = sites[start:start + self.batch_size]
             edits: dict[tuple[str, int], list[Edit]] = defaultdict(list)
             for row, site in enumerate(chunk):
-                where = positions[site.group]
-                edits[site.key].append(Edit(row, where, clean[site.key][where]))
+                edits[site.key].append(self._edit(row, site, positions[site.group], clean[site.key]))
             patched[start:start + len(chunk)] = self.logit_diffs(self._ids(pair.corrupted, len(chunk)), edits)
         ends = self.logit_diffs(torch.cat([self._ids(pair.clean), self._ids(pair.corrupted)]))
         return PairResult(pair.qid, float(ends[0]), float(ends[1]), patched)
+
+    def _edit(self, row: int, site: Site, where: torch.Tensor, clean: torch.Tensor) -> Edit:
+        if site.head is None:
+            return Edit(row, where, clean[where])
+        columns = slice(site.head * self.head_dim, (site.head + 1) * self.head_dim)
+        return Edit(row, where, clean[where][:, columns], columns)
 
     def naive(self, pair: PatchPair, site: Site) -> float:
         """The reference: a full clean forward to read the activation, then one full forward with the patch."""
         clean = self.activations(pair.clean, [site.key])[site.key]
         where = torch.tensor(pair.corrupted.positions(site.group), device=self.device)
-        edit = {site.key: [Edit(0, where, clean[where])]}
+        edit = {site.key: [self._edit(0, site, where, clean)]}
         return float(self.logit_diffs(self._ids(pair.corrupted), edit)[0])

@@ -5,13 +5,15 @@ of any model). A site is (component, layer); a patch overwrites given rows of a 
     resid_post  the output of decoder layer l
     attn        the attention block's output (after o_proj, before it is added to the residual)
     mlp         the MLP block's output (before it is added to the residual)
+    z           the input of the attention output projection (o_proj): the heads' outputs side by side, so
+                head h is columns h*head_dim:(h+1)*head_dim (per-head patching)
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -20,15 +22,17 @@ from relscope.errors import ConfigError
 from relscope.models.specs import ModelSpec
 
 COMPONENTS = ("resid_pre", "resid_post", "attn", "mlp")
+PRE_HOOKED = ("resid_pre", "z")  # read from a module's input rather than its output
 
 
 @dataclass(frozen=True)
 class Edit:
-    """Write `values` (len(positions), d_model) into batch row `row` at `positions`."""
+    """Write `values` (len(positions), width) into batch row `row` at `positions` (and `columns`, for one head)."""
 
     row: int
     positions: torch.Tensor
     values: torch.Tensor
+    columns: slice = field(default_factory=lambda: slice(None))
 
 
 def target(model: nn.Module, spec: ModelSpec, component: str, layer: int) -> nn.Module:
@@ -38,6 +42,8 @@ def target(model: nn.Module, spec: ModelSpec, component: str, layer: int) -> nn.
         return spec.attention_of(model, layer)
     if component == "mlp":
         return spec.mlp_of(model, layer)
+    if component == "z":
+        return spec.projection_of(model, layer, "o")
     raise ConfigError(f"unknown patching component {component!r}; use one of {', '.join(COMPONENTS)}")
 
 
@@ -52,7 +58,7 @@ def _replace_output(output, tensor):
 def _apply(tensor: torch.Tensor, edits: Sequence[Edit]) -> torch.Tensor:
     tensor = tensor.clone()  # the module's own output may be referenced elsewhere; never write into it
     for edit in edits:
-        tensor[edit.row, edit.positions] = edit.values.to(tensor.dtype)
+        tensor[edit.row, edit.positions, edit.columns] = edit.values.to(tensor.dtype)
     return tensor
 
 
@@ -64,7 +70,7 @@ def capturing(model: nn.Module, spec: ModelSpec, sites: Sequence[tuple[str, int]
         for component, layer in sites:
             module = target(model, spec, component, layer)
             key = (component, layer)
-            if component == "resid_pre":
+            if component in PRE_HOOKED:
                 def pre(_module, args, kwargs, key=key):
                     store[key] = (args[0] if args else kwargs["hidden_states"]).detach()
                 handle = module.register_forward_pre_hook(pre, with_kwargs=True)
@@ -84,7 +90,7 @@ def patching(model: nn.Module, spec: ModelSpec, edits: Mapping[tuple[str, int], 
             if not site_edits:
                 continue
             module = target(model, spec, component, layer)
-            if component == "resid_pre":
+            if component in PRE_HOOKED:
                 def pre(_module, args, kwargs, site_edits=site_edits):
                     if args:
                         return (_apply(args[0], site_edits), *args[1:]), kwargs

@@ -12,7 +12,14 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from relscope.analysis.patching.engine import POSITION_GROUPS, PatchingEngine, all_sites, indirect_effects
+from relscope.analysis.patching.engine import (
+    HEAD_GROUPS,
+    POSITION_GROUPS,
+    PatchingEngine,
+    all_sites,
+    head_sites,
+    indirect_effects,
+)
 from relscope.analysis.patching.hooks import COMPONENTS
 from relscope.analysis.patching.pairs import build_pairs
 from relscope.io import atomic_path, atomic_write_json, atomic_write_text
@@ -25,7 +32,7 @@ def patch_job(out: str | Path, groups: str | Path, model: str = "smollm2-135m-in
               template: str | None = None, max_pairs: int = 20, negative_kind: str = "hard",
               components: Sequence[str] = COMPONENTS, positions: Sequence[str] = POSITION_GROUPS,
               layers: Sequence[int] | None = None, min_gap: float = 0.1, max_length: int = 256,
-              batch_size: int = 16, top: int = 15, progress: bool = True) -> dict:
+              batch_size: int = 16, top: int = 15, heads: bool = False, progress: bool = True) -> dict:
     from relscope.data.dataset import data_path
     from relscope.data.groups import read_groups
     from relscope.models.heads import build_head, default_head
@@ -71,6 +78,8 @@ def patch_job(out: str | Path, groups: str | Path, model: str = "smollm2-135m-in
                                  f"{loaded.name}: mean IE, {component} ({len(grid)} pairs)", "indirect effect",
                                  xlabel="position group", ylabel="layer", diverging=True),
                    out / f"ie_{component}.png")
+    if heads:
+        _head_sweep(engine, pairs, excluded, [layer for layer in layers], out, loaded.name, progress)
     summary = {"pairs": report.pairs, "skipped_misaligned": report.skipped_misaligned,
                "skipped_no_negative": report.skipped_no_negative, "excluded_small_gap": excluded,
                "min_gap": min_gap, "forwards": engine.forwards, "sites": len(sites)}
@@ -79,3 +88,22 @@ def patch_job(out: str | Path, groups: str | Path, model: str = "smollm2-135m-in
          "negative_kind": negative_kind, "components": list(components), "positions": list(positions),
          "layers": layers, "max_pairs": max_pairs, "max_length": max_length}, {}, **summary))
     return summary
+
+
+def _head_sweep(engine: PatchingEngine, pairs, excluded: list[str], layers: list[int], out: Path, name: str,
+                progress: bool) -> None:
+    """Per-head patching (each head's slice of the o_proj input) at the last token, the query and all positions."""
+    depth = max(layers) + 1
+    sites = [s for s in head_sites(depth, engine.n_heads) if s.layer in layers]
+    kept = [p for p in pairs if p.qid not in excluded]
+    results = [engine.sweep(pair, sites) for pair in tqdm(kept, desc="pairs (heads)", disable=not progress)]
+    ie, _ = indirect_effects(results, 0.0)
+    grid = ie.reshape(len(ie), len(HEAD_GROUPS), len(layers), engine.n_heads)
+    with atomic_path(out / "ie_heads.npz") as tmp, tmp.open("wb") as f:
+        np.savez(f, ie=grid, groups=np.array(HEAD_GROUPS), layers=np.array(layers),
+                 qids=np.array([r.qid for r in results]))
+    for g, group in enumerate(HEAD_GROUPS):
+        plots.save(plots.heatmap(grid[:, g].mean(axis=0), [str(layer) for layer in layers],
+                                 [str(h) for h in range(engine.n_heads)],
+                                 f"{name}: mean IE per head, {group} positions ({len(grid)} pairs)", "indirect effect",
+                                 xlabel="head", ylabel="layer", diverging=True), out / f"ie_heads_{group}.png")
