@@ -74,8 +74,9 @@ def test_the_batched_sweep_equals_one_naive_forward_per_patch(family, tiny_group
     for pair in pairs[:2]:
         result = engine.sweep(pair, sites)
         naive = np.array([engine.naive(pair, site) for site in sites])
-        ie_naive = (naive - result.corrupted) / result.gap
-        assert np.max(np.abs(result.indirect_effects() - ie_naive)) <= 1e-4
+        assert np.max(np.abs(result.patched - naive)) <= 1e-5
+        if abs(result.gap) >= 0.05:
+            assert np.max(np.abs(result.indirect_effects() - (naive - result.corrupted) / result.gap)) <= 1e-4
 
 
 def test_pairs_with_a_small_gap_are_excluded_and_counted():
@@ -139,4 +140,6 @@ def test_the_fast_path_equals_the_naive_one_for_every_site_and_head(family, temp
         fast = FastPatcher(engine).sweep(pair, sites)
         slow = engine.sweep(pair, sites)
         assert fast.clean == slow.clean and fast.corrupted == slow.corrupted
-        assert np.max(np.abs(fast.indirect_effects() - slow.indirect_effects())) <= 1e-4
+        assert np.max(np.abs(fast.patched - slow.patched)) <= 1e-5  # logit differences: float reordering only
+        if abs(slow.gap) >= 0.05:  # IE divides by the gap: below the job's exclusion threshold it amplifies noise
+            assert np.max(np.abs(fast.indirect_effects() - slow.indirect_effects())) <= 1e-4

@@ -20,6 +20,7 @@ from relscope.analysis.patching.engine import (
     head_sites,
     indirect_effects,
 )
+from relscope.analysis.patching.fast import FastPatcher
 from relscope.analysis.patching.hooks import COMPONENTS
 from relscope.analysis.patching.pairs import build_pairs
 from relscope.io import atomic_path, atomic_write_json, atomic_write_text
@@ -32,7 +33,8 @@ def patch_job(out: str | Path, groups: str | Path, model: str = "smollm2-135m-in
               template: str | None = None, max_pairs: int = 20, negative_kind: str = "hard",
               components: Sequence[str] = COMPONENTS, positions: Sequence[str] = POSITION_GROUPS,
               layers: Sequence[int] | None = None, min_gap: float = 0.1, max_length: int = 256,
-              batch_size: int = 16, top: int = 15, heads: bool = False, progress: bool = True) -> dict:
+              batch_size: int = 16, top: int = 15, heads: bool = False, fast: bool = True,
+              progress: bool = True) -> dict:
     from relscope.data.dataset import data_path
     from relscope.data.groups import read_groups
     from relscope.models.heads import build_head, default_head
@@ -55,7 +57,8 @@ def patch_job(out: str | Path, groups: str | Path, model: str = "smollm2-135m-in
     pairs, report = build_pairs(read_groups(data_path(str(groups))), builder, max_pairs, negative_kind)
     sites = [s for s in all_sites(depth, components, positions) if s.layer in layers]
     engine = PatchingEngine(loaded.model, loaded.spec, head, batch_size)
-    results = [engine.sweep(pair, sites) for pair in tqdm(pairs, desc="pairs", disable=not progress)]
+    sweeper = FastPatcher(engine) if fast else engine  # equal results (tested); the fast one recomputes less
+    results = [sweeper.sweep(pair, sites) for pair in tqdm(pairs, desc="pairs", disable=not progress)]
     ie, excluded = indirect_effects(results, min_gap)
     shape = (len(components), len(layers), len(positions))
     grid = ie.reshape(len(ie), *shape)  # all_sites orders component, layer, group
@@ -79,7 +82,7 @@ def patch_job(out: str | Path, groups: str | Path, model: str = "smollm2-135m-in
                                  xlabel="position group", ylabel="layer", diverging=True),
                    out / f"ie_{component}.png")
     if heads:
-        _head_sweep(engine, pairs, excluded, [layer for layer in layers], out, loaded.name, progress)
+        _head_sweep(sweeper, engine.n_heads, pairs, excluded, layers, out, loaded.name, progress)
     summary = {"pairs": report.pairs, "skipped_misaligned": report.skipped_misaligned,
                "skipped_no_negative": report.skipped_no_negative, "excluded_small_gap": excluded,
                "min_gap": min_gap, "forwards": engine.forwards, "sites": len(sites)}
@@ -90,20 +93,19 @@ def patch_job(out: str | Path, groups: str | Path, model: str = "smollm2-135m-in
     return summary
 
 
-def _head_sweep(engine: PatchingEngine, pairs, excluded: list[str], layers: list[int], out: Path, name: str,
+def _head_sweep(sweeper, n_heads: int, pairs, excluded: list[str], layers: list[int], out: Path, name: str,
                 progress: bool) -> None:
     """Per-head patching (each head's slice of the o_proj input) at the last token, the query and all positions."""
-    depth = max(layers) + 1
-    sites = [s for s in head_sites(depth, engine.n_heads) if s.layer in layers]
+    sites = [s for s in head_sites(max(layers) + 1, n_heads) if s.layer in layers]
     kept = [p for p in pairs if p.qid not in excluded]
-    results = [engine.sweep(pair, sites) for pair in tqdm(kept, desc="pairs (heads)", disable=not progress)]
+    results = [sweeper.sweep(pair, sites) for pair in tqdm(kept, desc="pairs (heads)", disable=not progress)]
     ie, _ = indirect_effects(results, 0.0)
-    grid = ie.reshape(len(ie), len(HEAD_GROUPS), len(layers), engine.n_heads)
+    grid = ie.reshape(len(ie), len(HEAD_GROUPS), len(layers), n_heads)
     with atomic_path(out / "ie_heads.npz") as tmp, tmp.open("wb") as f:
         np.savez(f, ie=grid, groups=np.array(HEAD_GROUPS), layers=np.array(layers),
                  qids=np.array([r.qid for r in results]))
     for g, group in enumerate(HEAD_GROUPS):
         plots.save(plots.heatmap(grid[:, g].mean(axis=0), [str(layer) for layer in layers],
-                                 [str(h) for h in range(engine.n_heads)],
+                                 [str(h) for h in range(n_heads)],
                                  f"{name}: mean IE per head, {group} positions ({len(grid)} pairs)", "indirect effect",
                                  xlabel="head", ylabel="layer", diverging=True), out / f"ie_heads_{group}.png")
