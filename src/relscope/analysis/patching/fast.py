@@ -1,7 +1,9 @@
 """The exact fast path: recompute only what a patch can change.
 
 A patch at layer l and positions >= p leaves everything before layer l, and every position before p, exactly as in
-the corrupted run (causal attention). So the corrupted run is done once with its residual stream and its keys and
+the corrupted run (causal attention). And before the first token where the two prompts differ, the clean and the
+corrupted activations are the same numbers, so those positions are dropped from every patch (a patch of only such
+positions, e.g. the query of a pointwise pair, changes nothing and is not run). So the corrupted run is done once with its residual stream and its keys and
 values cached; each patch then re-runs layers >= l only, on positions >= p only, from the cached residual, attending
 to the cached keys/values of positions < p. The decoder layers are Hugging Face's own, run as a shorter stack
 (`stack_from`); nothing is reimplemented. Tests hold this path equal to the naive full forward per patch.
@@ -71,11 +73,19 @@ class FastPatcher:
         engine = self.engine
         clean = engine.activations(pair.clean, sorted({s.key for s in sites}))
         stream, kv = self._corrupted_run(pair.corrupted)
-        positions = {g: torch.tensor(pair.corrupted.positions(g), device=engine.device) for g in {s.group for s in sites}}
+        differ = next(i for i, (a, b) in enumerate(zip(pair.clean.input_ids, pair.corrupted.input_ids)) if a != b)
+        positions = {g: torch.tensor([p for p in pair.corrupted.positions(g) if p >= differ], device=engine.device,
+                                     dtype=torch.long) for g in {s.group for s in sites}}
         plan: dict[tuple[int, int], list[int]] = defaultdict(list)  # (start layer, first position) -> site indices
+        unchanged = []
         for i, site in enumerate(sites):
-            plan[self._start(site), int(positions[site.group].min())].append(i)
+            if len(positions[site.group]):
+                plan[self._start(site), int(positions[site.group].min())].append(i)
+            else:
+                unchanged.append(i)
+        ends = engine.logit_diffs(torch.cat([engine._ids(pair.clean), engine._ids(pair.corrupted)]))
         patched = np.empty(len(sites))
+        patched[unchanged] = ends[1]
         for (start, first), members in plan.items():
             for offset in range(0, len(members), engine.batch_size):
                 chunk = members[offset:offset + engine.batch_size]
@@ -89,7 +99,6 @@ class FastPatcher:
                     else:
                         edits[site.key].append(edit)
                 patched[chunk] = self._run(inputs, start, first, kv, edits)
-        ends = engine.logit_diffs(torch.cat([engine._ids(pair.clean), engine._ids(pair.corrupted)]))
         return PairResult(pair.qid, float(ends[0]), float(ends[1]), patched)
 
     @torch.inference_mode()
