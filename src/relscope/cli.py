@@ -257,6 +257,8 @@ def _add_patch(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=16, help="patch variants per forward (default 16)")
     p.add_argument("--heads", action="store_true", help="also patch every head at the last token, query, all")
+    p.add_argument("--atp", action="store_true", help="also estimate every site by attribution patching and "
+                   "report its correlation with the exact effects")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(handler=_patch)
@@ -269,10 +271,14 @@ def _patch(args: argparse.Namespace) -> int:
     with output_lock(args.out):
         summary = patch_job(args.out, args.groups, args.model, args.adapter, args.template, args.max_pairs,
                             args.negatives, args.components, args.positions, args.layers, args.min_gap,
-                            args.max_length, args.batch_size, heads=args.heads, progress=not args.quiet)
+                            args.max_length, args.batch_size, heads=args.heads, atp=args.atp,
+                            progress=not args.quiet)
     print(f"{summary['pairs']} pairs ({len(summary['excluded_small_gap'])} excluded for a gap below "
           f"{summary['min_gap']}, {summary['skipped_misaligned']} misaligned skipped), {summary['sites']} sites, "
           f"{summary['forwards']} forwards")
+    if "atp_vs_exact" in summary:
+        print(f"attribution patching vs exact: Pearson r {summary['atp_vs_exact']['pearson_per_site']:.3f} per site "
+              f"and pair, {summary['atp_vs_exact']['pearson_of_means']:.3f} of the mean IEs")
     print(f"outputs: {args.out}/ (ie.npz, ie_mean.csv, top_sites.md, ie_<component>.png)")
     return 0
 

@@ -92,7 +92,9 @@ def test_patch_command_writes_the_ie_grid_equal_to_the_engine(tiny_family_dir, t
     model = str(tiny_family_dir("llama"))
     out = tmp_path / "patch"
     assert main(["patch", model, "--groups", str(tiny_groups), "--max-pairs", "2", "--min-gap", "0",
-                 "--components", "resid_pre", "mlp", "--heads", "--out", str(out), "--quiet"]) == 0
+                 "--components", "resid_pre", "mlp", "--heads", "--atp", "--out", str(out), "--quiet"]) == 0
+    assert "attribution patching vs exact: Pearson r" in capsys.readouterr().out
+    assert np.load(out / "ie_atp.npz")["ie"].shape == (2, 2, 3, 5)
     saved = np.load(out / "ie.npz")
     assert saved["ie"].shape == (2, 2, 3, 5)  # pairs, components, layers, position groups
     loaded = load_model(model)
@@ -143,3 +145,34 @@ def test_the_fast_path_equals_the_naive_one_for_every_site_and_head(family, temp
         assert np.max(np.abs(fast.patched - slow.patched)) <= 1e-5  # logit differences: float reordering only
         if abs(slow.gap) >= 0.05:  # IE divides by the gap: below the job's exclusion threshold it amplifies noise
             assert np.max(np.abs(fast.indirect_effects() - slow.indirect_effects())) <= 1e-4
+
+
+@pytest.mark.parametrize("family", ["llama", "phi3"])
+def test_atp_is_the_directional_derivative_of_the_patch(family, tiny_groups):
+    """A patch scaled by eps moves LD by eps x the AtP estimate, to first order: checked by finite differences."""
+    from relscope.analysis.patching.atp import attribution_patching
+    from relscope.analysis.patching.engine import head_sites
+
+    loaded, engine, pairs, _ = _setup(family, tiny_groups)
+    pair = pairs[0]
+    sites = [Site("resid_pre", 1, "document"), Site("mlp", 2, "last"), Site("attn", 0, "all")]
+    sites += head_sites(3, engine.n_heads, ("last",))[:3]
+    atp = attribution_patching(engine, pair, sites)
+    assert atp.clean == pytest.approx(engine.sweep(pair, sites[:1]).clean, abs=1e-6)
+    eps = 1e-2
+    for i, site in enumerate(sites):
+        clean = engine.activations(pair.clean, [site.key])[site.key]
+        corrupted = engine.activations(pair.corrupted, [site.key])[site.key]
+        where = torch.tensor(pair.corrupted.positions(site.group))
+        mixed = corrupted + eps * (clean - corrupted)
+        edit = engine._edit(0, site, where, mixed)
+        moved = engine.logit_diffs(engine._ids(pair.corrupted), {site.key: [edit]})[0] - atp.corrupted
+        assert moved / eps == pytest.approx(atp.patched[i] - atp.corrupted, rel=0.05, abs=1e-4), site
+
+
+def test_atp_preselects_the_largest_estimates():
+    from relscope.analysis.patching.atp import preselect
+
+    sites = [Site("mlp", i, "last") for i in range(4)]
+    estimate = PairResult("q", 1.0, 0.0, np.array([0.1, -0.9, 0.5, 0.0]))
+    assert preselect(estimate, sites, 2) == [sites[1], sites[2]]

@@ -20,6 +20,7 @@ from relscope.analysis.patching.engine import (
     head_sites,
     indirect_effects,
 )
+from relscope.analysis.patching.atp import attribution_patching
 from relscope.analysis.patching.fast import FastPatcher
 from relscope.analysis.patching.hooks import COMPONENTS
 from relscope.analysis.patching.pairs import build_pairs
@@ -33,7 +34,7 @@ def patch_job(out: str | Path, groups: str | Path, model: str = "smollm2-135m-in
               template: str | None = None, max_pairs: int = 20, negative_kind: str = "hard",
               components: Sequence[str] = COMPONENTS, positions: Sequence[str] = POSITION_GROUPS,
               layers: Sequence[int] | None = None, min_gap: float = 0.1, max_length: int = 256,
-              batch_size: int = 16, top: int = 15, heads: bool = False, fast: bool = True,
+              batch_size: int = 16, top: int = 15, heads: bool = False, fast: bool = True, atp: bool = False,
               progress: bool = True) -> dict:
     from relscope.data.dataset import data_path
     from relscope.data.groups import read_groups
@@ -81,11 +82,20 @@ def patch_job(out: str | Path, groups: str | Path, model: str = "smollm2-135m-in
                                  f"{loaded.name}: mean IE, {component} ({len(grid)} pairs)", "indirect effect",
                                  xlabel="position group", ylabel="layer", diverging=True),
                    out / f"ie_{component}.png")
+    if atp:  # the first-order estimate beside the exact effects, and how well it agrees
+        estimates = [attribution_patching(engine, pair, sites) for pair in pairs if pair.qid not in excluded]
+        ie_atp = np.stack([r.indirect_effects() for r in estimates]).reshape(grid.shape)
+        with atomic_path(out / "ie_atp.npz") as tmp, tmp.open("wb") as f:
+            np.savez(f, ie=ie_atp)
+        agreement = {"pearson_per_site": float(np.corrcoef(grid.ravel(), ie_atp.ravel())[0, 1]),
+                     "pearson_of_means": float(np.corrcoef(grid.mean(0).ravel(), ie_atp.mean(0).ravel())[0, 1])}
     if heads:
         _head_sweep(sweeper, engine.n_heads, pairs, excluded, layers, out, loaded.name, progress)
     summary = {"pairs": report.pairs, "skipped_misaligned": report.skipped_misaligned,
                "skipped_no_negative": report.skipped_no_negative, "excluded_small_gap": excluded,
                "min_gap": min_gap, "forwards": engine.forwards, "sites": len(sites)}
+    if atp:
+        summary["atp_vs_exact"] = agreement
     atomic_write_json(out / "manifest.json", build_manifest(
         {"model": loaded.source, "adapter": adapter, "template": builder.template.name, "groups": str(groups),
          "negative_kind": negative_kind, "components": list(components), "positions": list(positions),
