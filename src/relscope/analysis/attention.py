@@ -73,25 +73,15 @@ def attention_job(out: str | Path, groups: str | Path, model: str | None = None,
                   template: str | None = None, layers: Sequence[int] | None = None, max_groups: int = 25,
                   max_length: int = 256) -> list[dict]:
     """Base (and fine-tuned) attention mass from document to query tokens; table, heatmaps, manifest."""
-    from relscope.analysis.examples import labelled_prompts
+    from relscope.analysis.examples import labelled_prompts, load_with_prompts
     from relscope.data.dataset import data_path
     from relscope.data.groups import read_groups
-    from relscope.models.load import load_model
     from relscope.models.specs.base import num_layers
-    from relscope.prompts.templates import get_template
-    from relscope.prompts.tokenize import PromptBuilder
-    from relscope.training.checkpoint import load_trained
 
     out = Path(out)
-    if adapter:
-        loaded, _, meta = load_trained(adapter, model=model, template=template)
-        template = meta["template"]
-    else:
-        loaded = load_model(model or "smollm2-135m-instruct")
-    template = template or "yes_no"
-    depth = num_layers(loaded.model.config)
-    layers = list(layers) if layers else default_layers(depth)
-    builder = PromptBuilder(loaded.tokenizer, get_template(template), max_length)
+    loaded, builder = load_with_prompts(model, adapter, template, max_length)
+    template = builder.template.name
+    layers = list(layers) if layers else default_layers(num_layers(loaded.model.config))
     examples = labelled_prompts(read_groups(data_path(str(groups))), builder, max_groups, "any")
     results = {"base": document_to_query_attention(loaded.model, loaded.spec, examples, layers, adapter=False)}
     if adapter:

@@ -74,3 +74,18 @@ def last_token_states(backbone, prompts: Sequence[TokenizedPrompt], pad_id: int,
         rows = torch.arange(len(last))
         chunks.append(torch.stack([h[rows, last.to(device)] for h in states]).float().cpu())
     return torch.cat(chunks, dim=1).numpy()
+
+
+def load_with_prompts(model: str | None, adapter: str | None, template: str | None, max_length: int):
+    """(loaded model, prompt builder): the base model, or base + adapter unmerged (so the adapter can be switched off
+    for the base half of a comparison), with the adapter's template unless one is given."""
+    from relscope.models.load import load_model
+    from relscope.prompts.templates import get_template
+    from relscope.training.checkpoint import load_trained
+
+    if adapter:
+        loaded, _, meta = load_trained(adapter, model=model, template=template)
+        template = meta["template"]
+    else:
+        loaded = load_model(model or "smollm2-135m-instruct")
+    return loaded, PromptBuilder(loaded.tokenizer, get_template(template or "yes_no"), max_length)

@@ -19,7 +19,13 @@ from sklearn.model_selection import StratifiedGroupKFold, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from relscope.analysis.examples import LabelledPrompt, adapter_state, labelled_prompts, last_token_states
+from relscope.analysis.examples import (
+    LabelledPrompt,
+    adapter_state,
+    labelled_prompts,
+    last_token_states,
+    load_with_prompts,
+)
 from relscope.io import atomic_path, atomic_write_json
 from relscope.manifest import build_manifest
 from relscope.reports import plots
@@ -93,19 +99,9 @@ def probe_job(out: str | Path, groups: str | Path, model: str | None = None, ada
     """Probe the base model (and, given an adapter, the fine-tuned one, loaded once and switched)."""
     from relscope.data.dataset import data_path
     from relscope.data.groups import read_groups
-    from relscope.models.load import load_model
-    from relscope.prompts.templates import get_template
-    from relscope.prompts.tokenize import PromptBuilder
-    from relscope.training.checkpoint import load_trained
-
     out = Path(out)
-    if adapter:
-        loaded, _, meta = load_trained(adapter, model=model, template=template)
-        template = meta["template"]
-    else:
-        loaded = load_model(model or "smollm2-135m-instruct")
-    template = template or "yes_no"
-    builder = PromptBuilder(loaded.tokenizer, get_template(template), max_length)
+    loaded, builder = load_with_prompts(model, adapter, template, max_length)
+    template = builder.template.name
     examples = labelled_prompts(read_groups(data_path(str(groups))), builder, max_groups, negative_kind)
     base_model = loaded.model.get_base_model() if hasattr(loaded.model, "get_base_model") else loaded.model
     backbone = loaded.spec.backbone_of(base_model)
