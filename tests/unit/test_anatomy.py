@@ -103,8 +103,12 @@ def test_sweep_rank_trains_each_rank_and_tabulates(tiny_family_dir, tiny_groups,
     _outputs(tmp_path / "sw", "rank_sweep")
 
 
-def test_cli_lora_stats_and_checkpoints(trained, trec_dir, tmp_path, capsys):
+def test_cli_lora_stats_checkpoints_and_ablate(trained, trec_dir, tmp_path, capsys):
+    """Every lora job through the CLI (paths arrive as strings there)."""
     assert main(["lora", "stats", str(trained / "checkpoint-2"), "--out", str(tmp_path / "s")]) == 0
+    assert main(["lora", "ablate", str(trained / "checkpoint-2"), "--variants", "none", "all", "--data", str(trec_dir),
+                 "--top-k", "3", "--out", str(tmp_path / "a")]) == 0
+    assert (tmp_path / "a" / "ablation.csv").is_file()
     assert main(["lora", "checkpoints", str(trained), "--data", str(trec_dir), "--top-k", "3",
                  "--out", str(tmp_path / "c")]) == 0
     assert "| step |" in capsys.readouterr().out

@@ -55,7 +55,8 @@ def _reranker(loaded, head, meta, max_length: int = 512) -> Reranker:
     return Reranker.build(loaded, meta["template"], head, max_length, ScoringOptions(), progress=False)
 
 
-def _finish(out: Path, name: str, rows: list[dict], title: str, fig, config: dict, files=None) -> list[dict]:
+def _finish(out: str | Path, name: str, rows: list[dict], title: str, fig, config: dict, files=None) -> list[dict]:
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_table(rows, out / name, title, bold_best=NDCG if NDCG in rows[0] else None)
     plots.save(fig, out / f"{name}.png")
