@@ -30,6 +30,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+RELEVANCE_GROUPS = "$RELSCOPE_DATA/relevance-mi/msmarco.jsonl"  # the patching study's 183 MS MARCO queries
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="relscope", description="How does relevance emerge inside an LLM reranker?")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -244,7 +247,7 @@ def _add_patch(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("model", help="the model (alias, HF id, folder or .gguf)")
     p.add_argument("adapter", nargs="?", help="a checkpoint-<step>/ or PEFT adapter to patch instead of the base")
-    p.add_argument("--groups", default="$RELSCOPE_DATA/relevance-mi/msmarco.jsonl",
+    p.add_argument("--groups", default=RELEVANCE_GROUPS,
                    help="Tevatron group jsonl (default: the 183-query MS MARCO set)")
     p.add_argument("--template", help="yes_no (clean: relevant, corrupted: non-relevant) or pairwise (swapped)")
     p.add_argument("--negatives", default="hard", choices=["hard", "random", "any"], help="the corrupting passage")
@@ -284,10 +287,10 @@ def _patch(args: argparse.Namespace) -> int:
 
 
 def _add_freeze(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", required=True, help="a train config (configs/train-*.yaml)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     from relscope.analysis.freeze import DEFAULT_FREEZE_VARIANTS
 
+    p.add_argument("--config", required=True, help="a train config (configs/train-*.yaml)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     p.add_argument("--variants", nargs="+", default=list(DEFAULT_FREEZE_VARIANTS),
                    help="trainable layers: early, middle, late (thirds), joined by '+', all, or ranges like 0-9 "
                         "or 0.25-0.75 (default: early middle late early+middle all)")
@@ -315,7 +318,7 @@ def _freeze(args: argparse.Namespace) -> int:
 def _add_representation(p: argparse.ArgumentParser, handler) -> None:
     p.add_argument("model", help="the base model (alias, HF id, folder or .gguf)")
     p.add_argument("adapter", nargs="?", help="a checkpoint-<step>/ or PEFT adapter: base vs fine-tuned")
-    p.add_argument("--groups", default="$RELSCOPE_DATA/relevance-mi/msmarco.jsonl",
+    p.add_argument("--groups", default=RELEVANCE_GROUPS,
                    help="Tevatron group jsonl of labelled examples (default: the 183-query MS MARCO set)")
     p.add_argument("--template", help="yes_no, score or pairwise (default: the adapter's, else yes_no)")
     p.add_argument("--max-groups", type=int, help="groups to use; two prompts each (default 100 probe, 25 attention)")

@@ -165,8 +165,8 @@ def test_atp_is_the_directional_derivative_of_the_patch(family, tiny_groups):
         corrupted = engine.activations(pair.corrupted, [site.key])[site.key]
         where = torch.tensor(pair.corrupted.positions(site.group))
         mixed = corrupted + eps * (clean - corrupted)
-        edit = engine._edit(0, site, where, mixed)
-        moved = engine.logit_diffs(engine._ids(pair.corrupted), {site.key: [edit]})[0] - atp.corrupted
+        edit = engine.edit(0, site, where, mixed)
+        moved = engine.logit_diffs(engine.ids(pair.corrupted), {site.key: [edit]})[0] - atp.corrupted
         assert moved / eps == pytest.approx(atp.patched[i] - atp.corrupted, rel=0.05, abs=1e-4), site
 
 

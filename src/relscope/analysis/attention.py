@@ -17,6 +17,7 @@ import torch
 from relscope.analysis.examples import LabelledPrompt, adapter_state
 from relscope.io import atomic_path, atomic_write_json
 from relscope.manifest import build_manifest
+from relscope.models.scoring import unwrap
 from relscope.prompts.tokenize import TokenizedPrompt
 from relscope.reports import plots
 from relscope.reports.tables import write_table
@@ -56,7 +57,7 @@ def mass_to_query(attentions: Sequence[torch.Tensor], prompt: TokenizedPrompt, l
 def document_to_query_attention(model, spec, examples: Sequence[LabelledPrompt], layers: Sequence[int],
                                 adapter: bool) -> np.ndarray:
     """(len(layers), heads) averaged over examples, one example per forward (no padding to mask out)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = unwrap(model)
     backbone = spec.backbone_of(base)
     device = next(base.parameters()).device
     total = None

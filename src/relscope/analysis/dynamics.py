@@ -111,11 +111,11 @@ def analyse_dynamics(run_dir: str | Path, out: str | Path, window: int = 25) -> 
     curves = read_curves(run_dir)
     cliff = phase_transition(curves["step"], curves["loss"], window)
     out.mkdir(parents=True, exist_ok=True)
-    rows = [{"step": int(s), **{k: float(curves[k][i]) for k in CURVES},
-             "loss (smoothed)": float(v)} for i, (s, v) in enumerate(zip(curves["step"], smooth(curves["loss"], window)))]
+    smoothed = smooth(curves["loss"], window)
+    rows = [{"step": int(s), **{k: float(curves[k][i]) for k in CURVES}, "loss (smoothed)": float(smoothed[i])}
+            for i, s in enumerate(curves["step"])]
     atomic_write_text(out / "curves.csv", to_csv(rows))
-    plots.save(plots.training_curves(curves, smooth(curves["loss"], window), cliff, run_dir.name),
-               out / "curves.png")
+    plots.save(plots.training_curves(curves, smoothed, cliff, run_dir.name), out / "curves.png")
     summary = {"run": str(run_dir), "window": window, "phase_transition": {**asdict(cliff), "drop": cliff.drop}}
     grad_file = run_dir / "grad_norms.npz"
     if grad_file.is_file():

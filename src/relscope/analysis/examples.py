@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from relscope.data.groups import TrainingGroup
+from relscope.data.groups import TrainingGroup, first_negative
 from relscope.errors import DataError
 from relscope.models.scoring import pad_sequences
 from relscope.prompts.tokenize import PromptBuilder, TokenizedPrompt
@@ -31,7 +31,7 @@ class LabelledPrompt:
 def labelled_prompts(groups: Sequence[TrainingGroup], builder: PromptBuilder, max_groups: int,
                      negative_kind: str = "hard", seed: int = 0) -> list[LabelledPrompt]:
     """Two prompts per group (balanced labels) from `max_groups` groups drawn with `seed`."""
-    usable = [g for g in groups if g.positives and _negative(g, negative_kind) is not None]
+    usable = [g for g in groups if g.positives and first_negative(g, negative_kind) is not None]
     if not usable:
         raise DataError(f"no group has a positive and a {negative_kind!r} negative; choose another negative kind "
                         "(hard, random, any) or other groups")
@@ -39,7 +39,7 @@ def labelled_prompts(groups: Sequence[TrainingGroup], builder: PromptBuilder, ma
     pairwise = builder.template.kind == "pairwise"
     out = []
     for group in chosen:
-        positive, negative = group.positives[0], _negative(group, negative_kind)
+        positive, negative = group.positives[0], first_negative(group, negative_kind)
         if pairwise:
             out += [LabelledPrompt(group.qid, builder.build(group.query, [positive, negative]), 1),
                     LabelledPrompt(group.qid, builder.build(group.query, [negative, positive]), 0)]
@@ -47,10 +47,6 @@ def labelled_prompts(groups: Sequence[TrainingGroup], builder: PromptBuilder, ma
             out += [LabelledPrompt(group.qid, builder.build(group.query, [positive]), 1),
                     LabelledPrompt(group.qid, builder.build(group.query, [negative]), 0)]
     return out
-
-
-def _negative(group: TrainingGroup, kind: str) -> str | None:
-    return next((n.text for n in group.negatives if kind == "any" or n.kind == kind), None)
 
 
 @contextmanager

@@ -28,6 +28,7 @@ from relscope.analysis.examples import (
 )
 from relscope.io import atomic_path, atomic_write_json
 from relscope.manifest import build_manifest
+from relscope.models.scoring import unwrap
 from relscope.reports import plots
 from relscope.reports.tables import write_table
 
@@ -103,8 +104,7 @@ def probe_job(out: str | Path, groups: str | Path, model: str | None = None, ada
     loaded, builder = load_with_prompts(model, adapter, template, max_length)
     template = builder.template.name
     examples = labelled_prompts(read_groups(data_path(str(groups))), builder, max_groups, negative_kind)
-    base_model = loaded.model.get_base_model() if hasattr(loaded.model, "get_base_model") else loaded.model
-    backbone = loaded.spec.backbone_of(base_model)
+    backbone = loaded.spec.backbone_of(unwrap(loaded.model))
     key = {"model": loaded.source, "adapter": str(adapter), "template": template}
     pad = loaded.tokenizer.pad_token_id
     states = {"base": cached_states(loaded.model, backbone, examples, pad, out / "states_base.npz", key, False)}

@@ -32,6 +32,11 @@ class TrainingGroup:
     negatives: tuple[NegativePassage, ...] = field(default_factory=tuple)
 
 
+def first_negative(group: TrainingGroup, kind: str = "hard") -> str | None:
+    """The text of the group's first negative of `kind` (hard, random, or any)."""
+    return next((n.text for n in group.negatives if kind == "any" or n.kind == kind), None)
+
+
 def read_groups(path: str | Path) -> list[TrainingGroup]:
     """One group per line. A query may have several lines (Tevatron writes one per positive)."""
     return [_parse_group(text, path, line) for line, text in iter_lines(path, "group jsonl")]

@@ -39,7 +39,7 @@ class Scorer:
     def __init__(self, model, spec: ModelSpec, head: Head, pad_id: int,
                  options: ScoringOptions = ScoringOptions(), progress: bool = True) -> None:
         self.model = model
-        self.backbone = spec.backbone_of(_unwrap(model))
+        self.backbone = spec.backbone_of(unwrap(model))
         self.head = head
         self.pad_id = pad_id
         self.options = options
@@ -147,7 +147,7 @@ def pad_sequences(sequences: Sequence[Sequence[int]], pad_id: int, left: bool = 
     return ids, mask, last
 
 
-def _unwrap(model):
+def unwrap(model):
     """The transformers model under a PEFT wrapper (LoRA layers are injected in place)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 

@@ -55,8 +55,12 @@ def read_tensors(path: Path, device: str) -> dict:
     try:
         return load_file(path, device=device)
     except (SafetensorError, OSError) as err:
-        raise ModelError(f"{path}: damaged or not a safetensors file ({err}); copy it again, or resume the "
-                         "training run from an earlier checkpoint") from None
+        raise ModelError(_damaged(path, err)) from None
+
+
+def _damaged(path: Path, err: Exception) -> str:
+    return (f"{path}: damaged or not a safetensors file ({err}); copy it again, or resume the training run from an "
+            "earlier checkpoint")
 
 
 def read_meta(checkpoint: str | Path) -> dict:
@@ -132,9 +136,10 @@ def load_trained(checkpoint: str | Path, dtype: str = "auto", device: str | None
     meta = read_meta(folder) if (folder / META_FILE).is_file() else _external_meta(folder, model, template, head)
     loaded = load_model(model or meta["model"], dtype=dtype, device=device)
     check_base(folder, meta, loaded.model.config, loaded.name)
-    read_tensors(folder / ADAPTER_FILE, "cpu")  # a damaged file is named here, not deep inside PEFT
     try:
         loaded.model = PeftModel.from_pretrained(loaded.model, str(folder)).eval()
+    except SafetensorError as err:
+        raise ModelError(_damaged(folder / ADAPTER_FILE, err)) from None
     except (RuntimeError, ValueError, KeyError) as err:  # size mismatch, target modules not found
         raise ModelError(f"{folder}: this adapter does not fit {loaded.name!r} (made for "
                          f"{_adapter_base(folder)!r}?): {str(err).splitlines()[0][:300]}. "

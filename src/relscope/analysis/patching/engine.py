@@ -16,6 +16,7 @@ import torch
 
 from relscope.analysis.patching.hooks import COMPONENTS, Edit, capturing, patching
 from relscope.analysis.patching.pairs import PatchPair
+from relscope.models.scoring import unwrap
 from relscope.models.specs import ModelSpec
 
 POSITION_GROUPS = ("instruction", "query", "document", "last", "all")
@@ -72,7 +73,7 @@ def indirect_effects(results: Sequence[PairResult], min_gap: float) -> tuple[np.
 
 class PatchingEngine:
     def __init__(self, model, spec: ModelSpec, head, batch_size: int = 16) -> None:
-        self.model = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self.model = unwrap(model)
         self.spec = spec
         text = self.model.config.get_text_config()
         self.n_heads = int(text.num_attention_heads)
@@ -86,7 +87,7 @@ class PatchingEngine:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def _ids(self, prompt, rows: int = 1) -> torch.Tensor:
+    def ids(self, prompt, rows: int = 1) -> torch.Tensor:
         return torch.tensor([prompt.input_ids], device=self.device).expand(rows, -1)
 
     @torch.inference_mode()
@@ -100,15 +101,23 @@ class PatchingEngine:
     @torch.inference_mode()
     def activations(self, prompt, keys: Sequence[tuple[str, int]]) -> dict[tuple[str, int], torch.Tensor]:
         """(seq, d_model) activation of each (component, layer) on one prompt."""
+        return self.run(prompt, keys)[0]
+
+    @torch.inference_mode()
+    def run(self, prompt, keys: Sequence[tuple[str, int]]) -> tuple[dict[tuple[str, int], torch.Tensor], float]:
+        """One forward of one prompt: each (component, layer)'s (seq, d_model) activation, and its logit difference."""
         store: dict[tuple[str, int], torch.Tensor] = {}
         with capturing(self.model, self.spec, keys, store):
-            self.backbone(input_ids=self._ids(prompt))
+            hidden = self.backbone(input_ids=self.ids(prompt)).last_hidden_state[:, -1]
         self.forwards += 1
-        return {k: v[0] for k, v in store.items()}
+        return {k: v[0] for k, v in store.items()}, float(self.head(hidden).float()[0])
+
+    def corrupted_logit_diff(self, pair: PatchPair) -> float:
+        return float(self.logit_diffs(self.ids(pair.corrupted))[0])
 
     def sweep(self, pair: PatchPair, sites: Sequence[Site]) -> PairResult:
         """Patch each site from clean into corrupted: one batched forward per `batch_size` sites."""
-        clean = self.activations(pair.clean, sorted({s.key for s in sites}))
+        clean, ld_clean = self.run(pair.clean, sorted({s.key for s in sites}))
         positions = {g: torch.tensor(pair.corrupted.positions(g), device=self.device)
                      for g in {s.group for s in sites}}
         patched = np.empty(len(sites))
@@ -116,20 +125,22 @@ class PatchingEngine:
             chunk = sites[start:start + self.batch_size]
             edits: dict[tuple[str, int], list[Edit]] = defaultdict(list)
             for row, site in enumerate(chunk):
-                edits[site.key].append(self._edit(row, site, positions[site.group], clean[site.key]))
-            patched[start:start + len(chunk)] = self.logit_diffs(self._ids(pair.corrupted, len(chunk)), edits)
-        ends = self.logit_diffs(torch.cat([self._ids(pair.clean), self._ids(pair.corrupted)]))
-        return PairResult(pair.qid, float(ends[0]), float(ends[1]), patched)
+                edits[site.key].append(self.edit(row, site, positions[site.group], clean[site.key]))
+            patched[start:start + len(chunk)] = self.logit_diffs(self.ids(pair.corrupted, len(chunk)), edits)
+        return PairResult(pair.qid, ld_clean, self.corrupted_logit_diff(pair), patched)
 
-    def _edit(self, row: int, site: Site, where: torch.Tensor, clean: torch.Tensor) -> Edit:
-        if site.head is None:
-            return Edit(row, where, clean[where])
-        columns = slice(site.head * self.head_dim, (site.head + 1) * self.head_dim)
+    def columns(self, site: Site) -> slice:
+        """The site's slice of its activation's last axis: one head's block of the o_proj input, else all."""
+        return slice(None) if site.head is None else slice(site.head * self.head_dim, (site.head + 1) * self.head_dim)
+
+    def edit(self, row: int, site: Site, where: torch.Tensor, clean: torch.Tensor) -> Edit:
+        """Batch row `row` gets the clean activation at positions `where` (and the site's columns)."""
+        columns = self.columns(site)
         return Edit(row, where, clean[where][:, columns], columns)
 
     def naive(self, pair: PatchPair, site: Site) -> float:
         """The reference: a full clean forward to read the activation, then one full forward with the patch."""
         clean = self.activations(pair.clean, [site.key])[site.key]
         where = torch.tensor(pair.corrupted.positions(site.group), device=self.device)
-        edit = {site.key: [self._edit(0, site, where, clean)]}
-        return float(self.logit_diffs(self._ids(pair.corrupted), edit)[0])
+        edit = {site.key: [self.edit(0, site, where, clean)]}
+        return float(self.logit_diffs(self.ids(pair.corrupted), edit)[0])

@@ -3,8 +3,9 @@
 A patch at layer l and positions >= p leaves everything before layer l, and every position before p, exactly as in
 the corrupted run (causal attention). And before the first token where the two prompts differ, the clean and the
 corrupted activations are the same numbers, so those positions are dropped from every patch (a patch of only such
-positions, e.g. the query of a pointwise pair, changes nothing and is not run). So the corrupted run is done once with its residual stream and its keys and
-values cached; each patch then re-runs layers >= l only, on positions >= p only, from the cached residual, attending
+positions, e.g. the query of a pointwise pair, changes nothing and is not run).
+
+So the corrupted run is done once with its residual stream and its keys and values cached; each patch then re-runs layers >= l only, on positions >= p only, from the cached residual, attending
 to the cached keys/values of positions < p. The decoder layers are Hugging Face's own, run as a shorter stack
 (`stack_from`); nothing is reimplemented. Tests hold this path equal to the naive full forward per patch.
 """
@@ -60,7 +61,7 @@ class FastPatcher:
         with capturing(self.engine.model, self.engine.spec, keys, store):
             # a cache without the config keeps every position in every layer: a sliding-window layer's own cache
             # would keep only the last `sliding_window` keys, and the re-runs need all those before p
-            out = self.engine.backbone(input_ids=self.engine._ids(prompt), cache=DynamicCache(), use_cache=True)
+            out = self.engine.backbone(input_ids=self.engine.ids(prompt), cache=DynamicCache(), use_cache=True)
         self.engine.forwards += 1
         stream = [store[("resid_pre", layer)][0] for layer in range(self.depth)] + [store[keys[-1]][0]]
         return stream, [(k, v) for k, v, *_ in out.cache]
@@ -71,7 +72,8 @@ class FastPatcher:
 
     def sweep(self, pair: PatchPair, sites: Sequence[Site]) -> PairResult:
         engine = self.engine
-        clean = engine.activations(pair.clean, sorted({s.key for s in sites}))
+        clean, ld_clean = engine.run(pair.clean, sorted({s.key for s in sites}))
+        ld_corrupted = engine.corrupted_logit_diff(pair)
         stream, kv = self._corrupted_run(pair.corrupted)
         differ = next(i for i, (a, b) in enumerate(zip(pair.clean.input_ids, pair.corrupted.input_ids)) if a != b)
         positions = {g: torch.tensor([p for p in pair.corrupted.positions(g) if p >= differ], device=engine.device,
@@ -83,9 +85,8 @@ class FastPatcher:
                 plan[self._start(site), int(positions[site.group].min())].append(i)
             else:
                 unchanged.append(i)
-        ends = engine.logit_diffs(torch.cat([engine._ids(pair.clean), engine._ids(pair.corrupted)]))
         patched = np.empty(len(sites))
-        patched[unchanged] = ends[1]
+        patched[unchanged] = ld_corrupted
         for (start, first), members in plan.items():
             for offset in range(0, len(members), engine.batch_size):
                 chunk = members[offset:offset + engine.batch_size]
@@ -93,13 +94,13 @@ class FastPatcher:
                 edits: dict[tuple[str, int], list[Edit]] = defaultdict(list)
                 for row, i in enumerate(chunk):
                     site = sites[i]
-                    edit = engine._edit(row, site, positions[site.group] - first, clean[site.key][first:])
+                    edit = engine.edit(row, site, positions[site.group] - first, clean[site.key][first:])
                     if site.component in RESIDUAL:
                         inputs[row, edit.positions, edit.columns] = edit.values
                     else:
                         edits[site.key].append(edit)
                 patched[chunk] = self._run(inputs, start, first, kv, edits)
-        return PairResult(pair.qid, float(ends[0]), float(ends[1]), patched)
+        return PairResult(pair.qid, ld_clean, ld_corrupted, patched)
 
     @torch.inference_mode()
     def _run(self, inputs: torch.Tensor, start: int, first: int, kv, edits) -> np.ndarray:

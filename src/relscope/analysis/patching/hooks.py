@@ -11,7 +11,7 @@ of any model). A site is (component, layer); a patch overwrites given rows of a 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
@@ -47,14 +47,6 @@ def target(model: nn.Module, spec: ModelSpec, component: str, layer: int) -> nn.
     raise ConfigError(f"unknown patching component {component!r}; use one of {', '.join(COMPONENTS)}")
 
 
-def _output_tensor(output):
-    return output[0] if isinstance(output, tuple) else output
-
-
-def _replace_output(output, tensor):
-    return (tensor, *output[1:]) if isinstance(output, tuple) else tensor
-
-
 def _apply(tensor: torch.Tensor, edits: Sequence[Edit]) -> torch.Tensor:
     tensor = tensor.clone()  # the module's own output may be referenced elsewhere; never write into it
     for edit in edits:
@@ -62,43 +54,46 @@ def _apply(tensor: torch.Tensor, edits: Sequence[Edit]) -> torch.Tensor:
     return tensor
 
 
+def _hook_site(module: nn.Module, component: str, fn: Callable[[torch.Tensor], torch.Tensor | None]):
+    """Show `fn` the site's activation (a module's input for PRE_HOOKED components, else its output, the first
+    element when the module returns a tuple); a tensor `fn` returns takes the activation's place."""
+    if component in PRE_HOOKED:
+        def pre(_module, args, kwargs):
+            new = fn(args[0] if args else kwargs["hidden_states"])
+            if new is None:
+                return None
+            return ((new, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": new})
+        return module.register_forward_pre_hook(pre, with_kwargs=True)
+
+    def post(_module, _args, output):
+        new = fn(output[0] if isinstance(output, tuple) else output)
+        if new is None:
+            return None
+        return (new, *output[1:]) if isinstance(output, tuple) else new
+    return module.register_forward_hook(post)
+
+
 @contextmanager
+def site_hooks(model: nn.Module, spec: ModelSpec,
+               fns: Mapping[tuple[str, int], Callable[[torch.Tensor], torch.Tensor | None]]) -> Iterator[None]:
+    """One hook per (component, layer) during the forwards inside; all removed on exit."""
+    with ExitStack() as stack:
+        for (component, layer), fn in fns.items():
+            stack.callback(_hook_site(target(model, spec, component, layer), component, fn).remove)
+        yield
+
+
 def capturing(model: nn.Module, spec: ModelSpec, sites: Sequence[tuple[str, int]],
-              store: dict[tuple[str, int], torch.Tensor]) -> Iterator[None]:
-    """Record each site's activation (batch, seq, d_model) into `store` during the forwards inside."""
-    with ExitStack() as stack:
-        for component, layer in sites:
-            module = target(model, spec, component, layer)
-            key = (component, layer)
-            if component in PRE_HOOKED:
-                def pre(_module, args, kwargs, key=key):
-                    store[key] = (args[0] if args else kwargs["hidden_states"]).detach()
-                handle = module.register_forward_pre_hook(pre, with_kwargs=True)
-            else:
-                def post(_module, _args, output, key=key):
-                    store[key] = _output_tensor(output).detach()
-                handle = module.register_forward_hook(post)
-            stack.callback(handle.remove)
-        yield
+              store: dict[tuple[str, int], torch.Tensor], detach: bool = True):
+    """Record each site's activation (batch, seq, d_model) into `store` during the forwards inside
+    (detach=False keeps it in the autograd graph, for gradients with respect to it)."""
+    def keep(key):
+        return lambda tensor: store.__setitem__(key, tensor.detach() if detach else tensor)
+    return site_hooks(model, spec, {key: keep(key) for key in sites})
 
 
-@contextmanager
-def patching(model: nn.Module, spec: ModelSpec, edits: Mapping[tuple[str, int], Sequence[Edit]]) -> Iterator[None]:
+def patching(model: nn.Module, spec: ModelSpec, edits: Mapping[tuple[str, int], Sequence[Edit]]):
     """Overwrite activations at the given sites during the forwards inside; hooks are removed on exit."""
-    with ExitStack() as stack:
-        for (component, layer), site_edits in edits.items():
-            if not site_edits:
-                continue
-            module = target(model, spec, component, layer)
-            if component in PRE_HOOKED:
-                def pre(_module, args, kwargs, site_edits=site_edits):
-                    if args:
-                        return (_apply(args[0], site_edits), *args[1:]), kwargs
-                    return args, {**kwargs, "hidden_states": _apply(kwargs["hidden_states"], site_edits)}
-                handle = module.register_forward_pre_hook(pre, with_kwargs=True)
-            else:
-                def post(_module, _args, output, site_edits=site_edits):
-                    return _replace_output(output, _apply(_output_tensor(output), site_edits))
-                handle = module.register_forward_hook(post)
-            stack.callback(handle.remove)
-        yield
+    def apply(site_edits):
+        return lambda tensor: _apply(tensor, site_edits)
+    return site_hooks(model, spec, {key: apply(site_edits) for key, site_edits in edits.items() if site_edits})

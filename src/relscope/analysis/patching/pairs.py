@@ -13,7 +13,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from relscope.data.groups import TrainingGroup
+from relscope.data.groups import TrainingGroup, first_negative
 from relscope.errors import DataError
 from relscope.prompts.tokenize import PromptBuilder, TokenizedPrompt
 
@@ -75,7 +75,7 @@ def build_pairs(groups: Sequence[TrainingGroup], builder: PromptBuilder, max_pai
     for group in order:
         if max_pairs is not None and len(pairs) >= max_pairs:
             break
-        negative = next((n.text for n in group.negatives if negative_kind == "any" or n.kind == negative_kind), None)
+        negative = first_negative(group, negative_kind)
         if not group.positives or negative is None:
             no_negative += 1
             continue
