@@ -244,14 +244,19 @@ def _dynamics(args: argparse.Namespace) -> int:
 def _add_patch(p: argparse.ArgumentParser) -> None:
     from relscope.analysis.patching.engine import POSITION_GROUPS
     from relscope.analysis.patching.hooks import COMPONENTS
+    from relscope.analysis.patching.pairs import PERTURBATIONS
 
     p.add_argument("model", help="the model (alias, HF id, folder or .gguf)")
     p.add_argument("adapter", nargs="?", help="a checkpoint-<step>/ or PEFT adapter to patch instead of the base")
     p.add_argument("--groups", default=RELEVANCE_GROUPS,
-                   help="Tevatron group jsonl (default: the 183-query MS MARCO set)")
+                   help="Tevatron group jsonl, or a TREC folder (qrels + passages) to build groups from "
+                        "(default: the 183-query MS MARCO set)")
     p.add_argument("--template", help="yes_no (clean: relevant, corrupted: non-relevant) or pairwise (swapped)")
     p.add_argument("--negatives", default="hard", choices=["hard", "random", "any"], help="the corrupting passage")
-    p.add_argument("--max-pairs", type=int, default=20, help="pairs to patch (default 20)")
+    p.add_argument("--perturbation", default="negative", choices=list(PERTURBATIONS),
+                   help="negative: relevant vs non-relevant passage (pairwise: swapped order); inject: the "
+                        "non-relevant passage with vs without the query's words written in after its first word")
+    p.add_argument("--max-pairs", type=int, default=20, help="pairs to patch (default 20; 0 for all)")
     p.add_argument("--components", nargs="+", default=list(COMPONENTS), choices=list(COMPONENTS))
     p.add_argument("--positions", nargs="+", default=list(POSITION_GROUPS), choices=list(POSITION_GROUPS))
     p.add_argument("--layers", type=int, nargs="+", help="layers to patch (default all)")
@@ -259,7 +264,11 @@ def _add_patch(p: argparse.ArgumentParser) -> None:
                    help="exclude pairs whose |LD_clean - LD_corrupted| is below this (default 0.1)")
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=16, help="patch variants per forward (default 16)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="auto: bf16 on CUDA, fp32 on CPU")
     p.add_argument("--heads", action="store_true", help="also patch every head at the last token, query, all")
+    p.add_argument("--scores", action="store_true", help="also patch every head's attention weights: document "
+                   "tokens to query tokens, last token to document, last token to query")
     p.add_argument("--atp", action="store_true", help="also estimate every site by attribution patching and "
                    "report its correlation with the exact effects")
     p.add_argument("--out", required=True, help="output folder")
@@ -268,17 +277,24 @@ def _add_patch(p: argparse.ArgumentParser) -> None:
 
 
 def _patch(args: argparse.Namespace) -> int:
-    from relscope.analysis.patching.job import patch_job
-    from relscope.io import output_lock
+    from contextlib import nullcontext
 
-    with output_lock(args.out):
-        summary = patch_job(args.out, args.groups, args.model, args.adapter, args.template, args.max_pairs,
-                            args.negatives, args.components, args.positions, args.layers, args.min_gap,
-                            args.max_length, args.batch_size, heads=args.heads, atp=args.atp,
-                            progress=not args.quiet)
+    from relscope.analysis.patching.job import PatchSettings, patch_job
+    from relscope.io import output_lock
+    from relscope.processes import process_state
+
+    settings = PatchSettings(args.groups, args.model, args.adapter, args.template, args.max_pairs or None,
+                             args.negatives, args.perturbation, tuple(args.components), tuple(args.positions),
+                             args.layers, args.min_gap, args.max_length, args.batch_size, heads=args.heads,
+                             scores=args.scores, atp=args.atp, dtype=args.dtype)
+    main_process = process_state().is_main_process  # under accelerate launch only the main process writes
+    with output_lock(args.out) if main_process else nullcontext():
+        summary = patch_job(args.out, settings, progress=not args.quiet)
+    if not main_process:
+        return 0
     print(f"{summary['pairs']} pairs ({len(summary['excluded_small_gap'])} excluded for a gap below "
           f"{summary['min_gap']}, {summary['skipped_misaligned']} misaligned skipped), {summary['sites']} sites, "
-          f"{summary['forwards']} forwards")
+          f"{summary['processes']} process(es)")
     if "atp_vs_exact" in summary:
         print(f"attribution patching vs exact: Pearson r {summary['atp_vs_exact']['pearson_per_site']:.3f} per site "
               f"and pair, {summary['atp_vs_exact']['pearson_of_means']:.3f} of the mean IEs")

@@ -48,3 +48,20 @@ def test_two_processes_match_one_with_the_same_global_batch(tiny_family_dir, tin
     assert two == pytest.approx(one, rel=1e-5, abs=1e-6)
     assert json.loads((tmp_path / "two" / "summary.json").read_text())["processes"] == 2
     assert one[-1] != one[0]  # the steps really updated the adapter
+
+
+@pytest.mark.skipif(not ACCELERATE.is_file(), reason="accelerate CLI missing")
+def test_patching_split_across_two_processes_equals_one(tiny_family_dir, tiny_groups, tmp_path):
+    import numpy as np
+
+    args = ["patch", str(tiny_family_dir("llama")), "--groups", str(tiny_groups), "--max-pairs", "3", "--min-gap",
+            "0", "--components", "resid_pre", "mlp", "--heads", "--atp", "--quiet"]
+    _run([sys.executable, "-m", "relscope", *args, "--out", str(tmp_path / "one")], tmp_path)
+    _run([str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+          "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "relscope", *args, "--out",
+          str(tmp_path / "two")], tmp_path)
+    for name in ("ie.npz", "ie_heads.npz", "ie_atp.npz"):
+        one, two = np.load(tmp_path / "one" / name), np.load(tmp_path / "two" / name)
+        assert one["ie"].shape[0] == 3 and np.array_equal(one["ie"], two["ie"]), name
+    assert list(np.load(tmp_path / "two" / "ie.npz")["qids"]) == list(np.load(tmp_path / "one" / "ie.npz")["qids"])
+    assert json.loads((tmp_path / "two" / "manifest.json").read_text())["processes"] == 2

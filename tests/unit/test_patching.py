@@ -165,7 +165,7 @@ def test_atp_is_the_directional_derivative_of_the_patch(family, tiny_groups):
         corrupted = engine.activations(pair.corrupted, [site.key])[site.key]
         where = torch.tensor(pair.corrupted.positions(site.group))
         mixed = corrupted + eps * (clean - corrupted)
-        edit = engine.edit(0, site, where, mixed)
+        edit = engine.edit(0, site, where, {site.key: mixed})
         moved = engine.logit_diffs(engine.ids(pair.corrupted), {site.key: [edit]})[0] - atp.corrupted
         assert moved / eps == pytest.approx(atp.patched[i] - atp.corrupted, rel=0.05, abs=1e-4), site
 

@@ -35,7 +35,8 @@ def _embeddings_require_grad(engine: PatchingEngine) -> Iterator[None]:
 def attribution_patching(engine: PatchingEngine, pair: PatchPair, sites: Sequence[Site]) -> PairResult:
     """The AtP estimate for every site, as a PairResult whose `patched` is LD_corrupted + the estimate."""
     keys = sorted({s.key for s in sites})
-    clean, ld_clean = engine.run(pair.clean, keys)
+    clean, ld_clean = engine.run(pair.clean, engine.activation_keys(sites))
+    clean.update(engine.score_changes(pair, sites))  # a score patch's first-order effect: its change . dLD/dz
     store: dict = {}
     with torch.enable_grad(), _embeddings_require_grad(engine), \
             capturing(engine.model, engine.spec, keys, store, detach=False):
@@ -45,9 +46,12 @@ def attribution_patching(engine: PatchingEngine, pair: PatchPair, sites: Sequenc
     engine.forwards += 1
     estimates = np.empty(len(sites))
     for i, site in enumerate(sites):
-        where = torch.tensor(pair.corrupted.positions(site.group), device=engine.device, dtype=torch.long)
+        where = engine.positions(pair.corrupted, site.rows)
         columns = engine.columns(site)
-        diff = clean[site.key][where][:, columns] - store[site.key][0, where][:, columns].detach()
+        if site.component == "scores":
+            diff = clean[site][where]
+        else:
+            diff = clean[site.key][where][:, columns] - store[site.key][0, where][:, columns].detach()
         estimates[i] = float((diff * grads[site.key][0, where][:, columns]).sum())
     corrupted = float(ld_corrupted.detach())
     return PairResult(pair.qid, ld_clean, corrupted, corrupted + estimates)

@@ -24,14 +24,20 @@ POSITION_GROUPS = ("instruction", "query", "document", "last", "all")
 
 @dataclass(frozen=True)
 class Site:
-    component: str  # resid_pre, resid_post, attn, mlp; z with a head for per-head patching
+    component: str  # resid_pre, resid_post, attn, mlp; z or scores with a head, per head
     layer: int
-    group: str  # a position group, or "all"
+    group: str  # a position group, or "all"; for scores a block "rows>columns" (see scores.py)
     head: int | None = None
 
     @property
     def key(self) -> tuple[str, int]:
-        return self.component, self.layer
+        """The (component, layer) whose hook writes the patch: a score patch is an edit of the head's output."""
+        return ("z" if self.component == "scores" else self.component), self.layer
+
+    @property
+    def rows(self) -> str:
+        """The position group the patch writes to."""
+        return self.group.split(">")[0]
 
 
 def all_sites(n_layers: int, components: Sequence[str] = COMPONENTS,
@@ -117,30 +123,59 @@ class PatchingEngine:
 
     def sweep(self, pair: PatchPair, sites: Sequence[Site]) -> PairResult:
         """Patch each site from clean into corrupted: one batched forward per `batch_size` sites."""
-        clean, ld_clean = self.run(pair.clean, sorted({s.key for s in sites}))
-        positions = {g: torch.tensor(pair.corrupted.positions(g), device=self.device)
-                     for g in {s.group for s in sites}}
+        clean, ld_clean = self.run(pair.clean, self.activation_keys(sites))
+        clean.update(self.score_changes(pair, sites))
+        positions = {g: self.positions(pair.corrupted, g) for g in {s.rows for s in sites}}
         patched = np.empty(len(sites))
         for start in range(0, len(sites), self.batch_size):
             chunk = sites[start:start + self.batch_size]
             edits: dict[tuple[str, int], list[Edit]] = defaultdict(list)
             for row, site in enumerate(chunk):
-                edits[site.key].append(self.edit(row, site, positions[site.group], clean[site.key]))
+                edits[site.key].append(self.edit(row, site, positions[site.rows], clean))
             patched[start:start + len(chunk)] = self.logit_diffs(self.ids(pair.corrupted, len(chunk)), edits)
         return PairResult(pair.qid, ld_clean, self.corrupted_logit_diff(pair), patched)
+
+    def positions(self, prompt, group: str) -> torch.Tensor:
+        return torch.tensor(prompt.positions(group), device=self.device, dtype=torch.long)
+
+    @staticmethod
+    def activation_keys(sites: Sequence[Site]) -> list[tuple[str, int]]:
+        """The clean activations the sites copy (a score patch copies weights, recorded apart)."""
+        return sorted({s.key for s in sites if s.component != "scores"})
+
+    def score_changes(self, pair: PatchPair, sites: Sequence[Site]) -> dict[Site, torch.Tensor]:
+        """For each attention-score site, the (seq, head_dim) change of its head's output at the block's rows (zero
+        elsewhere): what writing the clean weights on the block's columns does (see scores.py)."""
+        from relscope.analysis.patching.scores import record_attention, score_delta, split_block
+
+        wanted = [s for s in sites if s.component == "scores"]
+        if not wanted:
+            return {}
+        clean, corrupted = record_attention(self, pair.clean), record_attention(self, pair.corrupted)
+        changes = {}
+        for site in wanted:
+            rows, columns = (self.positions(pair.corrupted, g) for g in split_block(site.group))
+            change = torch.zeros(len(pair.corrupted), self.head_dim, device=self.device)
+            change[rows] = score_delta(site, rows, columns, clean, corrupted)
+            changes[site] = change
+        return changes
 
     def columns(self, site: Site) -> slice:
         """The site's slice of its activation's last axis: one head's block of the o_proj input, else all."""
         return slice(None) if site.head is None else slice(site.head * self.head_dim, (site.head + 1) * self.head_dim)
 
-    def edit(self, row: int, site: Site, where: torch.Tensor, clean: torch.Tensor) -> Edit:
-        """Batch row `row` gets the clean activation at positions `where` (and the site's columns)."""
+    def edit(self, row: int, site: Site, where: torch.Tensor, clean: dict, first: int = 0) -> Edit:
+        """Batch row `row` gets the clean activation at positions `where` (and the site's columns), or for a score
+        site its head's output change added there; `clean` maps (component, layer) to the clean activation and a
+        score site to its change. The edit's positions count from `first` (the fast path runs positions first..)."""
         columns = self.columns(site)
-        return Edit(row, where, clean[where][:, columns], columns)
+        if site.component == "scores":
+            return Edit(row, where - first, clean[site][where], columns, add=True)
+        return Edit(row, where - first, clean[site.key][where][:, columns], columns)
 
     def naive(self, pair: PatchPair, site: Site) -> float:
         """The reference: a full clean forward to read the activation, then one full forward with the patch."""
-        clean = self.activations(pair.clean, [site.key])[site.key]
-        where = torch.tensor(pair.corrupted.positions(site.group), device=self.device)
-        edit = {site.key: [self.edit(0, site, where, clean)]}
+        clean = self.activations(pair.clean, self.activation_keys([site]))
+        clean.update(self.score_changes(pair, [site]))
+        edit = {site.key: [self.edit(0, site, self.positions(pair.corrupted, site.rows), clean)]}
         return float(self.logit_diffs(self.ids(pair.corrupted), edit)[0])

@@ -72,17 +72,18 @@ class FastPatcher:
 
     def sweep(self, pair: PatchPair, sites: Sequence[Site]) -> PairResult:
         engine = self.engine
-        clean, ld_clean = engine.run(pair.clean, sorted({s.key for s in sites}))
+        clean, ld_clean = engine.run(pair.clean, engine.activation_keys(sites))
+        clean.update(engine.score_changes(pair, sites))
         ld_corrupted = engine.corrupted_logit_diff(pair)
         stream, kv = self._corrupted_run(pair.corrupted)
         differ = next(i for i, (a, b) in enumerate(zip(pair.clean.input_ids, pair.corrupted.input_ids)) if a != b)
         positions = {g: torch.tensor([p for p in pair.corrupted.positions(g) if p >= differ], device=engine.device,
-                                     dtype=torch.long) for g in {s.group for s in sites}}
+                                     dtype=torch.long) for g in {s.rows for s in sites}}
         plan: dict[tuple[int, int], list[int]] = defaultdict(list)  # (start layer, first position) -> site indices
         unchanged = []
         for i, site in enumerate(sites):
-            if len(positions[site.group]):
-                plan[self._start(site), int(positions[site.group].min())].append(i)
+            if len(positions[site.rows]):
+                plan[self._start(site), int(positions[site.rows].min())].append(i)
             else:
                 unchanged.append(i)
         patched = np.empty(len(sites))
@@ -94,7 +95,7 @@ class FastPatcher:
                 edits: dict[tuple[str, int], list[Edit]] = defaultdict(list)
                 for row, i in enumerate(chunk):
                     site = sites[i]
-                    edit = engine.edit(row, site, positions[site.group] - first, clean[site.key][first:])
+                    edit = engine.edit(row, site, positions[site.rows], clean, first)
                     if site.component in RESIDUAL:
                         inputs[row, edit.positions, edit.columns] = edit.values
                     else:

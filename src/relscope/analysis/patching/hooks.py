@@ -27,12 +27,14 @@ PRE_HOOKED = ("resid_pre", "z")  # read from a module's input rather than its ou
 
 @dataclass(frozen=True)
 class Edit:
-    """Write `values` (len(positions), width) into batch row `row` at `positions` (and `columns`, for one head)."""
+    """Write `values` (len(positions), width) into batch row `row` at `positions` (and `columns`, for one head);
+    add them instead when `add` (an attention-score patch is a change of the head's output)."""
 
     row: int
     positions: torch.Tensor
     values: torch.Tensor
     columns: slice = field(default_factory=lambda: slice(None))
+    add: bool = False
 
 
 def target(model: nn.Module, spec: ModelSpec, component: str, layer: int) -> nn.Module:
@@ -50,7 +52,10 @@ def target(model: nn.Module, spec: ModelSpec, component: str, layer: int) -> nn.
 def _apply(tensor: torch.Tensor, edits: Sequence[Edit]) -> torch.Tensor:
     tensor = tensor.clone()  # the module's own output may be referenced elsewhere; never write into it
     for edit in edits:
-        tensor[edit.row, edit.positions, edit.columns] = edit.values.to(tensor.dtype)
+        if edit.add:
+            tensor[edit.row, edit.positions, edit.columns] += edit.values.to(tensor.dtype)
+        else:
+            tensor[edit.row, edit.positions, edit.columns] = edit.values.to(tensor.dtype)
     return tensor
 
 

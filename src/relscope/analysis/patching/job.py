@@ -1,70 +1,133 @@
 """`relscope patch`: the layer x component x position-group sweep over many pairs, with its tables and heatmaps.
 
 Outputs: ie.npz (ie[pair, component, layer, group], the clean and corrupted logit differences, the qids),
-ie_mean.csv, top_sites.{csv,md}, one heatmap per component (layer x position group), manifest.json.
+ie_mean.csv, top_sites.{csv,md}, one heatmap per component (layer x position group), manifest.json; with --heads
+ie_heads.npz and a layer x head heatmap per position group; with --scores ie_scores.npz and one per attention block;
+with --atp ie_atp.npz and its agreement with the exact effects.
+
+Under `accelerate launch` each process patches every n-th pair and the main process gathers and writes them, in
+the order one process would have produced (each pair is independent, so the numbers are the same; tested).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
+from relscope.analysis.patching.atp import attribution_patching
 from relscope.analysis.patching.engine import (
     HEAD_GROUPS,
     POSITION_GROUPS,
+    PairResult,
     PatchingEngine,
     all_sites,
     head_sites,
     indirect_effects,
 )
-from relscope.analysis.patching.atp import attribution_patching
 from relscope.analysis.patching.fast import FastPatcher
 from relscope.analysis.patching.hooks import COMPONENTS
 from relscope.analysis.patching.pairs import build_pairs
+from relscope.analysis.patching.scores import SCORE_BLOCKS, score_sites
 from relscope.io import atomic_path, atomic_write_json, atomic_write_text
 from relscope.manifest import build_manifest
+from relscope.processes import over_items, process_device, process_state
 from relscope.reports import plots
 from relscope.reports.tables import to_csv, write_table
 
 
-def patch_job(out: str | Path, groups: str | Path, model: str = "smollm2-135m-instruct", adapter: str | None = None,
-              template: str | None = None, max_pairs: int = 20, negative_kind: str = "hard",
-              components: Sequence[str] = COMPONENTS, positions: Sequence[str] = POSITION_GROUPS,
-              layers: Sequence[int] | None = None, min_gap: float = 0.1, max_length: int = 256,
-              batch_size: int = 16, top: int = 15, heads: bool = False, fast: bool = True, atp: bool = False,
-              progress: bool = True) -> dict:
-    from relscope.data.dataset import data_path
-    from relscope.data.groups import read_groups
+@dataclass(frozen=True)
+class PatchSettings:
+    groups: str = "$RELSCOPE_DATA/relevance-mi/msmarco.jsonl"  # group jsonl, or a TREC folder (qrels + passages)
+    model: str = "smollm2-135m-instruct"
+    adapter: str | None = None
+    template: str | None = None  # default: the adapter's, else yes_no
+    max_pairs: int | None = 20
+    negative_kind: str = "hard"
+    perturbation: str = "negative"  # see pairs.PERTURBATIONS
+    components: Sequence[str] = COMPONENTS
+    positions: Sequence[str] = POSITION_GROUPS
+    layers: Sequence[int] | None = None
+    min_gap: float = 0.1
+    max_length: int = 256
+    batch_size: int = 16
+    top: int = 15
+    heads: bool = False
+    scores: bool = False
+    atp: bool = False
+    fast: bool = True
+    dtype: str = "auto"
+
+
+def patch_job(out: str | Path, settings: PatchSettings, progress: bool = True) -> dict:
+    state = process_state()
+    out = Path(out)
+    loaded, head, builder = _load(settings, process_device())
+    depth = len(loaded.spec.layer_list(loaded.model))
+    layers = list(settings.layers) if settings.layers is not None else list(range(depth))
+    pairs, report = build_pairs(_groups(settings.groups), builder, settings.max_pairs, settings.negative_kind,
+                                perturbation=settings.perturbation)
+    sites = [s for s in all_sites(depth, settings.components, settings.positions) if s.layer in layers]
+    engine = PatchingEngine(loaded.model, loaded.spec, head, settings.batch_size)
+    sweeper = FastPatcher(engine) if settings.fast else engine  # equal results (tested); the fast one recomputes less
+    show = progress and state.is_main_process
+    results = over_items(lambda pair: sweeper.sweep(pair, sites), pairs, "pairs", show)
+    ie, excluded = indirect_effects(results, settings.min_gap)
+    kept_pairs = [p for p in pairs if p.qid not in excluded]
+    grid = ie.reshape(len(ie), len(settings.components), len(layers), len(settings.positions))  # all_sites' order
+    summary = {"pairs": report.pairs, "skipped_misaligned": report.skipped_misaligned,
+               "skipped_no_negative": report.skipped_no_negative, "excluded_small_gap": excluded,
+               "min_gap": settings.min_gap, "sites": len(sites), "processes": state.num_processes}
+    if state.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        _write_grid(out, grid, [r for r in results if r.qid not in excluded], settings, layers, loaded.name)
+    if settings.atp:  # the first-order estimate beside the exact effects, and how well it agrees
+        estimates = over_items(lambda pair: attribution_patching(engine, pair, sites), kept_pairs, "AtP", show)
+        summary["atp_vs_exact"] = _agreement(out, grid, estimates, state.is_main_process)
+    n_heads = engine.n_heads
+    if settings.heads:
+        _head_sweep(sweeper, [s for s in head_sites(depth, n_heads) if s.layer in layers], HEAD_GROUPS, kept_pairs,
+                    layers, out, loaded.name, "heads", show)
+    if settings.scores:
+        _head_sweep(sweeper, score_sites(layers, n_heads), SCORE_BLOCKS, kept_pairs, layers, out, loaded.name,
+                    "scores", show)
+    summary["forwards"] = engine.forwards  # this process's
+    if state.is_main_process:
+        recorded = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings).items()}
+        atomic_write_json(out / "manifest.json", build_manifest(
+            {**recorded, "model": loaded.source, "template": builder.template.name, "layers": layers}, {},
+            **summary))
+    return summary
+
+
+def _load(settings: PatchSettings, device: str):
     from relscope.models.heads import build_head, default_head
     from relscope.models.load import load_model
-    from relscope.models.specs.base import num_layers
     from relscope.prompts.templates import get_template
     from relscope.prompts.tokenize import PromptBuilder
     from relscope.training.checkpoint import load_trained
 
-    out = Path(out)
-    if adapter:
-        loaded, head, meta = load_trained(adapter, model=model, template=template, merge=True)
-        builder = PromptBuilder(loaded.tokenizer, get_template(meta["template"]), max_length)
-    else:
-        loaded = load_model(model)
-        builder = PromptBuilder(loaded.tokenizer, get_template(template or "yes_no"), max_length)
-        head = build_head(default_head(builder.template), loaded.model, builder)
-    depth = num_layers(loaded.model.config)
-    layers = list(layers) if layers is not None else list(range(depth))
-    pairs, report = build_pairs(read_groups(data_path(str(groups))), builder, max_pairs, negative_kind)
-    sites = [s for s in all_sites(depth, components, positions) if s.layer in layers]
-    engine = PatchingEngine(loaded.model, loaded.spec, head, batch_size)
-    sweeper = FastPatcher(engine) if fast else engine  # equal results (tested); the fast one recomputes less
-    results = [sweeper.sweep(pair, sites) for pair in tqdm(pairs, desc="pairs", disable=not progress)]
-    ie, excluded = indirect_effects(results, min_gap)
-    shape = (len(components), len(layers), len(positions))
-    grid = ie.reshape(len(ie), *shape)  # all_sites orders component, layer, group
-    out.mkdir(parents=True, exist_ok=True)
-    kept = [r for r in results if r.qid not in excluded]
+    if settings.adapter:
+        loaded, head, meta = load_trained(settings.adapter, dtype=settings.dtype, device=device, merge=True,
+                                          model=settings.model, template=settings.template)
+        return loaded, head, PromptBuilder(loaded.tokenizer, get_template(meta["template"]), settings.max_length)
+    loaded = load_model(settings.model, dtype=settings.dtype, device=device)
+    builder = PromptBuilder(loaded.tokenizer, get_template(settings.template or "yes_no"), settings.max_length)
+    return loaded, build_head(default_head(builder.template), loaded.model, builder), builder
+
+
+def _groups(source: str):
+    """Groups from a Tevatron group jsonl, or built from a TREC folder's qrels and passages."""
+    from relscope.training.data import load_training_groups
+
+    return load_training_groups((source,), negatives=7)
+
+
+def _write_grid(out: Path, grid: np.ndarray, kept: list[PairResult], settings: PatchSettings, layers: list[int],
+                name: str) -> None:
+    components, positions = list(settings.components), list(settings.positions)
     with atomic_path(out / "ie.npz") as tmp, tmp.open("wb") as f:
         np.savez(f, ie=grid, components=np.array(components), layers=np.array(layers), groups=np.array(positions),
                  qids=np.array([r.qid for r in kept]), ld_clean=np.array([r.clean for r in kept]),
@@ -74,48 +137,42 @@ def patch_job(out: str | Path, groups: str | Path, model: str = "smollm2-135m-in
              "std": float(std[i, j, k]), "pairs": len(grid)}
             for i, c in enumerate(components) for j, layer in enumerate(layers) for k, g in enumerate(positions)]
     atomic_write_text(out / "ie_mean.csv", to_csv(rows))
-    ranked = sorted((r for r in rows if r["positions"] != "all"), key=lambda r: -abs(r["mean IE"]))[:top]
-    write_table(ranked, out / "top_sites", f"Top {top} sites by |mean IE| ({len(grid)} pairs; position group "
-                f"'all' left out)")
+    ranked = sorted((r for r in rows if r["positions"] != "all"), key=lambda r: -abs(r["mean IE"]))[:settings.top]
+    write_table(ranked, out / "top_sites", f"Top {settings.top} sites by |mean IE| ({len(grid)} pairs; position "
+                f"group 'all' left out)")
     for i, component in enumerate(components):
-        plots.save(plots.heatmap(mean[i], [str(layer) for layer in layers], list(positions),
-                                 f"{loaded.name}: mean IE, {component} ({len(grid)} pairs)", "indirect effect",
+        plots.save(plots.heatmap(mean[i], [str(layer) for layer in layers], positions,
+                                 f"{name}: mean IE, {component} ({len(grid)} pairs)", "indirect effect",
                                  xlabel="position group", ylabel="layer", diverging=True),
                    out / f"ie_{component}.png")
-    if atp:  # the first-order estimate beside the exact effects, and how well it agrees
-        estimates = [attribution_patching(engine, pair, sites) for pair in pairs if pair.qid not in excluded]
-        ie_atp = np.stack([r.indirect_effects() for r in estimates]).reshape(grid.shape)
+
+
+def _agreement(out: Path, grid: np.ndarray, estimates: list[PairResult], write: bool) -> dict:
+    ie_atp = np.stack([r.indirect_effects() for r in estimates]).reshape(grid.shape)
+    if write:
         with atomic_path(out / "ie_atp.npz") as tmp, tmp.open("wb") as f:
             np.savez(f, ie=ie_atp)
-        agreement = {"pearson_per_site": float(np.corrcoef(grid.ravel(), ie_atp.ravel())[0, 1]),
-                     "pearson_of_means": float(np.corrcoef(grid.mean(0).ravel(), ie_atp.mean(0).ravel())[0, 1])}
-    if heads:
-        _head_sweep(sweeper, engine.n_heads, pairs, excluded, layers, out, loaded.name, progress)
-    summary = {"pairs": report.pairs, "skipped_misaligned": report.skipped_misaligned,
-               "skipped_no_negative": report.skipped_no_negative, "excluded_small_gap": excluded,
-               "min_gap": min_gap, "forwards": engine.forwards, "sites": len(sites)}
-    if atp:
-        summary["atp_vs_exact"] = agreement
-    atomic_write_json(out / "manifest.json", build_manifest(
-        {"model": loaded.source, "adapter": adapter, "template": builder.template.name, "groups": str(groups),
-         "negative_kind": negative_kind, "components": list(components), "positions": list(positions),
-         "layers": layers, "max_pairs": max_pairs, "max_length": max_length}, {}, **summary))
-    return summary
+    return {"pearson_per_site": float(np.corrcoef(grid.ravel(), ie_atp.ravel())[0, 1]),
+            "pearson_of_means": float(np.corrcoef(grid.mean(0).ravel(), ie_atp.mean(0).ravel())[0, 1])}
 
 
-def _head_sweep(sweeper, n_heads: int, pairs, excluded: list[str], layers: list[int], out: Path, name: str,
+def _head_sweep(sweeper, sites, groups: Sequence[str], pairs, layers: list[int], out: Path, name: str, what: str,
                 progress: bool) -> None:
-    """Per-head patching (each head's slice of the o_proj input) at the last token, the query and all positions."""
-    sites = [s for s in head_sites(max(layers) + 1, n_heads) if s.layer in layers]
-    kept = [p for p in pairs if p.qid not in excluded]
-    results = [sweeper.sweep(pair, sites) for pair in tqdm(kept, desc="pairs (heads)", disable=not progress)]
+    """Patch every head of every layer for each group (per-head outputs at a position group, or attention-score
+    blocks); sites ordered group, layer, head. Writes ie_<what>.npz and one layer x head heatmap per group."""
+    n_heads = len(sites) // (len(groups) * len(layers))
+    results = over_items(lambda pair: sweeper.sweep(pair, sites), pairs, f"pairs ({what})", progress)
+    if not process_state().is_main_process:
+        return
     ie, _ = indirect_effects(results, 0.0)
-    grid = ie.reshape(len(ie), len(HEAD_GROUPS), len(layers), n_heads)
-    with atomic_path(out / "ie_heads.npz") as tmp, tmp.open("wb") as f:
-        np.savez(f, ie=grid, groups=np.array(HEAD_GROUPS), layers=np.array(layers),
+    grid = ie.reshape(len(ie), len(groups), len(layers), n_heads)
+    with atomic_path(out / f"ie_{what}.npz") as tmp, tmp.open("wb") as f:
+        np.savez(f, ie=grid, groups=np.array(groups), layers=np.array(layers),
                  qids=np.array([r.qid for r in results]))
-    for g, group in enumerate(HEAD_GROUPS):
+    label = "positions" if what == "heads" else "attention weights"
+    for g, group in enumerate(groups):
         plots.save(plots.heatmap(grid[:, g].mean(axis=0), [str(layer) for layer in layers],
                                  [str(h) for h in range(n_heads)],
-                                 f"{name}: mean IE per head, {group} positions ({len(grid)} pairs)", "indirect effect",
-                                 xlabel="head", ylabel="layer", diverging=True), out / f"ie_heads_{group}.png")
+                                 f"{name}: mean IE per head, {group} {label} ({len(grid)} pairs)", "indirect effect",
+                                 xlabel="head", ylabel="layer", diverging=True),
+                   out / f"ie_{what}_{group.replace('>', '_to_')}.png")

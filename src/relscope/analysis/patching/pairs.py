@@ -1,7 +1,10 @@
 """Clean/corrupted prompt pairs whose tokens line up one to one.
 
-Pointwise: the same query with its relevant passage (clean) and a non-relevant one (corrupted).
-Pairwise: the same two passages, relevant one first (clean) and swapped (corrupted).
+Perturbations (what the corrupted prompt changes):
+    negative  pointwise: the same query with its relevant passage (clean) and a non-relevant one (corrupted);
+              pairwise: the same two passages, the relevant one first (clean) and swapped (corrupted)
+    inject    pointwise: the non-relevant passage with the query's words written in after its first word (clean)
+              and the passage as it is (corrupted): what exact query-term matches alone do
 Patching a position copies the clean activation into the corrupted run at the same index, so both prompts must
 have the same token layout (the same spans). The passages are cut to the same token count to make it so; a pair
 that still differs (a merge at a passage boundary) is skipped and counted, never patched misaligned.
@@ -14,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from relscope.data.groups import TrainingGroup, first_negative
-from relscope.errors import DataError
+from relscope.errors import ConfigError, DataError
 from relscope.prompts.tokenize import PromptBuilder, TokenizedPrompt
 
 
@@ -51,6 +54,20 @@ def equal_length_passages(tokenizer, first: str, second: str) -> tuple[str, str]
     return cut_to_tokens(tokenizer, first, n), cut_to_tokens(tokenizer, second, n)
 
 
+PERTURBATIONS = ("negative", "inject")
+
+
+def inject_query(tokenizer, query: str, passage: str) -> str:
+    """`passage` with the query's words written over as many of its tokens as the query has, after its first word
+    (which stays, so that the passage meets the template text exactly as before)."""
+    query = " ".join(query.split())
+    first, _, body = " ".join(passage.split()).partition(" ")
+    count = len(tokenizer(" " + query, add_special_tokens=False)["input_ids"])
+    enc = tokenizer(" " + body, add_special_tokens=False, return_offsets_mapping=True)
+    rest = (" " + body)[enc["offset_mapping"][min(count, len(enc["input_ids"])) - 1][1]:] if enc["input_ids"] else ""
+    return " ".join(f"{first} {query} {rest}".split())
+
+
 def aligned_pair(builder: PromptBuilder, query: str, relevant: str, other: str, qid: str,
                  kind: str = "hard") -> PatchPair | None:
     """The clean/corrupted pair for this query, or None when no equal layout exists."""
@@ -67,8 +84,14 @@ def aligned_pair(builder: PromptBuilder, query: str, relevant: str, other: str, 
 
 
 def build_pairs(groups: Sequence[TrainingGroup], builder: PromptBuilder, max_pairs: int | None = None,
-                negative_kind: str = "hard", seed: int = 0) -> tuple[list[PatchPair], PairReport]:
-    """One pair per group (its first positive against its first negative of `negative_kind`)."""
+                negative_kind: str = "hard", seed: int = 0,
+                perturbation: str = "negative") -> tuple[list[PatchPair], PairReport]:
+    """One pair per group: its first positive against its first negative of `negative_kind`, or (inject) that
+    negative with and without the query's words written in."""
+    if perturbation not in PERTURBATIONS:
+        raise ConfigError(f"unknown perturbation {perturbation!r}; use one of {', '.join(PERTURBATIONS)}")
+    if perturbation == "inject" and builder.template.kind == "pairwise":
+        raise ConfigError("the inject perturbation is pointwise; use a pointwise template (yes_no, score)")
     order = list(groups)
     random.Random(seed).shuffle(order)
     pairs, misaligned, no_negative = [], 0, 0
@@ -79,7 +102,9 @@ def build_pairs(groups: Sequence[TrainingGroup], builder: PromptBuilder, max_pai
         if not group.positives or negative is None:
             no_negative += 1
             continue
-        pair = aligned_pair(builder, group.query, group.positives[0], negative, group.qid, negative_kind)
+        clean = group.positives[0] if perturbation == "negative" else inject_query(builder.tokenizer, group.query,
+                                                                                   negative)
+        pair = aligned_pair(builder, group.query, clean, negative, group.qid, negative_kind)
         if pair is None:
             misaligned += 1
         else:
