@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from relscope.config import DEFAULT_MEASURES
-from relscope.errors import RelscopeError
+from relscope.errors import ConfigError, RelscopeError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_lora(commands.add_parser("lora", help="LoRA anatomy: checkpoints, rank sweep, ablation, delta stats"))
     _add_dynamics(commands.add_parser("dynamics", help="training curves, the loss cliff, per-layer gradient norms"))
     _add_patch(commands.add_parser("patch", help="activation patching: IE per layer x component x position group"))
+    _add_heads(commands.add_parser("heads", help="per head: attention interaction score, logit lens, direct effect"))
     _add_freeze(commands.add_parser("freeze", help="train with only some layer groups trainable; compare them"))
     _add_representation(commands.add_parser("probe", help="linear probes and PCA on each layer's last-token state"),
                         _probe)
@@ -299,6 +300,46 @@ def _patch(args: argparse.Namespace) -> int:
         print(f"attribution patching vs exact: Pearson r {summary['atp_vs_exact']['pearson_per_site']:.3f} per site "
               f"and pair, {summary['atp_vs_exact']['pearson_of_means']:.3f} of the mean IEs")
     print(f"outputs: {args.out}/ (ie.npz, ie_mean.csv, top_sites.md, ie_<component>.png)")
+    return 0
+
+
+def _add_heads(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="the model (alias, HF id, folder or .gguf)")
+    p.add_argument("adapter", nargs="?", help="a checkpoint-<step>/ or PEFT adapter to analyse instead of the base")
+    p.add_argument("--groups", default=RELEVANCE_GROUPS, help="Tevatron group jsonl or TREC folder (default: the "
+                   "183-query MS MARCO set)")
+    p.add_argument("--template", help="yes_no or pairwise (default: the adapter's, else yes_no)")
+    p.add_argument("--negatives", default="hard", choices=["hard", "random", "any"], help="the non-relevant passage")
+    p.add_argument("--max-pairs", type=int, default=50, help="pairs (default 50; 0 for all)")
+    p.add_argument("--max-length", type=int, default=256)
+    p.add_argument("--ie-heads", help="a patch run's ie_heads.npz: its top heads are outlined in the heatmaps")
+    p.add_argument("--ie-group", default="last", help="the position group of --ie-heads to rank by (default last)")
+    p.add_argument("--marked", type=int, default=10, help="how many top-IE heads to outline (default 10)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(handler=_heads)
+
+
+def _heads(args: argparse.Namespace) -> int:
+    from contextlib import nullcontext
+
+    from relscope.analysis.heads import heads_job
+    from relscope.analysis.patching.job import PatchSettings
+    from relscope.io import output_lock
+    from relscope.processes import process_state
+    from relscope.reports.tables import to_markdown
+
+    if args.ie_heads and not os.path.isfile(args.ie_heads):
+        raise ConfigError(f"--ie-heads {args.ie_heads}: not found; give the ie_heads.npz of a `relscope patch "
+                          "--heads` run")
+    settings = PatchSettings(args.groups, args.model, args.adapter, args.template, args.max_pairs or None,
+                             args.negatives, max_length=args.max_length)
+    main_process = process_state().is_main_process
+    with output_lock(args.out) if main_process else nullcontext():
+        rows = heads_job(args.out, settings, args.ie_heads, args.ie_group, args.marked, progress=not args.quiet)
+    if main_process:
+        print(to_markdown(sorted(rows, key=lambda r: -abs(r["direct contribution"]))[:10]), end="")
+        print(f"outputs: {args.out}/ (heads.csv, top_heads.md, interaction.png, direct.png)")
     return 0
 
 

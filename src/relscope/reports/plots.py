@@ -11,6 +11,7 @@ matplotlib.use("Agg")  # no display needed; must precede pyplot
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
 
 
 def metric_curves(steps: Sequence[int], series: Mapping[str, Sequence[float]], title: str,
@@ -31,14 +32,18 @@ def metric_curves(steps: Sequence[int], series: Mapping[str, Sequence[float]], t
 
 
 def heatmap(values: np.ndarray, rows: Sequence[str], cols: Sequence[str], title: str, label: str,
-            xlabel: str | None = None, ylabel: str | None = None, diverging: bool = False) -> Figure:
-    """values[row, col]; NaN cells are left blank. diverging: a red-blue scale centred on 0 (changes)."""
+            xlabel: str | None = None, ylabel: str | None = None, diverging: bool = False,
+            marks: Sequence[tuple[int, int]] = ()) -> Figure:
+    """values[row, col]; NaN cells are left blank. diverging: a red-blue scale centred on 0 (changes).
+    marks: (row, col) cells outlined in black (e.g. the top heads by another measure)."""
     fig, ax = plt.subplots(figsize=(max(6.0, 1.6 + 0.5 * len(cols)), 1.6 + 0.22 * len(rows)))
     limit = float(np.nanmax(np.abs(values))) if diverging and np.isfinite(values).any() else None
     image = ax.imshow(np.ma.masked_invalid(values), aspect="auto", cmap="RdBu_r" if diverging else "viridis",
                       vmin=-limit if limit else None, vmax=limit)
     ax.set_xticks(range(len(cols)), cols)
     ax.set_yticks(range(len(rows)), rows, fontsize=7)
+    for row, col in marks:
+        ax.add_patch(Rectangle((col - 0.5, row - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=1.5))
     if xlabel:
         ax.set_xlabel(xlabel)
     if ylabel:

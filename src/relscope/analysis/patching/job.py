@@ -64,10 +64,10 @@ class PatchSettings:
 def patch_job(out: str | Path, settings: PatchSettings, progress: bool = True) -> dict:
     state = process_state()
     out = Path(out)
-    loaded, head, builder = _load(settings, process_device())
+    loaded, head, builder = load_patch_model(settings, process_device())
     depth = len(loaded.spec.layer_list(loaded.model))
     layers = list(settings.layers) if settings.layers is not None else list(range(depth))
-    pairs, report = build_pairs(_groups(settings.groups), builder, settings.max_pairs, settings.negative_kind,
+    pairs, report = build_pairs(pair_groups(settings.groups), builder, settings.max_pairs, settings.negative_kind,
                                 perturbation=settings.perturbation)
     sites = [s for s in all_sites(depth, settings.components, settings.positions) if s.layer in layers]
     engine = PatchingEngine(loaded.model, loaded.spec, head, settings.batch_size)
@@ -102,7 +102,7 @@ def patch_job(out: str | Path, settings: PatchSettings, progress: bool = True) -
     return summary
 
 
-def _load(settings: PatchSettings, device: str):
+def load_patch_model(settings: PatchSettings, device: str):
     from relscope.models.heads import build_head, default_head
     from relscope.models.load import load_model
     from relscope.prompts.templates import get_template
@@ -118,7 +118,7 @@ def _load(settings: PatchSettings, device: str):
     return loaded, build_head(default_head(builder.template), loaded.model, builder), builder
 
 
-def _groups(source: str):
+def pair_groups(source: str):
     """Groups from a Tevatron group jsonl, or built from a TREC folder's qrels and passages."""
     from relscope.training.data import load_training_groups
 

@@ -57,7 +57,8 @@ class AttentionRecord:
 
 
 @contextmanager
-def _recording(model) -> Iterator[dict]:
+def recording_attention(model) -> Iterator[dict]:
+    """Inside, every forward keeps each layer's (weights, values) in the dict yielded, by layer index."""
     global _store
     before = model.config._attn_implementation
     model.set_attn_implementation(RECORDING)
@@ -72,7 +73,7 @@ def _recording(model) -> Iterator[dict]:
 @torch.inference_mode()
 def record_attention(engine, prompt) -> AttentionRecord:
     """One forward of `prompt` with every layer's attention weights and values kept."""
-    with _recording(engine.model) as store:
+    with recording_attention(engine.model) as store:
         engine.backbone(input_ids=engine.ids(prompt))
     engine.forwards += 1
     return AttentionRecord({layer: w[0] for layer, (w, _) in store.items()},

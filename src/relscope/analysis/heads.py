@@ -1,0 +1,201 @@
+"""What each attention head reads and writes (`relscope heads MODEL [ADAPTER]`).
+
+Attention interaction score (per head): s(q, d) = sum over the attending positions i of the max over the attended
+positions k of A[i, k], between the query and the document tokens; S = s(q, d+) - s(q, d-) averaged over pairs.
+The causal mask lets only the later segment attend to the earlier one, so the block is query>document when the
+template puts the passage first and document>query when it puts the query first (ours do). Pointwise: d+ and d-
+are the two prompts of a patching pair; pairwise: documents A (relevant) and B of the clean prompt.
+
+Logit lens (per head, at the last token): the head's write into the residual stream, o_h = W_O[:, h] z_h, projected
+through the final norm and the unembedding: its top tokens, and whether the first is an answer token ("yes"/"A" or
+"no"/"B"). Its direct contribution to the answer logit difference is LD(final residual) - LD(final residual - o_h),
+both through the model's own final norm and head (exact, no frozen-scale approximation).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from relscope.analysis.patching.engine import PatchingEngine
+from relscope.analysis.patching.hooks import capturing
+from relscope.analysis.patching.pairs import PatchPair
+from relscope.analysis.patching.scores import recording_attention
+
+
+@dataclass(frozen=True)
+class HeadReadout:
+    interaction: np.ndarray  # (layers, heads) s(q, d+) - s(q, d-) for one pair
+    direct: np.ndarray  # (layers, heads) direct contribution of each head to the clean prompt's LD
+    writes: np.ndarray  # (layers, heads, d_model) each head's output o_h at the last token of the clean prompt
+
+
+def interaction(weights: torch.Tensor, rows: list[int], columns: list[int]) -> torch.Tensor:
+    """(heads,): sum over `rows` of the max over `columns` of the attention weights (heads, seq, seq)."""
+    if not rows or not columns:
+        return torch.zeros(weights.shape[0])
+    block = weights[:, rows][:, :, columns].float()
+    return block.max(dim=-1).values.sum(dim=-1)
+
+
+def interaction_block(prompt) -> tuple[str, str]:
+    """(attending group, attended group): the later of query and document attends to the earlier."""
+    first_query = min(prompt.positions("query"))
+    first_document = min(prompt.positions("document"))
+    return ("document", "query") if first_query < first_document else ("query", "document")
+
+
+def _document_positions(prompt, index: int) -> list[int]:
+    return [p for s in prompt.spans if s.group == "document" and s.index == index for p in range(s.start, s.end)]
+
+
+class HeadAnalysis:
+    def __init__(self, engine: PatchingEngine) -> None:
+        self.engine = engine
+        model, spec = engine.model, engine.spec
+        self.depth = len(spec.layer_list(model))
+        self.final_norm = spec.resolve(model, spec.final_norm)
+        self.unembedding = model.get_output_embeddings()
+
+    @torch.inference_mode()
+    def _forward(self, prompt) -> tuple[dict[int, torch.Tensor], dict]:
+        """One forward: every layer's attention weights, and the o_proj inputs and final residual at the last token."""
+        engine = self.engine
+        keys = [("z", layer) for layer in range(self.depth)] + [("resid_post", self.depth - 1)]
+        acts: dict = {}
+        with recording_attention(engine.model) as store, capturing(engine.model, engine.spec, keys, acts):
+            engine.backbone(input_ids=engine.ids(prompt))
+        engine.forwards += 1
+        return {layer: w[0] for layer, (w, _) in store.items()}, {k: v[0, -1] for k, v in acts.items()}
+
+    @torch.inference_mode()
+    def head_writes(self, last: dict) -> torch.Tensor:
+        """(layers, heads, d_model): o_h = W_O[:, h] z_h at the last token (the o_proj bias belongs to no head)."""
+        engine, n, d = self.engine, self.engine.n_heads, self.engine.head_dim
+        writes = []
+        for layer in range(self.depth):
+            weight = engine.spec.projection_of(engine.model, layer, "o").weight  # (d_model, heads * head_dim)
+            z = last[("z", layer)].to(weight.dtype).view(n, d)
+            writes.append(torch.einsum("mhd,hd->hm", weight.view(-1, n, d), z))
+        return torch.stack(writes).float()
+
+    @torch.inference_mode()
+    def direct_contributions(self, residual: torch.Tensor, writes: torch.Tensor) -> np.ndarray:
+        """(layers, heads): LD(residual) - LD(residual - o_h), through the final norm and the head."""
+        flat = writes.reshape(-1, writes.shape[-1])
+        ablated = residual.float()[None] - flat
+        hidden = self.final_norm(torch.cat([residual.float()[None], ablated]).to(residual.dtype))
+        ld = self.engine.head(hidden).float()
+        return (ld[0] - ld[1:]).view(writes.shape[:2]).cpu().numpy()
+
+    def readout(self, pair: PatchPair) -> HeadReadout:
+        weights, last = self._forward(pair.clean)
+        if _document_positions(pair.clean, 1):  # pairwise: document A (the relevant one) against B, one prompt
+            interaction_change = self._interaction(weights, pair.clean, 0) - self._interaction(weights, pair.clean, 1)
+        else:
+            corrupted, _ = self._forward(pair.corrupted)
+            interaction_change = self._interaction(weights, pair.clean, 0) - self._interaction(corrupted,
+                                                                                               pair.corrupted, 0)
+        writes = self.head_writes(last)
+        direct = self.direct_contributions(last[("resid_post", self.depth - 1)], writes)
+        return HeadReadout(interaction_change, direct, writes.cpu().numpy())
+
+    def _interaction(self, weights: dict[int, torch.Tensor], prompt, document: int) -> np.ndarray:
+        """(layers, heads): s(q, d) for document `document` of the prompt."""
+        query, docs = prompt.positions("query"), _document_positions(prompt, document)
+        rows, columns = (docs, query) if interaction_block(prompt)[0] == "document" else (query, docs)
+        return torch.stack([interaction(weights[layer], rows, columns) for layer in range(self.depth)]).numpy()
+
+    @torch.inference_mode()
+    def logit_lens(self, writes: np.ndarray, top: int = 5) -> tuple[np.ndarray, np.ndarray]:
+        """Top token ids (layers, heads, top) and their logits of each head's write through norm and unembedding."""
+        flat = torch.from_numpy(writes.reshape(-1, writes.shape[-1]))
+        weight = self.unembedding.weight
+        logits = self.unembedding(self.final_norm(flat.to(weight.device, weight.dtype))).float()
+        values, ids = logits.topk(top, dim=-1)
+        shape = writes.shape[:2] + (top,)
+        return ids.view(shape).cpu().numpy(), values.view(shape).cpu().numpy()
+
+
+def heads_job(out, settings, ie_heads: str | None = None, ie_group: str = "last", marked: int = 10,
+              progress: bool = True) -> list[dict]:
+    """Interaction scores, logit lens and direct contributions of every head over the patching pairs of
+    `settings` (a PatchSettings: model, adapter, groups, pairs); tables, heatmaps and a manifest in `out`."""
+    from pathlib import Path
+
+    from relscope.analysis.patching.job import load_patch_model, pair_groups
+    from relscope.analysis.patching.pairs import build_pairs
+    from relscope.io import atomic_path, atomic_write_json
+    from relscope.manifest import build_manifest
+    from relscope.processes import over_items, process_device, process_state
+    from relscope.reports import plots
+    from relscope.reports.tables import write_table
+
+    out = Path(out)
+    loaded, head, builder = load_patch_model(settings, process_device())
+    pairs, report = build_pairs(pair_groups(settings.groups), builder, settings.max_pairs, settings.negative_kind)
+    analysis = HeadAnalysis(PatchingEngine(loaded.model, loaded.spec, head))
+    readouts = over_items(analysis.readout, pairs, "pairs", progress)
+    if not process_state().is_main_process:
+        return []
+    interaction_change = np.stack([r.interaction for r in readouts])
+    direct = np.stack([r.direct for r in readouts])
+    mean_write = np.mean([r.writes for r in readouts], axis=0)
+    top_ids, _ = analysis.logit_lens(mean_write)
+    first_ids = np.stack([analysis.logit_lens(r.writes, top=1)[0][..., 0] for r in readouts])
+    answers = [int(i) for i in getattr(head, "answer_ids", [])]
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "heads.npz") as tmp, tmp.open("wb") as f:
+        np.savez(f, interaction=interaction_change, direct=direct, top_ids=top_ids, first_ids=first_ids,
+                 qids=np.array([p.qid for p in pairs]))
+    rows = _head_rows(interaction_change, direct, top_ids, first_ids, answers, loaded.tokenizer)
+    write_table(sorted(rows, key=lambda r: -abs(r["direct contribution"]))[:20], out / "top_heads",
+                f"Heads by |direct contribution| to the answer logit difference ({len(pairs)} pairs)")
+    write_table(rows, out / "heads", "Every head: interaction score, direct contribution, logit lens")
+    marks = _top_ie_heads(ie_heads, ie_group, marked) if ie_heads else []
+    layers, heads = [str(i) for i in range(analysis.depth)], [str(h) for h in range(analysis.engine.n_heads)]
+    block = ">".join(interaction_block(pairs[0].clean))
+    plots.save(plots.heatmap(interaction_change.mean(0), layers, heads,
+                             f"{loaded.name}: attention interaction S = s(q,d+) - s(q,d-), {block} "
+                             f"({len(pairs)} pairs)" + (f"; boxes: top-{marked} IE heads ({ie_group})" if marks else ""),
+                             "S (attention mass)", xlabel="head", ylabel="layer", diverging=True, marks=marks),
+               out / "interaction.png")
+    plots.save(plots.heatmap(direct.mean(0), layers, heads,
+                             f"{loaded.name}: direct contribution to the answer logit difference ({len(pairs)} pairs)",
+                             "logit difference", xlabel="head", ylabel="layer", diverging=True, marks=marks),
+               out / "direct.png")
+    atomic_write_json(out / "manifest.json", build_manifest(
+        {"model": loaded.source, "adapter": settings.adapter, "template": builder.template.name,
+         "groups": settings.groups, "max_pairs": settings.max_pairs, "ie_heads": ie_heads, "ie_group": ie_group},
+        {}, pairs=report.pairs, interaction_block=block, forwards=analysis.engine.forwards))
+    return rows
+
+
+def _head_rows(interaction_change, direct, top_ids, first_ids, answers, tokenizer) -> list[dict]:
+    rows = []
+    for layer in range(direct.shape[1]):
+        for h in range(direct.shape[2]):
+            firsts = first_ids[:, layer, h]
+            row = {"layer": layer, "head": h, "interaction S": float(interaction_change[:, layer, h].mean()),
+                   "direct contribution": float(direct[:, layer, h].mean()),
+                   "logit lens top tokens": " | ".join(repr(tokenizer.decode([int(i)])) for i in top_ids[layer, h])}
+            for name, token in zip(("yes/A", "no/B"), answers):
+                row[f"top-1 is {name}"] = float(np.mean(firsts == token))
+            rows.append(row)
+    return rows
+
+
+def _top_ie_heads(path: str, group: str, count: int) -> list[tuple[int, int]]:
+    """(layer, head) of the `count` heads with the largest |mean IE| at `group` in a patch run's ie_heads.npz."""
+    from relscope.errors import ConfigError
+
+    saved = np.load(path)
+    groups = [str(g) for g in saved["groups"]]
+    if group not in groups:
+        raise ConfigError(f"{path}: no position group {group!r} in its head patching; it has {', '.join(groups)}")
+    mean = saved["ie"][:, groups.index(group)].mean(0)
+    order = np.argsort(-np.abs(mean), axis=None)[:count]
+    layers = [int(x) for x in saved["layers"]]
+    return [(layers[i // mean.shape[1]], int(i % mean.shape[1])) for i in order]

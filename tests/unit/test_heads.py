@@ -1,0 +1,85 @@
+"""Per-head readouts: the heads' writes add up to the attention block's output, the logit lens of the whole final
+residual is the model's own prediction, the interaction score is the sum of row maxima, and the command's outputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from test_patching import FAMILIES, _setup
+
+from relscope.analysis.heads import HeadAnalysis, interaction, interaction_block
+from relscope.analysis.patching.hooks import capturing
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_heads_writes_add_up_to_the_attention_output(family, tiny_groups):
+    loaded, engine, pairs, _ = _setup(family, tiny_groups)
+    analysis = HeadAnalysis(engine)
+    _, last = analysis._forward(pairs[0].clean)
+    writes = analysis.head_writes(last)
+    store: dict = {}
+    with torch.no_grad(), capturing(engine.model, engine.spec, [("attn", 1)], store):
+        engine.backbone(input_ids=engine.ids(pairs[0].clean))
+    o_proj = engine.spec.projection_of(engine.model, 1, "o")
+    bias = o_proj.bias if o_proj.bias is not None else 0.0
+    np.testing.assert_allclose((writes[1].sum(0) + bias).detach().numpy(), store[("attn", 1)][0, -1].numpy(),
+                               atol=1e-5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_logit_lens_of_the_final_residual_is_the_models_prediction(family, tiny_groups):
+    loaded, engine, pairs, _ = _setup(family, tiny_groups)
+    analysis = HeadAnalysis(engine)
+    _, last = analysis._forward(pairs[0].clean)
+    residual = last[("resid_post", analysis.depth - 1)].float().numpy()
+    ids, _ = analysis.logit_lens(residual[None, None], top=1)
+    with torch.no_grad():
+        logits = engine.model(input_ids=engine.ids(pairs[0].clean)).logits[0, -1]
+    assert ids[0, 0, 0] == int(logits.argmax())
+
+
+def test_direct_contributions_are_the_logit_difference_lost_without_the_head(tiny_groups):
+    loaded, engine, pairs, _ = _setup("llama", tiny_groups)
+    analysis = HeadAnalysis(engine)
+    readout = analysis.readout(pairs[0])
+    _, last = analysis._forward(pairs[0].clean)
+    residual = last[("resid_post", analysis.depth - 1)]
+    full = float(engine.logit_diffs(engine.ids(pairs[0].clean))[0])
+    with torch.no_grad():
+        without = engine.head(analysis.final_norm(residual - torch.from_numpy(readout.writes[2, 1]))[None])
+    assert readout.direct[2, 1] == pytest.approx(full - float(without[0]), abs=1e-5)
+    assert readout.direct.shape == readout.interaction.shape == (analysis.depth, engine.n_heads)
+
+
+def test_interaction_is_the_sum_of_row_maxima_over_the_block():
+    weights = torch.rand(3, 6, 6)
+    rows, columns = [4, 5], [1, 2]
+    expected = torch.tensor([sum(max(float(weights[h, i, k]) for k in columns) for i in rows) for h in range(3)])
+    torch.testing.assert_close(interaction(weights, rows, columns), expected)
+    assert interaction(weights, [], columns).tolist() == [0.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("template", ["yes_no", "pairwise"])
+def test_the_query_first_templates_read_the_documents_attention_to_the_query(template, tiny_groups):
+    _, engine, pairs, _ = _setup("llama", tiny_groups, template)
+    assert interaction_block(pairs[0].clean) == ("document", "query")
+    readout = HeadAnalysis(engine).readout(pairs[0])
+    assert np.abs(readout.interaction).max() > 0
+
+
+def test_heads_command_writes_its_tables_and_marks_top_ie_heads(tiny_family_dir, tiny_groups, tmp_path, capsys):
+    from relscope.cli import main
+
+    model = str(tiny_family_dir("llama"))
+    assert main(["patch", model, "--groups", str(tiny_groups), "--max-pairs", "2", "--min-gap", "0", "--components",
+                 "mlp", "--heads", "--out", str(tmp_path / "patch"), "--quiet"]) == 0
+    out = tmp_path / "heads"
+    assert main(["heads", model, "--groups", str(tiny_groups), "--max-pairs", "3", "--ie-heads",
+                 str(tmp_path / "patch" / "ie_heads.npz"), "--marked", "3", "--out", str(out), "--quiet"]) == 0
+    saved = np.load(out / "heads.npz")
+    assert saved["interaction"].shape[0] == saved["direct"].shape[0] == 3
+    for name in ("heads.csv", "top_heads.md", "interaction.png", "direct.png", "manifest.json"):
+        assert (out / name).is_file()
+    assert "top-1 is yes/A" in (out / "heads.csv").read_text()
+    assert main(["heads", model, "--ie-heads", str(tmp_path / "missing.npz"), "--out", str(out)]) == 2
