@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dynamics(commands.add_parser("dynamics", help="training curves, the loss cliff, per-layer gradient norms"))
     _add_patch(commands.add_parser("patch", help="activation patching: IE per layer x component x position group"))
     _add_heads(commands.add_parser("heads", help="per head: attention interaction score, logit lens, direct effect"))
+    _add_compare(commands.add_parser("compare", help="do two patch runs rely on the same components? RBO, Spearman"))
     _add_freeze(commands.add_parser("freeze", help="train with only some layer groups trainable; compare them"))
     _add_representation(commands.add_parser("probe", help="linear probes and PCA on each layer's last-token state"),
                         _probe)
@@ -340,6 +341,34 @@ def _heads(args: argparse.Namespace) -> int:
     if main_process:
         print(to_markdown(sorted(rows, key=lambda r: -abs(r["direct contribution"]))[:10]), end="")
         print(f"outputs: {args.out}/ (heads.csv, top_heads.md, interaction.png, direct.png)")
+    return 0
+
+
+def _add_compare(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_a", help="a `relscope patch` output folder")
+    p.add_argument("run_b", help="another, over the same components (or use --depth-bins)")
+    p.add_argument("--heads", action="store_true", help="compare the per-head patching (ie_heads.npz)")
+    p.add_argument("--p", type=float, default=0.9, help="RBO persistence: lower is more top-heavy (default 0.9)")
+    p.add_argument("--top", type=int, default=20, help="top components listed and overlapped (default 20)")
+    p.add_argument("--depth-bins", type=int, help="average layers into N slices of relative depth (models of "
+                   "different depth)")
+    p.add_argument("--signed", action="store_true", help="rank by signed mean IE instead of |mean IE|")
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(handler=_compare)
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from relscope.analysis.compare import compare_job
+    from relscope.io import output_lock
+    from relscope.reports.tables import to_markdown
+
+    if not 0.0 < args.p < 1.0:
+        raise ConfigError(f"--p {args.p}: RBO persistence must be between 0 and 1 (exclusive), e.g. 0.9")
+    with output_lock(args.out):
+        summary = compare_job(args.run_a, args.run_b, args.out, args.heads, args.p, args.top, args.depth_bins,
+                              args.signed)
+    print(to_markdown([summary]), end="")
+    print(f"outputs: {args.out}/ (summary.md, top.md)")
     return 0
 
 
