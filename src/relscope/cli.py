@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dynamics(commands.add_parser("dynamics", help="training curves, the loss cliff, per-layer gradient norms"))
     _add_patch(commands.add_parser("patch", help="activation patching: IE per layer x component x position group"))
     _add_heads(commands.add_parser("heads", help="per head: attention interaction score, logit lens, direct effect"))
+    _add_knockout(commands.add_parser("knockout", help="mean-ablate head sets; judgment F1 and nDCG@10 drops"))
     _add_compare(commands.add_parser("compare", help="do two patch runs rely on the same components? RBO, Spearman"))
     _add_freeze(commands.add_parser("freeze", help="train with only some layer groups trainable; compare them"))
     _add_representation(commands.add_parser("probe", help="linear probes and PCA on each layer's last-token state"),
@@ -244,7 +245,7 @@ def _dynamics(args: argparse.Namespace) -> int:
 
 
 def _add_patch(p: argparse.ArgumentParser) -> None:
-    from relscope.analysis.patching.engine import POSITION_GROUPS
+    from relscope.analysis.patching.engine import HEAD_GROUPS, POSITION_GROUPS
     from relscope.analysis.patching.hooks import COMPONENTS
     from relscope.analysis.patching.pairs import PERTURBATIONS
 
@@ -268,7 +269,10 @@ def _add_patch(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="patch variants per forward (default 16)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="auto: bf16 on CUDA, fp32 on CPU")
-    p.add_argument("--heads", action="store_true", help="also patch every head at the last token, query, all")
+    p.add_argument("--heads", action="store_true", help="also patch every head at each of --head-positions")
+    p.add_argument("--head-positions", nargs="+", default=list(HEAD_GROUPS), choices=list(POSITION_GROUPS),
+                   help="position groups of the per-head patching (default: last query all; knockouts use "
+                        "document query instruction last)")
     p.add_argument("--scores", action="store_true", help="also patch every head's attention weights: document "
                    "tokens to query tokens, last token to document, last token to query")
     p.add_argument("--atp", action="store_true", help="also estimate every site by attribution patching and "
@@ -288,7 +292,7 @@ def _patch(args: argparse.Namespace) -> int:
     settings = PatchSettings(args.groups, args.model, args.adapter, args.template, args.max_pairs or None,
                              args.negatives, args.perturbation, tuple(args.components), tuple(args.positions),
                              args.layers, args.min_gap, args.max_length, args.batch_size, heads=args.heads,
-                             scores=args.scores, atp=args.atp, dtype=args.dtype)
+                             head_positions=tuple(args.head_positions), scores=args.scores, atp=args.atp, dtype=args.dtype)
     main_process = process_state().is_main_process  # under accelerate launch only the main process writes
     with output_lock(args.out) if main_process else nullcontext():
         summary = patch_job(args.out, settings, progress=not args.quiet)
@@ -341,6 +345,52 @@ def _heads(args: argparse.Namespace) -> int:
     if main_process:
         print(to_markdown(sorted(rows, key=lambda r: -abs(r["direct contribution"]))[:10]), end="")
         print(f"outputs: {args.out}/ (heads.csv, top_heads.md, interaction.png, direct.png)")
+    return 0
+
+
+def _add_knockout(p: argparse.ArgumentParser) -> None:
+    from relscope.analysis.patching.engine import POSITION_GROUPS
+
+    p.add_argument("model", help="the model (alias, HF id, folder or .gguf)")
+    p.add_argument("adapter", nargs="?", help="a checkpoint-<step>/ or PEFT adapter to knock out instead of the base")
+    p.add_argument("--ie-heads", required=True, help="the ie_heads.npz of a `relscope patch --heads` run (best with "
+                   "--head-positions document query instruction last): it ranks the heads")
+    p.add_argument("--groups", default=RELEVANCE_GROUPS, help="labelled groups for the judgment F1 (default: the "
+                   "183-query MS MARCO set)")
+    p.add_argument("--template", help="yes_no or pairwise (default: the adapter's, else yes_no)")
+    p.add_argument("--negatives", default="hard", choices=["hard", "random", "any"])
+    p.add_argument("--max-groups", type=int, default=100, help="groups judged, two prompts each (default 100)")
+    p.add_argument("--size", type=int, default=10, help="heads per set (default 10)")
+    p.add_argument("--positions", nargs="+", default=["all"], choices=list(POSITION_GROUPS),
+                   help="where the heads are ablated (default all)")
+    p.add_argument("--zero", action="store_true", help="zero-ablate instead of mean-ablate")
+    p.add_argument("--random-draws", type=int, default=3, help="random head sets (default 3)")
+    p.add_argument("--data", help="a TREC folder to rerank for nDCG@10 (e.g. $RELSCOPE_DATA/trec-dl-2019)")
+    p.add_argument("--top-k", type=int, default=20)
+    p.add_argument("--max-queries", type=int)
+    p.add_argument("--max-length", type=int, default=256)
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(handler=_knockout)
+
+
+def _knockout(args: argparse.Namespace) -> int:
+    from relscope.analysis.knockout import knockout_job
+    from relscope.analysis.patching.job import PatchSettings
+    from relscope.io import output_lock
+    from relscope.reports.tables import to_markdown
+    from relscope.training.config import DevSettings
+
+    if not os.path.isfile(args.ie_heads):
+        raise ConfigError(f"--ie-heads {args.ie_heads}: not found; give the ie_heads.npz of a `relscope patch "
+                          "--heads` run")
+    settings = PatchSettings(args.groups, args.model, args.adapter, args.template, None, args.negatives,
+                             max_length=args.max_length)
+    dev = DevSettings(args.data, args.top_k, args.max_queries) if args.data else None
+    with output_lock(args.out):
+        rows = knockout_job(args.out, settings, args.ie_heads, args.size, args.positions, args.zero,
+                            args.random_draws, args.max_groups, dev)
+    print(to_markdown(rows), end="")
+    print(f"outputs: {args.out}/ (knockout.md, knockout.png)")
     return 0
 
 

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,6 +45,9 @@ class Scorer:
         self.options = options
         self.progress = progress
         self.tokens_run = 0  # tokens through the backbone, for throughput figures
+        # Called with each batch's prompts (right- or left-padded as options say) just before its forward, so that
+        # position-aware hooks (knockouts) can find each row's spans. The plain path only: prefix_cache=False.
+        self.on_batch: Callable[[list[TokenizedPrompt], bool], None] | None = None
         self.batch_tokens = options.max_batch_tokens or (16384 if self._device().type == "cuda" else 1024)
 
     @torch.inference_mode()
@@ -78,6 +81,8 @@ class Scorer:
         left = self.options.padding_side == "left"
         for batch in self._batches(indices, [len(prompts[i]) for i in indices]):
             ids, mask, last = self._pad([prompts[i].input_ids for i in batch], left=left)
+            if self.on_batch is not None:
+                self.on_batch([prompts[i] for i in batch], left)
             positions = (mask.cumsum(-1) - 1).clamp(min=0)  # real tokens count from 0 on either side
             hidden = self.backbone(input_ids=ids, attention_mask=mask, position_ids=positions).last_hidden_state
             self._collect(hidden, last, batch, out, bar)  # hidden: (b, seq, d_model)

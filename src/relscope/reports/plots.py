@@ -147,13 +147,19 @@ def pca_grid(points: Mapping[int, np.ndarray], labels: np.ndarray, title: str,
     return fig
 
 
-def bars(names: Sequence[str], series: Mapping[str, Sequence[float]], title: str, ylabel: str = "score") -> Figure:
-    """Grouped bars: one group per name, one bar per series, the value printed on each bar."""
+def bars(names: Sequence[str], series: Mapping[str, Sequence[float]], title: str, ylabel: str = "score",
+         errors: Mapping[str, tuple[Sequence[float], Sequence[float]]] | None = None) -> Figure:
+    """Grouped bars: one group per name, one bar per series, the value printed on each bar; `errors` gives a
+    series' (low, high) interval bounds, drawn as error bars."""
     fig, ax = plt.subplots(figsize=(1.5 + 1.1 * len(names), 3.6))
     width = 0.8 / max(1, len(series))
     for i, (label, values) in enumerate(series.items()):
         positions = np.arange(len(names)) + (i - (len(series) - 1) / 2) * width
-        drawn = ax.bar(positions, values, width, label=label)
+        yerr = None
+        if errors and label in errors:
+            low, high = (np.asarray(b, dtype=float) for b in errors[label])
+            yerr = np.stack([np.asarray(values) - low, high - np.asarray(values)])
+        drawn = ax.bar(positions, values, width, label=label, yerr=yerr, capsize=3)
         ax.bar_label(drawn, fmt="%.3f", fontsize=7)
     ax.set_xticks(range(len(names)), names)
     ax.set_ylabel(ylabel)

@@ -55,6 +55,7 @@ class PatchSettings:
     batch_size: int = 16
     top: int = 15
     heads: bool = False
+    head_positions: Sequence[str] = HEAD_GROUPS
     scores: bool = False
     atp: bool = False
     fast: bool = True
@@ -88,8 +89,9 @@ def patch_job(out: str | Path, settings: PatchSettings, progress: bool = True) -
         summary["atp_vs_exact"] = _agreement(out, grid, estimates, state.is_main_process)
     n_heads = engine.n_heads
     if settings.heads:
-        _head_sweep(sweeper, [s for s in head_sites(depth, n_heads) if s.layer in layers], HEAD_GROUPS, kept_pairs,
-                    layers, out, loaded.name, "heads", show)
+        groups = list(settings.head_positions)
+        _head_sweep(sweeper, [s for s in head_sites(depth, n_heads, groups) if s.layer in layers], groups,
+                    kept_pairs, layers, out, loaded.name, "heads", show)
     if settings.scores:
         _head_sweep(sweeper, score_sites(layers, n_heads), SCORE_BLOCKS, kept_pairs, layers, out, loaded.name,
                     "scores", show)

@@ -1,0 +1,244 @@
+"""Knockouts by mean ablation (`relscope knockout MODEL [ADAPTER] --ie-heads PATCH/ie_heads.npz`).
+
+Chosen heads' outputs (their slices of the o_proj input) at chosen position groups are replaced by their mean over a
+reference set of prompts (or by zero), and the model is scored as a relevance judge (F1 over labelled prompts:
+pointwise relevant vs not, pairwise A vs B) and as a reranker (nDCG@10 on a dev run). Head sets: top-N by |mean IE|
+at each position group of a head-patching run, Mixed (top-N by the largest |mean IE| over the groups) and Random-N
+(seeded draws), each reported with its relative drop from the full model and a bootstrap confidence interval over
+queries (the shape of the source study's Table 1).
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from relscope.analysis.patching.hooks import site_hooks
+from relscope.errors import ConfigError
+
+HEAD_SET_GROUPS = ("document", "query", "instruction", "last")
+
+
+@dataclass(frozen=True)
+class HeadSet:
+    name: str
+    heads: tuple[tuple[int, int], ...]  # (layer, head)
+
+
+def head_sets(ie_heads: str, size: int, random_draws: int = 3, seed: int = 0) -> list[HeadSet]:
+    """Top-`size` heads by |mean IE| at each position group the patch run has, Mixed, and Random draws."""
+    saved = np.load(ie_heads)
+    groups = [str(g) for g in saved["groups"]]
+    layers = [int(x) for x in saved["layers"]]
+    magnitude = np.abs(saved["ie"].mean(axis=0))  # (groups, layers, heads)
+    n_heads = magnitude.shape[2]
+    if size > len(layers) * n_heads:
+        raise ConfigError(f"--size {size} is more than the {len(layers) * n_heads} heads patched")
+
+    def top(values: np.ndarray) -> tuple[tuple[int, int], ...]:
+        order = np.argsort(-values, axis=None, kind="stable")[:size]
+        return tuple(sorted((layers[i // n_heads], int(i % n_heads)) for i in order))
+
+    sets = [HeadSet(f"top-{size} {g}", top(magnitude[groups.index(g)])) for g in HEAD_SET_GROUPS if g in groups]
+    if not sets:
+        raise ConfigError(f"{ie_heads}: its head patching has none of the groups {', '.join(HEAD_SET_GROUPS)}; "
+                          "run `relscope patch --heads` with them")
+    sets.append(HeadSet(f"mixed-{size}", top(magnitude.max(axis=0))))
+    every = [(layer, h) for layer in layers for h in range(n_heads)]
+    rng = random.Random(seed)
+    sets += [HeadSet(f"random-{size} #{i + 1}", tuple(sorted(rng.sample(every, size)))) for i in range(random_draws)]
+    return sets
+
+
+def group_masks(prompts: Sequence, groups: Sequence[str], left: bool) -> dict[str, torch.Tensor]:
+    """(batch, longest) True at each row's positions of each group, for prompts padded on the right or left."""
+    longest = max(len(p) for p in prompts)
+    masks = {g: torch.zeros(len(prompts), longest, dtype=torch.bool) for g in groups}
+    for row, prompt in enumerate(prompts):
+        offset = longest - len(prompt) if left else 0
+        for g in groups:
+            masks[g][row, [offset + p for p in prompt.positions(g)]] = True
+    return masks
+
+
+class HeadAblation:
+    """Inside `active()`, the heads' outputs at the groups' positions are their reference means (zero when `means`
+    is None). `set_batch` (the Scorer's on_batch) tells each row's positions; a single prompt needs none."""
+
+    def __init__(self, model, spec, heads: Sequence[tuple[int, int]], groups: Sequence[str], head_dim: int,
+                 means: dict[tuple[int, str], torch.Tensor] | None = None) -> None:
+        self.model, self.spec, self.groups, self.head_dim, self.means = model, spec, list(groups), head_dim, means
+        self.by_layer: dict[int, list[int]] = defaultdict(list)
+        for layer, head in heads:
+            self.by_layer[layer].append(head)
+        self.masks: dict[str, torch.Tensor] | None = None
+
+    def set_batch(self, prompts: Sequence, left: bool = False) -> None:
+        self.masks = group_masks(prompts, self.groups, left)
+
+    def _ablate(self, layer: int):
+        def fn(z: torch.Tensor) -> torch.Tensor:
+            z = z.clone()
+            for group in self.groups:
+                mask = self.masks[group].to(z.device)
+                for head in self.by_layer[layer]:
+                    columns = slice(head * self.head_dim, (head + 1) * self.head_dim)
+                    value = 0.0 if self.means is None else self.means[layer, group][columns].to(z.dtype)
+                    z[..., columns][mask] = value
+            return z
+        return fn
+
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        with site_hooks(self.model, self.spec, {("z", layer): self._ablate(layer) for layer in self.by_layer}):
+            yield
+
+
+@torch.inference_mode()
+def reference_means(engine, prompts: Sequence, layers: Sequence[int], groups: Sequence[str]):
+    """The mean o_proj input at each layer over the positions of each group, over the reference prompts."""
+    sums: dict[tuple[int, str], torch.Tensor] = {}
+    counts: dict[tuple[int, str], int] = defaultdict(int)
+    for prompt in prompts:
+        acts, _ = engine.run(prompt, [("z", layer) for layer in layers])
+        for layer in layers:
+            for g in groups:
+                where = prompt.positions(g)
+                total = acts[("z", layer)][where].float().sum(0)
+                sums[layer, g] = sums[layer, g] + total if (layer, g) in sums else total
+                counts[layer, g] += len(where)
+    return {key: sums[key] / max(counts[key], 1) for key in sums}
+
+
+def relative_drop_ci(full: np.ndarray, ablated: np.ndarray, statistic, resamples: int = 1000,
+                     seed: int = 0) -> tuple[float, float, float]:
+    """The relative change statistic(ablated)/statistic(full) - 1 over queries, and its 95% percentile bootstrap
+    interval (queries resampled, the same resample for both: scipy.stats.bootstrap, paired)."""
+    from scipy.stats import bootstrap
+
+    def change(index):
+        index = np.asarray(index, dtype=int)
+        return statistic(ablated, index) / statistic(full, index) - 1.0
+
+    point = change(np.arange(len(full)))
+    result = bootstrap((np.arange(len(full)),), change, vectorized=False, n_resamples=resamples, method="percentile",
+                       random_state=np.random.default_rng(seed))
+    return float(point), float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+def _f1(per_query: Sequence[tuple[np.ndarray, np.ndarray]], index: np.ndarray) -> float:
+    from sklearn.metrics import f1_score
+
+    labels = np.concatenate([per_query[i][0] for i in index])
+    predicted = np.concatenate([per_query[i][1] for i in index])
+    return float(f1_score(labels, predicted, zero_division=0.0))
+
+
+def _mean(per_query: np.ndarray, index: np.ndarray) -> float:
+    return float(np.mean(per_query[index]))
+
+
+def _judgments(scores: np.ndarray, labels: np.ndarray, qids: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per query: (labels, predictions), a prediction being logit difference > 0 (yes, or A)."""
+    order = sorted(set(qids))
+    rows = {q: [i for i, x in enumerate(qids) if x == q] for q in order}
+    return [(labels[rows[q]], (scores[rows[q]] > 0).astype(int)) for q in order]
+
+
+def knockout_job(out, settings, ie_heads: str, size: int = 10, positions: Sequence[str] = ("all",),
+                 zero: bool = False, random_draws: int = 3, max_groups: int = 100, dev=None,
+                 progress: bool = True) -> list[dict]:
+    """Score the full model and each head set knocked out: judgment F1 (and dev nDCG@10 when `dev` is given)."""
+    from pathlib import Path
+
+    from relscope.analysis.anatomy import NDCG
+    from relscope.analysis.examples import labelled_prompts
+    from relscope.analysis.patching.engine import PatchingEngine
+    from relscope.analysis.patching.job import load_patch_model, pair_groups
+    from relscope.evaluation.metrics import evaluate_run
+    from relscope.evaluation.rerank import Reranker, rerank
+    from relscope.io import atomic_write_json
+    from relscope.manifest import build_manifest
+    from relscope.models.scoring import Scorer, ScoringOptions
+    from relscope.processes import process_device
+    from relscope.reports import plots
+    from relscope.reports.tables import write_table
+    from relscope.training.data import load_dev_run
+
+    sets = head_sets(ie_heads, size, random_draws)
+    loaded, head, builder = load_patch_model(settings, process_device())
+    examples = labelled_prompts(pair_groups(settings.groups), builder, max_groups, settings.negative_kind)
+    prompts, labels, qids = [e.prompt for e in examples], np.array([e.label for e in examples]), [e.qid for e in
+                                                                                                  examples]
+    engine = PatchingEngine(loaded.model, loaded.spec, head)
+    layers = sorted({layer for s in sets for layer, _ in s.heads})
+    means = None if zero else reference_means(engine, prompts, layers, positions)
+    options = ScoringOptions(prefix_cache=False)  # the ablation hooks need each row's own positions
+    scorer = Scorer(loaded.model, loaded.spec, head, loaded.tokenizer.pad_token_id, options, progress=False)
+    dataset = load_dev_run(dev) if dev else None
+    reranker = Reranker.build(loaded, builder.template.name, head, settings.max_length, options, progress=False) \
+        if dev else None
+
+    def measure(ablation: HeadAblation | None) -> dict:
+        scorer.on_batch = ablation.set_batch if ablation else None
+        if reranker:
+            reranker.scorer.on_batch = scorer.on_batch
+        with ablation.active() if ablation else _nothing():
+            result = {"judgments": _judgments(scorer.score(prompts), labels, qids)}
+            if reranker:
+                per_query = evaluate_run(dataset.qrels, rerank(reranker, dataset, dev.top_k).run, (NDCG,))[1]
+                result["ndcg"] = np.array([per_query[q][NDCG] for q in sorted(per_query)])
+        return result
+
+    full = measure(None)
+    rows = [_row("full model", (), full, full)]
+    for head_set in sets:
+        ablation = HeadAblation(loaded.model, loaded.spec, head_set.heads, positions, engine.head_dim, means)
+        rows.append(_row(head_set.name, head_set.heads, measure(ablation), full))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    kind = "zero" if zero else "mean"
+    write_table(rows, out / "knockout", f"{kind}-ablation of head sets at {'+'.join(positions)} positions: judgment "
+                f"F1 over {len(prompts)} prompts" + (f", nDCG@10 on {dev.data} top-{dev.top_k}" if dev else "")
+                + "; drops relative to the full model, 95% bootstrap CI over queries")
+    names = [r["head set"] for r in rows[1:]]
+    series = {"F1 change": [r["F1 change"] for r in rows[1:]]}
+    errors = {"F1 change": ([r["F1 CI low"] for r in rows[1:]], [r["F1 CI high"] for r in rows[1:]])}
+    if dev:
+        series["nDCG@10 change"] = [r["nDCG@10 change"] for r in rows[1:]]
+        errors["nDCG@10 change"] = ([r["nDCG@10 CI low"] for r in rows[1:]], [r["nDCG@10 CI high"] for r in rows[1:]])
+    plots.save(plots.bars(names, series, f"{loaded.name}: knocking out {size} heads ({kind} ablation)",
+                          "relative change", errors), out / "knockout.png")
+    atomic_write_json(out / "manifest.json", build_manifest(
+        {"model": loaded.source, "adapter": settings.adapter, "template": builder.template.name,
+         "ie_heads": ie_heads, "size": size, "positions": list(positions), "ablation": kind,
+         "random_draws": random_draws, "max_groups": max_groups, "dev": dev and vars(dev)},
+        {}, head_sets={s.name: [list(h) for h in s.heads] for s in sets}))
+    return rows
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield
+
+
+def _row(name: str, heads, result: dict, full: dict) -> dict:
+    """One table row; the full model's own changes are 0 by definition (no interval to draw)."""
+    def change_ci(key, statistic):
+        return (0.0, 0.0, 0.0) if result is full else relative_drop_ci(full[key], result[key], statistic)
+
+    f1 = _f1(result["judgments"], np.arange(len(result["judgments"])))
+    change, low, high = change_ci("judgments", _f1)
+    row = {"head set": name, "heads": len(heads), "F1": f1, "F1 change": change, "F1 CI low": low,
+           "F1 CI high": high}
+    if "ndcg" in result:
+        change, low, high = change_ci("ndcg", _mean)
+        row.update({"nDCG@10": float(result["ndcg"].mean()), "nDCG@10 change": change, "nDCG@10 CI low": low,
+                    "nDCG@10 CI high": high})
+    return row

@@ -1,0 +1,115 @@
+"""Knockouts: ablating nothing or a head's own value changes nothing, batched ablation through the Scorer (either
+padding side) equals one prompt at a time, zeroing every head equals removing the attention output, the head sets,
+the bootstrap interval, and the command end to end."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from test_patching import FAMILIES, _setup
+
+from relscope.analysis.knockout import HeadAblation, head_sets, reference_means, relative_drop_ci
+from relscope.analysis.patching.hooks import Edit, patching
+from relscope.models.scoring import Scorer, ScoringOptions
+
+
+def _scores(engine, loaded, prompts, ablation=None, padding="right"):
+    scorer = Scorer(loaded.model, loaded.spec, engine.head, loaded.tokenizer.pad_token_id,
+                    ScoringOptions(prefix_cache=False, padding_side=padding), progress=False)
+    if ablation is None:
+        return scorer.score(prompts)
+    scorer.on_batch = ablation.set_batch
+    with ablation.active():
+        return scorer.score(prompts)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_ablating_a_head_with_its_own_value_changes_nothing(family, tiny_groups):
+    loaded, engine, pairs, _ = _setup(family, tiny_groups)
+    prompt = pairs[0].clean
+    means = reference_means(engine, [prompt], [1], ["last"])  # one position: the mean is the value itself
+    ablation = HeadAblation(loaded.model, loaded.spec, [(1, 0), (1, engine.n_heads - 1)], ["last"], engine.head_dim,
+                            means)
+    assert _scores(engine, loaded, [prompt], ablation) == pytest.approx(_scores(engine, loaded, [prompt]), abs=1e-5)
+    nothing = HeadAblation(loaded.model, loaded.spec, [], ["all"], engine.head_dim, None)
+    assert _scores(engine, loaded, [prompt], nothing) == pytest.approx(_scores(engine, loaded, [prompt]), abs=1e-6)
+
+
+@pytest.mark.parametrize("padding", ["right", "left"])
+def test_batched_ablation_equals_one_prompt_at_a_time(padding, tiny_groups):
+    from relscope.analysis.examples import labelled_prompts
+    from relscope.data.groups import read_groups
+    from relscope.prompts import PromptBuilder, get_template
+
+    loaded, engine, pairs, _ = _setup("llama", tiny_groups)
+    builder = PromptBuilder(loaded.tokenizer, get_template("yes_no"), 128)
+    prompts = [e.prompt for e in labelled_prompts(read_groups(tiny_groups), builder, 4)]
+    assert len({len(p) for p in prompts}) > 1  # padding is exercised
+    means = reference_means(engine, prompts, [0, 2], ["document", "query"])
+    ablation = HeadAblation(loaded.model, loaded.spec, [(0, 1), (2, 0), (2, 3)], ["document", "query"],
+                            engine.head_dim, means)
+    batched = _scores(engine, loaded, prompts, ablation, padding)
+    alone = np.array([_scores(engine, loaded, [p], ablation)[0] for p in prompts])
+    np.testing.assert_allclose(batched, alone, atol=1e-5)
+    assert np.abs(batched - _scores(engine, loaded, prompts)).max() > 1e-6  # the ablation does something
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_zeroing_every_head_removes_the_attention_output(family, tiny_groups):
+    loaded, engine, pairs, _ = _setup(family, tiny_groups)
+    prompt = pairs[0].clean
+    ablation = HeadAblation(loaded.model, loaded.spec, [(1, h) for h in range(engine.n_heads)], ["all"],
+                            engine.head_dim, None)
+    o_proj = engine.spec.projection_of(engine.model, 1, "o")
+    bias = o_proj.bias.detach() if o_proj.bias is not None else torch.zeros(o_proj.out_features)
+    where = torch.arange(len(prompt))
+    edit = Edit(0, where, bias.expand(len(prompt), -1))
+    with patching(engine.model, engine.spec, {("attn", 1): [edit]}):
+        expected = engine.logit_diffs(engine.ids(prompt))[0]
+    assert _scores(engine, loaded, [prompt], ablation)[0] == pytest.approx(expected, abs=1e-5)
+
+
+def test_head_sets_rank_by_magnitude_per_group(tmp_path):
+    ie = np.zeros((2, 4, 3, 2))  # pairs, groups, layers, heads
+    ie[:, 0, 2, 1] = -5.0  # document: layer 2 head 1, negative but the largest in magnitude
+    ie[:, 0, 0, 0] = 1.0
+    ie[:, 3, 1, 0] = 3.0  # last: layer 1 head 0
+    path = tmp_path / "ie_heads.npz"
+    np.savez(path, ie=ie, groups=np.array(["document", "query", "instruction", "last"]), layers=np.array([0, 1, 2]))
+    sets = {s.name: s.heads for s in head_sets(str(path), 1, random_draws=2)}
+    assert sets["top-1 document"] == ((2, 1),) and sets["top-1 last"] == ((1, 0),)
+    assert sets["mixed-1"] == ((2, 1),)
+    assert sets["random-1 #1"] != sets["random-1 #2"] or len({sets["random-1 #1"]}) == 1
+
+
+def test_relative_drop_interval_contains_the_point_and_is_paired():
+    full = np.array([0.5, 0.6, 0.7, 0.8, 0.4, 0.9])
+    half = full / 2
+
+    def mean(values, index):
+        return float(np.mean(values[index]))
+
+    change, low, high = relative_drop_ci(full, half, mean, resamples=200)
+    assert change == pytest.approx(-0.5) and low == pytest.approx(-0.5) and high == pytest.approx(-0.5)
+    noisy = full * np.array([0.5, 1.0, 0.7, 1.1, 0.9, 0.6])
+    change, low, high = relative_drop_ci(full, noisy, mean, resamples=200)
+    assert low <= change <= high and low < high
+
+
+def test_knockout_command_reports_f1_and_ndcg_changes(tiny_family_dir, tiny_groups, trec_dir, tmp_path, capsys):
+    from relscope.cli import main
+
+    model = str(tiny_family_dir("llama"))
+    assert main(["patch", model, "--groups", str(tiny_groups), "--max-pairs", "2", "--min-gap", "0", "--components",
+                 "mlp", "--heads", "--head-positions", "document", "query", "instruction", "last", "--out",
+                 str(tmp_path / "patch"), "--quiet"]) == 0
+    out = tmp_path / "knockout"
+    assert main(["knockout", model, "--ie-heads", str(tmp_path / "patch" / "ie_heads.npz"), "--groups",
+                 str(tiny_groups), "--size", "2", "--random-draws", "1", "--data", str(trec_dir), "--top-k", "3",
+                 "--out", str(out)]) == 0
+    table = (out / "knockout.md").read_text()
+    for name in ("full model", "top-2 document", "top-2 last", "mixed-2", "random-2 #1", "nDCG@10 change"):
+        assert name in table
+    assert (out / "knockout.png").is_file()
+    assert main(["knockout", model, "--ie-heads", str(tmp_path / "none.npz"), "--out", str(out)]) == 2
