@@ -196,7 +196,31 @@ CASES = [
     Case("lora ablate: layers beyond depth", lambda e: _ablate(e, "mlp-only@5-9"), ("5-9", "3 layers")),
     Case("lora checkpoints: no checkpoints", lambda e: ["lora", "checkpoints", str(e.trec), "--data", str(e.trec),
                                                       "--out", str(e.out)], ("checkpoint",)),
+    # mechanism analyses
+    Case("patch: inject with a pairwise template", lambda e: _patch(e, "--template", "pairwise", "--perturbation",
+                                                                    "inject"), ("inject", "pointwise")),
+    Case("patch: groups file missing", lambda e: ["patch", str(e.model), "--groups", str(e.tmp / "none.jsonl"),
+                                                  "--out", str(e.out)], ("none.jsonl", "not found")),
+    Case("knockout: heads larger than the model", lambda e: _knockout(e, "--size", "999"), ("999", "heads")),
+    Case("compare: not a patch folder", lambda e: ["compare", str(e.trec), str(e.trec), "--out", str(e.out)],
+         ("ie.npz", "relscope patch")),
+    Case("compare: persistence out of range", lambda e: ["compare", str(e.trec), str(e.trec), "--p", "1", "--out",
+                                                         str(e.out)], ("--p", "between 0 and 1")),
 ]
+
+
+def _patch(env: Env, *extra: str) -> list[str]:
+    return ["patch", str(env.model), "--groups", str(env.groups), "--max-pairs", "1", "--out", str(env.out),
+            "--quiet", *extra]
+
+
+def _knockout(env: Env, *extra: str) -> list[str]:
+    import numpy as np
+
+    path = env.tmp / "ie_heads.npz"
+    np.savez(path, ie=np.zeros((1, 1, 2, 2)), groups=np.array(["last"]), layers=np.array([0, 1]))
+    return ["knockout", str(env.model), "--ie-heads", str(path), "--groups", str(env.groups), "--out", str(env.out),
+            *extra]
 
 
 @pytest.fixture(scope="module")
