@@ -292,7 +292,8 @@ def _patch(args: argparse.Namespace) -> int:
     settings = PatchSettings(args.groups, args.model, args.adapter, args.template, args.max_pairs or None,
                              args.negatives, args.perturbation, tuple(args.components), tuple(args.positions),
                              args.layers, args.min_gap, args.max_length, args.batch_size, heads=args.heads,
-                             head_positions=tuple(args.head_positions), scores=args.scores, atp=args.atp, dtype=args.dtype)
+                             head_positions=tuple(args.head_positions), scores=args.scores, atp=args.atp,
+                             dtype=args.dtype)
     main_process = process_state().is_main_process  # under accelerate launch only the main process writes
     with output_lock(args.out) if main_process else nullcontext():
         summary = patch_job(args.out, settings, progress=not args.quiet)

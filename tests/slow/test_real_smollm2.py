@@ -91,8 +91,8 @@ def test_a_short_real_training_run_resumes_and_reranks(smollm2, real_data, tmp_p
     import shutil
 
     from relscope.config import from_mapping
-    from relscope.training.job import run_train_job
     from relscope.training.config import TrainConfig
+    from relscope.training.job import run_train_job
 
     config = from_mapping(TrainConfig, dict(train=[str(real_data / "trec-dl-2021")], negatives=1, max_length=128,
                                             max_steps=2, batch_size=1, save_steps=1, report_to=[],

@@ -105,13 +105,13 @@ def test_a_malformed_block_is_named():
 
 
 def test_patch_command_writes_score_and_inject_outputs(tiny_family_dir, tiny_groups, tmp_path):
-    from relscope.cli import main
-    from relscope.models.load import load_model
-    from relscope.prompts import PromptBuilder, get_template
-    from relscope.analysis.patching.pairs import build_pairs
     from relscope.analysis.patching.engine import PatchingEngine
+    from relscope.analysis.patching.pairs import build_pairs
+    from relscope.cli import main
     from relscope.data.groups import read_groups
     from relscope.models.heads import build_head
+    from relscope.models.load import load_model
+    from relscope.prompts import PromptBuilder, get_template
 
     model, out = str(tiny_family_dir("llama")), tmp_path / "patch"
     assert main(["patch", model, "--groups", str(tiny_groups), "--max-pairs", "2", "--min-gap", "0", "--components",

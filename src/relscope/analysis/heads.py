@@ -9,7 +9,9 @@ are the two prompts of a patching pair; pairwise: documents A (relevant) and B o
 Logit lens (per head, at the last token): the head's write into the residual stream, o_h = W_O[:, h] z_h, projected
 through the final norm and the unembedding: its top tokens, and whether the first is an answer token ("yes"/"A" or
 "no"/"B"). Its direct contribution to the answer logit difference is LD(final residual) - LD(final residual - o_h),
-both through the model's own final norm and head (exact, no frozen-scale approximation).
+both through the model's own final norm and head (exact, no frozen-scale approximation). Gemma 2/3 normalise the
+attention output before adding it to the residual; there o_h is the head's share before that norm, and the manifest
+says the direct contributions are an approximation.
 """
 
 from __future__ import annotations
@@ -58,6 +60,8 @@ class HeadAnalysis:
         self.depth = len(spec.layer_list(model))
         self.final_norm = spec.resolve(model, spec.final_norm)
         self.unembedding = model.get_output_embeddings()
+        # Gemma 2/3 normalise the attention output before adding it: the heads' writes then do not add linearly
+        self.sandwich_norms = hasattr(spec.layer_list(model)[0], "pre_feedforward_layernorm")
 
     @torch.inference_mode()
     def _forward(self, prompt) -> tuple[dict[int, torch.Tensor], dict]:
@@ -159,7 +163,8 @@ def heads_job(out, settings, ie_heads: str | None = None, ie_group: str = "last"
     block = ">".join(interaction_block(pairs[0].clean))
     plots.save(plots.heatmap(interaction_change.mean(0), layers, heads,
                              f"{loaded.name}: attention interaction S = s(q,d+) - s(q,d-), {block} "
-                             f"({len(pairs)} pairs)" + (f"; boxes: top-{marked} IE heads ({ie_group})" if marks else ""),
+                             f"({len(pairs)} pairs)" + (f"; boxes: top-{marked} IE heads ({ie_group})"
+                                                        if marks else ""),
                              "S (attention mass)", xlabel="head", ylabel="layer", diverging=True, marks=marks),
                out / "interaction.png")
     plots.save(plots.heatmap(direct.mean(0), layers, heads,
@@ -169,7 +174,9 @@ def heads_job(out, settings, ie_heads: str | None = None, ie_group: str = "last"
     atomic_write_json(out / "manifest.json", build_manifest(
         {"model": loaded.source, "adapter": settings.adapter, "template": builder.template.name,
          "groups": settings.groups, "max_pairs": settings.max_pairs, "ie_heads": ie_heads, "ie_group": ie_group},
-        {}, pairs=report.pairs, interaction_block=block, forwards=analysis.engine.forwards))
+        {}, pairs=report.pairs, interaction_block=block, forwards=analysis.engine.forwards,
+        head_writes=("before the post-attention norm (Gemma-style sandwich norms): direct contributions are an "
+                     "approximation" if analysis.sandwich_norms else "exact: o_proj slices add into the residual")))
     return rows
 
 

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 import ir_measures
 
-from relscope.data.types import Qrels, Run, run_scores
 from relscope.config import DEFAULT_MEASURES
+from relscope.data.types import Qrels, Run, run_scores
 from relscope.errors import ConfigError
 
 

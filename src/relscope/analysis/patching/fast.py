@@ -5,8 +5,9 @@ the corrupted run (causal attention). And before the first token where the two p
 corrupted activations are the same numbers, so those positions are dropped from every patch (a patch of only such
 positions, e.g. the query of a pointwise pair, changes nothing and is not run).
 
-So the corrupted run is done once with its residual stream and its keys and values cached; each patch then re-runs layers >= l only, on positions >= p only, from the cached residual, attending
-to the cached keys/values of positions < p. The decoder layers are Hugging Face's own, run as a shorter stack
+So the corrupted run is done once with its residual stream and its keys and values cached; each patch then re-runs
+layers >= l only, on positions >= p only, from the cached residual, attending to the cached keys/values of
+positions < p. The decoder layers are Hugging Face's own, run as a shorter stack
 (`stack_from`); nothing is reimplemented. Tests hold this path equal to the naive full forward per patch.
 """
 
