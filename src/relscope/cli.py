@@ -223,6 +223,7 @@ def _lora_job(args: argparse.Namespace, dev) -> list[dict]:
 def _add_dynamics(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", help="the --out folder of relscope train (log.jsonl, grad_norms.npz)")
     p.add_argument("--window", type=int, default=25, help="smoothing window in steps for the loss cliff (default 25)")
+    p.add_argument("--after", type=int, default=0, help="look for the cliff after this step only (default 0)")
     p.add_argument("--out", required=True, help="output folder (csv, md, png, summary.json, manifest.json)")
     p.set_defaults(handler=_dynamics)
 
@@ -232,10 +233,13 @@ def _dynamics(args: argparse.Namespace) -> int:
     from relscope.io import output_lock
 
     with output_lock(args.out):
-        summary = analyse_dynamics(args.run_dir, args.out, args.window)
+        summary = analyse_dynamics(args.run_dir, args.out, args.window, args.after)
     cliff = summary["phase_transition"]
     print(f"steepest loss drop: steps {cliff['start_step']}-{cliff['end_step']} (middle {cliff['step']}), "
           f"smoothed loss {cliff['loss_before']:.4f} -> {cliff['loss_after']:.4f}")
+    for other in summary["steepest_drops"][1:]:
+        print(f"  next: steps {other['start_step']}-{other['end_step']}, {other['loss_before']:.4f} -> "
+              f"{other['loss_after']:.4f}")
     if "grad_norms" in summary:
         means = summary["grad_norms"]["mean_by_group"]
         print("mean LoRA gradient norm: " + ", ".join(f"{k} {v:.4g}" if v is not None else f"{k} (no LoRA)"

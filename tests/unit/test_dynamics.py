@@ -65,3 +65,16 @@ def test_dynamics_of_a_real_tiny_run(tiny_family_dir, tiny_groups, tmp_path, cap
 def test_a_folder_without_a_log_is_named(tmp_path):
     with pytest.raises(DataError, match="log.jsonl: not found"):
         read_curves(tmp_path)
+
+
+def test_two_cliffs_are_both_listed_and_after_skips_the_first():
+    from relscope.analysis.dynamics import steepest_drops
+
+    steps = np.arange(1, 301)
+    loss = np.where(steps < 30, 0.9, 0.7) - np.where(steps < 200, 0.0, 0.5)  # a small early fall, a big late one
+    drops = steepest_drops(steps, loss, window=10, count=2)
+    assert 195 <= drops[0].step <= 205 and 25 <= drops[1].step <= 35
+    assert drops[0].drop == pytest.approx(0.5, abs=0.01) and drops[1].drop == pytest.approx(0.2, abs=0.01)
+    early_only = np.where(steps < 30, 0.9, 0.7) - np.where(steps < 200, 0.0, 0.1)
+    assert phase_transition(steps, early_only, 10).step < 40
+    assert phase_transition(steps, early_only, 10, after=100).step > 190

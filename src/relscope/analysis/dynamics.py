@@ -66,15 +66,29 @@ def smooth(values: np.ndarray, window: int) -> np.ndarray:
     return uniform_filter1d(np.asarray(values, dtype=float), size=max(1, window), mode="nearest")
 
 
-def phase_transition(steps: np.ndarray, loss: np.ndarray, window: int) -> PhaseTransition:
-    """The window of `window` steps over which the smoothed loss falls the most."""
+def phase_transition(steps: np.ndarray, loss: np.ndarray, window: int, after: int = 0) -> PhaseTransition:
+    """The window of `window` steps (starting after step `after`) over which the smoothed loss falls the most."""
+    return steepest_drops(steps, loss, window, 1, after)[0]
+
+
+def steepest_drops(steps: np.ndarray, loss: np.ndarray, window: int, count: int = 3,
+                   after: int = 0) -> list[PhaseTransition]:
+    """The `count` steepest non-overlapping windows of the smoothed loss, steepest first. A run can fall twice (a
+    pairwise judge first unlearns its A/B position bias, later learns relevance): the summary lists both."""
     window = max(1, min(window, len(loss) - 1))
     smoothed = smooth(loss, window)
     drops = smoothed[:-window] - smoothed[window:]
-    start = int(np.argmax(drops))
-    end = start + window
-    return PhaseTransition(int(steps[(start + end) // 2]), int(steps[start]), int(steps[end]),
-                           float(smoothed[start]), float(smoothed[end]))
+    drops[steps[:-window] < after] = -np.inf
+    if not np.isfinite(drops).any():
+        raise DataError(f"no {window}-step window starts after step {after}; lower --after or --window")
+    found: list[PhaseTransition] = []
+    while len(found) < count and np.isfinite(drops).any():
+        start = int(np.argmax(drops))
+        end = start + window
+        found.append(PhaseTransition(int(steps[(start + end) // 2]), int(steps[start]), int(steps[end]),
+                                     float(smoothed[start]), float(smoothed[end])))
+        drops[max(0, start - window):end] = -np.inf  # the next must not overlap this one
+    return found
 
 
 def layer_norms(norms: np.ndarray) -> np.ndarray:
@@ -105,23 +119,26 @@ def _finite_or_none(value: float) -> float | None:
     return float(value) if np.isfinite(value) else None  # JSON has no NaN
 
 
-def analyse_dynamics(run_dir: str | Path, out: str | Path, window: int = 25) -> dict:
+def analyse_dynamics(run_dir: str | Path, out: str | Path, window: int = 25, after: int = 0) -> dict:
     """Write the curves, the phase transition and the gradient-norm tables and figures; return the summary."""
     run_dir, out = Path(run_dir), Path(out)
     curves = read_curves(run_dir)
-    cliff = phase_transition(curves["step"], curves["loss"], window)
+    drops = steepest_drops(curves["step"], curves["loss"], window, 3, after)
+    cliff = drops[0]
     out.mkdir(parents=True, exist_ok=True)
     smoothed = smooth(curves["loss"], window)
     rows = [{"step": int(s), **{k: float(curves[k][i]) for k in CURVES}, "loss (smoothed)": float(smoothed[i])}
             for i, s in enumerate(curves["step"])]
     atomic_write_text(out / "curves.csv", to_csv(rows))
     plots.save(plots.training_curves(curves, smoothed, cliff, run_dir.name), out / "curves.png")
-    summary = {"run": str(run_dir), "window": window, "phase_transition": {**asdict(cliff), "drop": cliff.drop}}
+    summary = {"run": str(run_dir), "window": window, "after": after,
+               "phase_transition": {**asdict(cliff), "drop": cliff.drop},
+               "steepest_drops": [{**asdict(d), "drop": d.drop} for d in drops]}
     grad_file = run_dir / "grad_norms.npz"
     if grad_file.is_file():
         summary["grad_norms"] = _gradient_outputs(load_grad_norms(grad_file), out, run_dir.name)
     atomic_write_json(out / "summary.json", summary)
-    atomic_write_json(out / "manifest.json", build_manifest({"run": str(run_dir), "window": window},
+    atomic_write_json(out / "manifest.json", build_manifest({"run": str(run_dir), "window": window, "after": after},
                                                             {"log": run_dir / "log.jsonl"}))
     return summary
 
