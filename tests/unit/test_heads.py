@@ -13,7 +13,7 @@ from relscope.analysis.patching.hooks import capturing
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_the_heads_writes_add_up_to_the_attention_output(family, tiny_groups):
+def test_the_heads_writes_add_up_to_what_the_attention_adds_to_the_residual(family, tiny_groups):
     loaded, engine, pairs, _ = _setup(family, tiny_groups)
     analysis = HeadAnalysis(engine)
     _, last = analysis._forward(pairs[0].clean)
@@ -22,9 +22,13 @@ def test_the_heads_writes_add_up_to_the_attention_output(family, tiny_groups):
     with torch.no_grad(), capturing(engine.model, engine.spec, [("attn", 1)], store):
         engine.backbone(input_ids=engine.ids(pairs[0].clean))
     o_proj = engine.spec.projection_of(engine.model, 1, "o")
-    bias = o_proj.bias if o_proj.bias is not None else 0.0
-    np.testing.assert_allclose((writes[1].sum(0) + bias).detach().numpy(), store[("attn", 1)][0, -1].numpy(),
-                               atol=1e-5)
+    bias = o_proj.bias.detach() if o_proj.bias is not None else 0.0
+    attention_output = store[("attn", 1)][0, -1]
+    if analysis.sandwich_norms:  # Gemma: what the layer adds to the residual is the normed attention output
+        with torch.no_grad():
+            attention_output = engine.spec.layer_list(engine.model)[1].post_attention_layernorm(attention_output)
+    np.testing.assert_allclose((writes[1].sum(0) + bias).numpy(), attention_output.numpy(), atol=1e-5)
+    assert analysis.sandwich_norms == (family == "gemma3_text")
 
 
 @pytest.mark.parametrize("family", FAMILIES)

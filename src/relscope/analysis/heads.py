@@ -9,9 +9,9 @@ are the two prompts of a patching pair; pairwise: documents A (relevant) and B o
 Logit lens (per head, at the last token): the head's write into the residual stream, o_h = W_O[:, h] z_h, projected
 through the final norm and the unembedding: its top tokens, and whether the first is an answer token ("yes"/"A" or
 "no"/"B"). Its direct contribution to the answer logit difference is LD(final residual) - LD(final residual - o_h),
-both through the model's own final norm and head (exact, no frozen-scale approximation). Gemma 2/3 normalise the
-attention output before adding it to the residual; there o_h is the head's share before that norm, and the manifest
-says the direct contributions are an approximation.
+both through the model's own final norm and head (no frozen-scale approximation at the final norm). Gemma 2/3 also
+normalise the attention output before adding it; there the normed output is split among the heads with that norm's
+scale frozen (`head_writes`), so the writes still add up to what the layer adds.
 """
 
 from __future__ import annotations
@@ -68,6 +68,8 @@ class HeadAnalysis:
         """One forward: every layer's attention weights, and the o_proj inputs and final residual at the last token."""
         engine = self.engine
         keys = [("z", layer) for layer in range(self.depth)] + [("resid_post", self.depth - 1)]
+        if self.sandwich_norms:  # the attention output before its norm, to split the normed write among the heads
+            keys += [("attn", layer) for layer in range(self.depth)]
         acts: dict = {}
         with recording_attention(engine.model) as store, capturing(engine.model, engine.spec, keys, acts):
             engine.backbone(input_ids=engine.ids(prompt))
@@ -76,14 +78,22 @@ class HeadAnalysis:
 
     @torch.inference_mode()
     def head_writes(self, last: dict) -> torch.Tensor:
-        """(layers, heads, d_model): o_h = W_O[:, h] z_h at the last token (the o_proj bias belongs to no head)."""
+        """(layers, heads, d_model): each head's write into the residual stream at the last token: o_h = W_O[:, h] z_h
+        (the o_proj bias belongs to no head). Where a norm follows the attention (Gemma 2/3), the normed output
+        y = norm(sum_h o_h) is split with the norm's scale frozen: write_h = o_h * y / x, so the writes still add up
+        to what the layer adds (the frozen-scale decomposition of direct logit attribution)."""
         engine, n, d = self.engine, self.engine.n_heads, self.engine.head_dim
         writes = []
         for layer in range(self.depth):
             weight = engine.spec.projection_of(engine.model, layer, "o").weight  # (d_model, heads * head_dim)
             z = last[("z", layer)].to(weight.dtype).view(n, d)
-            writes.append(torch.einsum("mhd,hd->hm", weight.view(-1, n, d), z))
-        return torch.stack(writes).float()
+            share = torch.einsum("mhd,hd->hm", weight.view(-1, n, d), z).float()
+            if self.sandwich_norms:
+                x = last[("attn", layer)].float()
+                y = engine.spec.layer_list(engine.model)[layer].post_attention_layernorm(last[("attn", layer)]).float()
+                share = share * torch.where(x != 0, y / x, torch.zeros_like(x))
+            writes.append(share)
+        return torch.stack(writes)
 
     @torch.inference_mode()
     def direct_contributions(self, residual: torch.Tensor, writes: torch.Tensor) -> np.ndarray:
@@ -175,8 +185,8 @@ def heads_job(out, settings, ie_heads: str | None = None, ie_group: str = "last"
         {"model": loaded.source, "adapter": settings.adapter, "template": builder.template.name,
          "groups": settings.groups, "max_pairs": settings.max_pairs, "ie_heads": ie_heads, "ie_group": ie_group},
         {}, pairs=report.pairs, interaction_block=block, forwards=analysis.engine.forwards,
-        head_writes=("before the post-attention norm (Gemma-style sandwich norms): direct contributions are an "
-                     "approximation" if analysis.sandwich_norms else "exact: o_proj slices add into the residual")))
+        head_writes=("split through the post-attention norm with its scale frozen (Gemma-style sandwich norms)"
+                     if analysis.sandwich_norms else "o_proj slices, which add into the residual as they are")))
     return rows
 
 
