@@ -176,3 +176,22 @@ def test_atp_preselects_the_largest_estimates():
     sites = [Site("mlp", i, "last") for i in range(4)]
     estimate = PairResult("q", 1.0, 0.0, np.array([0.1, -0.9, 0.5, 0.0]))
     assert preselect(estimate, sites, 2) == [sites[1], sites[2]]
+
+
+def test_a_rerun_resumes_from_the_pairs_already_done(tiny_family_dir, tiny_groups, tmp_path):
+    import json
+
+    from relscope.cli import main
+
+    args = ["patch", str(tiny_family_dir("llama")), "--groups", str(tiny_groups), "--min-gap", "0", "--components",
+            "mlp", "--heads", "--atp", "--out", str(tmp_path / "p"), "--quiet"]
+    assert main([*args, "--max-pairs", "2"]) == 0
+    first = np.load(tmp_path / "p" / "ie.npz")["ie"]
+    assert main([*args, "--max-pairs", "3"]) == 0  # one more pair: only it is computed
+    manifest = json.loads((tmp_path / "p" / "manifest.json").read_text())
+    wider = np.load(tmp_path / "p" / "ie.npz")["ie"]
+    np.testing.assert_array_equal(wider[:2], first)
+    assert wider.shape[0] == 3
+    assert 0 < manifest["forwards"] < 40  # one pair's runs (23 here), not three pairs'
+    assert main([*args, "--max-pairs", "3"]) == 0
+    assert json.loads((tmp_path / "p" / "manifest.json").read_text())["forwards"] == 0

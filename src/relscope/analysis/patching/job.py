@@ -3,7 +3,8 @@
 Outputs: ie.npz (ie[pair, component, layer, group], the clean and corrupted logit differences, the qids),
 ie_mean.csv, top_sites.{csv,md}, one heatmap per component (layer x position group), manifest.json; with --heads
 ie_heads.npz and a layer x head heatmap per position group; with --scores ie_scores.npz and one per attention block;
-with --atp ie_atp.npz and its agreement with the exact effects.
+with --atp ie_atp.npz and its agreement with the exact effects. Each pair's result is kept in pairs/ as it is done,
+so an interrupted or widened run resumes (PairCache).
 
 Under `accelerate launch` each process patches every n-th pair and the main process gathers and writes them, in
 the order one process would have produced (each pair is independent, so the numbers are the same; tested).
@@ -11,8 +12,10 @@ the order one process would have produced (each pair is independent, so the numb
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, astuple, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,13 +26,14 @@ from relscope.analysis.patching.engine import (
     POSITION_GROUPS,
     PairResult,
     PatchingEngine,
+    Site,
     all_sites,
     head_sites,
     indirect_effects,
 )
 from relscope.analysis.patching.fast import FastPatcher
 from relscope.analysis.patching.hooks import COMPONENTS
-from relscope.analysis.patching.pairs import build_pairs
+from relscope.analysis.patching.pairs import PatchPair, build_pairs
 from relscope.analysis.patching.scores import SCORE_BLOCKS, score_sites
 from relscope.io import atomic_path, atomic_write_json, atomic_write_text
 from relscope.manifest import build_manifest
@@ -74,7 +78,10 @@ def patch_job(out: str | Path, settings: PatchSettings, progress: bool = True) -
     engine = PatchingEngine(loaded.model, loaded.spec, head, settings.batch_size)
     sweeper = FastPatcher(engine) if settings.fast else engine  # equal results (tested); the fast one recomputes less
     show = progress and state.is_main_process
-    results = over_items(lambda pair: sweeper.sweep(pair, sites), pairs, "pairs", show)
+    fingerprint = {"model": loaded.source, "adapter": settings.adapter, "template": builder.template.name,
+                   "dtype": settings.dtype}
+    cache = PairCache(out / "pairs", fingerprint)
+    results = over_items(cache.wrap(lambda pair: sweeper.sweep(pair, sites), "sites", sites), pairs, "pairs", show)
     ie, excluded = indirect_effects(results, settings.min_gap)
     kept_pairs = [p for p in pairs if p.qid not in excluded]
     grid = ie.reshape(len(ie), len(settings.components), len(layers), len(settings.positions))  # all_sites' order
@@ -85,16 +92,17 @@ def patch_job(out: str | Path, settings: PatchSettings, progress: bool = True) -
         out.mkdir(parents=True, exist_ok=True)
         _write_grid(out, grid, [r for r in results if r.qid not in excluded], settings, layers, loaded.name)
     if settings.atp:  # the first-order estimate beside the exact effects, and how well it agrees
-        estimates = over_items(lambda pair: attribution_patching(engine, pair, sites), kept_pairs, "AtP", show)
+        estimates = over_items(cache.wrap(lambda pair: attribution_patching(engine, pair, sites), "atp", sites),
+                               kept_pairs, "AtP", show)
         summary["atp_vs_exact"] = _agreement(out, grid, estimates, state.is_main_process)
     n_heads = engine.n_heads
     if settings.heads:
         groups = list(settings.head_positions)
         _head_sweep(sweeper, [s for s in head_sites(depth, n_heads, groups) if s.layer in layers], groups,
-                    kept_pairs, layers, out, loaded.name, "heads", show)
+                    kept_pairs, layers, out, loaded.name, "heads", show, cache)
     if settings.scores:
         _head_sweep(sweeper, score_sites(layers, n_heads), SCORE_BLOCKS, kept_pairs, layers, out, loaded.name,
-                    "scores", show)
+                    "scores", show, cache)
     summary["forwards"] = engine.forwards  # this process's
     if state.is_main_process:
         recorded = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings).items()}
@@ -102,6 +110,33 @@ def patch_job(out: str | Path, settings: PatchSettings, progress: bool = True) -
             {**recorded, "model": loaded.source, "template": builder.template.name, "layers": layers}, {},
             **summary))
     return summary
+
+
+class PairCache:
+    """Each pair's result kept in `folder` as it is done: a rerun (after a crash, or over more pairs) recomputes only
+    the pairs whose prompts, sites or model settings changed. A file's name carries the hash of all of them."""
+
+    def __init__(self, folder: Path, fingerprint: dict) -> None:
+        self.folder, self.fingerprint = folder, fingerprint
+
+    def path(self, pair: PatchPair, what: str, sites: Sequence[Site]) -> Path:
+        key = json.dumps({**self.fingerprint, "what": what, "sites": [astuple(s) for s in sites],
+                          "clean": list(pair.clean.input_ids), "corrupted": list(pair.corrupted.input_ids)},
+                         sort_keys=True)
+        return self.folder / f"{what}-{pair.qid}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
+
+    def wrap(self, fn: Callable[[PatchPair], PairResult], what: str, sites: Sequence[Site]):
+        def cached(pair: PatchPair) -> PairResult:
+            path = self.path(pair, what, sites)
+            if path.is_file():
+                saved = np.load(path)
+                return PairResult(pair.qid, float(saved["clean"]), float(saved["corrupted"]), saved["patched"])
+            result = fn(pair)
+            self.folder.mkdir(parents=True, exist_ok=True)
+            with atomic_path(path) as tmp, tmp.open("wb") as f:
+                np.savez(f, clean=result.clean, corrupted=result.corrupted, patched=result.patched)
+            return result
+        return cached
 
 
 def load_patch_model(settings: PatchSettings, device: str):
@@ -159,11 +194,12 @@ def _agreement(out: Path, grid: np.ndarray, estimates: list[PairResult], write: 
 
 
 def _head_sweep(sweeper, sites, groups: Sequence[str], pairs, layers: list[int], out: Path, name: str, what: str,
-                progress: bool) -> None:
+                progress: bool, cache: PairCache) -> None:
     """Patch every head of every layer for each group (per-head outputs at a position group, or attention-score
     blocks); sites ordered group, layer, head. Writes ie_<what>.npz and one layer x head heatmap per group."""
     n_heads = len(sites) // (len(groups) * len(layers))
-    results = over_items(lambda pair: sweeper.sweep(pair, sites), pairs, f"pairs ({what})", progress)
+    results = over_items(cache.wrap(lambda pair: sweeper.sweep(pair, sites), what, sites), pairs, f"pairs ({what})",
+                         progress)
     if not process_state().is_main_process:
         return
     ie, _ = indirect_effects(results, 0.0)

@@ -16,7 +16,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from relscope.data.groups import TrainingGroup, first_negative
+from relscope.data.groups import TrainingGroup
 from relscope.errors import ConfigError, DataError
 from relscope.prompts.tokenize import PromptBuilder, TokenizedPrompt
 
@@ -71,23 +71,37 @@ def inject_query(tokenizer, query: str, passage: str) -> str:
 def aligned_pair(builder: PromptBuilder, query: str, relevant: str, other: str, qid: str,
                  kind: str = "hard") -> PatchPair | None:
     """The clean/corrupted pair for this query, or None when no equal layout exists."""
-    relevant, other = equal_length_passages(builder.tokenizer, " ".join(relevant.split()), " ".join(other.split()))
-    for _ in range(4):  # in context a boundary merge can still differ by a token or two: trim both and retry
-        pairwise = builder.template.kind == "pairwise"
+    tokenizer = builder.tokenizer
+    relevant, other = equal_length_passages(tokenizer, " ".join(relevant.split()), " ".join(other.split()))
+    pairwise = builder.template.kind == "pairwise"
+    for _ in range(4):
         clean = builder.build(query, [relevant, other] if pairwise else [relevant])
         corrupted = builder.build(query, [other, relevant] if pairwise else [other])
         if same_layout(clean, corrupted):
             return PatchPair(qid, clean, corrupted, kind)
-        shorter = min(len(builder.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in (relevant, other))
-        relevant, other = (cut_to_tokens(builder.tokenizer, t, shorter - 1) for t in (relevant, other))
+        # In context a passage can take a token more or fewer than alone (its first word merges with the space
+        # before it, or not): cut the one that came out longer by the difference, else both by one, and retry.
+        in_relevant = _document_tokens(clean, 0)
+        in_other = _document_tokens(clean, 1) if pairwise else _document_tokens(corrupted, 0)
+        alone = {t: len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in (relevant, other)}
+        if in_relevant > in_other:
+            relevant = cut_to_tokens(tokenizer, relevant, alone[relevant] - (in_relevant - in_other))
+        elif in_other > in_relevant:
+            other = cut_to_tokens(tokenizer, other, alone[other] - (in_other - in_relevant))
+        else:
+            relevant, other = (cut_to_tokens(tokenizer, t, min(alone.values()) - 1) for t in (relevant, other))
     return None
+
+
+def _document_tokens(prompt: TokenizedPrompt, index: int) -> int:
+    return sum(s.end - s.start for s in prompt.spans if s.group == "document" and s.index == index)
 
 
 def build_pairs(groups: Sequence[TrainingGroup], builder: PromptBuilder, max_pairs: int | None = None,
                 negative_kind: str = "hard", seed: int = 0,
                 perturbation: str = "negative") -> tuple[list[PatchPair], PairReport]:
-    """One pair per group: its first positive against its first negative of `negative_kind`, or (inject) that
-    negative with and without the query's words written in."""
+    """One pair per group: its first positive against its first negative of `negative_kind` that lines up with
+    it token for token, or (inject) that negative with and without the query's words written in."""
     if perturbation not in PERTURBATIONS:
         raise ConfigError(f"unknown perturbation {perturbation!r}; use one of {', '.join(PERTURBATIONS)}")
     if perturbation == "inject" and builder.template.kind == "pairwise":
@@ -98,13 +112,17 @@ def build_pairs(groups: Sequence[TrainingGroup], builder: PromptBuilder, max_pai
     for group in order:
         if max_pairs is not None and len(pairs) >= max_pairs:
             break
-        negative = first_negative(group, negative_kind)
-        if not group.positives or negative is None:
+        negatives = [n.text for n in group.negatives if negative_kind == "any" or n.kind == negative_kind]
+        if not group.positives or not negatives:
             no_negative += 1
             continue
-        clean = group.positives[0] if perturbation == "negative" else inject_query(builder.tokenizer, group.query,
-                                                                                   negative)
-        pair = aligned_pair(builder, group.query, clean, negative, group.qid, negative_kind)
+        pair = None
+        for negative in negatives:  # the first that lines up with the positive (most do at once)
+            clean = group.positives[0] if perturbation == "negative" else inject_query(builder.tokenizer,
+                                                                                       group.query, negative)
+            pair = aligned_pair(builder, group.query, clean, negative, group.qid, negative_kind)
+            if pair is not None:
+                break
         if pair is None:
             misaligned += 1
         else:
