@@ -248,18 +248,29 @@ def _dynamics(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_model_and_groups(p: argparse.ArgumentParser, verb: str) -> None:
+    """The model (and adapter) to study and the clean/corrupted groups: shared by patch, heads and knockout."""
+    p.add_argument("model", help="the model (alias, HF id, folder or .gguf)")
+    p.add_argument("adapter", nargs="?", help=f"a checkpoint-<step>/ or PEFT adapter to {verb} instead of the base")
+    p.add_argument("--groups", default=RELEVANCE_GROUPS,
+                   help="Tevatron group jsonl, or a TREC folder (qrels + passages) to build groups from "
+                        "(default: the 183-query MS MARCO set)")
+    p.add_argument("--template", help="yes_no (clean: relevant, corrupted: non-relevant) or pairwise (swapped); "
+                                      "default: the adapter's, else yes_no")
+    p.add_argument("--negatives", default="hard", choices=["hard", "random", "any"], help="the non-relevant passage")
+
+
+def _check_ie_heads(path: str | None) -> None:
+    if path and not os.path.isfile(path):
+        raise ConfigError(f"--ie-heads {path}: not found; give the ie_heads.npz of a `relscope patch --heads` run")
+
+
 def _add_patch(p: argparse.ArgumentParser) -> None:
     from relscope.analysis.patching.engine import HEAD_GROUPS, POSITION_GROUPS
     from relscope.analysis.patching.hooks import COMPONENTS
     from relscope.analysis.patching.pairs import PERTURBATIONS
 
-    p.add_argument("model", help="the model (alias, HF id, folder or .gguf)")
-    p.add_argument("adapter", nargs="?", help="a checkpoint-<step>/ or PEFT adapter to patch instead of the base")
-    p.add_argument("--groups", default=RELEVANCE_GROUPS,
-                   help="Tevatron group jsonl, or a TREC folder (qrels + passages) to build groups from "
-                        "(default: the 183-query MS MARCO set)")
-    p.add_argument("--template", help="yes_no (clean: relevant, corrupted: non-relevant) or pairwise (swapped)")
-    p.add_argument("--negatives", default="hard", choices=["hard", "random", "any"], help="the corrupting passage")
+    _add_model_and_groups(p, "patch")
     p.add_argument("--perturbation", default="negative", choices=list(PERTURBATIONS),
                    help="negative: relevant vs non-relevant passage (pairwise: swapped order); inject: the "
                         "non-relevant passage with vs without the query's words written in after its first word")
@@ -314,12 +325,7 @@ def _patch(args: argparse.Namespace) -> int:
 
 
 def _add_heads(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="the model (alias, HF id, folder or .gguf)")
-    p.add_argument("adapter", nargs="?", help="a checkpoint-<step>/ or PEFT adapter to analyse instead of the base")
-    p.add_argument("--groups", default=RELEVANCE_GROUPS, help="Tevatron group jsonl or TREC folder (default: the "
-                   "183-query MS MARCO set)")
-    p.add_argument("--template", help="yes_no or pairwise (default: the adapter's, else yes_no)")
-    p.add_argument("--negatives", default="hard", choices=["hard", "random", "any"], help="the non-relevant passage")
+    _add_model_and_groups(p, "analyse")
     p.add_argument("--max-pairs", type=int, default=50, help="pairs (default 50; 0 for all)")
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--ie-heads", help="a patch run's ie_heads.npz: its top heads are outlined in the heatmaps")
@@ -339,9 +345,7 @@ def _heads(args: argparse.Namespace) -> int:
     from relscope.processes import process_state
     from relscope.reports.tables import to_markdown
 
-    if args.ie_heads and not os.path.isfile(args.ie_heads):
-        raise ConfigError(f"--ie-heads {args.ie_heads}: not found; give the ie_heads.npz of a `relscope patch "
-                          "--heads` run")
+    _check_ie_heads(args.ie_heads)
     settings = PatchSettings(args.groups, args.model, args.adapter, args.template, args.max_pairs or None,
                              args.negatives, max_length=args.max_length)
     main_process = process_state().is_main_process
@@ -356,14 +360,9 @@ def _heads(args: argparse.Namespace) -> int:
 def _add_knockout(p: argparse.ArgumentParser) -> None:
     from relscope.analysis.patching.engine import POSITION_GROUPS
 
-    p.add_argument("model", help="the model (alias, HF id, folder or .gguf)")
-    p.add_argument("adapter", nargs="?", help="a checkpoint-<step>/ or PEFT adapter to knock out instead of the base")
+    _add_model_and_groups(p, "knock out")
     p.add_argument("--ie-heads", required=True, help="the ie_heads.npz of a `relscope patch --heads` run (best with "
                    "--head-positions document query instruction last): it ranks the heads")
-    p.add_argument("--groups", default=RELEVANCE_GROUPS, help="labelled groups for the judgment F1 (default: the "
-                   "183-query MS MARCO set)")
-    p.add_argument("--template", help="yes_no or pairwise (default: the adapter's, else yes_no)")
-    p.add_argument("--negatives", default="hard", choices=["hard", "random", "any"])
     p.add_argument("--max-groups", type=int, default=100, help="groups judged, two prompts each (default 100)")
     p.add_argument("--size", type=int, default=10, help="heads per set (default 10)")
     p.add_argument("--positions", nargs="+", default=["all"], choices=list(POSITION_GROUPS),
@@ -385,9 +384,7 @@ def _knockout(args: argparse.Namespace) -> int:
     from relscope.reports.tables import to_markdown
     from relscope.training.config import DevSettings
 
-    if not os.path.isfile(args.ie_heads):
-        raise ConfigError(f"--ie-heads {args.ie_heads}: not found; give the ie_heads.npz of a `relscope patch "
-                          "--heads` run")
+    _check_ie_heads(args.ie_heads)
     settings = PatchSettings(args.groups, args.model, args.adapter, args.template, None, args.negatives,
                              max_length=args.max_length)
     dev = DevSettings(args.data, args.top_k, args.max_queries) if args.data else None
