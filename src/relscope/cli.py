@@ -298,21 +298,17 @@ def _add_patch(p: argparse.ArgumentParser) -> None:
 
 
 def _patch(args: argparse.Namespace) -> int:
-    from contextlib import nullcontext
-
     from relscope.analysis.patching.job import PatchSettings, patch_job
-    from relscope.io import output_lock
-    from relscope.processes import process_state
+    from relscope.processes import main_process_lock, process_state
 
     settings = PatchSettings(args.groups, args.model, args.adapter, args.template, args.max_pairs or None,
                              args.negatives, args.perturbation, tuple(args.components), tuple(args.positions),
                              args.layers, args.min_gap, args.max_length, args.batch_size, heads=args.heads,
                              head_positions=tuple(args.head_positions), scores=args.scores, atp=args.atp,
                              dtype=args.dtype)
-    main_process = process_state().is_main_process  # under accelerate launch only the main process writes
-    with output_lock(args.out) if main_process else nullcontext():
+    with main_process_lock(args.out):  # under accelerate launch only the main process writes
         summary = patch_job(args.out, settings, progress=not args.quiet)
-    if not main_process:
+    if not process_state().is_main_process:
         return 0
     print(f"{summary['pairs']} pairs ({len(summary['excluded_small_gap'])} excluded for a gap below "
           f"{summary['min_gap']}, {summary['skipped_misaligned']} misaligned skipped), {summary['sites']} sites, "
@@ -337,21 +333,17 @@ def _add_heads(p: argparse.ArgumentParser) -> None:
 
 
 def _heads(args: argparse.Namespace) -> int:
-    from contextlib import nullcontext
-
     from relscope.analysis.heads import heads_job
     from relscope.analysis.patching.job import PatchSettings
-    from relscope.io import output_lock
-    from relscope.processes import process_state
+    from relscope.processes import main_process_lock, process_state
     from relscope.reports.tables import to_markdown
 
     _check_ie_heads(args.ie_heads)
     settings = PatchSettings(args.groups, args.model, args.adapter, args.template, args.max_pairs or None,
                              args.negatives, max_length=args.max_length)
-    main_process = process_state().is_main_process
-    with output_lock(args.out) if main_process else nullcontext():
+    with main_process_lock(args.out):
         rows = heads_job(args.out, settings, args.ie_heads, args.ie_group, args.marked, progress=not args.quiet)
-    if main_process:
+    if process_state().is_main_process:
         print(to_markdown(sorted(rows, key=lambda r: -abs(r["direct contribution"]))[:10]), end="")
         print(f"outputs: {args.out}/ (heads.csv, top_heads.md, interaction.png, direct.png)")
     return 0

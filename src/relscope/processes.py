@@ -28,6 +28,15 @@ def process_device() -> str:
     return "cpu" if device.type == "cpu" else str(device)
 
 
+def main_process_lock(folder):
+    """The output lock, taken by the main process only (the others write nothing there)."""
+    from contextlib import nullcontext
+
+    from relscope.io import output_lock
+
+    return output_lock(folder) if process_state().is_main_process else nullcontext()
+
+
 def over_items(fn: Callable[[T], R], items: Sequence[T], desc: str, progress: bool) -> list[R]:
     from accelerate.utils import gather_object
 

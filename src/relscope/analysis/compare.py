@@ -79,7 +79,7 @@ def compare_rankings(a: Ranking, b: Ranking, p: float = 0.9, top: int = 20, by_m
         only_a = ", ".join(sorted(set(a.labels) - set(b.labels))[:3]) or "the same set in another order"
         raise ConfigError(f"the two runs patched different components ({only_a} in A only); patch the same "
                           "components, layers and position groups, or use --depth-bins for models of different depth")
-    key_a, key_b = (np.abs(a.values), np.abs(b.values)) if by_magnitude else (a.values, b.values)
+    key_a, key_b = _keys(a, b, by_magnitude)
     order_a, order_b = np.argsort(-key_a, kind="stable"), np.argsort(-key_b, kind="stable")
     rho, p_value = spearmanr(key_a, key_b)
     return {
@@ -94,9 +94,14 @@ def compare_rankings(a: Ranking, b: Ranking, p: float = 0.9, top: int = 20, by_m
     }
 
 
+def _keys(a: Ranking, b: Ranking, by_magnitude: bool) -> tuple[np.ndarray, np.ndarray]:
+    """What each run is ranked by: |mean IE|, or the signed mean IE."""
+    return (np.abs(a.values), np.abs(b.values)) if by_magnitude else (a.values, b.values)
+
+
 def side_by_side(a: Ranking, b: Ranking, top: int, by_magnitude: bool = True) -> list[dict]:
     """The top components of each run, rank by rank, with their IE in both runs."""
-    key_a, key_b = (np.abs(a.values), np.abs(b.values)) if by_magnitude else (a.values, b.values)
+    key_a, key_b = _keys(a, b, by_magnitude)
     order_a, order_b = np.argsort(-key_a, kind="stable")[:top], np.argsort(-key_b, kind="stable")[:top]
     return [{"rank": r + 1, "A": a.labels[i], "IE in A": float(a.values[i]), "IE of it in B": float(b.values[i]),
              "B": b.labels[j], "IE in B": float(b.values[j]), "IE of it in A": float(a.values[j])}

@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -189,7 +189,7 @@ def knockout_job(out, settings, ie_heads: str, size: int = 10, positions: Sequen
         scorer.on_batch = ablation.set_batch if ablation else None
         if reranker:
             reranker.scorer.on_batch = scorer.on_batch
-        with ablation.active() if ablation else _nothing():
+        with ablation.active() if ablation else nullcontext():
             result = {"judgments": _judgments(scorer.score(prompts), labels, qids)}
             if reranker:
                 per_query = evaluate_run(dataset.qrels, rerank(reranker, dataset, dev.top_k).run, (NDCG,))[1]
@@ -221,11 +221,6 @@ def knockout_job(out, settings, ie_heads: str, size: int = 10, positions: Sequen
          "random_draws": random_draws, "max_groups": max_groups, "dev": dev and vars(dev)},
         {}, head_sets={s.name: [list(h) for h in s.heads] for s in sets}))
     return rows
-
-
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield
 
 
 def _row(name: str, heads, result: dict, full: dict) -> dict:

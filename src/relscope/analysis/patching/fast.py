@@ -55,8 +55,9 @@ class FastPatcher:
         self.depth = len(engine.spec.layer_list(engine.model))
 
     @torch.inference_mode()
-    def _corrupted_run(self, prompt) -> tuple[list[torch.Tensor], list[tuple[torch.Tensor, torch.Tensor]]]:
-        """The residual stream entering each layer (and leaving the last), and every layer's keys and values."""
+    def _corrupted_run(self, prompt) -> tuple[list[torch.Tensor], list[tuple[torch.Tensor, torch.Tensor]], float]:
+        """The residual stream entering each layer (and leaving the last), every layer's keys and values, and the
+        logit difference: one forward."""
         keys = [("resid_pre", layer) for layer in range(self.depth)] + [("resid_post", self.depth - 1)]
         store: dict = {}
         with capturing(self.engine.model, self.engine.spec, keys, store):
@@ -65,7 +66,8 @@ class FastPatcher:
             out = self.engine.backbone(input_ids=self.engine.ids(prompt), cache=DynamicCache(), use_cache=True)
         self.engine.forwards += 1
         stream = [store[("resid_pre", layer)][0] for layer in range(self.depth)] + [store[keys[-1]][0]]
-        return stream, [(k, v) for k, v, *_ in out.cache]
+        logit_diff = float(self.engine.head(out.last_hidden_state[:, -1]).float()[0])
+        return stream, [(k, v) for k, v, *_ in out.cache], logit_diff
 
     @staticmethod
     def _start(site: Site) -> int:
@@ -75,8 +77,7 @@ class FastPatcher:
         engine = self.engine
         clean, ld_clean = engine.run(pair.clean, engine.activation_keys(sites))
         clean.update(engine.score_changes(pair, sites))
-        ld_corrupted = engine.corrupted_logit_diff(pair)
-        stream, kv = self._corrupted_run(pair.corrupted)
+        stream, kv, ld_corrupted = self._corrupted_run(pair.corrupted)
         differ = next(i for i, (a, b) in enumerate(zip(pair.clean.input_ids, pair.corrupted.input_ids)) if a != b)
         positions = {g: torch.tensor([p for p in pair.corrupted.positions(g) if p >= differ], device=engine.device,
                                      dtype=torch.long) for g in {s.rows for s in sites}}

@@ -129,8 +129,8 @@ class PairCache:
         def cached(pair: PatchPair) -> PairResult:
             path = self.path(pair, what, sites)
             if path.is_file():
-                saved = np.load(path)
-                return PairResult(pair.qid, float(saved["clean"]), float(saved["corrupted"]), saved["patched"])
+                with np.load(path) as saved:
+                    return PairResult(pair.qid, float(saved["clean"]), float(saved["corrupted"]), saved["patched"])
             result = fn(pair)
             self.folder.mkdir(parents=True, exist_ok=True)
             with atomic_path(path) as tmp, tmp.open("wb") as f:
