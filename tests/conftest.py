@@ -41,10 +41,9 @@ def smollm2():
     return load_model("smollm2-135m-instruct", device="cpu")
 
 
-@pytest.fixture
-def trec_dir(tmp_path: Path) -> Path:
+def tiny_trec_folder(parent: Path) -> Path:
     """A tiny, valid TREC folder: 2 queries, 5 passages, a run and graded qrels."""
-    folder = tmp_path / "trec"
+    folder = parent / "trec"
     folder.mkdir()
     (folder / "queries.tsv").write_text("1\twhat is the capital of france\n2\twhy are bananas yellow\n")
     (folder / "collection.tsv").write_text(
@@ -60,6 +59,11 @@ def trec_dir(tmp_path: Path) -> Path:
     )
     (folder / "qrels.txt").write_text("1 0 p1 3\n1 0 p3 0\n2 0 p2 2\n2 0 p4 0\n")
     return folder
+
+
+@pytest.fixture
+def trec_dir(tmp_path: Path) -> Path:
+    return tiny_trec_folder(tmp_path)
 
 
 @pytest.fixture(scope="session")
@@ -91,8 +95,7 @@ def tiny_family_dir(tmp_path_factory):
     return build
 
 
-@pytest.fixture
-def tiny_groups(tmp_path: Path) -> Path:
+def tiny_group_file(parent: Path) -> Path:
     """A Tevatron group file of 12 groups: one positive and three negatives each."""
     from relscope.data.groups import NegativePassage, TrainingGroup, write_groups
 
@@ -106,6 +109,11 @@ def tiny_groups(tmp_path: Path) -> Path:
                       tuple(NegativePassage(noise[(i + j) % 4], "hard", f"n{(i + j) % 4}") for j in range(3)))
         for i in range(12)
     ]
-    path = tmp_path / "groups.jsonl"
+    path = parent / "groups.jsonl"
     write_groups(groups, path)
     return path
+
+
+@pytest.fixture
+def tiny_groups(tmp_path: Path) -> Path:
+    return tiny_group_file(tmp_path)

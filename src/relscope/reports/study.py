@@ -1,0 +1,350 @@
+"""The study report: every table and figure of a `relscope study` folder, each captioned in one line, the
+source studies' findings beside ours, as report.md and as one self-contained report.html (figures embedded).
+
+The report reads only the files the stages wrote. A file that is missing shows up as a visible
+"not produced" line, never as a broken image.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from relscope.io import atomic_write_text
+from relscope.reports.sources import SOURCE, STUDIES
+from relscope.reports.tables import to_markdown
+
+MAX_ROWS = 30  # longer tables are cut in the report (the CSV beside it has them all)
+
+
+@dataclass
+class Table:
+    caption: str
+    rows: list[dict]
+    source: str = ""  # the CSV the rows came from, when cut
+
+
+@dataclass
+class Figure:
+    caption: str
+    path: Path
+
+
+@dataclass
+class Missing:
+    path: Path
+
+
+@dataclass
+class Section:
+    title: str
+    intro: str = ""
+    items: list = field(default_factory=list)
+
+
+# -- reading stage outputs -------------------------------------------------------------------------------
+
+def read_csv(path: Path) -> list[dict]:
+    with path.open(encoding="utf-8", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def table_item(stem: Path, caption: str | None = None, limit: int = MAX_ROWS, columns: list[str] | None = None):
+    """The table written by `write_table(rows, stem, title)`; its title line is the caption unless one is given."""
+    path = stem.with_suffix(".csv")
+    if not path.is_file():
+        return Missing(path)
+    rows = read_csv(path)
+    if columns:
+        rows = [{c: r[c] for c in columns if c in r} for r in rows]
+    if caption is None:
+        md = stem.with_suffix(".md")
+        first = md.read_text(encoding="utf-8").splitlines()[0] if md.is_file() else stem.name
+        caption = first.lstrip("# ").strip()
+    cut = len(rows) > limit
+    return Table(caption + (f" (first {limit} of {len(rows)} rows)" if cut else ""), rows[:limit],
+                 str(path) if cut else "")
+
+
+def figure_item(path: Path, caption: str):
+    return Figure(caption, path) if path.is_file() else Missing(path)
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def _num(value) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+# -- sections --------------------------------------------------------------------------------------------
+
+def overview(root: Path, config) -> Section:
+    manifest = read_json(root / "manifest.json")
+    stages = manifest.get("stages", {})
+    rows = [{"stage": name, "status": s.get("status", ""), "minutes": f"{s.get('seconds', 0) / 60:.2f}",
+             "peak RSS (MiB)": f"{s.get('peak_rss_mib', 0):.0f}",
+             **({"peak CUDA (MiB)": f"{s['peak_cuda_mib']:.0f}"} if "peak_cuda_mib" in s else {})}
+            for name, s in stages.items()]
+    total = sum(s.get("seconds", 0) for s in stages.values()) / 60
+    budget = config.budget_minutes
+    verdict = "" if budget is None else (f"; budget {budget:g} min: " + ("kept" if total <= budget else "EXCEEDED"))
+    intro = (f"Study `{config.name}` on `{config.model}`: {config.train.objective} LoRA training "
+             f"(rank {config.train.lora.rank}, {config.train.max_steps} steps), evaluated on `{config.dev.data}` "
+             f"BM25 top-{config.dev.top_k}. Stage time summed over the runs that produced these outputs: "
+             f"{total:.1f} min{verdict}. Sources: " + "; ".join(STUDIES.values()) + ".")
+    items = [Table("Each stage's wall time and peak memory (from manifest.json; skipped = reused from an earlier "
+                   "run)", rows)] if rows else []
+    return Section("Overview", intro, items)
+
+
+def zero_shot(root: Path) -> Section:
+    metrics = read_json(root / "zero-shot" / "metrics.json")
+    if not metrics:
+        return Section("Zero-shot baseline", items=[Missing(root / "zero-shot" / "metrics.json")])
+    rows = [{"system": "BM25 (first stage)", **metrics["first_stage"]},
+            {"system": f"{metrics['model']} zero-shot {metrics['template']}", **metrics["reranked"]}]
+    rows[0]["source"] = SOURCE[("zero-shot", "BM25 nDCG@10")]
+    rows[1]["source"] = ""
+    return Section("Zero-shot baseline", f"{metrics['queries']} queries, top-{metrics['top_k']} reranked, "
+                   f"{metrics['passages_per_second']} passages/s.",
+                   [Table("The untrained judge against BM25 on the dev run (source: published BM25 nDCG@10)", rows)])
+
+
+def training(root: Path) -> Section:
+    summary, folder = read_json(root / "train" / "summary.json"), root / "representations" / "dynamics"
+    intro = (f"{summary.get('steps', '?')} steps, final training loss {summary.get('train_loss', float('nan')):.4f}, "
+             f"{summary.get('trainable_parameters', '?')} trainable parameters, "
+             f"{summary.get('seconds_this_session', 0) / 60:.1f} min.") if summary else ""
+    return Section("LoRA training", intro, [
+        figure_item(folder / "curves.png", "Training loss (smoothed) and accuracy by step, the steepest drop marked"),
+        table_item(root / "checkpoints" / "checkpoints",
+                   "Dev metrics at every checkpoint (step 0 is the zero-shot row above); source: "
+                   + SOURCE[("checkpoints", "convergence")]),
+        figure_item(root / "checkpoints" / "checkpoints.png", "Dev metrics by checkpoint"),
+    ])
+
+
+def ablations(root: Path) -> Section:
+    keep = table_item(root / "ablations" / "keep" / "ablation")
+    if isinstance(keep, Table):
+        for row in keep.rows:
+            row["source study"] = SOURCE.get(("ablations", row["keep LoRA in"]), "")
+    stats = root / "ablations" / "stats"
+    return Section("LoRA anatomy", "", [
+        keep,
+        figure_item(root / "ablations" / "keep" / "ablation.png", "Dev nDCG@10 with the LoRA update kept only in "
+                    "some modules or layers (the rest scaled to zero)"),
+        module_means(stats / "delta_stats.csv"),
+        figure_item(stats / "delta_stats.png", "Frobenius norm of each layer's ΔW = BA·α/r, by module"),
+        figure_item(stats / "effective_rank.png", "Effective rank of each ΔW (exp of the singular-value entropy)"),
+    ])
+
+
+def module_means(path: Path):
+    """Mean ‖ΔW‖ and effective rank per projection over layers."""
+    if not path.is_file():
+        return Missing(path)
+    rows = read_csv(path)
+    modules = list(dict.fromkeys(r["module"] for r in rows))
+    out = []
+    for module in modules:
+        picked = [r for r in rows if r["module"] == module]
+        out.append({"module": module, "mean ‖ΔW‖_F": sum(float(r["frobenius"]) for r in picked) / len(picked),
+                    "mean effective rank": sum(float(r["effective_rank"]) for r in picked) / len(picked)})
+    return Table("ΔW per projection, mean over layers (source: the MLP's up and gate change most)", out)
+
+
+def representations(root: Path) -> Section:
+    folder = root / "representations"
+    return Section("Training dynamics and representations", "", [
+        side_by_side_dynamics(folder),
+        figure_item(folder / "dynamics" / "grad_norms.png", "LoRA gradient norm per layer at every step"),
+        figure_item(folder / "dynamics" / "groups.png", "Mean gradient norm of the early, middle and late thirds"),
+        table_item(folder / "attention" / "attention"),
+        figure_item(folder / "attention" / "attention_change.png",
+                    "Change of document → query attention mass per head (fine-tuned − base)"),
+        table_item(folder / "probe" / "probe"),
+        figure_item(folder / "probe" / "probe.png", "Linear-probe accuracy (relevant vs not) per layer, base and "
+                    "fine-tuned, cross-validated by query"),
+        figure_item(folder / "probe" / "pca_fine_tuned.png", "PCA of the fine-tuned model's last-token states"),
+    ])
+
+
+def side_by_side_dynamics(folder: Path) -> Table:
+    summary = read_json(folder / "dynamics" / "summary.json")
+    rows = []
+    grads = summary.get("grad_norms", {})
+    groups = grads.get("mean_by_group", {})
+    if "layer0_mean" in grads:
+        rows.append({"quantity": "LoRA gradient norm, layer 0 vs late third",
+                     "source": SOURCE[("representations", "grad norm layer 0 vs late")],
+                     "ours": f"{grads['layer0_mean']:.3g} vs {groups.get('late', float('nan')):.3g} "
+                             f"(late/early {groups.get('late/early', float('nan')):.2f})"})
+    cliff = summary.get("phase_transition")
+    if cliff:
+        rows.append({"quantity": "loss cliff", "source": SOURCE[("representations", "cliff")],
+                     "ours": f"steps {cliff['start_step']}-{cliff['end_step']}: {cliff['loss_before']:.3f} -> "
+                             f"{cliff['loss_after']:.3f}"})
+    probe = read_csv(folder / "probe" / "probe.csv") if (folder / "probe" / "probe.csv").is_file() else []
+    if probe and "fine-tuned accuracy" in probe[0]:
+        best = max(probe, key=lambda r: float(r["fine-tuned accuracy"]))
+        rows.append({"quantity": "probe accuracy by layer (fine-tuned)",
+                     "source": SOURCE[("representations", "probe")],
+                     "ours": f"{float(probe[1]['fine-tuned accuracy']):.3f} (layer 1) -> {float(best['fine-tuned accuracy']):.3f} "
+                             f"at layer {best['layer']} of {len(probe)}; base best "
+                             f"{max(float(r['base accuracy']) for r in probe):.3f}"})
+    return Table("Our dynamics and representations beside the source study's", rows or [{"quantity": "none"}])
+
+
+def patching(root: Path) -> Section:
+    folder = root / "patching"
+    tuned = folder / "fine-tuned"
+    items = [stage_table(tuned / "ie_mean.csv"),
+             table_item(tuned / "top_sites", columns=["component", "layer", "positions", "mean IE", "std"])]
+    for component, what in (("resid_post", "residual stream after"), ("attn", "attention output of"),
+                            ("mlp", "MLP output of")):
+        items.append(figure_item(tuned / f"ie_{component}.png", f"Fine-tuned: mean IE of patching the {what} each "
+                                 "layer at each position group (clean relevant into corrupted non-relevant)"))
+    for group in ("last", "document", "instruction", "query"):
+        items.append(figure_item(tuned / f"ie_heads_{group}.png", f"Fine-tuned: mean IE per head at the {group} "
+                                 "positions"))
+    items += [table_item(folder / "base-vs-fine-tuned" / "summary", "Base vs fine-tuned: do they rely on the same "
+                         "components? (RBO, Spearman, magnitudes)"),
+              table_item(folder / "base-vs-fine-tuned-heads" / "summary", "Base vs fine-tuned, per head"),
+              figure_item(folder / "base" / "ie_resid_post.png", "Base model: mean IE, residual stream")]
+    return Section("Activation patching", "", items)
+
+
+def stage_table(ie_mean: Path):
+    """The source's three stages beside the strongest site of ours at the matching position group."""
+    if not ie_mean.is_file():
+        return Missing(ie_mean)
+    rows = [r for r in read_csv(ie_mean) if r["positions"] != "all"]
+    out = []
+    for stage, group in (("early", "document"), ("middle", "instruction"), ("late", "last")):
+        picked = [r for r in rows if r["positions"] == group]
+        if group == "document":  # early: the first third of the stack
+            depth = max(int(r["layer"]) for r in rows) + 1
+            picked = [r for r in picked if int(r["layer"]) < depth / 3]
+        best = max(picked, key=lambda r: abs(float(r["mean IE"])), default=None)
+        out.append({"stage (source)": SOURCE[("patching", stage)],
+                    "ours: strongest site there": f"{best['component']} layer {best['layer']}, IE "
+                                                  f"{float(best['mean IE']):.2f}" if best else "-"})
+    return Table("The source's three stages beside our strongest site at each position group (fine-tuned)", out)
+
+
+def heads(root: Path) -> Section:
+    folder = root / "heads"
+    knockout = table_item(folder / "knockout" / "knockout")
+    return Section("Heads and knockouts", "", [
+        table_item(folder / "heads" / "top_heads"),
+        figure_item(folder / "heads" / "interaction.png", "Attention interaction score per head, S = s(q, d+) − "
+                    "s(q, d−); top-IE heads outlined"),
+        figure_item(folder / "heads" / "direct.png", "Each head's direct contribution to the answer logit "
+                    "difference"),
+        knockout_verdict(knockout),
+        knockout,
+        figure_item(folder / "knockout" / "knockout.png", "Relative change of judgment F1 and nDCG@10 when each "
+                    "head set is mean-ablated, 95% bootstrap CIs"),
+    ])
+
+
+def knockout_verdict(knockout) -> Table | Missing:
+    """Top-IE heads vs random heads, with CIs, beside the source's finding."""
+    if not isinstance(knockout, Table):
+        return knockout
+    rows = [r for r in knockout.rows if r["head set"] != "full model"]
+    out = []
+    for r in rows:
+        kind = "random" if r["head set"].startswith("random") else "top-IE"
+        for metric in ("F1", "nDCG@10"):
+            if f"{metric} change" in r:
+                out.append({"set": r["head set"], "kind": kind, "metric": metric,
+                            "change [95% CI]": f"{float(r[f'{metric} change']):+.3f} [{float(r[f'{metric} CI low']):+.3f}, "
+                                               f"{float(r[f'{metric} CI high']):+.3f}]"})
+    return Table("Knockout: top-IE vs random head sets, relative change with 95% CI; source: "
+                 + SOURCE[("heads", "knockout")], out or [{"set": "none"}])
+
+
+def sections(root: Path, config) -> list[Section]:
+    return [overview(root, config), zero_shot(root), training(root), ablations(root), representations(root),
+            patching(root), heads(root)]
+
+
+# -- rendering -------------------------------------------------------------------------------------------
+
+def _cells(rows: list[dict]) -> list[dict]:
+    """Floats (and numeric strings from CSV) at 4 decimals, as in every table relscope writes."""
+    def cell(value):
+        if isinstance(value, float) or (isinstance(value, str) and _num(value) is not None
+                                        and len(value.partition(".")[2]) > 4):
+            return f"{float(value):.4f}"
+        return value
+    return [{k: cell(v) for k, v in row.items()} for row in rows]
+
+
+def render_markdown(parts: list[Section], root: Path) -> str:
+    lines = ["# relscope study report", ""]
+    for section in parts:
+        lines += [f"## {section.title}", ""] + ([section.intro, ""] if section.intro else [])
+        for item in section.items:
+            if isinstance(item, Table):
+                lines += [f"**{item.caption}**", "", to_markdown(_cells(item.rows))]
+                lines += [f"All rows: `{Path(item.source).relative_to(root)}`", ""] if item.source else []
+            elif isinstance(item, Figure):
+                lines += [f"![{item.caption}]({item.path.relative_to(root)})", "", f"*{item.caption}*", ""]
+            else:
+                lines += [f"*Not produced: `{item.path.relative_to(root)}`*", ""]
+    return "\n".join(lines)
+
+
+STYLE = ("body{font-family:system-ui,sans-serif;max-width:70em;margin:2em auto;padding:0 1em;color:#222}"
+         "table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:.9em}td,th{border:1px solid #ccc;"
+         "padding:.25em .6em;text-align:left}th{background:#f3f3f3}figure{margin:1em 0 2em}img{max-width:100%;width:46em}"
+         "figcaption,caption{font-style:italic;text-align:left;padding:.3em 0}.missing{color:#a00}")
+
+
+def render_html(parts: list[Section], root: Path) -> str:
+    body = ["<h1>relscope study report</h1>"]
+    for section in parts:
+        body.append(f"<h2>{html.escape(section.title)}</h2>")
+        if section.intro:
+            body.append(f"<p>{html.escape(section.intro)}</p>")
+        body += [_html_item(item, root) for item in section.items]
+    return ("<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>relscope study report</title>"
+            f"<style>{STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+def _html_item(item, root: Path) -> str:
+    if isinstance(item, Table):
+        rows = _cells(item.rows)
+        head = "".join(f"<th>{html.escape(str(c))}</th>" for c in rows[0])
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row.values()) + "</tr>"
+                       for row in rows)
+        return f"<table><caption>{html.escape(item.caption)}</caption><tr>{head}</tr>{body}</table>"
+    if isinstance(item, Figure):
+        data = base64.b64encode(item.path.read_bytes()).decode("ascii")
+        return (f"<figure><img alt=\"{html.escape(item.caption)}\" src=\"data:image/png;base64,{data}\">"
+                f"<figcaption>{html.escape(item.caption)}</figcaption></figure>")
+    return f"<p class=missing>Not produced: {html.escape(str(item.path.relative_to(root)))}</p>"
+
+
+def write_report(root: str | Path, config) -> dict:
+    """report.md and report.html in `root`; returns their paths and how many figures, tables and gaps."""
+    root = Path(root)
+    parts = sections(root, config)
+    atomic_write_text(root / "report.md", render_markdown(parts, root))
+    atomic_write_text(root / "report.html", render_html(parts, root))
+    items = [i for s in parts for i in s.items]
+    return {"html": str(root / "report.html"), "markdown": str(root / "report.md"),
+            "figures": sum(isinstance(i, Figure) for i in items), "tables": sum(isinstance(i, Table) for i in items),
+            "missing": [str(i.path) for i in items if isinstance(i, Missing)]}

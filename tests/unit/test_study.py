@@ -1,0 +1,144 @@
+"""`relscope study` end to end on a tiny random model: every stage writes its outputs and stage.json, the report
+has every figure and table (no gaps), a rerun skips every stage, a changed key or --force redoes that stage and
+the stages downstream of it (setting the old outputs aside), and bad configs fail naming the key."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from relscope.cli import main
+from relscope.errors import ConfigError
+from relscope.reports.render import find_chromium, render
+from relscope.study.config import load_study_config
+from relscope.study.stages import STAGE_NAMES
+
+
+def _study_yaml(path: Path, model: Path, trec: Path, groups: Path, **mechanisms) -> Path:
+    config = {
+        "name": "tiny", "model": str(model), "budget_minutes": 10,
+        "dev": {"data": str(trec), "top_k": 3},
+        "train": {"train": [str(trec)], "objective": "yes_no", "negatives": 1, "max_length": 96,
+                  "lora": {"rank": 2, "alpha": 4}, "max_steps": 2, "batch_size": 2, "save_steps": 1,
+                  "learning_rate": 1e-3, "report_to": []},
+        "ablation": {"variants": ["attn-only", "up+gate"]},
+        "representations": {"groups": str(groups), "window": 1, "attention_groups": 4, "probe_groups": 6,
+                            "folds": 2, "max_length": 96},
+        "mechanisms": {"groups": str(groups), "max_pairs": 2, "heads_pairs": 2, "knockout_size": 2,
+                       "knockout_groups": 3, "knockout_queries": 2, "random_draws": 1, "min_gap": 0.0,
+                       "max_length": 96, **mechanisms},
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture(scope="module")
+def pristine_study(tiny_model_dir, tmp_path_factory):
+    """One tiny study run for the whole module (its data and groups built here: the shared fixtures are per test)."""
+    from conftest import tiny_group_file, tiny_trec_folder
+
+    root = tmp_path_factory.mktemp("study")
+    config = _study_yaml(root / "study.yaml", tiny_model_dir, tiny_trec_folder(root), tiny_group_file(root))
+    assert main(["study", str(config), "--out", str(root / "study"), "--quiet"]) == 0
+    return root
+
+
+@pytest.fixture
+def study(pristine_study, tmp_path):
+    """A copy of the tiny study that a test may rerun and change."""
+    shutil.copytree(pristine_study / "study", tmp_path / "study")  # the data stay where they are: same keys
+    shutil.copy(pristine_study / "study.yaml", tmp_path / "study.yaml")
+    return tmp_path / "study.yaml", tmp_path / "study"
+
+
+def _statuses(out: Path) -> dict[str, str]:
+    return {name: s["status"] for name, s in json.loads((out / "manifest.json").read_text())["stages"].items()}
+
+
+def test_the_study_runs_every_stage_and_reports_everything(study):
+    config, out = study
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert list(manifest["stages"]) == list(STAGE_NAMES)
+    for name, stage in manifest["stages"].items():
+        assert stage["status"] == "ran" and stage["seconds"] >= 0 and stage["peak_rss_mib"] > 0
+        assert json.loads((out / name / "stage.json").read_text())["key"] == stage["key"]
+    html, md = (out / "report.html").read_text(), (out / "report.md").read_text()
+    assert "Not produced" not in html and "Not produced" not in md
+    assert html.count("<img ") >= 15 and html.count("data:image/png;base64,") == html.count("<img ")
+    assert 'src="http' not in html and "<script" not in html  # self-contained
+    for caption in ("Zero-shot baseline", "LoRA anatomy", "Activation patching", "Knockout: top-IE vs random",
+                    "source study", "budget 10 min: kept"):
+        assert caption in html
+    for figure in md.split("](")[1:]:  # every figure the markdown links exists beside it
+        assert (out / figure.split(")")[0]).is_file()
+
+
+def test_a_rerun_skips_every_complete_stage(study, capsys):
+    config, out = study
+    before = (out / "heads" / "knockout" / "knockout.csv").stat().st_mtime_ns
+    assert main(["study", str(config), "--out", str(out), "--quiet"]) == 0
+    assert f"report: {out}/report.html" in capsys.readouterr().out
+    assert set(_statuses(out).values()) == {"skipped"}
+    assert (out / "heads" / "knockout" / "knockout.csv").stat().st_mtime_ns == before
+
+
+def test_a_changed_key_redoes_that_stage_and_sets_the_old_one_aside(study):
+    config, out = study
+    values = yaml.safe_load(config.read_text())
+    values["mechanisms"]["knockout_size"] = 1
+    config.write_text(yaml.safe_dump(values))
+    assert main(["study", str(config), "--out", str(out), "--quiet"]) == 0
+    statuses = _statuses(out)
+    assert [n for n, s in statuses.items() if s == "ran"] == ["patching", "heads", "report"]
+    assert len(list(out.glob("heads.old-*"))) == 1 and len(list(out.glob("patching.old-*"))) == 1
+    assert "top-1 last" in (out / "heads" / "knockout" / "knockout.md").read_text()
+
+
+def test_force_redoes_one_stage_and_its_readers(study):
+    config, out = study
+    assert main(["study", str(config), "--out", str(out), "--force", "checkpoints", "--quiet"]) == 0
+    assert [n for n, s in _statuses(out).items() if s == "ran"] == ["checkpoints", "report"]
+    with pytest.raises(SystemExit):  # argparse lists the stages
+        main(["study", str(config), "--out", str(out), "--force", "nope"])
+
+
+def test_an_interrupted_stage_is_resumed_not_skipped(study):
+    config, out = study
+    (out / "ablations" / "stage.json").unlink()  # as if killed before it finished
+    assert main(["study", str(config), "--out", str(out), "--quiet"]) == 0
+    assert [n for n, s in _statuses(out).items() if s == "ran"] == ["ablations", "report"]
+
+
+def test_bad_study_configs_name_the_key(tmp_path, tiny_model_dir, trec_dir, tiny_groups):
+    path = _study_yaml(tmp_path / "s.yaml", tiny_model_dir, trec_dir, tiny_groups)
+    values = yaml.safe_load(path.read_text())
+    for change, message in ((lambda v: v["mechanisms"].update(max_pairz=3), "unknown key 'max_pairz'"),
+                            (lambda v: v.pop("train"), "key 'train' must be a mapping"),
+                            (lambda v: v["train"].update(model="other"), "train.model 'other' differs"),
+                            (lambda v: v["mechanisms"].update(max_pairs=0), "max_pairs must be a positive")):
+        broken = json.loads(json.dumps(values))
+        change(broken)
+        path.write_text(yaml.safe_dump(broken))
+        with pytest.raises(ConfigError, match=message):
+            load_study_config(path)
+
+
+@pytest.mark.skipif(find_chromium() is None, reason="needs Debian's chromium package (make install installs it)")
+def test_the_report_renders_in_headless_chromium_without_broken_images(study, tmp_path):
+    _, out = study
+    result = render(out / "report.html", tmp_path / "shot.png")
+    assert result.ok and result.images >= 15 and result.screenshot.stat().st_size > 10_000
+    broken = tmp_path / "broken.html"  # the check can fail: one image's data corrupted
+    broken.write_text((out / "report.html").read_text().replace("base64,iVBOR", "base64,XXXX", 1))
+    assert render(broken, tmp_path / "broken.png").broken == 1
+
+
+def test_the_shipped_study_configs_load():
+    root = Path(__file__).resolve().parents[2] / "configs"
+    cpu, gpu = load_study_config(root / "study-cpu.yaml"), load_study_config(root / "study-gpu.yaml")
+    assert cpu.model == cpu.train.model == "smollm2-135m-instruct" and cpu.budget_minutes == 45
+    assert gpu.train.objective == "listwise" and gpu.train.template == "yes_no"
