@@ -26,6 +26,7 @@ class Table:
     caption: str
     rows: list[dict]
     source: str = ""  # the CSV the rows came from, when cut
+    csv: Path | None = None  # the file the rows came from
 
 
 @dataclass
@@ -67,7 +68,7 @@ def table_item(stem: Path, caption: str | None = None, limit: int = MAX_ROWS, co
         caption = first.lstrip("# ").strip()
     cut = len(rows) > limit
     return Table(caption + (f" (first {limit} of {len(rows)} rows)" if cut else ""), rows[:limit],
-                 str(path) if cut else "")
+                 str(path) if cut else "", path)
 
 
 def figure_item(path: Path, caption: str):
@@ -275,9 +276,67 @@ def knockout_verdict(knockout) -> Table | Missing:
                  + SOURCE[("heads", "knockout")], out or [{"set": "none"}])
 
 
+# One-line captions for the figures not placed by hand above (matched by file name, then by folder).
+CAPTIONS = {
+    "spectra.png": "Singular values of each module's ΔW (mean over layers)",
+    "pca_base.png": "PCA of the base model's last-token states per layer, relevant vs not",
+    "attention_base.png": "Document → query attention mass per head, base model",
+    "attention_fine_tuned.png": "Document → query attention mass per head, fine-tuned",
+    "grad_norms_row_normalised.png": "LoRA gradient norm per layer, each step scaled to its largest layer",
+    "ie_resid_pre.png": "Mean IE of patching the residual stream entering each layer, per position group",
+    "ie_resid_post.png": "Mean IE of patching the residual stream after each layer, per position group",
+    "ie_attn.png": "Mean IE of patching each layer's attention output, per position group",
+    "ie_mlp.png": "Mean IE of patching each layer's MLP output, per position group",
+}
+
+
+def _caption(path: Path) -> str:
+    name = path.name
+    if name.startswith("ie_heads_"):
+        text = f"Mean IE per head at the {name[len('ie_heads_'):-4]} positions"
+    else:
+        text = CAPTIONS.get(name, name[:-4].replace("_", " "))
+    return f"{text} ({path.parent.name})"
+
+
+def add_the_rest(section: Section, root: Path, folders: list[str], shown: set[Path]) -> None:
+    """Every table (a .md written beside its .csv) and figure of these stage folders not already in the report."""
+    for folder in folders:
+        for md in sorted((root / folder).rglob("*.md")):
+            if md.with_suffix(".csv").is_file() and md.with_suffix(".csv") not in shown:
+                item = table_item(md.with_suffix(""))
+                item.caption += f" ({md.parent.name})"
+                section.items.append(item)
+        for png in sorted((root / folder).rglob("*.png")):
+            if png not in shown:
+                section.items.append(Figure(_caption(png), png))
+
+
+def _shown(parts: list[Section]) -> set[Path]:
+    paths = set()
+    for item in (i for s in parts for i in s.items):
+        if isinstance(item, (Figure, Missing)):
+            paths.add(item.path)
+        elif isinstance(item, Table) and item.csv:
+            paths.add(item.csv)
+    return paths
+
+
+STAGE_SECTIONS = {"LoRA training": ["train", "checkpoints"], "LoRA anatomy": ["ablations"],
+                  "Training dynamics and representations": ["representations"],
+                  "Activation patching": ["patching"], "Heads and knockouts": ["heads"]}
+
+
 def sections(root: Path, config) -> list[Section]:
-    return [overview(root, config), zero_shot(root), training(root), ablations(root), representations(root),
-            patching(root), heads(root)]
+    parts = [overview(root, config), zero_shot(root), training(root), ablations(root), representations(root),
+             patching(root), heads(root)]
+    shown = _shown(parts)
+    for section in parts:
+        add_the_rest(section, root, STAGE_SECTIONS.get(section.title, []), shown)
+        for item in section.items:  # captions written by the jobs name their folders in full
+            if isinstance(item, (Table, Figure)):
+                item.caption = item.caption.replace(f"{root.resolve()}/", "").replace(f"{root}/", "")
+    return parts
 
 
 # -- rendering -------------------------------------------------------------------------------------------
