@@ -80,6 +80,7 @@ def test_head_sets_rank_by_magnitude_per_group(tmp_path):
     sets = {s.name: s.heads for s in head_sets(str(path), 1, random_draws=2)}
     assert sets["top-1 document"] == ((2, 1),) and sets["top-1 last"] == ((1, 0),)
     assert sets["mixed-1"] == ((2, 1),)
+    assert "top-1 query" not in sets and "top-1 instruction" not in sets  # no effect there: no top heads
     assert sets["random-1 #1"] != sets["random-1 #2"] or len({sets["random-1 #1"]}) == 1
 
 

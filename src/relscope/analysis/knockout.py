@@ -10,6 +10,7 @@ queries (the shape of the source study's Table 1).
 
 from __future__ import annotations
 
+import logging
 import random
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
@@ -23,6 +24,8 @@ from relscope.analysis.patching.hooks import site_hooks
 from relscope.errors import ConfigError
 
 HEAD_SET_GROUPS = ("document", "query", "instruction", "last")
+NO_EFFECT = 1e-6  # |mean IE| at or below this is no effect
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -45,10 +48,15 @@ def head_sets(ie_heads: str, size: int, random_draws: int = 3, seed: int = 0) ->
         order = np.argsort(-values, axis=None, kind="stable")[:size]
         return tuple(sorted((layers[i // n_heads], int(i % n_heads)) for i in order))
 
-    sets = [HeadSet(f"top-{size} {g}", top(magnitude[groups.index(g)])) for g in HEAD_SET_GROUPS if g in groups]
-    if not sets:
+    if not any(g in groups for g in HEAD_SET_GROUPS):
         raise ConfigError(f"{ie_heads}: its head patching has none of the groups {', '.join(HEAD_SET_GROUPS)}; "
                           "run `relscope patch --heads` with them")
+    # A group where no head has any effect (the query in pointwise prompts: it precedes the first token that
+    # differs) has no top heads; ranking its zeros would pick the first heads in storage order.
+    sets = [HeadSet(f"top-{size} {g}", top(magnitude[groups.index(g)])) for g in HEAD_SET_GROUPS
+            if g in groups and magnitude[groups.index(g)].max() > NO_EFFECT]
+    for g in (g for g in HEAD_SET_GROUPS if g in groups and magnitude[groups.index(g)].max() <= NO_EFFECT):
+        log.info("no head has an effect at the %s positions: no top-%d %s set", g, size, g)
     sets.append(HeadSet(f"mixed-{size}", top(magnitude.max(axis=0))))
     every = [(layer, h) for layer in layers for h in range(n_heads)]
     rng = random.Random(seed)

@@ -200,7 +200,8 @@ def side_by_side_dynamics(folder: Path) -> Table:
         best = max(probe, key=lambda r: float(r["fine-tuned accuracy"]))
         rows.append({"quantity": "probe accuracy by layer (fine-tuned)",
                      "source": SOURCE[("representations", "probe")],
-                     "ours": f"{float(probe[1]['fine-tuned accuracy']):.3f} (layer 1) -> {float(best['fine-tuned accuracy']):.3f} "
+                     "ours": f"{float(probe[1]['fine-tuned accuracy']):.3f} (layer 1) -> "
+                             f"{float(best['fine-tuned accuracy']):.3f} "
                              f"at layer {best['layer']} of {len(probe)}; base best "
                              f"{max(float(r['base accuracy']) for r in probe):.3f}"})
     return Table("Our dynamics and representations beside the source study's", rows or [{"quantity": "none"}])
@@ -269,9 +270,9 @@ def knockout_verdict(knockout) -> Table | Missing:
         kind = "random" if r["head set"].startswith("random") else "top-IE"
         for metric in ("F1", "nDCG@10"):
             if f"{metric} change" in r:
+                change, low, high = (float(r[f"{metric} {k}"]) for k in ("change", "CI low", "CI high"))
                 out.append({"set": r["head set"], "kind": kind, "metric": metric,
-                            "change [95% CI]": f"{float(r[f'{metric} change']):+.3f} [{float(r[f'{metric} CI low']):+.3f}, "
-                                               f"{float(r[f'{metric} CI high']):+.3f}]"})
+                            "change [95% CI]": f"{change:+.3f} [{low:+.3f}, {high:+.3f}]"})
     return Table("Knockout: top-IE vs random head sets, relative change with 95% CI; source: "
                  + SOURCE[("heads", "knockout")], out or [{"set": "none"}])
 
@@ -368,7 +369,8 @@ def render_markdown(parts: list[Section], root: Path) -> str:
 
 STYLE = ("body{font-family:system-ui,sans-serif;max-width:70em;margin:2em auto;padding:0 1em;color:#222}"
          "table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:.9em}td,th{border:1px solid #ccc;"
-         "padding:.25em .6em;text-align:left}th{background:#f3f3f3}figure{margin:1em 0 2em}img{max-width:100%;width:46em}"
+         "padding:.25em .6em;text-align:left}th{background:#f3f3f3}figure{margin:1em 0 2em}"
+         "img{max-width:100%;width:46em}"
          "figcaption,caption{font-style:italic;text-align:left;padding:.3em 0}.missing{color:#a00}")
 
 

@@ -2,10 +2,10 @@
 
 A stage is complete when its folder holds `stage.json`, written last (atomically) with the stage's key:
 a hash of its config slice and its upstream stages' keys. A stage also reruns when a stage it reads
-was redone in this run (so `--force train` redoes everything downstream of training). A stage interrupted half-way has no
-`stage.json` and is rerun in place (training resumes from its last checkpoint, patching from its
-cached pairs); a stage whose key changed, or one named by `--force`, has its old folder set aside
-(`<stage>.old-<time>`), never deleted. The manifest records each stage's time and peak memory.
+was redone in this run (so `--force train` redoes everything downstream of training). A stage
+interrupted half-way has no `stage.json` and is rerun in place (training resumes from its last
+checkpoint, patching from its cached pairs); a stage that reruns for any other reason has its old
+folder set aside (`<stage>.old-<time>`), never deleted. The manifest records each stage's time and peak memory.
 """
 
 from __future__ import annotations
