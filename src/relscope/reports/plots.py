@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -31,6 +32,11 @@ def metric_curves(steps: Sequence[int], series: Mapping[str, Sequence[float]], t
     return fig
 
 
+def wrapped(title: str, width_inches: float) -> str:
+    """The title broken into lines that fit the axes (about 11 characters an inch at 10 pt)."""
+    return textwrap.fill(title, max(20, int(width_inches * 11)))
+
+
 def heatmap(values: np.ndarray, rows: Sequence[str], cols: Sequence[str], title: str, label: str,
             xlabel: str | None = None, ylabel: str | None = None, diverging: bool = False,
             marks: Sequence[tuple[int, int]] = ()) -> Figure:
@@ -48,7 +54,7 @@ def heatmap(values: np.ndarray, rows: Sequence[str], cols: Sequence[str], title:
         ax.set_xlabel(xlabel)
     if ylabel:
         ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=10)
+    ax.set_title(wrapped(title, fig.get_figwidth() - 1.5), fontsize=10)  # the colour bar takes the rest
     fig.colorbar(image, ax=ax, label=label)
     fig.tight_layout()
     return fig
