@@ -197,7 +197,7 @@ def _head_rows(interaction_change, direct, top_ids, first_ids, answers, tokenize
             firsts = first_ids[:, layer, h]
             row = {"layer": layer, "head": h, "interaction S": float(interaction_change[:, layer, h].mean()),
                    "direct contribution": float(direct[:, layer, h].mean()),
-                   "logit lens top tokens": " | ".join(repr(tokenizer.decode([int(i)])) for i in top_ids[layer, h])}
+                   "logit lens top tokens": " ".join(repr(tokenizer.decode([int(i)])) for i in top_ids[layer, h])}
             for name, token in zip(("yes/A", "no/B"), answers):
                 row[f"top-1 is {name}"] = float(np.mean(firsts == token))
             rows.append(row)

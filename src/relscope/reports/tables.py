@@ -30,7 +30,8 @@ def to_markdown(rows: Sequence[dict], bold_best: str | None = None) -> str:
     best = max((r[bold_best] for r in rows if isinstance(r.get(bold_best), float)), default=None) if bold_best else None
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
-        cells = [f"**{_cell(row[c])}**" if c == bold_best and row[c] == best else _cell(row[c]) for c in columns]
+        cells = [_cell(row[c]).replace("|", "\\|") for c in columns]  # a '|' inside a cell would split it
+        cells = [f"**{cell}**" if c == bold_best and row[c] == best else cell for c, cell in zip(columns, cells)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
