@@ -151,3 +151,14 @@ def test_absent_data_folder_says_what_data_and_where_to_get_it(tmp_path):
     message = str(err.value)
     for words in ("queries.tsv", "collection.tsv", "qrels.txt", "run.bm25.txt", "ir_datasets", "RELSCOPE_DATA"):
         assert words in message
+
+
+def test_a_rerank_config_data_folder_may_start_with_relscope_data(trec_dir, monkeypatch):
+    from relscope.config import RerankConfig
+    from relscope.evaluation.job import dataset_files
+
+    monkeypatch.setenv("RELSCOPE_DATA", str(trec_dir.parent))
+    files = dataset_files(RerankConfig(data=f"$RELSCOPE_DATA/{trec_dir.name}"))
+    assert files["run"] == trec_dir / "run.bm25.txt" and files["qrels"].is_file()
+    explicit = dataset_files(RerankConfig(data=str(trec_dir), qrels=f"${{RELSCOPE_DATA}}/{trec_dir.name}/qrels.txt"))
+    assert explicit["qrels"] == trec_dir / "qrels.txt"

@@ -7,7 +7,14 @@ import io
 from pathlib import Path
 
 from relscope.config import RerankConfig, dump_yaml, to_mapping
-from relscope.data.dataset import RerankDataset, data_root, load_rankllm_dataset, load_rerank_dataset, resolve_files
+from relscope.data.dataset import (
+    RerankDataset,
+    data_path,
+    data_root,
+    load_rankllm_dataset,
+    load_rerank_dataset,
+    resolve_files,
+)
 from relscope.data.trec import write_run
 from relscope.data.types import natural_key
 from relscope.errors import ConfigError
@@ -24,7 +31,8 @@ def dataset_files(config: RerankConfig) -> dict[str, Path]:
     folder = config.data
     if folder is None and not all(explicit[k] for k in ("queries", "collection", "run")):
         folder = str(data_root() / "trec-dl-2019")
-    return resolve_files(Path(folder) if folder else None, **{k: Path(v) if v else None for k, v in explicit.items()})
+    return resolve_files(data_path(folder) if folder else None,
+                         **{k: data_path(v) if v else None for k, v in explicit.items()})
 
 
 def load_dataset(config: RerankConfig) -> RerankDataset:
