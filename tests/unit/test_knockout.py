@@ -84,6 +84,19 @@ def test_head_sets_rank_by_magnitude_per_group(tmp_path):
     assert sets["random-1 #1"] != sets["random-1 #2"] or len({sets["random-1 #1"]}) == 1
 
 
+def test_pair_accuracy_is_the_share_of_pairs_in_order_and_ignores_the_threshold():
+    from relscope.analysis.knockout import _f1, _judgments, _pair_accuracy
+
+    labels = np.array([1, 0, 1, 0, 1, 0, 0])
+    qids = ["a", "a", "b", "b", "c", "c", "c"]
+    every = np.arange(3)
+    right = _judgments(np.array([2.0, 1.0, 0.5, 0.2, 3.0, -1.0, 3.5]), labels, qids)  # all say yes but one
+    assert _pair_accuracy(right, every) == pytest.approx((1 + 1 + 0.5) / 3)
+    shifted = _judgments(np.array([2.0, 1.0, 0.5, 0.2, 3.0, -1.0, 3.5]) + 10, labels, qids)  # all say yes
+    assert _pair_accuracy(shifted, every) == _pair_accuracy(right, every)
+    assert _f1(shifted, every) == pytest.approx(2 * 0.6 / 1.6)  # precision 3/5, recall 1: F1 saturates
+
+
 def test_relative_drop_interval_contains_the_point_and_is_paired():
     full = np.array([0.5, 0.6, 0.7, 0.8, 0.4, 0.9])
     half = full / 2
@@ -110,7 +123,8 @@ def test_knockout_command_reports_f1_and_ndcg_changes(tiny_family_dir, tiny_grou
                  str(tiny_groups), "--size", "2", "--random-draws", "1", "--data", str(trec_dir), "--top-k", "3",
                  "--out", str(out)]) == 0
     table = (out / "knockout.md").read_text()
-    for name in ("full model", "top-2 document", "top-2 last", "mixed-2", "random-2 #1", "nDCG@10 change"):
+    for name in ("full model", "top-2 document", "top-2 last", "mixed-2", "random-2 #1", "nDCG@10 change",
+                 "pair accuracy change"):
         assert name in table
     assert (out / "knockout.png").is_file()
     assert main(["knockout", model, "--ie-heads", str(tmp_path / "none.npz"), "--out", str(out)]) == 2

@@ -152,11 +152,21 @@ def _mean(per_query: np.ndarray, index: np.ndarray) -> float:
     return float(np.mean(per_query[index]))
 
 
-def _judgments(scores: np.ndarray, labels: np.ndarray, qids: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per query: (labels, predictions), a prediction being logit difference > 0 (yes, or A)."""
+def _pair_accuracy(per_query: Sequence[tuple[np.ndarray, ...]], index: np.ndarray) -> float:
+    """The share of (relevant, non-relevant) pairs of a query scored in the right order, averaged over queries.
+
+    Threshold-free: F1 needs the logit difference's sign to mean something, and a small base model that
+    answers "yes" to everything has F1 2/3 whatever is knocked out; the order of its scores still moves."""
+    def accuracy(labels: np.ndarray, scores: np.ndarray) -> float:
+        return float(np.mean(scores[labels == 1][:, None] > scores[labels == 0][None, :]))
+    return float(np.mean([accuracy(per_query[i][0], per_query[i][2]) for i in index]))
+
+
+def _judgments(scores: np.ndarray, labels: np.ndarray, qids: list[str]) -> list[tuple[np.ndarray, ...]]:
+    """Per query: (labels, predictions, scores), a prediction being logit difference > 0 (yes, or A)."""
     order = sorted(set(qids))
     rows = {q: [i for i, x in enumerate(qids) if x == q] for q in order}
-    return [(labels[rows[q]], (scores[rows[q]] > 0).astype(int)) for q in order]
+    return [(labels[rows[q]], (scores[rows[q]] > 0).astype(int), scores[rows[q]]) for q in order]
 
 
 def knockout_job(out, settings, ie_heads: str, size: int = 10, positions: Sequence[str] = ("all",),
@@ -213,14 +223,13 @@ def knockout_job(out, settings, ie_heads: str, size: int = 10, positions: Sequen
     out.mkdir(parents=True, exist_ok=True)
     kind = "zero" if zero else "mean"
     write_table(rows, out / "knockout", f"{kind}-ablation of head sets at {'+'.join(positions)} positions: judgment "
-                f"F1 over {len(prompts)} prompts" + (f", nDCG@10 on {dev.data} top-{dev.top_k}" if dev else "")
+                f"F1 and pair accuracy over {len(prompts)} prompts" + (f", nDCG@10 on {dev.data} top-{dev.top_k}" if dev else "")
                 + "; drops relative to the full model, 95% bootstrap CI over queries")
     names = [r["head set"] for r in rows[1:]]
-    series = {"F1 change": [r["F1 change"] for r in rows[1:]]}
-    errors = {"F1 change": ([r["F1 CI low"] for r in rows[1:]], [r["F1 CI high"] for r in rows[1:]])}
-    if dev:
-        series["nDCG@10 change"] = [r["nDCG@10 change"] for r in rows[1:]]
-        errors["nDCG@10 change"] = ([r["nDCG@10 CI low"] for r in rows[1:]], [r["nDCG@10 CI high"] for r in rows[1:]])
+    metrics = ("F1", "pair accuracy") + (("nDCG@10",) if dev else ())
+    series = {f"{m} change": [r[f"{m} change"] for r in rows[1:]] for m in metrics}
+    errors = {f"{m} change": ([r[f"{m} CI low"] for r in rows[1:]], [r[f"{m} CI high"] for r in rows[1:]])
+              for m in metrics}
     plots.save(plots.bars(names, series, f"{loaded.name}: knocking out {size} heads ({kind} ablation)",
                           "relative change", errors), out / "knockout.png")
     atomic_write_json(out / "manifest.json", build_manifest(
@@ -236,10 +245,12 @@ def _row(name: str, heads, result: dict, full: dict) -> dict:
     def change_ci(key, statistic):
         return (0.0, 0.0, 0.0) if result is full else relative_drop_ci(full[key], result[key], statistic)
 
-    f1 = _f1(result["judgments"], np.arange(len(result["judgments"])))
-    change, low, high = change_ci("judgments", _f1)
-    row = {"head set": name, "heads": len(heads), "F1": f1, "F1 change": change, "F1 CI low": low,
-           "F1 CI high": high}
+    row = {"head set": name, "heads": len(heads)}
+    every = np.arange(len(result["judgments"]))
+    for metric, statistic in (("F1", _f1), ("pair accuracy", _pair_accuracy)):
+        change, low, high = change_ci("judgments", statistic)
+        row.update({metric: statistic(result["judgments"], every), f"{metric} change": change,
+                    f"{metric} CI low": low, f"{metric} CI high": high})
     if "ndcg" in result:
         change, low, high = change_ci("ndcg", _mean)
         row.update({"nDCG@10": float(result["ndcg"].mean()), "nDCG@10 change": change, "nDCG@10 CI low": low,

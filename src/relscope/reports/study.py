@@ -268,7 +268,7 @@ def knockout_verdict(knockout) -> Table | Missing:
     out = []
     for r in rows:
         kind = "random" if r["head set"].startswith("random") else "top-IE"
-        for metric in ("F1", "nDCG@10"):
+        for metric in ("F1", "pair accuracy", "nDCG@10"):
             if f"{metric} change" in r:
                 change, low, high = (float(r[f"{metric} {k}"]) for k in ("change", "CI low", "CI high"))
                 out.append({"set": r["head set"], "kind": kind, "metric": metric,
