@@ -94,7 +94,7 @@ def test_pair_accuracy_is_the_share_of_pairs_in_order_and_ignores_the_threshold(
     assert _pair_accuracy(right, every) == pytest.approx((1 + 1 + 0.5) / 3)
     shifted = _judgments(np.array([2.0, 1.0, 0.5, 0.2, 3.0, -1.0, 3.5]) + 10, labels, qids)  # all say yes
     assert _pair_accuracy(shifted, every) == _pair_accuracy(right, every)
-    assert _f1(shifted, every) == pytest.approx(2 * 0.6 / 1.6)  # precision 3/5, recall 1: F1 saturates
+    assert _f1(shifted, every) == pytest.approx(0.6)  # precision 3/7, recall 1: F1 saturates at 2P/(P+1)
 
 
 def test_relative_drop_interval_contains_the_point_and_is_paired():
