@@ -94,8 +94,28 @@ def _run_stage(stage: Stage, ctx: StudyContext, key: str) -> dict:
         seconds = time.monotonic() - started
     record = {"key": key, "seconds": round(seconds, 1), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **peak}
     atomic_write_json(folder / STAGE_FILE, record)  # last: its presence means the stage is complete
+    release_memory()
     log.info("    %s done in %s (peak RSS %.0f MiB)", stage.name, _clock(seconds), peak["peak_rss_mib"])
     return record
+
+
+def release_memory() -> None:
+    """Hand a finished stage's memory back, so that the next stage's peak is its own and not the leftovers:
+    the model and optimiser go with the stage's frames, glibc keeps freed pages until asked to trim."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except OSError:  # not glibc (musl): nothing to trim
+            pass
 
 
 def _set_aside(folder: Path) -> None:
