@@ -9,6 +9,7 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 
 from relscope.config import DEFAULT_MEASURES
@@ -20,6 +21,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    # PEFT 0.21 reads a property transformers 5 deprecated; the warning says nothing a user can act on.
+    warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.* is deprecated", category=FutureWarning)
     try:
         return args.handler(args)
     except RelscopeError as err:
