@@ -109,6 +109,11 @@ def test_relative_drop_interval_contains_the_point_and_is_paired():
     noisy = full * np.array([0.5, 1.0, 0.7, 1.1, 0.9, 0.6])
     change, low, high = relative_drop_ci(full, noisy, mean, resamples=200)
     assert low <= change <= high and low < high
+    never = np.zeros_like(full)  # the full model's statistic is 0: a relative change is undefined, not an error
+    assert all(np.isnan(relative_drop_ci(never, noisy, mean, resamples=50)))
+    sparse = np.array([0.0, 0.0, 0.0, 0.0, 0.0, 1.0])  # most resamples miss the one non-zero query
+    change, low, high = relative_drop_ci(sparse, sparse / 2, mean, resamples=200)
+    assert change == low == high == pytest.approx(-0.5)
 
 
 def test_knockout_command_reports_f1_and_ndcg_changes(tiny_family_dir, tiny_groups, trec_dir, tmp_path, capsys):

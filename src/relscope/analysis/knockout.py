@@ -127,17 +127,22 @@ def reference_means(engine, prompts: Sequence, layers: Sequence[int], groups: Se
 def relative_drop_ci(full: np.ndarray, ablated: np.ndarray, statistic, resamples: int = 1000,
                      seed: int = 0) -> tuple[float, float, float]:
     """The relative change statistic(ablated)/statistic(full) - 1 over queries, and its 95% percentile bootstrap
-    interval (queries resampled, the same resample for both: scipy.stats.bootstrap, paired)."""
-    from scipy.stats import bootstrap
+    interval (queries resampled, the same resample for both: paired).
 
-    def change(index):
-        index = np.asarray(index, dtype=int)
-        return statistic(ablated, index) / statistic(full, index) - 1.0
+    Undefined (NaN) where the full model's statistic is 0 — F1 of a judge that says "no" to everything — and a
+    resample whose full statistic is 0 is left out of the interval. scipy.stats.bootstrap cannot leave a
+    resample out, so the resampling is done here."""
+    def change(index: np.ndarray) -> float:
+        base = statistic(full, index)
+        return statistic(ablated, index) / base - 1.0 if base else float("nan")
 
     point = change(np.arange(len(full)))
-    result = bootstrap((np.arange(len(full)),), change, vectorized=False, n_resamples=resamples, method="percentile",
-                       random_state=np.random.default_rng(seed))
-    return float(point), float(result.confidence_interval.low), float(result.confidence_interval.high)
+    if np.isnan(point):
+        return point, point, point
+    rng = np.random.default_rng(seed)
+    draws = np.array([change(rng.integers(0, len(full), len(full))) for _ in range(resamples)])
+    low, high = np.nanpercentile(draws, [2.5, 97.5])
+    return float(point), float(low), float(high)
 
 
 def _f1(per_query: Sequence[tuple[np.ndarray, np.ndarray]], index: np.ndarray) -> float:
