@@ -17,6 +17,11 @@ def test_a_pipe_inside_a_cell_does_not_split_the_markdown_row():
     assert all(line.replace("\\|", "").count("|") == 4 for line in lines)
 
 
+def test_a_pipe_inside_a_column_name_is_escaped_too():
+    header = to_markdown([{"mean |IE| top-20": 0.5}]).splitlines()[0]
+    assert header == "| mean \\|IE\\| top-20 |"
+
+
 def test_csv_keeps_the_cell_whole():
     rows = [{"a": "x | y, z", "b": 1.0}]
     assert list(csv.DictReader(io.StringIO(to_csv(rows)))) == [{"a": "x | y, z", "b": "1.0000"}]

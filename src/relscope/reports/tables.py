@@ -28,7 +28,7 @@ def to_markdown(rows: Sequence[dict], bold_best: str | None = None) -> str:
     """A GitHub table; `bold_best` names a column whose highest value is bolded."""
     columns = list(rows[0])
     best = max((r[bold_best] for r in rows if isinstance(r.get(bold_best), float)), default=None) if bold_best else None
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines = ["| " + " | ".join(c.replace("|", "\\|") for c in columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
         cells = [_cell(row[c]).replace("|", "\\|") for c in columns]  # a '|' inside a cell would split it
         cells = [f"**{cell}**" if c == bold_best and row[c] == best else cell for c, cell in zip(columns, cells)]
