@@ -125,11 +125,14 @@ def training(root: Path) -> Section:
     intro = (f"{summary.get('steps', '?')} steps, final training loss {summary.get('train_loss', float('nan')):.4f}, "
              f"{summary.get('trainable_parameters', '?')} trainable parameters, "
              f"{summary.get('seconds_this_session', 0) / 60:.1f} min.") if summary else ""
+    checkpoints = table_item(root / "checkpoints" / "checkpoints", "Dev metrics at every checkpoint (step 0: the "
+                             "zero-shot judge); source: " + SOURCE[("checkpoints", "convergence")])
+    zero = read_json(root / "zero-shot" / "metrics.json")
+    if isinstance(checkpoints, Table) and zero:
+        checkpoints.rows.insert(0, {"step": "0", **zero["reranked"], "converged": ""})
     return Section("LoRA training", intro, [
         figure_item(folder / "curves.png", "Training loss (smoothed) and accuracy by step, the steepest drop marked"),
-        table_item(root / "checkpoints" / "checkpoints",
-                   "Dev metrics at every checkpoint (step 0 is the zero-shot row above); source: "
-                   + SOURCE[("checkpoints", "convergence")]),
+        checkpoints,
         figure_item(root / "checkpoints" / "checkpoints.png", "Dev metrics by checkpoint"),
     ])
 
@@ -271,8 +274,9 @@ def knockout_verdict(knockout) -> Table | Missing:
         for metric in ("F1", "pair accuracy", "nDCG@10"):
             if f"{metric} change" in r:
                 change, low, high = (float(r[f"{metric} {k}"]) for k in ("change", "CI low", "CI high"))
-                out.append({"set": r["head set"], "kind": kind, "metric": metric,
-                            "change [95% CI]": f"{change:+.3f} [{low:+.3f}, {high:+.3f}]"})
+                text = f"{change:+.3f} [{low:+.3f}, {high:+.3f}]" if change == change else \
+                    f"undefined: the full model's {metric} is 0"  # NaN: nothing to be relative to
+                out.append({"set": r["head set"], "kind": kind, "metric": metric, "change [95% CI]": text})
     return Table("Knockout: top-IE vs random head sets, relative change with 95% CI; source: "
                  + SOURCE[("heads", "knockout")], out or [{"set": "none"}])
 
@@ -371,7 +375,7 @@ STYLE = ("body{font-family:system-ui,sans-serif;max-width:70em;margin:2em auto;p
          "table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:.9em}td,th{border:1px solid #ccc;"
          "padding:.25em .6em;text-align:left}th{background:#f3f3f3}figure{margin:1em 0 2em}"
          "img{max-width:100%;width:46em}"
-         "figcaption,caption{font-style:italic;text-align:left;padding:.3em 0}.missing{color:#a00}")
+         "figcaption,.caption{font-style:italic;margin:.3em 0}.missing{color:#a00}")
 
 
 def render_html(parts: list[Section], root: Path) -> str:
@@ -391,7 +395,7 @@ def _html_item(item, root: Path) -> str:
         head = "".join(f"<th>{html.escape(str(c))}</th>" for c in rows[0])
         body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row.values()) + "</tr>"
                        for row in rows)
-        return f"<table><caption>{html.escape(item.caption)}</caption><tr>{head}</tr>{body}</table>"
+        return f"<p class=caption>{html.escape(item.caption)}</p><table><tr>{head}</tr>{body}</table>"
     if isinstance(item, Figure):
         data = base64.b64encode(item.path.read_bytes()).decode("ascii")
         return (f"<figure><img alt=\"{html.escape(item.caption)}\" src=\"data:image/png;base64,{data}\">"
