@@ -133,3 +133,20 @@ def test_knockout_command_reports_f1_and_ndcg_changes(tiny_family_dir, tiny_grou
         assert name in table
     assert (out / "knockout.png").is_file()
     assert main(["knockout", model, "--ie-heads", str(tmp_path / "none.npz"), "--out", str(out)]) == 2
+
+
+def test_pairwise_knockout_scores_judgments_of_both_orders(tiny_family_dir, tiny_groups, tmp_path):
+    from relscope.cli import main
+
+    model = str(tiny_family_dir("llama"))
+    assert main(["patch", model, "--groups", str(tiny_groups), "--template", "pairwise", "--max-pairs", "2",
+                 "--min-gap", "0", "--components", "mlp", "--heads", "--head-positions", "document", "last",
+                 "--out", str(tmp_path / "patch"), "--quiet"]) == 0
+    out = tmp_path / "knockout"
+    assert main(["knockout", model, "--template", "pairwise", "--ie-heads", str(tmp_path / "patch" / "ie_heads.npz"),
+                 "--groups", str(tiny_groups), "--max-groups", "4", "--size", "2", "--random-draws", "1",
+                 "--out", str(out)]) == 0
+    rows = {r["head set"]: r for r in __import__("csv").DictReader((out / "knockout.csv").open())}
+    assert set(rows) == {"full model", "top-2 document", "top-2 last", "mixed-2", "random-2 #1"}
+    assert 0.0 <= float(rows["full model"]["pair accuracy"]) <= 1.0 and "nDCG@10" not in rows["full model"]
+    assert "8 prompts" in (out / "knockout.md").read_text()  # 4 groups, each in both orders
