@@ -167,7 +167,8 @@ def bars(names: Sequence[str], series: Mapping[str, Sequence[float]], title: str
             yerr = np.stack([np.asarray(values) - low, high - np.asarray(values)])
         drawn = ax.bar(positions, values, width, label=label, yerr=yerr, capsize=3)
         ax.bar_label(drawn, fmt="%.3f", fontsize=7)
-    ax.set_xticks(range(len(names)), names)
+    crowded = max(map(len, names), default=0) * 0.09 > 1.1  # a label wider than its group's 1.1 inches
+    ax.set_xticks(range(len(names)), names, rotation=20 if crowded else 0, ha="right" if crowded else "center")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend(fontsize=8)
