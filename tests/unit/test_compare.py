@@ -53,7 +53,9 @@ def test_compare_command_on_pointwise_and_pairwise_patch_runs(tiny_family_dir, t
     assert "RBO (p=0.9)" in capsys.readouterr().out
     assert (out / "summary.md").is_file() and (out / "top.md").is_file()
     ranking = load_ranking(tmp_path / "yes_no", depth_bins=2)
-    assert len(ranking.labels) == 2 * 2 * 5  # components x depth bins x position groups
+    assert len(ranking.labels) == 2 * 2 * 4  # components x depth bins x position groups ('all' left out)
+    assert not any(label.endswith(" all") for label in ranking.labels)
+    assert not any(label.startswith("all ") for label in load_ranking(tmp_path / "yes_no", heads=True).labels)
     assert main(["compare", str(tmp_path / "yes_no"), str(tmp_path / "nowhere"), "--out", str(out)]) == 2
     assert main(["compare", str(tmp_path / "yes_no"), str(tmp_path / "pairwise"), "--p", "1.5", "--out",
                  str(out)]) == 2

@@ -41,10 +41,15 @@ def load_ranking(folder: str | Path, heads: bool = False, depth_bins: int | None
     if heads:
         groups = [str(g) for g in saved["groups"]]
         labels = [f"{g} L{layer} H{h}" for g in groups for layer in layers for h in range(mean.shape[2])]
+        group_of = [g for g in groups for _ in layers for _ in range(mean.shape[2])]
     else:
         components, groups = [str(c) for c in saved["components"]], [str(g) for g in saved["groups"]]
         labels = [f"{c} L{layer} {g}" for c in components for layer in layers for g in groups]
-    return Ranking(labels, mean.reshape(-1))
+        group_of = [g for _ in components for _ in layers for g in groups]
+    # The group 'all' is every position at once: the residual stream there restores the whole effect (IE 1) in
+    # every run by construction, so it would fill the top of both rankings and agree for no reason.
+    keep = [i for i, g in enumerate(group_of) if g != "all"]
+    return Ranking([labels[i] for i in keep], mean.reshape(-1)[keep])
 
 
 def _bin_layers(mean: np.ndarray, layers: list[int], bins: int, axis: int) -> tuple[np.ndarray, list[int]]:
