@@ -228,7 +228,8 @@ def knockout_job(out, settings, ie_heads: str, size: int = 10, positions: Sequen
     out.mkdir(parents=True, exist_ok=True)
     kind = "zero" if zero else "mean"
     write_table(rows, out / "knockout", f"{kind}-ablation of head sets at {'+'.join(positions)} positions: judgment "
-                f"F1 and pair accuracy over {len(prompts)} prompts" + (f", nDCG@10 on {dev.data} top-{dev.top_k}" if dev else "")
+                f"F1 and pair accuracy over {len(prompts)} prompts"
+                + (f", nDCG@10 on {dev.data} top-{dev.top_k}" if dev else "")
                 + "; drops relative to the full model, 95% bootstrap CI over queries")
     names = [r["head set"] for r in rows[1:]]
     metrics = ("F1", "pair accuracy") + (("nDCG@10",) if dev else ())
