@@ -135,7 +135,8 @@ def test_knockout_command_reports_f1_and_ndcg_changes(tiny_family_dir, tiny_grou
     assert main(["knockout", model, "--ie-heads", str(tmp_path / "none.npz"), "--out", str(out)]) == 2
 
 
-def test_pairwise_knockout_scores_judgments_of_both_orders(tiny_family_dir, tiny_groups, tmp_path):
+def test_pairwise_knockout_scores_judgments_of_both_orders_and_reranks(tiny_family_dir, tiny_groups, trec_dir,
+                                                                        tmp_path):
     from relscope.cli import main
 
     model = str(tiny_family_dir("llama"))
@@ -145,8 +146,10 @@ def test_pairwise_knockout_scores_judgments_of_both_orders(tiny_family_dir, tiny
     out = tmp_path / "knockout"
     assert main(["knockout", model, "--template", "pairwise", "--ie-heads", str(tmp_path / "patch" / "ie_heads.npz"),
                  "--groups", str(tiny_groups), "--max-groups", "4", "--size", "2", "--random-draws", "1",
-                 "--out", str(out)]) == 0
+                 "--data", str(trec_dir), "--top-k", "3", "--out", str(out)]) == 0
     rows = {r["head set"]: r for r in __import__("csv").DictReader((out / "knockout.csv").open())}
     assert set(rows) == {"full model", "top-2 document", "top-2 last", "mixed-2", "random-2 #1"}
-    assert 0.0 <= float(rows["full model"]["pair accuracy"]) <= 1.0 and "nDCG@10" not in rows["full model"]
+    assert 0.0 <= float(rows["full model"]["pair accuracy"]) <= 1.0
+    # The dev run is reranked pairwise (every ordered pair of the top 3) under each knockout.
+    assert 0.0 <= float(rows["full model"]["nDCG@10"]) <= 1.0 and float(rows["full model"]["nDCG@10 change"]) == 0
     assert "8 prompts" in (out / "knockout.md").read_text()  # 4 groups, each in both orders
