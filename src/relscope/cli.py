@@ -95,6 +95,7 @@ def _add_rerank(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rankllm", help="a rank_llm request json (queries, candidates and their text) instead")
     p.add_argument("--adapter", help="a checkpoint-<step>/ folder of relscope train (uses its model, template, head)")
     p.add_argument("--top-k", type=int, help="rerank this many first-stage passages per query (default 100)")
+    p.add_argument("--max-queries", type=int, help="the run's first n queries only (default: all)")
     p.add_argument("--template", help="prompt template: yes_no, score, pairwise (default: the adapter's, else yes_no)")
     p.add_argument("--head", help="scoring head: yes_no, linear, ab (default: the template's)")
     p.add_argument("--max-length", type=int, help="prompt tokens; passages are truncated to fit (default 512)")

@@ -173,6 +173,7 @@ class RerankConfig:
     rankllm: str | None = None  # a rank_llm request json (queries, candidates, text) instead of the above
     adapter: str | None = None  # a checkpoint-<step>/ of `relscope train`: its base model, template and head
     top_k: int = 100
+    max_queries: int | None = None  # the first n queries of the run only, for a quicker signal
     template: str | None = None  # yes_no | score | pairwise; default: the adapter's, else yes_no
     head: str | None = None  # default: the adapter's, else the template's own (yes_no, linear, ab)
     max_length: int = 512
@@ -184,8 +185,8 @@ class RerankConfig:
     device: str | None = None
 
     def __post_init__(self) -> None:
-        for key in ("top_k", "max_length"):
-            if getattr(self, key) <= 0:
+        for key in ("top_k", "max_length", "max_queries"):
+            if getattr(self, key) is not None and getattr(self, key) <= 0:
                 raise ValueError(f"{key} must be a positive integer, got {getattr(self, key)}")
         if self.max_batch_tokens < 0:
             raise ValueError(f"max_batch_tokens must be 0 (by device) or positive, got {self.max_batch_tokens}")

@@ -42,6 +42,20 @@ def test_prefix_cache_does_not_change_the_ranking(tiny_model_dir, trec_dir, tmp_
         q: [d.pid for d in docs] for q, docs in runs[1].items()}
 
 
+def test_max_queries_reranks_and_evaluates_the_first_queries_only(tiny_model_dir, trec_dir, tmp_path):
+    first = read_run(trec_dir / "run.bm25.txt")
+    assert len(first) > 1
+    out = tmp_path / "one"
+    assert main(["rerank", "--model", str(tiny_model_dir), "--data", str(trec_dir), "--top-k", "2",
+                 "--max-queries", "1", "--out", str(out), "--quiet"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["queries"] == 1 and metrics["passages_scored"] == 2
+    assert list(read_run(out / "run.trec")) == list(first)[:1]  # the run's first query, first-stage metrics too
+    assert len((out / "per_query.csv").read_text().splitlines()) == 2
+    assert main(["rerank", "--model", str(tiny_model_dir), "--data", str(trec_dir), "--max-queries", "0",
+                 "--out", str(tmp_path / "none")]) == 2
+
+
 def test_pairwise_rerank_scores_every_ordered_pair(tiny_model_dir, trec_dir, tmp_path):
     config = RerankConfig(model=str(tiny_model_dir), data=str(trec_dir), top_k=3, template="pairwise")
     metrics = run_rerank_job(config, tmp_path / "pw", progress=False)

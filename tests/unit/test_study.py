@@ -4,6 +4,7 @@ the stages downstream of it (setting the old outputs aside), and bad configs fai
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -75,6 +76,11 @@ def test_the_study_runs_every_stage_and_reports_everything(study):
         assert caption in html
     for figure in md.split("](")[1:]:  # every figure the markdown links exists beside it
         assert (out / figure.split(")")[0]).is_file()
+    # Step 0 of the checkpoint table (and its figure) is the zero-shot stage's judge, measured once.
+    zero_shot = json.loads((out / "zero-shot" / "metrics.json").read_text())["reranked"]
+    steps = list(csv.DictReader((out / "checkpoints" / "checkpoints.csv").open()))
+    assert [int(r["step"]) for r in steps] == [0, 1, 2]
+    assert float(steps[0]["nDCG@10"]) == pytest.approx(zero_shot["nDCG@10"], abs=1e-4)
 
 
 def test_a_rerun_skips_every_complete_stage(study, capsys):

@@ -81,15 +81,18 @@ def convergence_step(steps: Sequence[int], values: Sequence[float], epsilon: flo
 
 
 def evaluate_checkpoints(run_dir: str | Path, out: str | Path, dev: DevSettings = DEFAULT_DEV, epsilon: float = 0.01,
-                         include_base: bool = True) -> list[dict]:
-    """Every checkpoint (and, for answer heads, the base model at step 0) on the dev run."""
+                         include_base: bool = True, base: dict[str, float] | None = None) -> list[dict]:
+    """Every checkpoint (and, for answer heads, the base model at step 0) on the dev run.
+
+    `base`: step 0's metrics when they were measured already on this very dev run (the study's zero-shot stage);
+    they are then not measured again."""
     run_dir, out = Path(run_dir), Path(out)
     dataset = load_dev_run(dev)
-    rows = []
+    rows = [] if base is None else [{"step": 0, **{m: base[m] for m in dev.measures}}]
     checkpoints = checkpoint_steps(run_dir)
     loaded, head, meta = load_trained(checkpoints[0][1])  # the base loads once; later adapters load into it
     reranker = _reranker(loaded, head, meta)
-    if include_base and meta["head"] != "linear":  # step 0: the untrained judge
+    if base is None and include_base and meta["head"] != "linear":  # step 0: the untrained judge
         with loaded.model.disable_adapter():
             rows.append({"step": 0, **_measure(reranker, dataset, dev)})
     for step, folder in checkpoints:

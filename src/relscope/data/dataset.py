@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from relscope.data.msmarco import read_texts
@@ -46,6 +46,10 @@ class RerankDataset:
     qrels: Qrels | None
     files: dict[str, Path] = field(default_factory=dict)
     missing: list[tuple[str, str, int]] = field(default_factory=list)  # (qid, pid, run line)
+
+    def first_queries(self, n: int | None) -> RerankDataset:
+        """The first `n` queries of the run (all when n is None), for a quicker signal on the same data."""
+        return self if not n else replace(self, run={q: self.run[q] for q in list(self.run)[:n]})
 
 
 def resolve_files(

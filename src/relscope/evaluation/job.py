@@ -37,8 +37,10 @@ def dataset_files(config: RerankConfig) -> dict[str, Path]:
 
 def load_dataset(config: RerankConfig) -> RerankDataset:
     if config.rankllm:
-        return load_rankllm_dataset(Path(config.rankllm), config.top_k, Path(config.qrels) if config.qrels else None)
-    return load_rerank_dataset(dataset_files(config), config.top_k, config.on_missing)
+        dataset = load_rankllm_dataset(Path(config.rankllm), config.top_k, Path(config.qrels) if config.qrels else None)
+    else:
+        dataset = load_rerank_dataset(dataset_files(config), config.top_k, config.on_missing)
+    return dataset.first_queries(config.max_queries)
 
 
 def run_rerank_job(config: RerankConfig, out_dir: str | Path, progress: bool = True) -> dict:

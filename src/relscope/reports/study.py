@@ -127,9 +127,6 @@ def training(root: Path) -> Section:
              f"{summary.get('seconds_this_session', 0) / 60:.1f} min.") if summary else ""
     checkpoints = table_item(root / "checkpoints" / "checkpoints", "Dev metrics at every checkpoint (step 0: the "
                              "zero-shot judge); source: " + SOURCE[("checkpoints", "convergence")])
-    zero = read_json(root / "zero-shot" / "metrics.json")
-    if isinstance(checkpoints, Table) and zero:
-        checkpoints.rows.insert(0, {"step": "0", **zero["reranked"], "converged": ""})
     return Section("LoRA training", intro, [
         figure_item(folder / "curves.png", "Training loss (smoothed) and accuracy by step, the steepest drop marked"),
         checkpoints,

@@ -53,8 +53,8 @@ def _zero_shot(ctx: StudyContext) -> None:
     c = ctx.config
     # Before training a linear score head is random: the zero-shot judge answers yes/no (or A/B when pairwise).
     template = "pairwise" if c.train.objective == "pairwise" else "yes_no"
-    run_rerank_job(RerankConfig(model=c.model, data=c.dev.data, top_k=c.dev.top_k, template=template,
-                                measures=c.dev.measures), ctx.folder("zero-shot"), ctx.progress)
+    run_rerank_job(RerankConfig(model=c.model, data=c.dev.data, top_k=c.dev.top_k, max_queries=c.dev.max_queries,
+                                template=template, measures=c.dev.measures), ctx.folder("zero-shot"), ctx.progress)
 
 
 def _train(ctx: StudyContext) -> None:
@@ -64,10 +64,13 @@ def _train(ctx: StudyContext) -> None:
 
 
 def _checkpoints(ctx: StudyContext) -> None:
+    import json
+
     from relscope.analysis.anatomy import evaluate_checkpoints
 
-    # The base model is the zero-shot stage's row: measured once.
-    evaluate_checkpoints(ctx.train_dir, ctx.folder("checkpoints"), ctx.config.dev, include_base=False)
+    # Step 0 is the zero-shot stage's judge on the same dev run: measured once, and in the table and figure.
+    zero_shot = json.loads((ctx.folder("zero-shot") / "metrics.json").read_text(encoding="utf-8"))
+    evaluate_checkpoints(ctx.train_dir, ctx.folder("checkpoints"), ctx.config.dev, base=zero_shot["reranked"])
 
 
 def _ablations(ctx: StudyContext) -> None:
@@ -130,7 +133,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("zero-shot", "zero-shot baseline", (), lambda c: (c.model, to_mapping(c.dev), c.train.objective,
                                                             c.train.template), _zero_shot),
     Stage("train", "LoRA training", (), lambda c: to_mapping(c.train), _train),
-    Stage("checkpoints", "checkpoint table", ("train",), lambda c: to_mapping(c.dev), _checkpoints),
+    Stage("checkpoints", "checkpoint table", ("zero-shot", "train"), lambda c: to_mapping(c.dev), _checkpoints),
     Stage("ablations", "LoRA ablations", ("train",), lambda c: (to_mapping(c.dev), to_mapping(c.ablation)),
           _ablations),
     Stage("representations", "dynamics, attention, probes", ("train",), lambda c: to_mapping(c.representations),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from torch.utils.data import Dataset, Sampler
@@ -27,9 +27,7 @@ def load_dev_run(dev: DevSettings) -> RerankDataset:
     if dataset.qrels is None:
         raise ConfigError(f"{dev.data}: no qrels.txt; a dev run is measured against judgments, so give a "
                           "folder that has them")
-    if dev.max_queries:
-        dataset = replace(dataset, run={q: dataset.run[q] for q in list(dataset.run)[: dev.max_queries]})
-    return dataset
+    return dataset.first_queries(dev.max_queries)
 
 
 def load_training_groups(sources: tuple[str, ...], negatives: int, hard_fraction: float = 1.0,
