@@ -148,7 +148,8 @@ def _gradient_outputs(grads: dict[str, np.ndarray], out: Path, name: str) -> dic
     layers = [str(i) for i in range(per_layer.shape[1])]
     plots.save(plots.step_heatmap(per_layer.T, steps, layers, f"{name}: LoRA gradient norm per layer",
                                   "gradient norm (log scale)", log=True), out / "grad_norms.png")
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a layer with no gradient (frozen) keeps a NaN row
         by_row = per_layer.T / np.nanmax(per_layer.T, axis=1, keepdims=True)
     plots.save(plots.step_heatmap(by_row, steps, layers, f"{name}: gradient norm, each layer / its own maximum",
                                   "fraction of the layer's largest norm"), out / "grad_norms_row_normalised.png")
