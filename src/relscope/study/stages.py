@@ -70,7 +70,8 @@ def _checkpoints(ctx: StudyContext) -> None:
 
     # Step 0 is the zero-shot stage's judge on the same dev run: measured once, and in the table and figure.
     zero_shot = json.loads((ctx.folder("zero-shot") / "metrics.json").read_text(encoding="utf-8"))
-    evaluate_checkpoints(ctx.train_dir, ctx.folder("checkpoints"), ctx.config.dev, base=zero_shot["reranked"])
+    # (A dev run without qrels has no "reranked" metrics; evaluate_checkpoints then names the missing file.)
+    evaluate_checkpoints(ctx.train_dir, ctx.folder("checkpoints"), ctx.config.dev, base=zero_shot.get("reranked"))
 
 
 def _ablations(ctx: StudyContext) -> None:
