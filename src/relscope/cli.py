@@ -11,6 +11,7 @@ import os
 import sys
 import warnings
 from collections.abc import Sequence
+from typing import NoReturn
 
 from relscope.config import DEFAULT_MEASURES
 from relscope.errors import ConfigError, RelscopeError
@@ -26,7 +27,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args)
     except RelscopeError as err:
-        print(f"relscope: error: {err}", file=sys.stderr)
+        print(f"relscope: error: {one_line(str(err))}", file=sys.stderr)
+        return 2
+    except OSError as err:  # the environment's refusal (permissions, a full disk): the file and the reason
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"relscope: error: {where}{err.strerror or err}; check the path, its permissions and free space",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("relscope: interrupted", file=sys.stderr)
@@ -36,8 +42,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 RELEVANCE_GROUPS = "$RELSCOPE_DATA/relevance-mi/msmarco.jsonl"  # the patching study's 183 MS MARCO queries
 
 
+def one_line(text: str) -> str:
+    """An error message on one line, whatever it quotes."""
+    return " ".join(text.split())
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, with its errors in one line (usage is one `--help` away) and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="relscope", description="How does relevance emerge inside an LLM reranker?")
+    parser = OneLineParser(prog="relscope", description="How does relevance emerge inside an LLM reranker?")
     commands = parser.add_subparsers(dest="command", required=True)
     _add_study(commands.add_parser("study", help="the whole study in stages (resumable) and its HTML report"))
     _add_rerank(commands.add_parser("rerank", help="rerank a first-stage run with an LLM and evaluate it"))

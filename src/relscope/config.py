@@ -7,7 +7,9 @@ checking types so that a typo or a wrong type fails before any work starts.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
+import reprlib
 import types
 import typing
 from pathlib import Path
@@ -20,21 +22,61 @@ from relscope.errors import ConfigError
 T = TypeVar("T")
 
 
+_MAX_ALIASES = 100  # anchors are for reuse, not for "billion laughs" documents that expand without bound
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping and documents made of many aliases."""
+
+    aliases = 0
+
+    def compose_node(self, parent, index):  # type: ignore[no-untyped-def]
+        if self.check_event(yaml.AliasEvent):
+            self.aliases += 1
+            if self.aliases > _MAX_ALIASES:
+                mark = self.peek_event().start_mark
+                raise yaml.YAMLError(f"more than {_MAX_ALIASES} aliases (*name); at line {mark.line + 1}")
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):  # type: ignore[no-untyped-def]
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key (a list or a mapping): SafeLoader says so itself
+                break
+            if first is not None:
+                raise _DuplicateKey(key, first, key_node.start_mark.line + 1)
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: Any, first: int, line: int) -> None:
+        super().__init__(key, first, line)
+        self.key, self.first, self.line = key, first, line
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping, with an error naming the file when it is not one."""
+    from relscope.io import read_input_text
+
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found; check the path")
+    text = read_input_text(path, "config")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as err:
-        raise ConfigError(f"{path}: byte {err.start} is not UTF-8 text; a config is a YAML text file") from None
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except _DuplicateKey as err:
+        raise ConfigError(f"{path}:{err.line}: key {short(err.key)} is given twice (first on line {err.first}); "
+                          "keep one") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         at = f"{path}:{mark.line + 1}" if mark else str(path)
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ConfigError(f"{at}: not valid YAML (line {mark.line + 1 if mark else '?'}: {problem}); "
+        raise ConfigError(f"{at}: not valid YAML (line {mark.line + 1 if mark else '?'}: {clip(problem, 120)}); "
                           "fix the syntax") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be a config; fix the file") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -42,15 +84,33 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlist, _REPR.maxdict = 2, 60, 60, 4, 4
+
+
+def short(value: Any, limit: int = 80) -> str:
+    """repr() bounded in length and depth, so an error line stays one short line whatever the value."""
+    return clip(_REPR.repr(value) if not isinstance(value, str) else repr(value), limit)
+
+
+def clip(text: str, limit: int = 80) -> str:
+    """`text` on one line, cut to `limit` characters."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def from_mapping(cls: type[T], data: dict[str, Any], source: str = "config") -> T:
     """Build dataclass `cls` from `data`; `source` prefixes every error (file or key path)."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    odd = [k for k in data if not isinstance(k, str)]
+    if odd:
+        raise ConfigError(f"{source}: key {short(odd[0])} is not a name; valid keys are: {', '.join(sorted(fields))}")
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(
-            f"{source}: unknown key {unknown[0]!r}; valid keys are: {', '.join(sorted(fields))}"
+            f"{source}: unknown key {short(unknown[0])}; valid keys are: {', '.join(sorted(fields))}"
         )
     hints = get_type_hints(cls)
     values = {name: _coerce(hints[name], value, f"{source}.{name}") for name, value in data.items()}
@@ -66,7 +126,7 @@ def from_mapping(cls: type[T], data: dict[str, Any], source: str = "config") -> 
     try:
         return cls(**values)
     except (ValueError, TypeError) as err:
-        raise ConfigError(f"{source}: {err}") from None
+        raise ConfigError(f"{source}: {clip(str(err), 200)}") from None
 
 
 def to_mapping(obj: Any) -> Any:
@@ -90,17 +150,17 @@ def set_dotted(values: dict[str, Any], assignment: str) -> None:
     """Apply one `key.sub=value` override (value parsed as YAML) to nested plain data."""
     key, sep, raw = assignment.partition("=")
     if not sep or not key:
-        raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE, e.g. lora.rank=8")
+        raise ConfigError(f"--set {short(assignment)}: expected KEY=VALUE, e.g. lora.rank=8")
     try:
-        value = yaml.safe_load(raw)
-    except yaml.YAMLError:
-        raise ConfigError(f"--set {assignment!r}: the value is not valid YAML") from None
+        value = yaml.load(raw, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except (yaml.YAMLError, _DuplicateKey):
+        raise ConfigError(f"--set {short(assignment)}: the value is not valid YAML") from None
     *parents, leaf = key.split(".")
     node = values
     for part in parents:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise ConfigError(f"--set {assignment!r}: {part!r} is not a mapping")
+            raise ConfigError(f"--set {short(assignment)}: {short(part)} is not a mapping")
     node[leaf] = value
 
 
@@ -120,11 +180,11 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
     if origin is Literal:
         if value not in get_args(hint):
             choices = ", ".join(repr(a) for a in get_args(hint))
-            raise ConfigError(f"{key}: {value!r} is not allowed; choose one of {choices}")
+            raise ConfigError(f"{key}: {short(value)} is not allowed; choose one of {choices}")
         return value
     if origin in (tuple, list):
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
+            raise ConfigError(f"{key}: expected a list, got {short(value)}")
         (item,) = get_args(hint)[:1] or (Any,)
         return tuple(_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value))
     if dataclasses.is_dataclass(hint):
@@ -141,18 +201,20 @@ def _coerce_scalar(hint: Any, value: Any, key: str) -> Any:
         return value
     if hint is Path:
         if not isinstance(value, (str, Path)):
-            raise ConfigError(f"{key}: expected a path, got {value!r}")
+            raise ConfigError(f"{key}: expected a path, got {short(value)}")
         return Path(value)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if hint is float and isinstance(value, str) and _YAML11_EXPONENT.fullmatch(value.strip()):
-        return float(value)  # PyYAML (YAML 1.1) reads 1e-3 as a string; everyone means 0.001
+        value = float(value)  # PyYAML (YAML 1.1) reads 1e-3 as a string; everyone means 0.001
+    if hint is float and isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key}: {value} is not a finite number; give a number such as 0.5")
     if hint is bool and not isinstance(value, bool):
-        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        raise ConfigError(f"{key}: expected true or false, got {short(value)}")
     if hint is int and isinstance(value, bool):
-        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        raise ConfigError(f"{key}: expected an integer, got {short(value)}")
     if isinstance(hint, type) and not isinstance(value, hint):
-        raise ConfigError(f"{key}: expected {_KIND.get(hint, hint.__name__)}, got {value!r}")
+        raise ConfigError(f"{key}: expected {_KIND.get(hint, hint.__name__)}, got {short(value)}")
     return value
 
 
@@ -190,3 +252,20 @@ class RerankConfig:
                 raise ValueError(f"{key} must be a positive integer, got {getattr(self, key)}")
         if self.max_batch_tokens < 0:
             raise ValueError(f"max_batch_tokens must be 0 (by device) or positive, got {self.max_batch_tokens}")
+        check_device_name(self.device)
+        check_dtype_name(self.dtype)
+
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+_DEVICE = re.compile(r"cpu|mps|cuda(:\d+)?")
+
+
+def check_device_name(device: str | None, key: str = "device") -> None:
+    """A device name torch knows (cpu, cuda, cuda:N, mps); whether this machine has it is checked at load."""
+    if device is not None and not _DEVICE.fullmatch(device):
+        raise ValueError(f"{key} {short(device)} is not a device; use cpu, cuda, cuda:N or mps")
+
+
+def check_dtype_name(dtype: str, key: str = "dtype") -> None:
+    if dtype not in DTYPES:
+        raise ValueError(f"{key} {short(dtype)} is not one of {', '.join(DTYPES)}")

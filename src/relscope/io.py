@@ -1,72 +1,180 @@
-"""Atomic writes: a file is either complete or absent, never half-written."""
+"""Files in and out: one reader for inputs, atomic writes (a file is either complete or absent) and the lock on an output folder.
+
+Every file relscope writes goes through `atomic_path`: a temporary file beside the target, fsynced, given the
+permissions a plain `open()` would give (umask applied: a colleague can read `report.html`), then renamed over the
+target. An output folder that cannot be made or written is one error line naming it, before any work.
+"""
 
 from __future__ import annotations
 
 import json
 import os
-import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
+
+from relscope.errors import BusyError, ConfigError, DataError
+
+LOCK_NAME = ".relscope.lock"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def ensure_folder(folder: str | Path, what: str = "output folder") -> Path:
+    """Create `folder` (and parents) or say in one line why it cannot be, with the fix."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{folder}: exists and is not a folder; choose another {what}")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ConfigError(f"{folder}: a file stands where the {what} should go; choose another path") from None
+    except NotADirectoryError:
+        raise ConfigError(f"{folder}: a parent of this {what} is a file, not a folder; choose another path") from None
+    except OSError as err:
+        raise ConfigError(f"{folder}: cannot create the {what} ({err.strerror}); choose a writable path") from None
+    return folder
+
+
+def check_output_file(path: str | Path, inputs: tuple[str | Path, ...] = ()) -> Path:
+    """An output file path that is not a folder nor one of the command's `inputs`, its folder created."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder; --out takes a file path here")
+    for given in inputs:
+        if Path(given).exists() and path.exists() and os.path.samefile(given, path):
+            raise ConfigError(f"{path}: is also an input of this command; writing it would destroy that input, "
+                              "choose another --out")
+    ensure_folder(path.parent)
+    return path
 
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it over `path` on success."""
+    """Yield a temporary path beside `path`; fsync it and rename it over `path` on success."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    ensure_folder(path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise ConfigError(f"{path.parent}: cannot write there ({err.strerror}); choose a writable folder") from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; outputs are shared like any written file
+        _fsync(tmp_path)
         os.replace(tmp_path, path)
+        _fsync_folder(path.parent)
     finally:
         tmp_path.unlink(missing_ok=True)
 
 
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the rename itself durable; some filesystems cannot fsync a folder, which only weakens durability."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def output_lock(folder: str | Path) -> Iterator[None]:
-    """Hold `folder`/.relscope.lock while writing there; a second live run is refused, a stale lock taken over."""
-    from relscope.errors import BusyError, ConfigError
+    """Hold an OS lock on `folder`/.relscope.lock while writing there; a second live run is refused at once.
 
-    if Path(folder).exists() and not Path(folder).is_dir():
-        raise ConfigError(f"{folder}: exists and is not a folder; choose another --out")
-    lock = Path(folder) / ".relscope.lock"
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    me = f"{os.getpid()} {socket.gethostname()}"
-    while True:
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            break
-        except FileExistsError:
-            owner = lock.read_text(encoding="utf-8").split() if lock.exists() else []
-            if owner and _alive(owner):
-                raise BusyError(f"{folder}: another relscope run (pid {owner[0]} on {owner[1]}) is writing here; "
-                                "wait for it to end or choose another --out") from None
-            lock.unlink(missing_ok=True)  # stale: its process is gone (killed, crashed)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(me)
+    The lock is `filelock`'s (flock): the OS releases it when its process dies, so a killed run leaves no stale lock
+    and a recycled pid can never look like a live owner.
+    """
+    from filelock import FileLock, Timeout
+
+    folder = ensure_folder(folder)
+    lock = FileLock(str(folder / LOCK_NAME), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise BusyError(f"{folder}: another relscope run is writing here (it holds {folder / LOCK_NAME}); wait for "
+                        "it to end or choose another --out. The lock is released as soon as that process exits"
+                        ) from None
+    except OSError as err:
+        raise ConfigError(f"{folder}: cannot lock the output folder ({err.strerror}); choose a writable --out"
+                          ) from None
     try:
         yield
     finally:
-        lock.unlink(missing_ok=True)
+        # Unlinked while still held, so a finished run leaves nothing behind; filelock re-checks the inode it
+        # locked, so a peer that opened the old file just before cannot take a lock on it.
+        (folder / LOCK_NAME).unlink(missing_ok=True)
+        lock.release()
 
 
-def _alive(owner: list[str]) -> bool:
-    if len(owner) < 2:
-        return False  # unreadable: left by a run killed while writing it
-    if owner[1] != socket.gethostname():
-        return True  # another machine's lock on a shared disk: its process cannot be checked from here
+# Inputs: every file relscope reads is opened here, so that an OS error is one line naming the file.
+
+
+def is_input_file(path: str | Path) -> bool:
+    """A path that can be read as a file: a regular file, or a pipe/device such as `<(zcat run.gz)`."""
+    path = Path(path)
+    return path.exists() and not path.is_dir()
+
+
+def require_file(path: str | Path, what: str) -> Path:
+    """`path` if it can be read as a `what` file; else one error naming it and the fix."""
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, not a {what} file; give the file's path")
+    if not path.exists():
+        raise DataError(f"{path}: {what} file not found; check the path (or set RELSCOPE_DATA)")
+    return path
+
+
+@contextmanager
+def open_input(path: str | Path, what: str) -> Iterator[BinaryIO]:
+    """The one way relscope opens an input file: OS errors (permissions, I/O) become one line naming the file."""
+    path = require_file(path, what)
     try:
-        os.kill(int(owner[0]), 0)
-    except (ProcessLookupError, ValueError):
-        return False
-    except PermissionError:
-        return True
-    return True
+        handle = path.open("rb")
+    except OSError as err:
+        raise DataError(f"{path}: cannot read the {what} file ({err.strerror}); check its permissions") from None
+    try:
+        with handle:
+            yield handle
+    except OSError as err:
+        raise DataError(f"{path}: reading the {what} file failed ({err.strerror}); check the file and the disk"
+                        ) from None
+
+
+def read_input_bytes(path: str | Path, what: str) -> bytes:
+    """A whole input file's bytes, through `open_input`."""
+    with open_input(path, what) as handle:
+        return handle.read()
+
+
+def read_input_text(path: str | Path, what: str) -> str:
+    """A whole input file as UTF-8 text; a bad byte is one error naming the file and the byte offset."""
+    data = read_input_bytes(path, what)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: byte {err.start} is not valid UTF-8; re-encode the {what} file as UTF-8") from None
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

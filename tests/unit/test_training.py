@@ -228,25 +228,31 @@ def test_merged_adapter_scores_equal_the_unmerged_ones(tiny_family_dir, tiny_gro
     np.testing.assert_allclose(scores[0], scores[1], atol=1e-5)
 
 
-def test_a_second_run_on_the_same_folder_is_refused_and_a_stale_lock_taken_over(tiny_family_dir, tiny_groups,
-                                                                                 tmp_path):
+def test_a_second_run_on_the_same_folder_is_refused_and_a_dead_runs_lock_is_no_lock(tiny_family_dir, tiny_groups,
+                                                                                     tmp_path):
     import os
     import socket
     import subprocess
+    import sys
 
     from relscope.errors import BusyError
 
     out = tmp_path / "out"
     out.mkdir()
     lock = out / ".relscope.lock"
-    lock.write_text(f"{os.getpid()} {socket.gethostname()}")  # a live process holds it
-    with pytest.raises(BusyError, match="another relscope run"):
-        run_train_job(_config(tiny_family_dir("llama"), tiny_groups, max_steps=1), out, progress=False)
-    dead = subprocess.Popen(["true"])
-    dead.wait()
-    lock.write_text(f"{dead.pid} {socket.gethostname()}")  # its process is gone: a crash left it
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from filelock import FileLock; "
+                               f"held = FileLock({str(lock)!r}); held.acquire(); print('held', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"  # a live process holds it
+        with pytest.raises(BusyError, match="another relscope run"):
+            run_train_job(_config(tiny_family_dir("llama"), tiny_groups, max_steps=1), out, progress=False)
+    finally:
+        holder.kill()
+        holder.wait()
+    # The holder was killed: the OS released its lock, whatever the file says (here: a pid that now belongs to us).
+    lock.write_text(f"{os.getpid()} {socket.gethostname()}")
     run_train_job(_config(tiny_family_dir("llama"), tiny_groups, max_steps=1), out, progress=False)
-    assert not lock.exists()
 
 
 def test_a_non_finite_loss_stops_training_naming_the_step(tiny_family_dir, tiny_groups, tmp_path):

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from relscope.data.lines import is_input_file
 from relscope.data.msmarco import read_texts
 from relscope.data.rankllm import read_rankllm
 from relscope.data.trec import read_qrels, read_run
@@ -65,11 +66,11 @@ def resolve_files(
     if data is not None and not Path(data).is_dir() and any(v is None for v in given.values()):
         raise DataError(f"{data}: data folder not found. {DATA_HELP}")
     files = {k: Path(v) if v is not None else Path(data) / defaults[k] for k, v in given.items() if v or data}
-    absent = [k for k in ("queries", "collection", "run") if k not in files or not files[k].is_file()]
+    absent = [k for k in ("queries", "collection", "run") if k not in files or not is_input_file(files[k])]
     if absent:
         missing = ", ".join(str(files.get(k, k)) for k in absent)
         raise DataError(f"missing {missing}. {DATA_HELP}")
-    if "qrels" in files and not files["qrels"].is_file():
+    if "qrels" in files and not is_input_file(files["qrels"]):
         del files["qrels"]  # evaluation is optional: a run can be reranked without judgments
     return files
 

@@ -6,13 +6,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from relscope.errors import DataError, where
+from relscope.io import is_input_file, open_input, read_input_bytes, read_input_text, require_file
 
-
-def require_file(path: str | Path, what: str) -> Path:
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: {what} file not found; check the path (or set RELSCOPE_DATA)")
-    return path
+__all__ = ["is_input_file", "iter_lines", "open_input", "read_input_bytes", "read_input_text", "require_file",
+           "split_fields"]
 
 
 def iter_lines(path: str | Path, what: str) -> Iterator[tuple[int, str]]:
@@ -20,15 +17,14 @@ def iter_lines(path: str | Path, what: str) -> Iterator[tuple[int, str]]:
 
     Bytes are decoded per line as strict UTF-8 so a bad byte is reported with its line.
     """
-    path = require_file(path, what)
-    with path.open("rb") as handle:
+    with open_input(path, what) as handle:
         for number, raw in enumerate(handle, start=1):
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as err:
                 raise DataError(
                     f"{where(path, number)}: byte {err.start} is not valid UTF-8; re-encode the "
-                    f"file as UTF-8 (e.g. `iconv -f latin1 -t utf-8 {path.name}`)"
+                    f"file as UTF-8 (e.g. `iconv -f latin1 -t utf-8 {Path(path).name}`)"
                 ) from None
             text = text.rstrip("\r\n")
             if text.strip():

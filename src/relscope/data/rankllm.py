@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from relscope.data.lines import require_file
+from relscope.data.lines import read_input_text
 from relscope.data.types import Run, ScoredDoc
 from relscope.errors import DataError
 from relscope.io import atomic_write_json
@@ -24,11 +24,8 @@ class RankLLMData:
 
 
 def read_rankllm(path: str | Path) -> RankLLMData:
-    path = require_file(path, "rank_llm json")
     try:
-        requests = json.loads(path.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path}: byte {err.start} is not valid UTF-8; re-encode the file as UTF-8") from None
+        requests = json.loads(read_input_text(path, "rank_llm json"))
     except json.JSONDecodeError as err:
         raise DataError(f"{path}:{err.lineno}: not valid JSON ({err.msg}); fix the file") from None
     if not isinstance(requests, list):

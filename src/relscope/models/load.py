@@ -106,7 +106,30 @@ def resolve_source(name_or_path: str) -> tuple[str, Path | None]:
         return "dir", path
     if path.exists() or name_or_path.startswith((".", "/", "~")):
         raise ModelError(f"{name_or_path}: not a model folder or .gguf file")
+    if "/" not in name_or_path and not _in_hub_cache(name_or_path):
+        raise ModelError(_unknown_alias(name_or_path))
     return "hub", None
+
+
+def _unknown_alias(name: str) -> str:
+    """The error for a bare name that is no alias: a hub lookup would only retry and fail on a typo."""
+    import difflib
+
+    aliases = [*PACKAGED_MODELS, *CHUNKED_MODELS]
+    close = difflib.get_close_matches(name, aliases, n=1, cutoff=0.5)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return (f"model {name!r} is not a packaged alias, a local folder or a .gguf file; {hint}aliases: "
+            f"{', '.join(aliases)}; a Hugging Face id looks like org/name")
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    """Whether a (legacy, organisation-less) hub id such as `gpt2` was downloaded before."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:  # noqa: BLE001 - a malformed id is simply not cached
+        return False
 
 
 def load_model(name_or_path: str = DEFAULT_MODEL, dtype: str = "auto", device: str | None = None,
@@ -118,9 +141,9 @@ def load_model(name_or_path: str = DEFAULT_MODEL, dtype: str = "auto", device: s
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    device = resolve_device(device)
     kind, path = resolve_source(name_or_path)
     folder = str(gguf_to_cache(path) if kind == "gguf" else (path if kind == "dir" else name_or_path))
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch_dtype = _dtype(dtype, device)
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     if quantize_4bit:
@@ -136,6 +159,24 @@ def load_model(name_or_path: str = DEFAULT_MODEL, dtype: str = "auto", device: s
         model.to(device)
     model.eval()
     return LoadedModel(model, tokenizer, get_spec(model), name_or_path, folder)
+
+
+def resolve_device(device: str | None) -> str:
+    """`device`, or cuda when available else cpu; a device this machine does not have is one error line."""
+    import torch
+
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(device.partition(":")[2] or 0)
+        if index >= count:
+            have = f"{count} CUDA device(s)" if count else f"no CUDA device (torch {torch.__version__})"
+            raise ModelError(f"--device {device}: this machine has {have}; use --device cpu"
+                             + (f" or cuda:0..cuda:{count - 1}" if count else ""))
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise ModelError("--device mps: MPS is not available on this machine; use --device cpu")
+    return device
 
 
 def _nf4_config(device: str, compute_dtype):
