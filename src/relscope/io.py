@@ -20,8 +20,15 @@ from relscope.errors import BusyError, ConfigError, DataError
 LOCK_NAME = ".relscope.lock"
 
 
-def _umask() -> int:
-    mask = os.umask(0)
+def umask() -> int:
+    """The process's umask; read from /proc where it can be, since os.umask() must briefly change it."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
 
@@ -68,7 +75,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; outputs are shared like any written file
+        os.chmod(tmp_path, 0o666 & ~umask())  # mkstemp makes 0600; outputs are shared like any written file
         _fsync(tmp_path)
         os.replace(tmp_path, path)
         _fsync_folder(path.parent)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from relscope.errors import ModelError
+from relscope.io import umask as _umask
 from relscope.models.specs import ModelSpec, get_spec
 
 log = logging.getLogger(__name__)
@@ -228,6 +229,7 @@ def gguf_to_cache(gguf: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         _convert_gguf(gguf, tmp)
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; the cache is shared like any folder
         if target.exists():  # another process finished first
             shutil.rmtree(tmp)
         else:
