@@ -12,12 +12,42 @@ equal slices of its depth first.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from numbers import Integral, Real
 from pathlib import Path
 
 import numpy as np
 
-from relscope.errors import ConfigError
+from relscope.analysis.patching.artefacts import load_ie, load_ie_heads
+from relscope.errors import ConfigError, DataError
+
+NO_EFFECT = 1e-6  # mean IEs that all lie within this of each other have no order to compare
+
+
+@dataclass(frozen=True)
+class CompareSettings:
+    """`relscope compare`'s options, range-checked where they enter."""
+
+    heads: bool = False
+    p: float = 0.9  # RBO persistence, in (0, 1)
+    top: int = 20
+    depth_bins: int | None = None
+    signed: bool = False
+
+    def __post_init__(self) -> None:
+        p = self.p
+        if isinstance(p, bool) or not isinstance(p, Real) or not math.isfinite(p) or not 0.0 < p < 1.0:
+            raise ConfigError(f"--p {p}: RBO persistence must be between 0 and 1 (exclusive), e.g. 0.9")
+        if not _whole(self.top):
+            raise ConfigError(f"--top {self.top}: must be a whole number >= 1")
+        if self.depth_bins is not None and not _whole(self.depth_bins):
+            raise ConfigError(f"--depth-bins {self.depth_bins}: must be a whole number >= 1 (or left out to compare "
+                              "layer by layer)")
+
+
+def _whole(value) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool) and value >= 1
 
 
 @dataclass(frozen=True)
@@ -32,24 +62,31 @@ def load_ranking(folder: str | Path, heads: bool = False, depth_bins: int | None
     if not path.is_file():
         raise ConfigError(f"{path}: not found; give a `relscope patch` output folder"
                           + (" of a run with --heads" if heads else ""))
-    saved = np.load(path)
-    mean = saved["ie"].mean(axis=0)
-    layers = [int(x) for x in saved["layers"]]
+    saved = load_ie_heads(path) if heads else load_ie(path)
+    mean = saved.ie.mean(axis=0)
+    layers = saved.layers
     axis = 1  # the layer axis in both layouts
     if depth_bins:
         mean, layers = _bin_layers(mean, layers, depth_bins, axis)
     if heads:
-        groups = [str(g) for g in saved["groups"]]
+        groups = saved.groups
         labels = [f"{g} L{layer} H{h}" for g in groups for layer in layers for h in range(mean.shape[2])]
         group_of = [g for g in groups for _ in layers for _ in range(mean.shape[2])]
     else:
-        components, groups = [str(c) for c in saved["components"]], [str(g) for g in saved["groups"]]
+        components, groups = saved.components, saved.groups
         labels = [f"{c} L{layer} {g}" for c in components for layer in layers for g in groups]
         group_of = [g for _ in components for _ in layers for g in groups]
     # The group 'all' is every position at once: the residual stream there restores the whole effect (IE 1) in
     # every run by construction, so it would fill the top of both rankings and agree for no reason.
     keep = [i for i, g in enumerate(group_of) if g != "all"]
-    return Ranking([labels[i] for i in keep], mean.reshape(-1)[keep])
+    if len(keep) < 2:  # one component (or none) has no order to compare, and Spearman's rho is undefined
+        raise DataError(f"{path}: {len(keep)} component(s) besides the position group 'all' to rank; patch more "
+                        "components, layers or position groups (--positions, --head-positions)")
+    values = mean.reshape(-1)[keep]
+    if np.ptp(values) <= NO_EFFECT:  # all equal (e.g. only positions before the first differing token): no order
+        raise DataError(f"{path}: every component has the same mean IE ({values[0]:.3g}): there is no ranking to "
+                        "compare; patch position groups that differ between clean and corrupted (document, last)")
+    return Ranking([labels[i] for i in keep], values)
 
 
 def _bin_layers(mean: np.ndarray, layers: list[int], bins: int, axis: int) -> tuple[np.ndarray, list[int]]:
@@ -119,6 +156,7 @@ def compare_job(run_a: str, run_b: str, out: str | Path, heads: bool = False, p:
     from relscope.manifest import build_manifest
     from relscope.reports.tables import write_table
 
+    CompareSettings(heads, p, top, depth_bins, signed)  # the ranges, before any file is read
     a, b = (load_ranking(r, heads, depth_bins) for r in (run_a, run_b))
     summary = compare_rankings(a, b, p, top, by_magnitude=not signed)
     out = Path(out)

@@ -121,6 +121,10 @@ class PatchingEngine:
     def corrupted_logit_diff(self, pair: PatchPair) -> float:
         return float(self.logit_diffs(self.ids(pair.corrupted))[0])
 
+    def end_points(self, pair: PatchPair) -> tuple[float, float]:
+        """(LD_clean, LD_corrupted) exactly as `sweep` computes them, without patching anything."""
+        return self.run(pair.clean, [])[1], self.corrupted_logit_diff(pair)
+
     def sweep(self, pair: PatchPair, sites: Sequence[Site]) -> PairResult:
         """Patch each site from clean into corrupted: one batched forward per `batch_size` sites."""
         clean, ld_clean = self.run(pair.clean, self.activation_keys(sites))

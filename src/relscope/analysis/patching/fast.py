@@ -49,6 +49,13 @@ def stack_from(model: nn.Module, spec, start: int) -> Iterator[None]:
             config.layer_types = layer_types
 
 
+def first_difference(pair: PatchPair) -> int:
+    """The first position where the two prompts' tokens differ; their length when none does (then every patch
+    copies the same numbers and changes nothing)."""
+    return next((i for i, (a, b) in enumerate(zip(pair.clean.input_ids, pair.corrupted.input_ids)) if a != b),
+                len(pair.corrupted))
+
+
 class FastPatcher:
     def __init__(self, engine: PatchingEngine) -> None:
         self.engine = engine
@@ -69,6 +76,10 @@ class FastPatcher:
         logit_diff = float(self.engine.head(out.last_hidden_state[:, -1]).float()[0])
         return stream, [(k, v) for k, v, *_ in out.cache], logit_diff
 
+    def end_points(self, pair: PatchPair) -> tuple[float, float]:
+        """(LD_clean, LD_corrupted) exactly as `sweep` computes them, without patching anything."""
+        return self.engine.run(pair.clean, [])[1], self._corrupted_run(pair.corrupted)[2]
+
     @staticmethod
     def _start(site: Site) -> int:
         return site.layer + 1 if site.component == "resid_post" else site.layer
@@ -78,7 +89,7 @@ class FastPatcher:
         clean, ld_clean = engine.run(pair.clean, engine.activation_keys(sites))
         clean.update(engine.score_changes(pair, sites))
         stream, kv, ld_corrupted = self._corrupted_run(pair.corrupted)
-        differ = next(i for i, (a, b) in enumerate(zip(pair.clean.input_ids, pair.corrupted.input_ids)) if a != b)
+        differ = first_difference(pair)
         positions = {g: torch.tensor([p for p in pair.corrupted.positions(g) if p >= differ], device=engine.device,
                                      dtype=torch.long) for g in {s.rows for s in sites}}
         plan: dict[tuple[int, int], list[int]] = defaultdict(list)  # (start layer, first position) -> site indices

@@ -14,12 +14,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, astuple, dataclass
+from numbers import Integral, Real
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from relscope.analysis.patching.artefacts import load_pair_result
 from relscope.analysis.patching.atp import attribution_patching
 from relscope.analysis.patching.engine import (
     HEAD_GROUPS,
@@ -33,10 +38,12 @@ from relscope.analysis.patching.engine import (
 )
 from relscope.analysis.patching.fast import FastPatcher
 from relscope.analysis.patching.hooks import COMPONENTS
-from relscope.analysis.patching.pairs import PatchPair, build_pairs
+from relscope.analysis.patching.pairs import NEGATIVE_KINDS, PERTURBATIONS, PatchPair, build_pairs
 from relscope.analysis.patching.scores import SCORE_BLOCKS, score_sites
+from relscope.config import DTYPES, short
+from relscope.errors import ConfigError, DataError, ModelError, overflow_hint
 from relscope.io import atomic_path, atomic_write_json, atomic_write_text
-from relscope.manifest import build_manifest
+from relscope.manifest import build_manifest, cache_identity
 from relscope.processes import over_items, process_device, process_state
 from relscope.reports import plots
 from relscope.reports.tables import to_csv, write_table
@@ -55,7 +62,7 @@ class PatchSettings:
     positions: Sequence[str] = POSITION_GROUPS
     layers: Sequence[int] | None = None
     min_gap: float = 0.1
-    max_length: int = 256
+    max_length: int | None = None  # prompt tokens; default: the adapter's own (relscope.json), else 256
     batch_size: int = 16
     top: int = 15
     heads: bool = False
@@ -65,32 +72,137 @@ class PatchSettings:
     fast: bool = True
     dtype: str = "auto"
 
+    def __post_init__(self) -> None:
+        """Every value checked where it enters (the CLI, a study config, the API): one ConfigError naming the option,
+        before any model is loaded. Lists are normalised once: layers sorted and each once, the others each once in
+        the order given, so labels and sites agree everywhere."""
+        for key in ("groups", "model"):
+            if not isinstance(getattr(self, key), str) or not getattr(self, key).strip():
+                _bad(key, getattr(self, key), "must be a non-empty string")
+        for key in ("adapter", "template"):
+            if getattr(self, key) is not None and (not isinstance(getattr(self, key), str) or
+                                                   not getattr(self, key).strip()):
+                _bad(key, getattr(self, key), "must be a non-empty string, or left out")
+        if self.max_pairs is not None:
+            _whole(self, "max_pairs", 1, "; 0 on the command line patches every pair")
+        _choice(self, "negative_kind", NEGATIVE_KINDS)
+        _choice(self, "perturbation", PERTURBATIONS)
+        _choice(self, "dtype", DTYPES)
+        for key, known in (("components", COMPONENTS), ("positions", POSITION_GROUPS),
+                           ("head_positions", POSITION_GROUPS)):
+            _names(self, key, known)
+        if self.layers is not None:
+            _layers(self)
+        gap = self.min_gap
+        if isinstance(gap, bool) or not isinstance(gap, Real) or not math.isfinite(gap) or gap < 0:
+            _bad("min_gap", gap, "must be a finite number >= 0 (e.g. 0.1)")
+        if self.max_length is not None:
+            _whole(self, "max_length", 8)
+        _whole(self, "batch_size", 1)
+        _whole(self, "top", 1)
+        for key in ("heads", "scores", "atp", "fast"):
+            if not isinstance(getattr(self, key), bool):
+                _bad(key, getattr(self, key), "must be true or false")
+
+
+_FLAGS = {"groups": "--groups", "model": "model", "max_pairs": "--max-pairs", "negative_kind": "--negatives",
+          "perturbation": "--perturbation", "components": "--components", "positions": "--positions",
+          "layers": "--layers", "min_gap": "--min-gap", "max_length": "--max-length", "batch_size": "--batch-size",
+          "top": "top", "heads": "--heads", "head_positions": "--head-positions", "scores": "--scores",
+          "atp": "--atp", "fast": "fast", "dtype": "--dtype", "template": "--template", "adapter": "adapter"}
+
+
+def _bad(key: str, value: Any, what: str) -> None:
+    flag = _FLAGS.get(key, key)
+    name = key if flag == key else f"{flag} ({key})"
+    raise ConfigError(f"{name} {short(value)}: {what}")
+
+
+def _whole(settings: PatchSettings, key: str, least: int, hint: str = "") -> None:
+    value = getattr(settings, key)
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < least:
+        _bad(key, value, f"must be a whole number >= {least}{hint}")
+
+
+def _choice(settings: PatchSettings, key: str, known: Sequence[str]) -> None:
+    if getattr(settings, key) not in known:
+        _bad(key, getattr(settings, key), f"is not one of {', '.join(known)}")
+
+
+def _names(settings: PatchSettings, key: str, known: Sequence[str]) -> None:
+    """A non-empty list of known names, each kept once in the order given (a repeat would repeat grid rows)."""
+    value = getattr(settings, key)
+    if isinstance(value, str) or not isinstance(value, Sequence) or not value:
+        _bad(key, value, f"must be a non-empty list of {', '.join(known)}")
+    unknown = [v for v in value if v not in known]
+    if unknown:
+        _bad(key, unknown[0], f"is not one of {', '.join(known)}")
+    object.__setattr__(settings, key, tuple(dict.fromkeys(value)))
+
+
+def _layers(settings: PatchSettings) -> None:
+    """Layer indices, sorted and each once: the grid's layer axis is in this order, and so are the sites."""
+    layers = settings.layers
+    if isinstance(layers, str) or not isinstance(layers, Sequence) or not layers:
+        _bad("layers", layers, "must be a non-empty list of layer indices (leave it out for every layer)")
+    wrong = [x for x in layers if isinstance(x, bool) or not isinstance(x, Integral) or x < 0]
+    if wrong:
+        _bad("layers", wrong[0], "is not a layer index; layers count from 0")
+    object.__setattr__(settings, "layers", tuple(sorted({int(x) for x in layers})))
+
+
+def patch_layers(settings: PatchSettings, depth: int) -> list[int]:
+    """The layers to patch, checked against the model's depth as soon as it is known (before any pair is built)."""
+    if settings.layers is None:
+        return list(range(depth))
+    beyond = [layer for layer in settings.layers if layer >= depth]
+    if beyond:
+        raise ConfigError(f"--layers {' '.join(map(str, beyond[:5]))}: the model has {depth} layers; use layers 0 "
+                          f"to {depth - 1}")
+    return list(settings.layers)
+
 
 def patch_job(out: str | Path, settings: PatchSettings, progress: bool = True) -> dict:
     state = process_state()
     out = Path(out)
     loaded, head, builder = load_patch_model(settings, process_device())
     depth = len(loaded.spec.layer_list(loaded.model))
-    layers = list(settings.layers) if settings.layers is not None else list(range(depth))
+    layers = patch_layers(settings, depth)
     pairs, report = build_pairs(pair_groups(settings.groups), builder, settings.max_pairs, settings.negative_kind,
                                 perturbation=settings.perturbation)
     sites = [s for s in all_sites(depth, settings.components, settings.positions) if s.layer in layers]
     engine = PatchingEngine(loaded.model, loaded.spec, head, settings.batch_size)
     sweeper = FastPatcher(engine) if settings.fast else engine  # equal results (tested); the fast one recomputes less
     show = progress and state.is_main_process
-    fingerprint = {"model": loaded.source, "adapter": settings.adapter, "template": builder.template.name,
-                   "dtype": settings.dtype}
+    # Keyed on what the model is (the adapter's bytes, the base's files, relscope's version), not on its path:
+    # an adapter retrained into the same folder must not get the old one's pairs. Hashed once per job.
+    revision = getattr(loaded.model.config, "_commit_hash", None)  # a hub model's commit
+    fingerprint = {**cache_identity(loaded.source, settings.adapter, revision), "template": builder.template.name,
+                   "dtype": str(next(loaded.model.parameters()).dtype)}
     cache = PairCache(out / "pairs", fingerprint)
-    results = over_items(cache.wrap(lambda pair: sweeper.sweep(pair, sites), "sites", sites), pairs, "pairs", show)
-    ie, excluded = indirect_effects(results, settings.min_gap)
-    kept_pairs = [p for p in pairs if p.qid not in excluded]
+    # Which pairs have a gap worth dividing by is known from two forwards per pair (or their cached sweep), so an
+    # excluded pair is never swept and a run with none left stops before anything is written.
+    gaps = np.array(over_items(lambda pair: cache.gap(pair, "sites", sites, sweeper), pairs, "gaps", show))
+    _check_finite(gaps, "the clean - corrupted logit difference", engine)
+    keep = (np.abs(gaps) >= settings.min_gap) & (gaps != 0)  # a zero gap has no IE, whatever --min-gap says
+    kept_pairs = [p for p, k in zip(pairs, keep) if k]  # by pair: pairs of one query can fall on both sides
+    excluded = [p.qid for p, k in zip(pairs, keep) if not k]
+    if not kept_pairs:
+        raise DataError(f"no pair left to patch: all {len(pairs)} pairs have |LD_clean - LD_corrupted| below --min-gap "
+                        f"{settings.min_gap} (the largest is {np.abs(gaps).max():.3g}); lower --min-gap or use other "
+                        "groups")
+    results = over_items(cache.wrap(lambda pair: sweeper.sweep(pair, sites), "sites", sites), kept_pairs, "pairs",
+                         show)
+    ie, _ = indirect_effects(results, 0.0)
+    _check_finite(ie, "an indirect effect", engine)
     grid = ie.reshape(len(ie), len(settings.components), len(layers), len(settings.positions))  # all_sites' order
     summary = {"pairs": report.pairs, "skipped_misaligned": report.skipped_misaligned,
-               "skipped_no_negative": report.skipped_no_negative, "excluded_small_gap": excluded,
-               "min_gap": settings.min_gap, "sites": len(sites), "processes": state.num_processes}
+               "skipped_no_negative": report.skipped_no_negative, "skipped_identical": report.skipped_identical,
+               "excluded_small_gap": excluded, "min_gap": settings.min_gap, "sites": len(sites),
+               "processes": state.num_processes}
     if state.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        _write_grid(out, grid, [r for r in results if r.qid not in excluded], settings, layers, loaded.name)
+        _write_grid(out, grid, results, settings, layers, loaded.name)
     if settings.atp:  # the first-order estimate beside the exact effects, and how well it agrees
         estimates = over_items(cache.wrap(lambda pair: attribution_patching(engine, pair, sites), "atp", sites),
                                kept_pairs, "AtP", show)
@@ -123,14 +235,26 @@ class PairCache:
         key = json.dumps({**self.fingerprint, "what": what, "sites": [astuple(s) for s in sites],
                           "clean": list(pair.clean.input_ids), "corrupted": list(pair.corrupted.input_ids)},
                          sort_keys=True)
-        return self.folder / f"{what}-{pair.qid}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
+        label = re.sub(r"[^\w.-]", "_", pair.qid)[:32]  # for people only (the hash keys it): no '/', no long names
+        return self.folder / f"{what}-{label}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
+
+    def load(self, pair: PatchPair, what: str, sites: Sequence[Site]) -> PairResult | None:
+        """The pair's cached result; None when it is not cached or its file is damaged (then it is recomputed)."""
+        saved = load_pair_result(self.path(pair, what, sites), len(sites))
+        return None if saved is None else PairResult(pair.qid, *saved)
+
+    def gap(self, pair: PatchPair, what: str, sites: Sequence[Site], sweeper) -> float:
+        """LD_clean - LD_corrupted as the sweep has (or will have) them: from the cache, else two forwards."""
+        saved = self.load(pair, what, sites)
+        clean, corrupted = (saved.clean, saved.corrupted) if saved is not None else sweeper.end_points(pair)
+        return clean - corrupted
 
     def wrap(self, fn: Callable[[PatchPair], PairResult], what: str, sites: Sequence[Site]):
         def cached(pair: PatchPair) -> PairResult:
             path = self.path(pair, what, sites)
-            if path.is_file():
-                with np.load(path) as saved:
-                    return PairResult(pair.qid, float(saved["clean"]), float(saved["corrupted"]), saved["patched"])
+            saved = self.load(pair, what, sites)
+            if saved is not None:
+                return saved
             result = fn(pair)
             self.folder.mkdir(parents=True, exist_ok=True)
             with atomic_path(path) as tmp, tmp.open("wb") as f:
@@ -144,14 +268,15 @@ def load_patch_model(settings: PatchSettings, device: str):
     from relscope.models.load import load_model
     from relscope.prompts.templates import get_template
     from relscope.prompts.tokenize import PromptBuilder
-    from relscope.training.checkpoint import load_trained
+    from relscope.training.checkpoint import load_trained, resolve_max_length
 
+    max_length = resolve_max_length(settings.max_length, settings.adapter, 256)
     if settings.adapter:
         loaded, head, meta = load_trained(settings.adapter, dtype=settings.dtype, device=device, merge=True,
                                           model=settings.model, template=settings.template)
-        return loaded, head, PromptBuilder(loaded.tokenizer, get_template(meta["template"]), settings.max_length)
+        return loaded, head, PromptBuilder(loaded.tokenizer, get_template(meta["template"]), max_length)
     loaded = load_model(settings.model, dtype=settings.dtype, device=device)
-    builder = PromptBuilder(loaded.tokenizer, get_template(settings.template or "yes_no"), settings.max_length)
+    builder = PromptBuilder(loaded.tokenizer, get_template(settings.template or "yes_no"), max_length)
     return loaded, build_head(default_head(builder.template), loaded.model, builder), builder
 
 
@@ -160,6 +285,13 @@ def pair_groups(source: str):
     from relscope.training.data import load_training_groups
 
     return load_training_groups((source,), negatives=7)
+
+
+def _check_finite(values: np.ndarray, what: str, engine: PatchingEngine) -> None:
+    """A non-finite logit difference (float16 overflow, broken weights) would be a silent NaN in every table."""
+    bad = int((~np.isfinite(values)).sum())
+    if bad:
+        raise ModelError(f"{bad} values of {what} are not finite{overflow_hint(next(engine.model.parameters()).dtype)}")
 
 
 def _write_grid(out: Path, grid: np.ndarray, kept: list[PairResult], settings: PatchSettings, layers: list[int],

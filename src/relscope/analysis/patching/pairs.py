@@ -7,7 +7,9 @@ Perturbations (what the corrupted prompt changes):
               and the passage as it is (corrupted): what exact query-term matches alone do
 Patching a position copies the clean activation into the corrupted run at the same index, so both prompts must
 have the same token layout (the same spans). The passages are cut to the same token count to make it so; a pair
-that still differs (a merge at a passage boundary) is skipped and counted, never patched misaligned.
+that still differs (a merge at a passage boundary) is skipped and counted, never patched misaligned. So is a pair
+whose two prompts are the same tokens (a negative equal to the positive): it has nothing to patch and no effect to
+divide by.
 """
 
 from __future__ import annotations
@@ -29,11 +31,15 @@ class PatchPair:
     negative_kind: str = "hard"
 
 
+NEGATIVE_KINDS = ("hard", "random", "any")
+
+
 @dataclass(frozen=True)
 class PairReport:
     pairs: int
     skipped_misaligned: int
     skipped_no_negative: int
+    skipped_identical: int = 0  # clean and corrupted the same tokens: no token differs, nothing to patch
 
 
 def same_layout(a: TokenizedPrompt, b: TokenizedPrompt) -> bool:
@@ -108,7 +114,7 @@ def build_pairs(groups: Sequence[TrainingGroup], builder: PromptBuilder, max_pai
         raise ConfigError("the inject perturbation is pointwise; use a pointwise template (yes_no, score)")
     order = list(groups)
     random.Random(seed).shuffle(order)
-    pairs, misaligned, no_negative = [], 0, 0
+    pairs, misaligned, no_negative, identical = [], 0, 0, 0
     for group in order:
         if max_pairs is not None and len(pairs) >= max_pairs:
             break
@@ -116,18 +122,23 @@ def build_pairs(groups: Sequence[TrainingGroup], builder: PromptBuilder, max_pai
         if not group.positives or not negatives:
             no_negative += 1
             continue
-        pair = None
+        pair, same = None, False
         for negative in negatives:  # the first that lines up with the positive (most do at once)
             clean = group.positives[0] if perturbation == "negative" else inject_query(builder.tokenizer,
                                                                                        group.query, negative)
             pair = aligned_pair(builder, group.query, clean, negative, group.qid, negative_kind)
+            if pair is not None and pair.clean.input_ids == pair.corrupted.input_ids:
+                pair, same = None, True  # no token differs: try the next negative
             if pair is not None:
                 break
-        if pair is None:
-            misaligned += 1
-        else:
+        if pair is not None:
             pairs.append(pair)
+        elif same:
+            identical += 1
+        else:
+            misaligned += 1
     if not pairs:
         raise DataError(f"no clean/corrupted pair could be built ({no_negative} groups without a {negative_kind!r} "
-                        f"negative, {misaligned} misaligned); use other groups or another negative kind")
-    return pairs, PairReport(len(pairs), misaligned, no_negative)
+                        f"negative, {misaligned} misaligned, {identical} with identical clean and corrupted "
+                        "prompts); use other groups or another negative kind")
+    return pairs, PairReport(len(pairs), misaligned, no_negative, identical)
