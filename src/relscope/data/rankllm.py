@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,10 @@ def read_rankllm(path: str | Path) -> RankLLMData:
             raise DataError(f"{path}: request [{i}] repeats query id {qid}; ids must be unique")
         queries[qid] = text
         run[qid] = [_candidate(c, path, i, j, passages) for j, c in enumerate(request.get("candidates", []))]
+        pids = [d.pid for d in run[qid]]
+        if len(set(pids)) < len(pids):
+            twice = next(p for p in pids if pids.count(p) > 1)
+            raise DataError(f"{path}: request [{i}] lists candidate {twice!r} twice; a ranking lists each passage once")
     return RankLLMData(queries, run, passages)
 
 
@@ -72,6 +77,9 @@ def _candidate(c: Any, path: Path, i: int, j: int, passages: dict[str, str]) -> 
     pid = str(c["docid"])
     passages[pid] = f"{title.strip()}: {body.strip()}" if isinstance(title, str) and title.strip() else body.strip()
     try:
-        return ScoredDoc(pid, float(c.get("score", -j)))
-    except (TypeError, ValueError):
-        raise DataError(f"{loc}: score {c.get('score')!r} is not a number") from None
+        score = float(c.get("score", -j))
+    except (TypeError, ValueError, OverflowError):
+        score = math.nan
+    if not math.isfinite(score):
+        raise DataError(f"{loc}: score {str(c.get('score'))[:40]!r} is not a finite number")
+    return ScoredDoc(pid, score)

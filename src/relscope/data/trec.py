@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from relscope.data.lines import iter_lines, split_fields
 from relscope.data.types import Qrels, Run, ScoredDoc, sort_run
 from relscope.errors import DataError, where
 from relscope.io import atomic_write_text
+from relscope.measures import MAX_GRADE
 
 QRELS_LAYOUT = "qid iteration pid grade"
 RUN_LAYOUT = "qid Q0 pid rank score tag"
@@ -25,6 +27,9 @@ def read_qrels(path: str | Path) -> Qrels:
                 f"{where(path, line)}: grade {grade!r} is not an integer; TREC qrels grades are "
                 "integers such as 0-3"
             ) from None
+        if abs(value) > MAX_GRADE:
+            raise DataError(f"{where(path, line)}: grade {value} is beyond +-{MAX_GRADE}; TREC grades are small "
+                            "integers such as 0-3 (is a column out of place?)")
         judged = qrels.setdefault(qid, {})
         if pid in judged:
             raise DataError(
@@ -49,6 +54,9 @@ def read_run(path: str | Path) -> Run:
                 f"{where(path, line)}: rank {rank!r} must be an integer and score {score!r} a "
                 "number; fix this line"
             ) from None
+        if not math.isfinite(score_value):
+            raise DataError(f"{where(path, line)}: score {score!r} is not a finite number; a run's scores rank "
+                            "its passages, so fix or remove this line")
         if (qid, pid) in seen:
             raise DataError(
                 f"{where(path, line)}: passage {pid} appears twice for query {qid} (first on line "
@@ -62,12 +70,31 @@ def read_run(path: str | Path) -> Run:
 
 
 def format_run(run: Run, tag: str) -> str:
-    """TREC run text; ranks follow list order (callers pass sorted lists)."""
+    """TREC run text; ranks follow list order (callers pass sorted lists), and so do the printed scores."""
     out = []
     for qid, docs in run.items():
-        for rank, doc in enumerate(docs, start=1):
-            out.append(f"{qid} Q0 {doc.pid} {rank} {doc.score:.6f} {tag}\n")
+        for rank, (doc, score) in enumerate(zip(docs, tie_free_scores([d.score for d in docs])), start=1):
+            out.append(f"{qid} Q0 {doc.pid} {rank} {score} {tag}\n")
     return "".join(out)
+
+
+def tie_free_scores(scores: list[float]) -> list[str]:
+    """Scores as printed: strictly decreasing down the list at float32 precision, so that trec_eval (which reads
+    scores as float32, breaks ties by document id and ignores the rank column) ranks the file as written. Six
+    decimals where they suffice; a tie (bf16 heads make them common) is written one float32 step below the score
+    above it, in the shortest digits that keep it there."""
+    import numpy as np
+
+    printed: list[str] = []
+    previous = np.float32(np.inf)
+    for score in scores:
+        value = min(np.float32(np.clip(score, -3e38, 3e38)), np.nextafter(previous, np.float32(-np.inf)))
+        text = f"{float(value):.6f}"
+        if not np.float32(float(text)) < previous:
+            text = str(value)  # numpy's shortest repr that reads back as this float32
+        printed.append(text)
+        previous = np.float32(float(text))
+    return printed
 
 
 def write_run(run: Run, path: str | Path, tag: str = "relscope") -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+from dataclasses import replace
 from pathlib import Path
 
 from relscope.config import RerankConfig, dump_yaml, to_mapping
@@ -18,7 +19,7 @@ from relscope.data.dataset import (
 from relscope.data.trec import write_run
 from relscope.data.types import natural_key
 from relscope.errors import ConfigError
-from relscope.evaluation.metrics import evaluate_run
+from relscope.evaluation.metrics import check_evaluable, evaluate_run
 from relscope.evaluation.rerank import Reranker, rerank
 from relscope.io import atomic_write_json, atomic_write_text, output_lock
 from relscope.manifest import build_manifest
@@ -50,7 +51,12 @@ def run_rerank_job(config: RerankConfig, out_dir: str | Path, progress: bool = T
 
 
 def _rerank_job(config: RerankConfig, out: Path, progress: bool) -> dict:
+    from relscope.training.checkpoint import resolve_max_length
+
+    # An adapter is scored with the max_length it was trained with unless one is given; config.yaml says which.
+    config = replace(config, max_length=resolve_max_length(config.max_length, config.adapter, 512))
     dataset = load_dataset(config)  # fail on bad data before loading a model
+    check_dataset_evaluable(dataset)
     files = dict(dataset.files)
     options = ScoringOptions(max_batch_tokens=config.max_batch_tokens, prefix_cache=config.prefix_cache)
     reranker = build_reranker(config, options, progress)
@@ -61,6 +67,7 @@ def _rerank_job(config: RerankConfig, out: Path, progress: bool) -> dict:
         "model": loaded.name,
         "adapter": config.adapter,
         "template": reranker.builder.template.name,
+        "max_length": reranker.builder.max_length,
         "top_k": config.top_k,
         "queries": len(dataset.run),
         "passages_scored": result.scored,
@@ -94,19 +101,28 @@ def _rerank_job(config: RerankConfig, out: Path, progress: bool) -> dict:
     return metrics
 
 
+def check_dataset_evaluable(dataset: RerankDataset) -> None:
+    """Judgments ir_measures can take, sharing a query with the run (after --max-queries), before a model loads."""
+    if dataset.qrels is not None:
+        run_source = dataset.files.get("run") or dataset.files.get("rankllm") or "the run"
+        check_evaluable(dataset.qrels, dataset.run, (str(dataset.files.get("qrels", "qrels")), str(run_source)))
+
+
 def build_reranker(config: RerankConfig, options: ScoringOptions, progress: bool) -> Reranker:
-    """The base model zero-shot, or a trained checkpoint with its own template and head."""
+    """The base model zero-shot, or a trained checkpoint with its own template, head and max_length."""
+    from relscope.training.checkpoint import load_trained, resolve_max_length
+
+    max_length = resolve_max_length(config.max_length, config.adapter, 512)
     if config.adapter is None:
         loaded = load_model(config.model, dtype=config.dtype, device=config.device)
-        return Reranker.build(loaded, config.template or "yes_no", config.head, config.max_length, options, progress)
-    from relscope.training.checkpoint import load_trained
+        return Reranker.build(loaded, config.template or "yes_no", config.head, max_length, options, progress)
 
     loaded, head, meta = load_trained(config.adapter, dtype=config.dtype, device=config.device, merge=True)
     template = config.template or meta["template"]
     if config.head is not None or template != meta["template"]:
         raise ConfigError(f"adapter {config.adapter} was trained with template {meta['template']!r} and head "
                           f"{meta['head']!r}; leave template and head unset to use them")
-    return Reranker.build(loaded, template, head, config.max_length, options, progress)
+    return Reranker.build(loaded, template, head, max_length, options, progress)
 
 
 def per_query_csv(per_query: dict[str, dict[str, dict[str, float]]], measures) -> str:

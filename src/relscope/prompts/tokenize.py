@@ -190,26 +190,50 @@ class PromptBuilder:
 
     @cached_property
     def answer_ids(self) -> tuple[int, int]:
-        """Token ids of the two answer words as the model would emit them after this prompt."""
+        """Token ids of the two answer words as the model would emit them after this prompt.
+
+        A plain prompt (no chat template) ending in text ("...\nAnswer:") is answered " yes": the model writes
+        the space with the word, so the space-led token is read. A chat prompt is answered by the assistant turn,
+        which starts bare whatever its opening ends in (a newline, or a special token such as Phi-4's
+        `<|im_sep|>`): the bare word.
+        """
         if self.template.answers is None:
             raise ConfigError(f"template {self.template.name!r} has no answer words; use a linear score head")
         text, _ = self.render("q", ["d"] * len(self.template.document_slots))
-        ids = [self._first_token_after(text, word) for word in self.template.answers]
+        ids = [self._answer_token(text, word) for word in self.template.answers]
         if ids[0] == ids[1]:
             raise ConfigError(f"answers {self.template.answers} map to the same token; choose distinct words")
         return ids[0], ids[1]
 
+    def _answer_token(self, text: str, word: str) -> int:
+        """The first token of `word` as written after `text`: with a leading space unless text ends in one."""
+        if self.uses_chat or not text or text[-1].isspace() or word[:1].isspace():
+            return self._first_token_after(text, word)
+        spaced = self._tokens_after(text, " " + word)
+        if len(spaced) == 1:
+            return spaced[0]
+        if not self.tokenizer.decode(spaced[:1]).strip():
+            # this tokenizer writes the space as its own token: reading it would not tell the answers apart
+            log.warning("answer %r: this tokenizer splits off the leading space; the bare word's token is read",
+                        word)
+            return self._first_token_after(text, word)
+        log.warning("answer %r is %d tokens for this tokenizer; its first token is read", " " + word, len(spaced))
+        return spaced[0]
+
     def _first_token_after(self, text: str, word: str) -> int:
+        new = self._tokens_after(text, word)
+        if len(new) > 1:
+            log.warning("answer %r is %d tokens for this tokenizer; its first token is read", word, len(new))
+        return new[0]
+
+    def _tokens_after(self, text: str, word: str) -> list[int]:
+        """The tokens `word` adds after `text` when both are tokenised as one text (the model's view)."""
         kwargs = {"add_special_tokens": not self.uses_chat}
         prompt_ids = self.tokenizer(text, **kwargs)["input_ids"]
         full_ids = self.tokenizer(text + word, **kwargs)["input_ids"]
         if full_ids[: len(prompt_ids)] == prompt_ids and len(full_ids) > len(prompt_ids):
-            new = full_ids[len(prompt_ids):]
-        else:
-            new = self.tokenizer(word, add_special_tokens=False)["input_ids"]
-        if len(new) > 1:
-            log.warning("answer %r is %d tokens for this tokenizer; its first token is read", word, len(new))
-        return new[0]
+            return list(full_ids[len(prompt_ids):])
+        return list(self.tokenizer(word, add_special_tokens=False)["input_ids"])
 
 
 @dataclass(frozen=True)
