@@ -24,7 +24,7 @@ from relscope.models.load import load_model
 from relscope.prompts.templates import get_template
 from relscope.prompts.tokenize import PromptBuilder
 from relscope.training.config import LoraSettings
-from relscope.training.data import GroupCollator, load_training_groups
+from relscope.training.data import Draw, GroupCollator, load_training_groups
 from relscope.training.lora import apply_lora
 from relscope.training.module import RerankerModule
 from relscope.training.objectives import OBJECTIVES
@@ -48,7 +48,8 @@ def main() -> None:
     groups = load_training_groups((str(data_root() / "trec-dl-2021"),), negatives=3)
     loaded = load_model("smollm2-135m-instruct", device="cpu")
     builder = PromptBuilder(loaded.tokenizer, get_template("yes_no"), 192)
-    batch = GroupCollator(groups, objective, builder, 3, loaded.tokenizer.pad_token_id)(list(range(args.groups)))
+    batch = GroupCollator(groups, objective, builder, 3, loaded.tokenizer.pad_token_id)(
+        [Draw(i, 0) for i in range(args.groups)])
     peft_model, _ = apply_lora(loaded.model, loaded.spec, LoraSettings(rank=16, alpha=32, dropout=0.0))
     module = RerankerModule(peft_model, loaded.spec, build_head("yes_no", peft_model, builder)).train()
     yes, no = builder.answer_ids

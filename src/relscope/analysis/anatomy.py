@@ -20,7 +20,7 @@ from relscope.analysis.lora_surgery import (
     parse_layers,
     select,
 )
-from relscope.config import to_mapping
+from relscope.config import check_range, to_mapping
 from relscope.data.dataset import RerankDataset
 from relscope.errors import ConfigError
 from relscope.evaluation.metrics import evaluate_run
@@ -34,9 +34,9 @@ from relscope.reports.tables import write_table
 from relscope.training.checkpoint import (
     checkpoint_step,
     complete_checkpoints,
-    latest_checkpoint,
     load_trained,
     load_weights,
+    resolve_max_length,
 )
 from relscope.training.config import DevSettings
 from relscope.training.data import load_dev_run
@@ -51,7 +51,9 @@ def _measure(reranker: Reranker, dataset: RerankDataset, dev: DevSettings) -> di
     return evaluate_run(dataset.qrels, rerank(reranker, dataset, dev.top_k).run, dev.measures)[0]
 
 
-def _reranker(loaded, head, meta, max_length: int = 512) -> Reranker:
+def _reranker(loaded, head, meta, adapter: str | Path) -> Reranker:
+    """The checkpoint's reranker, at its own max_length (what training's dev runs used; 512 for a foreign adapter)."""
+    max_length = resolve_max_length(None, adapter, 512)
     return Reranker.build(loaded, meta["template"], head, max_length, ScoringOptions(), progress=False)
 
 
@@ -86,12 +88,13 @@ def evaluate_checkpoints(run_dir: str | Path, out: str | Path, dev: DevSettings 
 
     `base`: step 0's metrics when they were measured already on this very dev run (the study's zero-shot stage);
     they are then not measured again."""
+    check_range("--epsilon", epsilon, 0)
     run_dir, out = Path(run_dir), Path(out)
     dataset = load_dev_run(dev)
     rows = [] if base is None else [{"step": 0, **{m: base[m] for m in dev.measures}}]
     checkpoints = checkpoint_steps(run_dir)
     loaded, head, meta = load_trained(checkpoints[0][1])  # the base loads once; later adapters load into it
-    reranker = _reranker(loaded, head, meta)
+    reranker = _reranker(loaded, head, meta, checkpoints[0][1])  # one run: one max_length for every checkpoint
     if base is None and include_base and meta["head"] != "linear":  # step 0: the untrained judge
         with loaded.model.disable_adapter():
             rows.append({"step": 0, **_measure(reranker, dataset, dev)})
@@ -114,6 +117,7 @@ def evaluate_checkpoints(run_dir: str | Path, out: str | Path, dev: DevSettings 
 def sweep_rank(config, ranks: Sequence[int], out: str | Path, dev: DevSettings = DEFAULT_DEV, epsilon: float = 0.01,
                progress: bool = True) -> list[dict]:
     """Train `config` once per LoRA rank (resuming any finished or interrupted rank), then tabulate."""
+    check_range("--epsilon", epsilon, 0)
     from relscope.training.job import run_train_job
 
     out = Path(out)
@@ -121,8 +125,9 @@ def sweep_rank(config, ranks: Sequence[int], out: str | Path, dev: DevSettings =
     for rank in ranks:
         run_dir = out / f"rank-{rank}"
         ranked = replace(config, lora=replace(config.lora, rank=rank, alpha=config.lora.alpha * rank / config.lora.rank))
-        if latest_checkpoint(run_dir) is None or not (run_dir / "summary.json").is_file():
-            run_train_job(ranked, run_dir, progress=progress)
+        # Never skipped on the folder alone: a finished run returns at once, but only after the train job has
+        # checked its config.yaml, so a run another config left there is refused, not reported as this rank's.
+        run_train_job(ranked, run_dir, progress=progress)
         table = evaluate_checkpoints(run_dir, run_dir / "anatomy", dev, epsilon, include_base=False)
         best = max(table, key=lambda r: r[NDCG])
         converged = next(r["step"] for r in table if r["converged"])
@@ -166,7 +171,7 @@ def ablate(adapter: str | Path, out: str | Path, variants: Sequence[str] = DEFAU
     n_layers = num_layers(base.config)
     parsed = [(v, *parse_variant(v, n_layers)) for v in variants]  # bad variants fail before any scoring
     sites = adapted_sites(base, loaded.spec)
-    reranker = _reranker(loaded, head, meta)
+    reranker = _reranker(loaded, head, meta, adapter)
     dataset = load_dev_run(dev)
     rows = []
     for name, modules, layers in parsed:

@@ -72,9 +72,14 @@ def document_to_query_attention(model, spec, examples: Sequence[LabelledPrompt],
 
 def attention_job(out: str | Path, groups: str | Path, model: str | None = None, adapter: str | None = None,
                   template: str | None = None, layers: Sequence[int] | None = None, max_groups: int = 25,
-                  max_length: int = 256) -> list[dict]:
+                  max_length: int | None = None) -> list[dict]:
     """Base (and fine-tuned) attention mass from document to query tokens; table, heatmaps, manifest."""
     from relscope.analysis.examples import labelled_prompts, load_with_prompts
+    from relscope.config import check_range
+
+    check_range("--max-groups", max_groups, 1, integer=True)
+    for layer in layers or ():
+        check_range("--layers", layer, 0, integer=True)
     from relscope.data.dataset import data_path
     from relscope.data.groups import read_groups
     from relscope.models.specs.base import num_layers

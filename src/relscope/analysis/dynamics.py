@@ -7,7 +7,6 @@ Outputs: curves.csv, grad_norm_by_layer.csv (+ .md), groups.csv and four figures
 
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -15,12 +14,12 @@ from pathlib import Path
 import numpy as np
 from scipy.ndimage import uniform_filter1d
 
-from relscope.errors import DataError
+from relscope.errors import ConfigError, DataError
 from relscope.io import atomic_write_json, atomic_write_text
 from relscope.manifest import build_manifest
 from relscope.reports import plots
 from relscope.reports.tables import to_csv, write_table
-from relscope.training.callbacks import load_grad_norms
+from relscope.training.callbacks import GRAD_NORMS_FILE, load_grad_norms, read_log
 from relscope.training.lora import LAYER_GROUPS, layer_groups
 
 CURVES = ("loss", "accuracy", "p_correct")
@@ -44,15 +43,14 @@ class PhaseTransition:
 def read_curves(run_dir: Path) -> dict[str, np.ndarray]:
     """{"step", "loss", "accuracy", "p_correct"} from log.jsonl's training records, in step order."""
     path = run_dir / "log.jsonl"
-    if not path.is_file():
+    if not path.exists():
         raise DataError(f"{path}: not found; point at the --out folder of relscope train")
     records = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            raise DataError(f"{path}:{number}: not JSON; the log is damaged (resume the run to rewrite it)") from None
+    for record in read_log(path):  # checked line by line: a damaged line is an error naming it
         if "loss" in record:
+            if record["step"] in records:
+                raise DataError(f"{path}: step {record['step']} is logged twice; the log was edited or joined by "
+                                "hand: keep one record per step (a resume rewrites the log)")
             records[record["step"]] = record
     if len(records) < 2:
         raise DataError(f"{path}: fewer than two training steps logged; train longer first")
@@ -122,9 +120,15 @@ def _finite_or_none(value: float) -> float | None:
 def analyse_dynamics(run_dir: str | Path, out: str | Path, window: int = 25, after: int = 0) -> dict:
     """Write the curves, the phase transition and the gradient-norm tables and figures; return the summary."""
     run_dir, out = Path(run_dir), Path(out)
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise ConfigError(f"--window {window!r}: must be a whole number of steps >= 1 (e.g. 25)")
+    if isinstance(after, bool) or not isinstance(after, int) or after < 0:
+        raise ConfigError(f"--after {after!r}: must be a step number >= 0")
     curves = read_curves(run_dir)
     drops = steepest_drops(curves["step"], curves["loss"], window, 3, after)
     cliff = drops[0]
+    grad_file = run_dir / GRAD_NORMS_FILE
+    grads = load_grad_norms(grad_file) if grad_file.exists() else None  # checked before anything is written
     out.mkdir(parents=True, exist_ok=True)
     smoothed = smooth(curves["loss"], window)
     rows = [{"step": int(s), **{k: float(curves[k][i]) for k in CURVES}, "loss (smoothed)": float(smoothed[i])}
@@ -134,9 +138,8 @@ def analyse_dynamics(run_dir: str | Path, out: str | Path, window: int = 25, aft
     summary = {"run": str(run_dir), "window": window, "after": after,
                "phase_transition": {**asdict(cliff), "drop": cliff.drop},
                "steepest_drops": [{**asdict(d), "drop": d.drop} for d in drops]}
-    grad_file = run_dir / "grad_norms.npz"
-    if grad_file.is_file():
-        summary["grad_norms"] = _gradient_outputs(load_grad_norms(grad_file), out, run_dir.name)
+    if grads is not None and len(grads["steps"]):
+        summary["grad_norms"] = _gradient_outputs(grads, out, run_dir.name)
     atomic_write_json(out / "summary.json", summary)
     atomic_write_json(out / "manifest.json", build_manifest({"run": str(run_dir), "window": window, "after": after},
                                                             {"log": run_dir / "log.jsonl"}))

@@ -72,13 +72,15 @@ def last_token_states(backbone, prompts: Sequence[TokenizedPrompt], pad_id: int,
     return torch.cat(chunks, dim=1).numpy()
 
 
-def load_with_prompts(model: str | None, adapter: str | None, template: str | None, max_length: int):
+def load_with_prompts(model: str | None, adapter: str | None, template: str | None, max_length: int | None):
     """(loaded model, prompt builder): the base model, or base + adapter unmerged (so the adapter can be switched off
-    for the base half of a comparison), with the adapter's template unless one is given."""
+    for the base half of a comparison), with the adapter's template and max_length unless they are given (else
+    yes_no and 256)."""
     from relscope.models.load import load_model
     from relscope.prompts.templates import get_template
-    from relscope.training.checkpoint import load_trained
+    from relscope.training.checkpoint import load_trained, resolve_max_length
 
+    max_length = resolve_max_length(max_length, adapter, 256)
     if adapter:
         loaded, _, meta = load_trained(adapter, model=model, template=template)
         template = meta["template"]

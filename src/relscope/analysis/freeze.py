@@ -8,7 +8,6 @@ A variant names the trainable layers: a group (early, middle, late: thirds of th
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -44,8 +43,9 @@ def freeze_list(variant: str, n_layers: int) -> tuple[str, ...]:
 
 def late_accuracy(run_dir: Path, fraction: float = 0.1) -> float:
     """Mean group accuracy over the last `fraction` of the logged steps (one step's 4 groups are too noisy)."""
-    values = [json.loads(line)["accuracy"] for line in (run_dir / "log.jsonl").read_text().splitlines()
-              if '"accuracy"' in line]
+    from relscope.training.callbacks import read_log
+
+    values = [record["accuracy"] for record in read_log(run_dir / "log.jsonl") if "accuracy" in record]
     return float(np.mean(values[-max(1, int(len(values) * fraction)):]))
 
 
@@ -67,10 +67,12 @@ def freeze_sweep(config: TrainConfig, variants: Sequence[str], out: str | Path, 
     for variant, frozen in plans.items():
         run_dir = out / f"train-{variant.replace('+', '_')}"
         variant_config = replace(config, lora=replace(config.lora, freeze=frozen))
-        if not (run_dir / "summary.json").is_file():
-            run_train_job(variant_config, run_dir, progress=progress)
-        loaded, head, meta = load_trained(latest_checkpoint(run_dir), merge=True)
-        metrics = _measure(_reranker(loaded, head, meta), dataset, dev)
+        # Never skipped on the folder alone: a finished run returns at once, but only after the train job has
+        # checked its config.yaml, so a run another config left there is refused, not reported as this variant's.
+        run_train_job(variant_config, run_dir, progress=progress)
+        checkpoint = latest_checkpoint(run_dir)
+        loaded, head, meta = load_trained(checkpoint, merge=True)
+        metrics = _measure(_reranker(loaded, head, meta, checkpoint), dataset, dev)
         rows.append({"trainable": variant, "layers": len(trainable_layers(variant, depth)),
                      "train accuracy (last 10%)": late_accuracy(run_dir), **metrics})
     fig = plots.bars([r["trainable"] for r in rows], {NDCG: [r[NDCG] for r in rows],

@@ -141,6 +141,7 @@ def heads_job(out, settings, ie_heads: str | None = None, ie_group: str = "last"
 
     from relscope.analysis.patching.job import load_patch_model, pair_groups
     from relscope.analysis.patching.pairs import build_pairs
+    from relscope.errors import ConfigError
     from relscope.io import atomic_path, atomic_write_json
     from relscope.manifest import build_manifest
     from relscope.processes import over_items, process_device, process_state
@@ -148,6 +149,9 @@ def heads_job(out, settings, ie_heads: str | None = None, ie_group: str = "last"
     from relscope.reports.tables import write_table
 
     out = Path(out)
+    if isinstance(marked, bool) or not isinstance(marked, int) or marked < 0:
+        raise ConfigError(f"--marked {marked}: must be a whole number >= 0")
+    marks = _top_ie_heads(ie_heads, ie_group, marked) if ie_heads else []  # a bad file fails before the model loads
     loaded, head, builder = load_patch_model(settings, process_device())
     pairs, report = build_pairs(pair_groups(settings.groups), builder, settings.max_pairs, settings.negative_kind)
     analysis = HeadAnalysis(PatchingEngine(loaded.model, loaded.spec, head))
@@ -168,7 +172,6 @@ def heads_job(out, settings, ie_heads: str | None = None, ie_group: str = "last"
     write_table(sorted(rows, key=lambda r: -abs(r["direct contribution"]))[:20], out / "top_heads",
                 f"Heads by |direct contribution| to the answer logit difference ({len(pairs)} pairs)")
     write_table(rows, out / "heads", "Every head: interaction score, direct contribution, logit lens")
-    marks = _top_ie_heads(ie_heads, ie_group, marked) if ie_heads else []
     layers, heads = [str(i) for i in range(analysis.depth)], [str(h) for h in range(analysis.engine.n_heads)]
     block = ">".join(interaction_block(pairs[0].clean))
     plots.save(plots.heatmap(interaction_change.mean(0), layers, heads,
@@ -206,13 +209,14 @@ def _head_rows(interaction_change, direct, top_ids, first_ids, answers, tokenize
 
 def _top_ie_heads(path: str, group: str, count: int) -> list[tuple[int, int]]:
     """(layer, head) of the `count` heads with the largest |mean IE| at `group` in a patch run's ie_heads.npz."""
+    from relscope.analysis.patching.artefacts import load_ie_heads
     from relscope.errors import ConfigError
 
-    saved = np.load(path)
-    groups = [str(g) for g in saved["groups"]]
+    saved = load_ie_heads(path)
+    groups = saved.groups
     if group not in groups:
         raise ConfigError(f"{path}: no position group {group!r} in its head patching; it has {', '.join(groups)}")
-    mean = saved["ie"][:, groups.index(group)].mean(0)
+    mean = saved.ie[:, groups.index(group)].mean(0)
     order = np.argsort(-np.abs(mean), axis=None)[:count]
-    layers = [int(x) for x in saved["layers"]]
+    layers = saved.layers
     return [(layers[i // mean.shape[1]], int(i % mean.shape[1])) for i in order]

@@ -16,12 +16,13 @@ from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from numbers import Integral
 
 import numpy as np
 import torch
 
 from relscope.analysis.patching.hooks import site_hooks
-from relscope.errors import ConfigError
+from relscope.errors import ConfigError, DataError
 
 HEAD_SET_GROUPS = ("document", "query", "instruction", "last")
 NO_EFFECT = 1e-6  # |mean IE| at or below this is no effect
@@ -36,13 +37,17 @@ class HeadSet:
 
 def head_sets(ie_heads: str, size: int, random_draws: int = 3, seed: int = 0) -> list[HeadSet]:
     """Top-`size` heads by |mean IE| at each position group the patch run has, Mixed, and Random draws."""
-    saved = np.load(ie_heads)
-    groups = [str(g) for g in saved["groups"]]
-    layers = [int(x) for x in saved["layers"]]
-    magnitude = np.abs(saved["ie"].mean(axis=0))  # (groups, layers, heads)
+    from relscope.analysis.patching.artefacts import load_ie_heads
+
+    saved = load_ie_heads(ie_heads)
+    groups, layers = saved.groups, saved.layers
+    magnitude = np.abs(saved.ie.mean(axis=0))  # (groups, layers, heads)
     n_heads = magnitude.shape[2]
     if size > len(layers) * n_heads:
         raise ConfigError(f"--size {size} is more than the {len(layers) * n_heads} heads patched")
+    if magnitude.max() <= NO_EFFECT:  # every set but the random ones would be heads in storage order
+        raise DataError(f"{ie_heads}: no head has an effect (every |mean IE| is 0) at {', '.join(groups)}; patch "
+                        "with --heads at other --head-positions (document, last) or over other pairs")
 
     def top(values: np.ndarray) -> tuple[tuple[int, int], ...]:
         order = np.argsort(-values, axis=None, kind="stable")[:size]
@@ -174,10 +179,24 @@ def _judgments(scores: np.ndarray, labels: np.ndarray, qids: list[str]) -> list[
     return [(labels[rows[q]], (scores[rows[q]] > 0).astype(int), scores[rows[q]]) for q in order]
 
 
+def check_knockout_options(size: int, positions: Sequence[str], random_draws: int, max_groups: int) -> None:
+    """The knockout's own options, range-checked before any file is read or model loaded."""
+    from relscope.analysis.patching.engine import POSITION_GROUPS
+
+    for flag, value, least in (("--size", size, 1), ("--random-draws", random_draws, 0),
+                               ("--max-groups", max_groups, 1)):
+        if isinstance(value, bool) or not isinstance(value, Integral) or value < least:
+            raise ConfigError(f"{flag} {value}: must be a whole number >= {least}")
+    if isinstance(positions, str) or not positions or any(p not in POSITION_GROUPS for p in positions):
+        raise ConfigError(f"--positions {' '.join(map(str, positions))[:60]}: give one or more of "
+                          f"{', '.join(POSITION_GROUPS)}")
+
+
 def knockout_job(out, settings, ie_heads: str, size: int = 10, positions: Sequence[str] = ("all",),
                  zero: bool = False, random_draws: int = 3, max_groups: int = 100, dev=None,
                  progress: bool = True) -> list[dict]:
     """Score the full model and each head set knocked out: judgment F1 (and dev nDCG@10 when `dev` is given)."""
+    check_knockout_options(size, positions, random_draws, max_groups)
     from pathlib import Path
 
     from relscope.analysis.anatomy import NDCG
@@ -205,7 +224,7 @@ def knockout_job(out, settings, ie_heads: str, size: int = 10, positions: Sequen
     options = ScoringOptions(prefix_cache=False)  # the ablation hooks need each row's own positions
     scorer = Scorer(loaded.model, loaded.spec, head, loaded.tokenizer.pad_token_id, options, progress=False)
     dataset = load_dev_run(dev) if dev else None
-    reranker = Reranker.build(loaded, builder.template.name, head, settings.max_length, options, progress=False) \
+    reranker = Reranker.build(loaded, builder.template.name, head, builder.max_length, options, progress=False) \
         if dev else None
 
     def measure(ablation: HeadAblation | None) -> dict:

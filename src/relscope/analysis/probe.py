@@ -1,6 +1,6 @@
 """Linear probes and PCA on the last-token hidden state of every layer (`relscope probe BASE [ADAPTER]`).
 
-Hidden states are computed once per (model, adapter, template, examples) and cached in states.npz; a probe
+Hidden states are computed once per (model, adapter content, template, examples) and cached in states_*.npz; a probe
 is scikit-learn's logistic regression (on standardised features) scored by k-fold cross-validation whose folds
 never split a query (StratifiedGroupKFold), so a probe cannot pass by recognising the query.
 """
@@ -27,7 +27,7 @@ from relscope.analysis.examples import (
     load_with_prompts,
 )
 from relscope.io import atomic_path, atomic_write_json
-from relscope.manifest import build_manifest
+from relscope.manifest import build_manifest, cache_identity
 from relscope.models.scoring import unwrap
 from relscope.reports import plots
 from relscope.reports.tables import write_table
@@ -59,15 +59,26 @@ def cached_states(model, backbone, examples: list[LabelledPrompt], pad_id: int, 
     """The (layers + 1, n, d) states from `cache` when it was made from the same inputs, else computed and saved."""
     digest = hashlib.sha256(json.dumps({**key, "adapter_on": adapter, "ids": [e.prompt.input_ids for e in examples]},
                                        sort_keys=True).encode()).hexdigest()[:20]
-    if cache.is_file():
-        with np.load(cache) as stored:
-            if str(stored["digest"]) == digest:
-                return stored["states"]
+    stored = _stored_states(cache, digest)
+    if stored is not None:
+        return stored
     with adapter_state(model, adapter):
         states = last_token_states(backbone, [e.prompt for e in examples], pad_id)
     with atomic_path(cache) as tmp, tmp.open("wb") as f:
         np.savez(f, states=states, digest=np.array(digest))
     return states
+
+
+def _stored_states(cache: Path, digest: str) -> np.ndarray | None:
+    """The cached states when `cache` holds them for `digest`; None when absent, made from other inputs or damaged
+    (a cache is ours to recompute, never a reason to stop)."""
+    try:
+        with np.load(cache) as stored:
+            if str(stored["digest"]) == digest:
+                return stored["states"]
+    except Exception:  # noqa: BLE001 - absent, truncated, not an npz, hand-edited: any of them is a cache miss
+        pass
+    return None
 
 
 def run_probe(states: dict[str, np.ndarray], examples: list[LabelledPrompt], out: Path, layers: list[int] | None,
@@ -96,16 +107,26 @@ def run_probe(states: dict[str, np.ndarray], examples: list[LabelledPrompt], out
 
 def probe_job(out: str | Path, groups: str | Path, model: str | None = None, adapter: str | None = None,
               template: str | None = None, max_groups: int = 100, negative_kind: str = "hard",
-              layers: list[int] | None = None, folds: int = 5, max_length: int = 256) -> list[dict]:
+              layers: list[int] | None = None, folds: int = 5, max_length: int | None = None) -> list[dict]:
     """Probe the base model (and, given an adapter, the fine-tuned one, loaded once and switched)."""
+    from relscope.config import check_range
     from relscope.data.dataset import data_path
+
+    check_range("--max-groups", max_groups, 1, integer=True)
+    check_range("--folds", folds, 2, integer=True)
+    for layer in layers or ():
+        check_range("--layers", layer, 0, integer=True)
     from relscope.data.groups import read_groups
     out = Path(out)
     loaded, builder = load_with_prompts(model, adapter, template, max_length)
     template = builder.template.name
     examples = labelled_prompts(read_groups(data_path(str(groups))), builder, max_groups, negative_kind)
     backbone = loaded.spec.backbone_of(unwrap(loaded.model))
-    key = {"model": loaded.source, "adapter": str(adapter), "template": template}
+    # Keyed on what the model is (the adapter's bytes, the base's files, relscope's version), never on the adapter's
+    # path alone: an adapter retrained into the same folder must not be probed from the old one's states.
+    revision = getattr(loaded.model.config, "_commit_hash", None)  # a hub model's commit
+    key = {**cache_identity(loaded.source, adapter, revision), "template": template,
+           "dtype": str(next(loaded.model.parameters()).dtype)}
     pad = loaded.tokenizer.pad_token_id
     states = {"base": cached_states(loaded.model, backbone, examples, pad, out / "states_base.npz", key, False)}
     if adapter:

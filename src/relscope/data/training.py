@@ -1,8 +1,12 @@
-"""Training groups from real judgments: one positive and n negatives, seeded and reproducible.
+"""Training groups from real judgments: one positive and all of its query's negatives, seeded and reproducible.
 
-Positives are judged passages with grade >= min_grade. Hard negatives come from a
-first-stage run (judged 0 or unjudged); without a run, from the judged-0 passages (pooled
-from many systems, so they are hard too). Random negatives come from the collection.
+Positives are judged passages with grade >= min_grade, one group each (so every positive is
+trained on in every epoch). Hard negatives come from a first-stage run's top `hard_depth`
+(judged 0 or unjudged); without a run, from the judged-0 passages (pooled from many systems,
+so they are hard too). A group keeps every one of them, as Tevatron's groups
+do, in a seeded order: training draws `negatives` of them anew in each epoch (relscope.training.data). Random
+negatives from the collection are added only where a draw needs them (hard_fraction < 1, or
+too few hard ones): as many as the hard ones, and at least that share of a draw.
 Pairs whose passage has no text are skipped and counted, never silently dropped.
 """
 
@@ -13,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from relscope.data.groups import NegativePassage, TrainingGroup
-from relscope.data.lines import require_file
+from relscope.data.lines import is_input_file, require_file
 from relscope.data.msmarco import read_texts
 from relscope.data.trec import read_qrels, read_run
 from relscope.data.types import Qrels, Run, natural_key
@@ -41,7 +45,8 @@ def build_groups(
     hard_depth: int = 100,
     seed: int = 0,
 ) -> tuple[list[TrainingGroup], GroupReport]:
-    """One group per positive passage; hard negatives first, topped up with random ones."""
+    """One group per positive passage: every hard negative first, then random ones where a draw of `negatives`
+    with `hard_fraction` of them hard needs them."""
     if negatives < 1 or not 0.0 <= hard_fraction <= 1.0:
         raise DataError(f"need negatives >= 1 and 0 <= hard_fraction <= 1, got {negatives}, {hard_fraction}")
     report = GroupReport()
@@ -80,7 +85,7 @@ def groups_from_trec_folder(folder: Path, negatives: int = 7, hard_fraction: flo
         read_texts(require_file(folder / "queries.tsv", "queries"), "query"),
         read_qrels(require_file(folder / "qrels.txt", "qrels")),
         read_texts(require_file(folder / "collection.tsv", "collection"), "passage"),
-        read_run(run_file) if run_file.is_file() else None,
+        read_run(run_file) if is_input_file(run_file) else None,
         negatives=negatives, hard_fraction=hard_fraction, min_grade=min_grade, seed=seed,
     )
 
@@ -93,10 +98,16 @@ def _hard_pool(qid: str, judged: dict[str, int], passages: dict[str, str], run: 
 
 def _negatives(rng: random.Random, hard_pool: list[str], pool: list[str], judged: dict[str, int], n: int,
                hard_fraction: float) -> list[NegativePassage]:
-    n_hard = min(round(n * hard_fraction), len(hard_pool))
-    chosen = [NegativePassage("", "hard", pid) for pid in rng.sample(hard_pool, n_hard)]
-    taken = {c.pid for c in chosen}
-    candidates = [p for p in pool if judged.get(p, 0) == 0 and p not in taken]
-    for pid in rng.sample(candidates, min(n - n_hard, len(candidates))):
-        chosen.append(NegativePassage("", "random", pid))
+    """All hard negatives (none when hard_fraction is 0); random ones when a draw of n needs some: as many as the
+    hard ones (at least the draw's share), so that both kinds are drawn anew from pools of one size each epoch."""
+    # A seeded order, not the run's: analyses that take a group's first negative (patch pairs, probes) get a
+    # random hard one, not always the top-ranked non-relevant passage shared by all of the query's positives.
+    hard = rng.sample(hard_pool, len(hard_pool)) if hard_fraction > 0 else []
+    chosen = [NegativePassage("", "hard", pid) for pid in hard]
+    needed = n - min(int(n * hard_fraction + 0.5), len(hard))  # half up, not to even
+    if needed > 0:
+        taken = set(hard)
+        candidates = [p for p in pool if judged.get(p, 0) == 0 and p not in taken]
+        count = min(max(needed, len(hard_pool)), len(candidates))
+        chosen += [NegativePassage("", "random", pid) for pid in rng.sample(candidates, count)]
     return chosen

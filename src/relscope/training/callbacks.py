@@ -1,23 +1,38 @@
-"""Trainer callbacks: per-layer gradient norms, a JSONL log, and dev reranking at each checkpoint."""
+"""Trainer callbacks: per-layer gradient norms, a JSONL log, and dev reranking at each checkpoint; and the
+validating readers of what they wrote (grad_norms.npz, log.jsonl)."""
 
 from __future__ import annotations
 
 import json
+import math
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
 from transformers import TrainerCallback
 
-from relscope.errors import TrainingError
-from relscope.io import atomic_path, atomic_write_json, atomic_write_text
-from relscope.training.checkpoint import checkpoint_dir
+from relscope.errors import DataError, TrainingError
+from relscope.io import atomic_path, atomic_write_json, atomic_write_text, open_input, read_input_bytes
+from relscope.training.checkpoint import DEV_METRICS_FILE, GRAD_NORMS_FILE
 from relscope.training.lora import LoraSite, lora_parameters
 
-GRAD_NORMS_FILE = "grad_norms.npz"
+__all__ = ["CheckpointFiles", "DevEvaluator", "GRAD_NORMS_FILE", "GradNormRecorder", "JsonlLogger",
+           "load_grad_norms", "read_log", "trim_log"]
 
 
-class GradNormRecorder(TrainerCallback):
+class CheckpointFiles:
+    """A callback with files of its own in every checkpoint. RelscopeTrainer writes them (and lists them in
+    relscope.json) before the Trainer writes trainer_state.json, so a checkpoint is never complete without them."""
+
+    files: tuple[str, ...] = ()
+
+    def write_checkpoint_files(self, folder: Path, step: int) -> None:
+        raise NotImplementedError
+
+
+class GradNormRecorder(TrainerCallback, CheckpointFiles):
     """The gradient norm of every LoRA site at every optimizer step, before clipping.
 
     Stored as `norms[step_index, layer, label]` with `steps` and `labels` alongside, where a
@@ -25,6 +40,8 @@ class GradNormRecorder(TrainerCallback):
     a site is that of its A and B gradients together; NaN marks sites without LoRA or frozen.
     The trainer calls `record` before it clips (see RelscopeTrainer._clip_grad_norm).
     """
+
+    files = (GRAD_NORMS_FILE,)
 
     def __init__(self, base: torch.nn.Module, sites: list[LoraSite], n_layers: int) -> None:
         self.labels = list(dict.fromkeys(s.label for s in sites))
@@ -57,10 +74,9 @@ class GradNormRecorder(TrainerCallback):
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         self.record(state.global_step + 1)  # a no-op when the trainer already recorded it before clipping
 
-    def on_save(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
-            self.save(checkpoint_dir(args.output_dir, state.global_step) / GRAD_NORMS_FILE)
-            self.save(Path(args.output_dir) / GRAD_NORMS_FILE)
+    def write_checkpoint_files(self, folder: Path, step: int) -> None:
+        self.save(folder / GRAD_NORMS_FILE)
+        self.save(folder.parent / GRAD_NORMS_FILE)  # the run's array so far, for `relscope dynamics` mid-run
 
     def on_train_end(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
@@ -76,15 +92,52 @@ class GradNormRecorder(TrainerCallback):
         path = checkpoint / GRAD_NORMS_FILE
         if path.is_file():
             saved = load_grad_norms(path)
+            labels = saved["labels"].tolist()
+            if saved["norms"].shape[1] != self.n_layers or labels != self.labels:
+                raise DataError(f"{path}: holds {saved['norms'].shape[1]} layers x {labels}, not this run's "
+                                f"{self.n_layers} x {self.labels}; it belongs to another run: delete {checkpoint} to "
+                                "resume from the checkpoint before it, or pass --no-resume")
             keep = saved["steps"] <= step
             self.steps = saved["steps"][keep].tolist()
             self.rows = list(saved["norms"][keep])
 
 
 def load_grad_norms(path: str | Path) -> dict[str, np.ndarray]:
-    """{"norms": (steps, layers, labels), "steps": (steps,), "labels": (labels,)}"""
-    with np.load(path) as data:
-        return {key: data[key] for key in ("norms", "steps", "labels")}
+    """{"norms": (steps, layers, labels), "steps": (steps,), "labels": (labels,)}, checked: a truncated, damaged or
+    hand-edited file is one error naming it and the fix."""
+    path = Path(path)
+    fix = ("copy it again from the training run, or delete it (relscope dynamics then leaves the gradient figures "
+           "out; a checkpoint without it is incomplete, so a resume starts from the one before)")
+    try:
+        with open_input(path, "gradient-norm") as handle:
+            data = np.load(handle, allow_pickle=False)
+            if not isinstance(data, np.lib.npyio.NpzFile):
+                raise DataError(f"{path}: holds one array, not the .npz of relscope train; {fix}")
+            with data:
+                arrays = {key: data[key] for key in ("norms", "steps", "labels")}
+    except KeyError as err:
+        raise DataError(f"{path}: has no array {err}; {fix}") from None
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError) as err:
+        raise DataError(f"{path}: damaged or not an .npz file ({type(err).__name__}: "
+                        f"{str(err).splitlines()[0][:120] if str(err) else 'truncated'}); {fix}") from None
+    problem = _grad_norms_problem(**arrays)
+    if problem:
+        raise DataError(f"{path}: {problem}; {fix}")
+    return arrays
+
+
+def _grad_norms_problem(norms: np.ndarray, steps: np.ndarray, labels: np.ndarray) -> str | None:
+    if norms.ndim != 3 or norms.dtype.kind != "f":
+        return f"norms must be a (steps, layers, modules) float array, got {norms.dtype} of shape {norms.shape}"
+    if steps.shape != norms.shape[:1] or (steps.size and steps.dtype.kind not in "iu"):
+        return f"steps must hold one integer per row of norms ({norms.shape[0]}), got {steps.dtype} {steps.shape}"
+    if labels.shape != norms.shape[2:] or (labels.size and labels.dtype.kind != "U"):
+        return f"labels must name each of the {norms.shape[2]} modules, got {labels.dtype} {labels.shape}"
+    if steps.size and (steps[0] < 1 or np.any(np.diff(steps) <= 0)):
+        return "steps must start at 1 or later and increase"
+    if np.isinf(norms).any() or (norms[~np.isnan(norms)] < 0).any():
+        return "norms must be non-negative numbers (NaN where a site has no LoRA)"
+    return None
 
 
 class JsonlLogger(TrainerCallback):
@@ -100,24 +153,58 @@ class JsonlLogger(TrainerCallback):
 
 
 def trim_log(path: Path, step: int) -> None:
-    """Drop records past `step` (written after the checkpoint a resumed run starts from)."""
-    if not path.is_file():
+    """Drop records past `step` (written after the checkpoint a resumed run starts from), and a last line a kill
+    cut short; any other damage is an error naming the line."""
+    if not path.exists():
         return
-    keep = [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines()
-            if _record_step(line) <= step]
-    atomic_write_text(path, "".join(line + "\n" for line in keep))
+    keep = [record for record in read_log(path, drop_cut_last=True) if record["step"] <= step]
+    atomic_write_text(path, "".join(json.dumps(record) + "\n" for record in keep))
 
 
-def _record_step(line: str) -> float:
-    """A record's step; a line cut short by a kill mid-write counts as past any checkpoint (dropped)."""
+LOG_NUMBERS = ("loss", "accuracy", "p_correct", "learning_rate", "grad_norm", "epoch")
+
+
+def read_log(path: Path, drop_cut_last: bool = False) -> list[dict]:
+    """log.jsonl's records, checked line by line: each a JSON object with an integer step and numbers where the
+    Trainer writes numbers. A damaged line is one error naming file:line and the fix. `drop_cut_last`: a last
+    line without its newline (a kill in mid-write) is dropped instead (resume)."""
+    data = read_input_bytes(path, "training log")
+    lines = data.split(b"\n")
+    cut_last = lines.pop() if lines else b""  # b"" when the file ends with a newline, as every complete log does
+    records = [_log_record(path, number, raw) for number, raw in enumerate(lines, start=1) if raw.strip()]
+    if cut_last.strip() and not drop_cut_last:
+        raise DataError(f"{path}:{len(lines) + 1}: cut short (a run killed while writing it?); resume the run "
+                        "(which trims the log) or delete that line")
+    return records
+
+
+def _log_record(path: Path, number: int, raw: bytes) -> dict:
+    at = f"{path}:{number}"
+    fix = ("the log is damaged or was edited by hand: repair or delete that line (or start the run over with "
+           "relscope train --no-resume)")
     try:
-        return json.loads(line).get("step", 0)
-    except (json.JSONDecodeError, AttributeError):
-        return float("inf")
+        record = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise DataError(f"{at}: not UTF-8 text; {fix}") from None
+    except (json.JSONDecodeError, RecursionError):
+        raise DataError(f"{at}: not a JSON record; {fix}") from None
+    if not isinstance(record, dict):
+        raise DataError(f"{at}: expected a JSON object, got {type(record).__name__}; {fix}")
+    step = record.get("step")
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise DataError(f"{at}: step must be a non-negative integer, got {str(step)[:40]!r}; {fix}")
+    for key in LOG_NUMBERS:
+        value = record.get(key)
+        if key in record and (not isinstance(value, (int, float)) or isinstance(value, bool)
+                              or not math.isfinite(value)):
+            raise DataError(f"{at}: {key} must be a finite number, got {str(value)[:40]!r}; {fix}")
+    return record
 
 
-class DevEvaluator(TrainerCallback):
+class DevEvaluator(TrainerCallback, CheckpointFiles):
     """Rerank a dev run at every checkpoint with the `relscope rerank` machinery; log and store the metrics."""
+
+    files = (DEV_METRICS_FILE,)
 
     def __init__(self, trainer, reranker, dataset, top_k: int, measures) -> None:
         self.trainer = trainer
@@ -126,9 +213,7 @@ class DevEvaluator(TrainerCallback):
         self.top_k = top_k
         self.measures = measures
 
-    def on_save(self, args, state, control, **kwargs):
-        if not state.is_world_process_zero:
-            return
+    def write_checkpoint_files(self, folder: Path, step: int) -> None:
         from relscope.evaluation.metrics import evaluate_run
         from relscope.evaluation.rerank import rerank
 
@@ -138,6 +223,5 @@ class DevEvaluator(TrainerCallback):
         result = rerank(self.reranker, self.dataset, self.top_k)
         module.train(was_training)
         mean, _ = evaluate_run(self.dataset.qrels, result.run, self.measures)
-        atomic_write_json(checkpoint_dir(args.output_dir, state.global_step) / "dev_metrics.json",
-                          {"step": state.global_step, "top_k": self.top_k, **mean})
+        atomic_write_json(folder / DEV_METRICS_FILE, {"step": step, "top_k": self.top_k, **mean})
         self.trainer.log({f"dev/{name}": value for name, value in mean.items()})

@@ -1,11 +1,32 @@
-"""`relscope train` configuration: one frozen dataclass per concern, loaded strictly from YAML."""
+"""`relscope train` configuration: one frozen dataclass per concern, loaded strictly from YAML.
+
+Every value is range-checked where it enters (`__post_init__`, naming the key); `TrainConfig.check_paths()` checks
+that the data it names can be read, for callers (the study) that must fail before any work starts.
+"""
 
 from __future__ import annotations
 
+import math
+import os
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
-from relscope.config import DEFAULT_MEASURES
+from relscope.config import DEFAULT_MEASURES, check_device_name, check_dtype_name
+from relscope.errors import ConfigError, DataError
+
+# Hugging Face SchedulerType values that run without extra arguments: the rest need lr_scheduler_kwargs
+# (cosine_with_min_lr, cosine_warmup_with_min_lr, warmup_stable_decay) or an evaluation metric each step
+# (reduce_lr_on_plateau, greedy), which a relscope training run has not got.
+SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+              "inverse_sqrt")
+REPORTERS = ("tensorboard",)
+MAX_SEED = 2**32 - 1  # numpy's seed range, which transformers.set_seed uses
+
+
+def _finite(value: float) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass(frozen=True)
@@ -25,10 +46,16 @@ class LoraSettings:
     def __post_init__(self) -> None:
         if self.rank <= 0:
             raise ValueError(f"lora.rank must be a positive integer, got {self.rank}")
-        if self.alpha <= 0:
-            raise ValueError(f"lora.alpha must be positive, got {self.alpha}")
-        if not 0.0 <= self.dropout < 1.0:
+        if not _finite(self.alpha) or self.alpha <= 0:
+            raise ValueError(f"lora.alpha must be a finite number > 0, got {self.alpha}")
+        if not _finite(self.dropout) or not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"lora.dropout must be in [0, 1), got {self.dropout}")
+        from relscope.training.lora import LAYER_GROUPS  # (lora.py imports this module)
+
+        odd = [f for f in self.freeze if f not in LAYER_GROUPS and not re.fullmatch(r"-?[0-9]+", f)]
+        if odd:  # the layer range itself needs the model's depth: checked when it loads
+            raise ValueError(f"lora.freeze: {odd[0]!r} is neither a layer group ({', '.join(LAYER_GROUPS)}) nor a "
+                             "layer index")
         known = ("q", "k", "v", "o", "gate", "up", "down", "attn", "mlp", "all")
         unknown = [t for t in self.targets if t not in known]
         if not self.targets or unknown:
@@ -46,8 +73,24 @@ class DevSettings:
     measures: tuple[str, ...] = DEFAULT_MEASURES
 
     def __post_init__(self) -> None:
-        if self.top_k <= 0:
-            raise ValueError(f"dev.top_k must be a positive integer, got {self.top_k}")
+        """ConfigError, not ValueError: the CLI builds these from flags too, outside from_mapping."""
+        from relscope.measures import check_measures  # parsed, range-checked and tried once
+
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k <= 0:
+            raise ConfigError(f"dev.top_k (--top-k) must be a positive integer, got {self.top_k!r}")
+        if self.max_queries is not None and (isinstance(self.max_queries, bool) or not isinstance(self.max_queries, int)
+                                             or self.max_queries <= 0):
+            raise ConfigError(f"dev.max_queries (--max-queries) must be a positive integer (or unset for all), got "
+                              f"{self.max_queries!r}")
+        check_measures(self.measures, "dev.measures")
+
+    def check_paths(self) -> None:
+        """The dev folder and its files exist (cheap: nothing is read), or one error naming what is missing."""
+        from relscope.data.dataset import data_path, resolve_files
+
+        if "qrels" not in resolve_files(data_path(self.data)):
+            raise DataError(f"{self.data}: no qrels.txt; a dev run is measured against judgments, so give a folder "
+                            "that has them")
 
 
 @dataclass(frozen=True)
@@ -58,8 +101,9 @@ class TrainConfig:
     objective: str = "yes_no"  # listwise | yes_no | pairwise (relscope.training.objectives)
     template: str | None = None  # default: the objective's
     head: str | None = None  # default: the template's (linear for score, yes_no, ab)
-    negatives: int = 3  # negatives per group in each step (sampled from the group's negatives)
-    hard_fraction: float = 1.0  # when building groups from TREC folders
+    negatives: int = 3  # negatives per group in each step (drawn anew each epoch from all of the group's negatives)
+    # Share of hard negatives in each draw (the rest random ones), and what groups built from TREC folders need.
+    hard_fraction: float = 1.0
     min_grade: int = 2
     max_length: int = 256
     lora: LoraSettings = field(default_factory=LoraSettings)
@@ -86,10 +130,76 @@ class TrainConfig:
     report_to: tuple[str, ...] = ("tensorboard",)
 
     def __post_init__(self) -> None:
-        for key in ("negatives", "max_length", "max_steps", "batch_size", "grad_accum", "save_steps", "logging_steps"):
+        for key in ("negatives", "max_steps", "batch_size", "grad_accum", "save_steps", "logging_steps"):
             if getattr(self, key) <= 0:
-                raise ValueError(f"{key} must be a positive integer, got {getattr(self, key)}")
-        if self.learning_rate <= 0:
-            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+                raise ValueError(f"{key} must be a positive integer (>= 1), got {getattr(self, key)}")
+        if self.negatives > 1000:  # prompts per group per step: more is a typo, and would not fit in memory
+            raise ValueError(f"negatives must be at most 1000, got {self.negatives}")
+        if self.max_length < 8:
+            raise ValueError(f"max_length must be at least 8 tokens, got {self.max_length}")
+        if self.save_total_limit is not None and self.save_total_limit <= 0:
+            raise ValueError(f"save_total_limit must be >= 1 (or unset to keep all), got {self.save_total_limit}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.min_grade < 1:
+            raise ValueError(f"min_grade must be >= 1 (grade 0 marks the non-relevant passages), got {self.min_grade}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"seed must be between 0 and {MAX_SEED}, got {self.seed}")
+        if not _finite(self.learning_rate) or self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be a finite number > 0, got {self.learning_rate}")
+        for key in ("weight_decay", "max_grad_norm"):  # max_grad_norm 0: no clipping
+            if not _finite(getattr(self, key)) or getattr(self, key) < 0:
+                raise ValueError(f"{key} must be a finite number >= 0, got {getattr(self, key)}")
+        if not _finite(self.hard_fraction) or not 0.0 <= self.hard_fraction <= 1.0:
+            raise ValueError(f"hard_fraction must be in [0, 1], got {self.hard_fraction}")
+        self._check_choices()
         if not self.train:
             raise ValueError("train is empty; give Tevatron .jsonl files or TREC folders with qrels")
+
+    def _check_choices(self) -> None:
+        """Names (scheduler, dtype, reporters, objective, template, head) checked before any work starts."""
+        from relscope.models.heads import HEADS
+        from relscope.prompts.templates import TEMPLATES
+        from relscope.training.objectives import OBJECTIVES
+
+        check_dtype_name(self.dtype)
+        check_device_name(self.device)
+        named = [("scheduler", self.scheduler, SCHEDULERS), *(("report_to", r, REPORTERS) for r in self.report_to)]
+        for key, value, choices in named:
+            if value not in choices:
+                raise ValueError(f"{key}: {value!r} is not one of {', '.join(choices)}"
+                                 + ("; [] reports nowhere" if key == "report_to" else ""))
+        try:
+            objective = OBJECTIVES.get(self.objective)
+            template = TEMPLATES.get(self.template or objective.template)
+            if self.head is not None:
+                HEADS.get(self.head)
+        except ConfigError as err:
+            raise ValueError(str(err)) from None
+        if (template.kind == "pairwise") != (objective.name == "pairwise"):
+            raise ValueError(f"template: the {objective.name} objective cannot use the {template.kind} template "
+                             f"{template.name!r}; leave template unset to use {objective.template!r}")
+
+    def check_paths(self) -> None:
+        """Every train: path (and the dev folder) exists and can be read, without reading the data: one error
+        naming the first that cannot. For callers that must fail before any work (the study's first stage)."""
+        from relscope.data.dataset import data_path
+
+        for source in map(data_path, self.train):
+            if source.is_dir():
+                for name in ("queries.tsv", "qrels.txt", "collection.tsv"):
+                    _check_readable(source / name, f"a TREC training folder needs {name}")
+            else:
+                _check_readable(source, "give a group .jsonl file or a TREC folder")
+        if self.dev is not None:
+            self.dev.check_paths()
+
+
+def _check_readable(path: Path, fix: str) -> None:
+    """`path` exists, is not a folder and may be read (checked without reading: a pipe must keep its data)."""
+    if not path.exists():
+        raise DataError(f"{path}: training data not found; {fix}")
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, not a file; {fix}")
+    if not os.access(path, os.R_OK):
+        raise DataError(f"{path}: cannot be read (permission denied); check its permissions")

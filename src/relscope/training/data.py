@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import random
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch.utils.data import Dataset, Sampler
@@ -13,6 +14,7 @@ from relscope.data.dataset import RerankDataset, data_path, load_rerank_dataset,
 from relscope.data.groups import TrainingGroup, read_groups
 from relscope.data.training import groups_from_trec_folder
 from relscope.errors import ConfigError, DataError
+from relscope.io import is_input_file
 from relscope.models.scoring import pad_sequences
 from relscope.prompts.tokenize import PromptBuilder
 from relscope.training.config import DevSettings
@@ -32,15 +34,17 @@ def load_dev_run(dev: DevSettings) -> RerankDataset:
 
 def load_training_groups(sources: tuple[str, ...], negatives: int, hard_fraction: float = 1.0,
                          min_grade: int = 2, seed: int = 0) -> list[TrainingGroup]:
-    """Read every source: a .jsonl of groups, or a TREC folder whose judgments are turned into groups."""
+    """Read every source: a .jsonl of groups, or a TREC folder whose judgments are turned into groups (each with
+    every hard negative: the collator draws `negatives` of them anew in every epoch)."""
     groups: list[TrainingGroup] = []
     for source in map(data_path, sources):
         if source.is_dir():
-            built, report = groups_from_trec_folder(source, max(negatives, 7), hard_fraction, min_grade, seed)
-            log.info("%s: %d groups from %d queries; %d judged pairs skipped (no text)",
-                     source, report.groups, report.queries, report.skipped_missing_text)
+            built, report = groups_from_trec_folder(source, negatives, hard_fraction, min_grade, seed)
+            log.info("%s: %d groups from %d queries (%d hard, %d random negatives); %d judged pairs skipped "
+                     "(no text)", source, report.groups, report.queries, report.hard_negatives,
+                     report.random_negatives, report.skipped_missing_text)
             groups += built
-        elif source.is_file():
+        elif is_input_file(source):
             groups += read_groups(source)
         else:
             raise DataError(f"{source}: training data not found; give a group .jsonl file or a TREC folder")
@@ -54,8 +58,15 @@ def load_training_groups(sources: tuple[str, ...], negatives: int, hard_fraction
     return groups
 
 
+class Draw(NamedTuple):
+    """One group in one epoch: the sampler says which, the collator draws its positive and negatives."""
+
+    group: int
+    epoch: int
+
+
 class GroupDataset(Dataset):
-    """Item i is group i; the collator picks its positive and negatives."""
+    """Item `Draw(i, epoch)` is group i in that epoch; the collator picks its positive and negatives."""
 
     def __init__(self, groups: list[TrainingGroup]) -> None:
         self.groups = groups
@@ -63,15 +74,16 @@ class GroupDataset(Dataset):
     def __len__(self) -> int:
         return len(self.groups)
 
-    def __getitem__(self, index: int) -> int:
-        return index
+    def __getitem__(self, item: Draw) -> Draw:
+        return item
 
 
-class EpochSeededSampler(Sampler[int]):
+class EpochSeededSampler(Sampler[Draw]):
     """A permutation drawn from (seed, epoch) alone: the same in 1 or N processes and on resume.
 
     Deliberately not a RandomSampler: Accelerate swaps those for samplers seeded another way in
-    multi-process runs, which would give N processes other batches than one process.
+    multi-process runs, which would give N processes other batches than one process. Each item
+    carries its epoch, so the collator's draw changes from epoch to epoch on every process alike.
     """
 
     def __init__(self, size: int, seed: int) -> None:
@@ -87,15 +99,29 @@ class EpochSeededSampler(Sampler[int]):
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(torch.randperm(self.size, generator=generator).tolist())
+        return iter([Draw(index, self.epoch) for index in torch.randperm(self.size, generator=generator).tolist()])
+
+
+def draw_group(group: TrainingGroup, negatives: int, hard_fraction: float, rng: random.Random) -> tuple[str, list[str]]:
+    """(positive, negatives) for one step, as Tevatron samples a group each epoch: one of its positives, and
+    `negatives` of its negatives without repeats, hard ones (kind "hard") making up `hard_fraction` of them and the
+    others random ones; a kind that runs short is made up by the other, and a group with fewer negatives than
+    asked repeats them."""
+    positive = rng.choice(group.positives)
+    hard = [n.text for n in group.negatives if n.kind == "hard"]
+    other = [n.text for n in group.negatives if n.kind != "hard"]
+    n_other = min(negatives - min(int(negatives * hard_fraction + 0.5), len(hard)), len(other))
+    n_hard = min(negatives - n_other, len(hard))
+    chosen = rng.sample(hard, n_hard) + rng.sample(other, n_other)
+    return positive, [chosen[i % len(chosen)] for i in range(negatives)]
 
 
 @dataclass
 class GroupCollator:
-    """Groups -> one padded batch of prompts, groups x prompts_per_group rows in group order.
+    """Draws -> one padded batch of prompts, groups x prompts_per_group rows in draw order.
 
-    The positive and the negatives of group i are a seeded sample, the same in every
-    process and on every resume. Groups with fewer negatives than asked repeat them.
+    The positive and the negatives of group i in epoch e are drawn anew from all of the group's
+    (see draw_group), seeded by (seed, epoch, i): the same in every process and on every resume.
     """
 
     groups: list[TrainingGroup]
@@ -104,16 +130,14 @@ class GroupCollator:
     negatives: int
     pad_id: int
     seed: int = 0
+    hard_fraction: float = 1.0
 
-    def __call__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+    def __call__(self, draws: list[Draw]) -> dict[str, torch.Tensor]:
         prompts = []
-        for index in indices:
+        for index, epoch in draws:
             group = self.groups[index]
-            rng = random.Random(f"{self.seed}:{index}")
-            positive = rng.choice(group.positives)
-            pool = [n.text for n in group.negatives]
-            chosen = rng.sample(pool, self.negatives) if len(pool) >= self.negatives else \
-                [pool[i % len(pool)] for i in range(self.negatives)]
+            rng = random.Random(f"{self.seed}:{epoch}:{index}")  # str seeds hash alike in every process and run
+            positive, chosen = draw_group(group, self.negatives, self.hard_fraction, rng)
             prompts += self.objective.prompts(self.builder, group.query, positive, chosen)
         ids, mask, last = pad_sequences([p.input_ids for p in prompts], self.pad_id)
         return {"input_ids": ids, "attention_mask": mask, "last": last}

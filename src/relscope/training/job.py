@@ -54,6 +54,8 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool) -> dict
     objective, template, head_name = _resolve_objective(config)
     checkpoint = latest_checkpoint(out) if resume else None
     _check_same_run(out, config, checkpoint)
+    if checkpoint is not None and checkpoint_step(checkpoint) >= config.max_steps:
+        return _already_trained(out, checkpoint)
     dev = load_dev_run(config.dev) if config.dev else None  # bad dev data fails here, before the model loads
     groups = load_training_groups(config.train, config.negatives, config.hard_fraction, config.min_grade, config.seed)
 
@@ -70,7 +72,7 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool) -> dict
         args=_training_arguments(config, out, loaded, progress),
         train_dataset=GroupDataset(groups),
         data_collator=GroupCollator(groups, objective, builder, config.negatives, loaded.tokenizer.pad_token_id,
-                                    config.seed),
+                                    config.seed, config.hard_fraction),
         callbacks=[JsonlLogger(out / "log.jsonl"), recorder],
         objective=objective,
         prompts_per_group=objective.prompts_per_group(config.negatives),
@@ -111,6 +113,26 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool) -> dict
     }
     if trainer.is_world_process_zero():
         atomic_write_json(out / "summary.json", summary)
+    return summary
+
+
+def _already_trained(out: Path, checkpoint: Path) -> dict:
+    """A run whose last checkpoint is at max_steps: nothing to do (the Trainer would take one step more on resume).
+    Its summary.json is kept, or written when a kill came between the last checkpoint and it."""
+    log.info("%s: already trained to step %d; nothing to do", out, checkpoint_step(checkpoint))
+    if int(os.environ.get("RANK", "0")) == 0:
+        trim_log(out / "log.jsonl", checkpoint_step(checkpoint))  # a record cut short by a kill after the end
+    path = out / "summary.json"
+    if path.is_file():
+        from relscope.training.checkpoint import read_json
+
+        summary = read_json(path, "training summary", "delete it: the next `relscope train` there writes it again")
+        if isinstance(summary, dict) and summary.get("steps") == checkpoint_step(checkpoint):
+            return summary
+    summary = {"steps": checkpoint_step(checkpoint), "seconds_this_session": 0.0, "resumed_from": str(checkpoint),
+               "last_checkpoint": str(checkpoint)}
+    if int(os.environ.get("RANK", "0")) == 0:
+        atomic_write_json(path, summary)
     return summary
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from transformers import Trainer
 
 from relscope.errors import TrainingError, overflow_hint
-from relscope.training.callbacks import GradNormRecorder
+from relscope.training.callbacks import CheckpointFiles, GradNormRecorder
 from relscope.training.checkpoint import load_weights, save_weights
 from relscope.training.data import EpochSeededSampler
 from relscope.training.objectives import Objective
@@ -52,8 +54,17 @@ class RelscopeTrainer(Trainer):
         super().log(logs, start_time)
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
-        if self.args.should_save:  # adapter + head + meta; the base model is never copied
-            save_weights(self.model, output_dir or self.args.output_dir, self.meta)
+        """Adapter, head, meta and the callbacks' per-checkpoint files (the base model is never copied). The Trainer
+        calls this first in a checkpoint and writes trainer_state.json last, so those files are never missing from
+        a checkpoint that looks complete."""
+        if not self.args.should_save:
+            return
+        folder = Path(output_dir or self.args.output_dir)
+        writers = [c for c in self.callback_handler.callbacks if isinstance(c, CheckpointFiles)]
+        files = sorted(name for writer in writers for name in writer.files)
+        save_weights(self.model, folder, {**self.meta, "checkpoint_files": files})
+        for writer in writers:
+            writer.write_checkpoint_files(folder, self.state.global_step)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         load_weights(self.model.peft_model, self.model.head, resume_from_checkpoint)
