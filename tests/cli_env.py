@@ -1,4 +1,4 @@
-"""The reliability tier's shared inputs: a valid environment (TREC folder, tiny models, groups, a trained
+"""The CLI matrices' shared inputs: a valid environment (TREC folder, tiny models, groups, a trained
 checkpoint) that each bad-input case breaks in one way, and a helper that runs the CLI and reads its error."""
 
 from __future__ import annotations
@@ -92,3 +92,6 @@ def run_cli(argv: list[str], capsys) -> tuple[int, list[str], str]:
 
 def files_under(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
+
+
+# Test modules take the fixtures by importing them: `from cli_env import env, trained  # noqa: F401`.

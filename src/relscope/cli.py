@@ -94,7 +94,7 @@ def _study(args: argparse.Namespace) -> int:
 
     config = load_study_config(args.config)
     out = args.out or f"runs/study-{config.name}"
-    manifest = run_study(config, out, args.force, progress=not args.quiet)
+    manifest = run_study(config, out, args.force, progress=not args.quiet, source=args.config)
     total = manifest["seconds_all_stages"] / 60
     ran = sum(s["status"] == "ran" for s in manifest["stages"].values())
     print(f"{ran} stage(s) run, {len(manifest['stages']) - ran} reused; stage time {total:.1f} min"
@@ -116,7 +116,8 @@ def _add_rerank(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-queries", type=int, help="the run's first n queries only (default: all)")
     p.add_argument("--template", help="prompt template: yes_no, score, pairwise (default: the adapter's, else yes_no)")
     p.add_argument("--head", help="scoring head: yes_no, linear, ab (default: the template's)")
-    p.add_argument("--max-length", type=int, help="prompt tokens; passages are truncated to fit (default 512)")
+    p.add_argument("--max-length", type=int, help="prompt tokens; passages are truncated to fit (default: the "
+                                                  "adapter's, what it was trained with; else 512)")
     p.add_argument("--max-batch-tokens", type=int,
                    help="padded tokens per forward (default: 1024 on CPU, 16384 on CUDA)")
     p.add_argument("--no-prefix-cache", dest="prefix_cache", action="store_const", const=False,
@@ -150,18 +151,25 @@ def _add_fuse(p: argparse.ArgumentParser) -> None:
 
 def _fuse(args: argparse.Namespace) -> int:
     from relscope.data.trec import read_qrels, read_run, write_run
-    from relscope.evaluation.fusion import fuse_runs
-    from relscope.evaluation.metrics import evaluate_run
+    from relscope.evaluation.fusion import check_fusion, fuse_runs
+    from relscope.evaluation.metrics import evaluate_run, parse_measures
+    from relscope.io import check_output_file
 
+    # every option and the output path before any run is read; every number before anything is written
+    check_fusion(len(args.run), args.weights, args.norm)
+    parse_measures(args.measures, "--measures")
+    check_output_file(args.out, (*args.run, *([args.qrels] if args.qrels else [])))
     runs = [read_run(path) for path in args.run]
-    fused = fuse_runs(runs, args.weights, args.norm)
-    write_run(fused, args.out, tag=f"relscope-fuse-{args.norm}")
-    if args.qrels:
-        qrels = read_qrels(args.qrels)
-        print("\t".join(["run"] + args.measures))
+    qrels = read_qrels(args.qrels) if args.qrels else None
+    fused = fuse_runs(runs, args.weights, args.norm, names=args.run)
+    rows = []
+    if qrels is not None:
         for name, run in [*zip(args.run, runs), (f"fused ({args.norm}, {args.weights})", fused)]:
-            mean, _ = evaluate_run(qrels, run, args.measures)
-            print("\t".join([name] + [f"{mean[m]:.4f}" for m in args.measures]))
+            mean, _ = evaluate_run(qrels, run, args.measures, (args.qrels, name))
+            rows.append("\t".join([name] + [f"{mean[m]:.4f}" for m in args.measures]))
+    write_run(fused, args.out, tag=f"relscope-fuse-{args.norm}")
+    if rows:
+        print("\n".join(["\t".join(["run"] + args.measures), *rows]))
     print(f"fused run: {args.out}")
     return 0
 
@@ -170,7 +178,8 @@ def _add_groups(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", action="append", required=True,
                    help="TREC folder with queries.tsv, collection.tsv, qrels.txt (and run.bm25.txt for hard "
                         "negatives); repeat to combine years, e.g. --data dl21 --data dl23")
-    p.add_argument("--negatives", type=int, default=7, help="negatives per positive (default 7)")
+    p.add_argument("--negatives", type=int, default=7, help="negatives a training step draws per group (default 7): "
+                   "groups keep every hard negative, with random ones added where fewer are left")
     p.add_argument("--hard-fraction", type=float, default=1.0, help="share of hard negatives (default 1.0)")
     p.add_argument("--min-grade", type=int, default=2, help="lowest grade counted as positive (default 2)")
     p.add_argument("--seed", type=int, default=0)
@@ -329,7 +338,7 @@ def _add_patch(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layers", type=int, nargs="+", help="layers to patch (default all)")
     p.add_argument("--min-gap", type=float, default=0.1,
                    help="exclude pairs whose |LD_clean - LD_corrupted| is below this (default 0.1)")
-    p.add_argument("--max-length", type=int, default=256)
+    p.add_argument("--max-length", type=int, help="prompt tokens (default: the adapter's, else 256)")
     p.add_argument("--batch-size", type=int, default=16, help="patch variants per forward (default 16)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="auto: bf16 on CUDA, fp32 on CPU")
@@ -372,7 +381,7 @@ def _patch(args: argparse.Namespace) -> int:
 def _add_heads(p: argparse.ArgumentParser) -> None:
     _add_model_and_groups(p, "analyse")
     p.add_argument("--max-pairs", type=int, default=50, help="pairs (default 50; 0 for all)")
-    p.add_argument("--max-length", type=int, default=256)
+    p.add_argument("--max-length", type=int, help="prompt tokens (default: the adapter's, else 256)")
     p.add_argument("--ie-heads", help="a patch run's ie_heads.npz: its top heads are outlined in the heatmaps")
     p.add_argument("--ie-group", default="last", help="the position group of --ie-heads to rank by (default last)")
     p.add_argument("--marked", type=int, default=10, help="how many top-IE heads to outline (default 10)")
@@ -413,7 +422,7 @@ def _add_knockout(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="a TREC folder to rerank for nDCG@10 (e.g. $RELSCOPE_DATA/trec-dl-2019)")
     p.add_argument("--top-k", type=int, default=20)
     p.add_argument("--max-queries", type=int)
-    p.add_argument("--max-length", type=int, default=256)
+    p.add_argument("--max-length", type=int, help="prompt tokens (default: the adapter's, else 256)")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(handler=_knockout)
 
@@ -502,7 +511,7 @@ def _add_representation(p: argparse.ArgumentParser, handler) -> None:
     p.add_argument("--template", help="yes_no, score or pairwise (default: the adapter's, else yes_no)")
     p.add_argument("--max-groups", type=int, help="groups to use; two prompts each (default 100 probe, 25 attention)")
     p.add_argument("--layers", type=int, nargs="+", help="layers to analyse (default: all for probe, 5 for attention)")
-    p.add_argument("--max-length", type=int, default=256, help="prompt tokens (default 256)")
+    p.add_argument("--max-length", type=int, help="prompt tokens (default: the adapter's, else 256)")
     if handler is _probe:
         p.add_argument("--negatives", default="hard", choices=["hard", "random", "any"], help="negative kind")
         p.add_argument("--folds", type=int, default=5, help="cross-validation folds, split by query (default 5)")
@@ -516,7 +525,8 @@ def _probe(args: argparse.Namespace) -> int:
     from relscope.reports.tables import to_markdown
 
     with output_lock(args.out):
-        rows = probe_job(args.out, args.groups, args.model, args.adapter, args.template, args.max_groups or 100,
+        rows = probe_job(args.out, args.groups, args.model, args.adapter, args.template,
+                         100 if args.max_groups is None else args.max_groups,
                          args.negatives, args.layers, args.folds, args.max_length)
     print(to_markdown(rows), end="")
     print(f"outputs: {args.out}/")
@@ -530,7 +540,7 @@ def _attention(args: argparse.Namespace) -> int:
 
     with output_lock(args.out):
         rows = attention_job(args.out, args.groups, args.model, args.adapter, args.template, args.layers,
-                             args.max_groups or 25, args.max_length)
+                             25 if args.max_groups is None else args.max_groups, args.max_length)
     print(to_markdown(rows), end="")
     print(f"outputs: {args.out}/")
     return 0
@@ -541,7 +551,19 @@ def _groups(args: argparse.Namespace) -> int:
 
     from relscope.data import write_groups
     from relscope.data.training import groups_from_trec_folder
+    from relscope.io import check_output_file
+    from relscope.measures import MAX_GRADE
 
+    # options and the output path before any file is read (a collection takes minutes)
+    if not 1 <= args.negatives <= 1000:  # every group line holds its negatives' text
+        raise ConfigError(f"--negatives {args.negatives}: give 1 to 1000 negatives per group (default 7)")
+    if not 0.0 <= args.hard_fraction <= 1.0:  # also refuses nan
+        raise ConfigError(f"--hard-fraction {args.hard_fraction}: give a share from 0 to 1 (default 1.0)")
+    if not 1 <= args.min_grade <= MAX_GRADE:
+        raise ConfigError(f"--min-grade {args.min_grade}: give a grade from 1 to {MAX_GRADE} (grade 0 marks the "
+                          "non-relevant passages; default 2)")
+    inputs = ("queries.tsv", "qrels.txt", "collection.tsv", "run.bm25.txt")
+    check_output_file(args.out, tuple(Path(folder) / name for folder in args.data for name in inputs))
     groups = []
     for folder in map(Path, args.data):
         built, report = groups_from_trec_folder(folder, args.negatives, args.hard_fraction, args.min_grade, args.seed)
@@ -584,9 +606,13 @@ def _print_comparison(metrics: dict) -> None:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from relscope.data.trec import read_qrels, read_run
-    from relscope.evaluation.metrics import evaluate_run
+    from relscope.evaluation.metrics import evaluate_run, parse_measures
 
-    mean, per_query = evaluate_run(read_qrels(args.qrels), read_run(args.run), args.measures)
+    # A run's ranking is its order as read: by score, ties by its rank column (then by line). trec_eval ignores
+    # the rank column and breaks ties by document id; a run that states its ranks is evaluated in that order.
+    parse_measures(args.measures, "--measures")  # before reading: a bad measure string must not wait for a big run
+    qrels, run = read_qrels(args.qrels), read_run(args.run)
+    mean, per_query = evaluate_run(qrels, run, args.measures, (args.qrels, args.run))
     if args.per_query:
         for qid in sorted(per_query):
             print("\t".join([qid] + [f"{per_query[qid][m]:.4f}" for m in args.measures]))

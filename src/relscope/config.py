@@ -39,8 +39,11 @@ class _StrictLoader(yaml.SafeLoader):
         return super().compose_node(parent, index)
 
     def construct_mapping(self, node, deep=False):  # type: ignore[no-untyped-def]
+        explicit = sum(key.tag != "tag:yaml.org,2002:merge" for key, _ in node.value)
+        if isinstance(node, yaml.MappingNode):
+            self.flatten_mapping(node)  # merged keys (`<<: *defaults`) go first; overriding one is no duplicate
         seen: dict[Any, int] = {}
-        for key_node, _ in node.value:
+        for key_node, _ in node.value[len(node.value) - explicit:]:
             key = self.construct_object(key_node, deep=deep)
             try:
                 first = seen.get(key)
@@ -125,8 +128,8 @@ def from_mapping(cls: type[T], data: dict[str, Any], source: str = "config") -> 
         raise ConfigError(f"{source}: missing required key {missing[0]!r}")
     try:
         return cls(**values)
-    except (ValueError, TypeError) as err:
-        raise ConfigError(f"{source}: {clip(str(err), 200)}") from None
+    except (ValueError, TypeError, ConfigError) as err:  # __post_init__'s range checks, named by `source`
+        raise ConfigError(f"{source}: {clip(str(err), 300)}") from None
 
 
 def to_mapping(obj: Any) -> Any:
@@ -204,6 +207,8 @@ def _coerce_scalar(hint: Any, value: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a path, got {short(value)}")
         return Path(value)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        if abs(value) > 1e300:
+            raise ConfigError(f"{key}: {short(value)} is not a usable number; give a number such as 0.5")
         return float(value)
     if hint is float and isinstance(value, str) and _YAML11_EXPONENT.fullmatch(value.strip()):
         value = float(value)  # PyYAML (YAML 1.1) reads 1e-3 as a string; everyone means 0.001
@@ -216,6 +221,19 @@ def _coerce_scalar(hint: Any, value: Any, key: str) -> Any:
     if isinstance(hint, type) and not isinstance(value, hint):
         raise ConfigError(f"{key}: expected {_KIND.get(hint, hint.__name__)}, got {short(value)}")
     return value
+
+
+def check_range(key: str, value: Any, least: float | None = None, most: float | None = None,
+                integer: bool = False) -> None:
+    """One ConfigError naming `key` unless `value` is a finite number (a whole one if `integer`) in range."""
+    kind = "a whole number" if integer else "a number"
+    ok = isinstance(value, int) if integer else isinstance(value, (int, float))
+    ok = ok and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (least is None or value >= least) and (most is None or value <= most)
+    if not ok:
+        span = (f" from {least:g} to {most:g}" if least is not None and most is not None
+                else f" >= {least:g}" if least is not None else f" <= {most:g}" if most is not None else "")
+        raise ConfigError(f"{key} {short(value)}: must be {kind}{span}")
 
 
 # nDCG@10, MRR@10 and MAP with NIST's "relevant" threshold of grade 2 (as the TREC DL overviews).
@@ -238,7 +256,7 @@ class RerankConfig:
     max_queries: int | None = None  # the first n queries of the run only, for a quicker signal
     template: str | None = None  # yes_no | score | pairwise; default: the adapter's, else yes_no
     head: str | None = None  # default: the adapter's, else the template's own (yes_no, linear, ab)
-    max_length: int = 512
+    max_length: int | None = None  # prompt tokens; default: the adapter's own (relscope.json), else 512
     max_batch_tokens: int = 0  # padded tokens per forward; 0 = by device (1024 CPU, 16384 CUDA)
     prefix_cache: bool = True
     on_missing: Literal["error", "skip"] = "error"
@@ -250,10 +268,15 @@ class RerankConfig:
         for key in ("top_k", "max_length", "max_queries"):
             if getattr(self, key) is not None and getattr(self, key) <= 0:
                 raise ValueError(f"{key} must be a positive integer, got {getattr(self, key)}")
+        if self.max_length is not None and self.max_length < 8:
+            raise ValueError(f"max_length must be at least 8 tokens, got {self.max_length}")
         if self.max_batch_tokens < 0:
             raise ValueError(f"max_batch_tokens must be 0 (by device) or positive, got {self.max_batch_tokens}")
         check_device_name(self.device)
         check_dtype_name(self.dtype)
+        from relscope.measures import check_measures  # parsed, range-checked and tried once: see relscope.measures
+
+        check_measures(self.measures, "measures")
 
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")

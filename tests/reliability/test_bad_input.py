@@ -19,8 +19,10 @@ import pytest
 
 from relscope.cli import main
 
+from cli_env import env, trained  # noqa: F401 - fixtures: the valid inputs each case breaks
+
 if TYPE_CHECKING:
-    from conftest import Env  # tests/reliability/conftest.py: the valid inputs each case breaks
+    from cli_env import Env
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import files_under, run_cli
+from cli_env import env, files_under, run_cli, trained  # noqa: F401 - env, trained: fixtures
 
 from relscope.io import atomic_write_text, output_lock
 
