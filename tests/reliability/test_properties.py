@@ -63,3 +63,55 @@ def test_any_text_builds_or_fails_cleanly(query, passage):
         return
     assert 0 < len(prompt) <= 128
     assert prompt.positions("last") == [len(prompt) - 1]
+
+
+# Lines that look almost right: the layout's column count, each field drawn from values a hand-edited or
+# mis-converted file holds (numbers in odd forms, non-finite values, empty strings, JSON fragments, other columns).
+FIELD = st.one_of(
+    st.sampled_from(["1", "0", "-1", "2.5", "1e400", "nan", "inf", "-inf", "Q0", "", "null", "{}", "[]", "\"x\"",
+                     "99999999999999999999", "0x10", "１", "3\u00a0"]),
+    st.integers(min_value=-10**30, max_value=10**30).map(str),
+    st.floats().map(repr),
+    st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\n\r"), max_size=12),
+)
+LAYOUTS = {read_qrels: (4, " "), read_run: (6, " "), (lambda p: read_texts(p, "passage")): (2, "\t")}
+
+
+@SETTINGS
+@given(data=st.data())
+def test_almost_right_lines_are_read_or_refused_with_a_relscope_error(tmp_path_factory, data):
+    """Each reader, fed lines of its own column count with hostile field values, either reads them (into finite
+    numbers) or refuses with one relscope error: never another exception."""
+    import math
+
+    folder = tmp_path_factory.mktemp("lines")
+    for reader, (columns, sep) in LAYOUTS.items():
+        rows = data.draw(st.lists(st.lists(FIELD, min_size=columns, max_size=columns), min_size=1, max_size=5))
+        path = folder / "file.txt"
+        path.write_text("".join(sep.join(row) + "\n" for row in rows), encoding="utf-8")
+        try:
+            read = reader(path)
+        except RelscopeError:
+            continue
+        if reader is read_run:
+            assert all(math.isfinite(d.score) for docs in read.values() for d in docs)
+
+
+@SETTINGS
+@given(records=st.lists(st.dictionaries(st.sampled_from(["query_id", "query", "positive_passages",
+                                                         "negative_passages", "text", "docid", "kind"]),
+                                        st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+                                                     lambda inner: st.lists(inner, max_size=3)
+                                                     | st.dictionaries(st.sampled_from(["text", "docid", "kind"]),
+                                                                       inner, max_size=3), max_leaves=8)),
+                        min_size=1, max_size=4))
+def test_almost_right_group_lines_are_read_or_refused_with_a_relscope_error(tmp_path_factory, records):
+    """Group jsonl lines with the right keys holding the wrong kinds of values."""
+    import json
+
+    path = tmp_path_factory.mktemp("groups") / "groups.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    try:
+        read_groups(path)
+    except RelscopeError:
+        pass

@@ -217,12 +217,24 @@ def test_training_a_finished_run_again_takes_no_step_more(tiny_family_dir, tiny_
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-2"]
 
 
-def test_relscopes_checkpoint_files_are_written_before_the_trainer_state(tiny_family_dir, tiny_groups, tmp_path):
-    """Bug 8: trainer_state.json (the completeness marker) must be the last file of a checkpoint."""
+def test_relscopes_checkpoint_files_are_written_before_the_trainer_state(tiny_family_dir, tiny_groups, tmp_path,
+                                                                        monkeypatch):
+    """Bug 8: trainer_state.json (the completeness marker) must be the last file of a checkpoint: at the moment the
+    Trainer writes it, relscope's own files are already there."""
+    from transformers.trainer_callback import TrainerState
+
+    present: list[set[str]] = []
+    save = TrainerState.save_to_json
+
+    def watched(self, json_path: str) -> None:
+        if Path(json_path).parent.name.startswith("checkpoint-"):
+            present.append({p.name for p in Path(json_path).parent.iterdir()})
+        save(self, json_path)
+
+    monkeypatch.setattr(TrainerState, "save_to_json", watched)
     folder = _train_tiny(tmp_path, tiny_family_dir("llama"), tiny_groups)
-    marker = (folder / "trainer_state.json").stat().st_mtime_ns
-    for name in ("relscope.json", "adapter_model.safetensors", "grad_norms.npz"):
-        assert (folder / name).stat().st_mtime_ns <= marker, name
+    listed = json.loads((folder / "relscope.json").read_text())["checkpoint_files"]
+    assert present and {"relscope.json", "adapter_model.safetensors", "grad_norms.npz", *listed} <= present[-1]
 
 
 # -- TrainConfig validation -------------------------------------------------------------------------------------------
