@@ -9,6 +9,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/tiny.py
 
+from tiny import tiny_group_file, tiny_study_yaml, tiny_trec_folder  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -39,26 +41,6 @@ def smollm2():
     from relscope.models.load import load_model
 
     return load_model("smollm2-135m-instruct", device="cpu")
-
-
-def tiny_trec_folder(parent: Path) -> Path:
-    """A tiny, valid TREC folder: 2 queries, 5 passages, a run and graded qrels."""
-    folder = parent / "trec"
-    folder.mkdir()
-    (folder / "queries.tsv").write_text("1\twhat is the capital of france\n2\twhy are bananas yellow\n")
-    (folder / "collection.tsv").write_text(
-        "p1\tParis is the capital and largest city of France.\n"
-        "p2\tBananas are yellow because of carotenoids.\n"
-        "p3\tThe quick brown fox jumps over the lazy dog.\n"
-        "p4\tRivers flow to the sea.\n"
-        "p5\tMountains rise above the clouds.\n"
-    )
-    (folder / "run.bm25.txt").write_text(
-        "1 Q0 p3 1 9.0 bm25\n1 Q0 p1 2 8.0 bm25\n1 Q0 p4 3 7.0 bm25\n1 Q0 p5 4 6.0 bm25\n"
-        "2 Q0 p4 1 5.0 bm25\n2 Q0 p2 2 4.0 bm25\n2 Q0 p5 3 3.0 bm25\n"
-    )
-    (folder / "qrels.txt").write_text("1 0 p1 3\n1 0 p3 0\n2 0 p2 2\n2 0 p4 0\n")
-    return folder
 
 
 @pytest.fixture
@@ -95,25 +77,28 @@ def tiny_family_dir(tmp_path_factory):
     return build
 
 
-def tiny_group_file(parent: Path) -> Path:
-    """A Tevatron group file of 12 groups: one positive and three negatives each."""
-    from relscope.data.groups import NegativePassage, TrainingGroup, write_groups
-
-    topics = [("what is the capital of france", "Paris is the capital and largest city of France."),
-              ("why are bananas yellow", "Bananas are yellow because of carotenoids."),
-              ("where do rivers flow", "Rivers flow to the sea.")]
-    noise = ["The quick brown fox jumps over the lazy dog.", "Mountains rise above the clouds.",
-             "Numbers and punctuation 0123456789!", "Bananas ripen in tropical climates."]
-    groups = [
-        TrainingGroup(f"q{i}", topics[i % 3][0], (topics[i % 3][1],),
-                      tuple(NegativePassage(noise[(i + j) % 4], "hard", f"n{(i + j) % 4}") for j in range(3)))
-        for i in range(12)
-    ]
-    path = parent / "groups.jsonl"
-    write_groups(groups, path)
-    return path
-
-
 @pytest.fixture
 def tiny_groups(tmp_path: Path) -> Path:
     return tiny_group_file(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def pristine_study(tiny_model_dir, tmp_path_factory):
+    """One tiny study run for the whole session (its data and groups built here: the shared fixtures are per
+    test); tests/unit/test_study.py and test_study_regressions.py copy it before changing anything."""
+    from relscope.cli import main
+
+    root = tmp_path_factory.mktemp("study")
+    config = tiny_study_yaml(root / "study.yaml", tiny_model_dir, tiny_trec_folder(root), tiny_group_file(root))
+    assert main(["study", str(config), "--out", str(root / "study"), "--quiet"]) == 0
+    return root
+
+
+@pytest.fixture
+def study(pristine_study, tmp_path):
+    """A copy of the tiny study that a test may rerun and change."""
+    import shutil
+
+    shutil.copytree(pristine_study / "study", tmp_path / "study")  # the data stay where they are: same keys
+    shutil.copy(pristine_study / "study.yaml", tmp_path / "study.yaml")
+    return tmp_path / "study.yaml", tmp_path / "study"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -91,3 +92,63 @@ def tiny_model(family: str = "llama", seed: int = 0):
 def tiny_loaded(family: str = "llama", chat: bool = True, seed: int = 0) -> LoadedModel:
     model = tiny_model(family, seed)
     return LoadedModel(model, tiny_tokenizer(chat), get_spec(model), f"tiny-{family}", "memory")
+
+
+def tiny_trec_folder(parent: Path) -> Path:
+    """A tiny, valid TREC folder: 2 queries, 5 passages, a run and graded qrels."""
+    folder = parent / "trec"
+    folder.mkdir()
+    (folder / "queries.tsv").write_text("1\twhat is the capital of france\n2\twhy are bananas yellow\n")
+    (folder / "collection.tsv").write_text(
+        "p1\tParis is the capital and largest city of France.\n"
+        "p2\tBananas are yellow because of carotenoids.\n"
+        "p3\tThe quick brown fox jumps over the lazy dog.\n"
+        "p4\tRivers flow to the sea.\n"
+        "p5\tMountains rise above the clouds.\n"
+    )
+    (folder / "run.bm25.txt").write_text(
+        "1 Q0 p3 1 9.0 bm25\n1 Q0 p1 2 8.0 bm25\n1 Q0 p4 3 7.0 bm25\n1 Q0 p5 4 6.0 bm25\n"
+        "2 Q0 p4 1 5.0 bm25\n2 Q0 p2 2 4.0 bm25\n2 Q0 p5 3 3.0 bm25\n"
+    )
+    (folder / "qrels.txt").write_text("1 0 p1 3\n1 0 p3 0\n2 0 p2 2\n2 0 p4 0\n")
+    return folder
+
+
+def tiny_group_file(parent: Path) -> Path:
+    """A Tevatron group file of 12 groups: one positive and three negatives each."""
+    from relscope.data.groups import NegativePassage, TrainingGroup, write_groups
+
+    topics = [("what is the capital of france", "Paris is the capital and largest city of France."),
+              ("why are bananas yellow", "Bananas are yellow because of carotenoids."),
+              ("where do rivers flow", "Rivers flow to the sea.")]
+    noise = ["The quick brown fox jumps over the lazy dog.", "Mountains rise above the clouds.",
+             "Numbers and punctuation 0123456789!", "Bananas ripen in tropical climates."]
+    groups = [
+        TrainingGroup(f"q{i}", topics[i % 3][0], (topics[i % 3][1],),
+                      tuple(NegativePassage(noise[(i + j) % 4], "hard", f"n{(i + j) % 4}") for j in range(3)))
+        for i in range(12)
+    ]
+    path = parent / "groups.jsonl"
+    write_groups(groups, path)
+    return path
+
+
+def tiny_study_yaml(path: Path, model: Path, trec: Path, groups: Path, **mechanisms) -> Path:
+    """A study config small enough for the unit tier: every stage on a tiny model in about two minutes."""
+    import yaml
+
+    config = {
+        "name": "tiny", "model": str(model), "budget_minutes": 10,
+        "dev": {"data": str(trec), "top_k": 3},
+        "train": {"train": [str(trec)], "objective": "yes_no", "negatives": 1, "max_length": 96,
+                  "lora": {"rank": 2, "alpha": 4}, "max_steps": 2, "batch_size": 2, "save_steps": 1,
+                  "learning_rate": 1e-3, "report_to": []},
+        "ablation": {"variants": ["attn-only", "up+gate"]},
+        "representations": {"groups": str(groups), "window": 1, "attention_groups": 4, "probe_groups": 6,
+                            "folds": 2, "max_length": 96},
+        "mechanisms": {"groups": str(groups), "max_pairs": 2, "heads_pairs": 2, "knockout_size": 2,
+                       "knockout_groups": 3, "knockout_queries": 2, "random_draws": 1, "min_gap": 0.0,
+                       "max_length": 96, **mechanisms},
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path

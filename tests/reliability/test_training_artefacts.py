@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny import tiny_group_file
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -27,25 +28,10 @@ class Trained:
     trec: Path
 
 
-def _group_file(folder: Path) -> Path:
-    """Twelve one-positive groups over three topics (as tests/conftest.py's tiny_groups), for module fixtures."""
-    topics = [("what is the capital of france", "Paris is the capital and largest city of France."),
-              ("why are bananas yellow", "Bananas are yellow because of carotenoids."),
-              ("where do rivers flow", "Rivers flow to the sea.")]
-    noise = ["The quick brown fox jumps over the lazy dog.", "Mountains rise above the clouds.",
-             "Numbers and punctuation 0123456789!", "Bananas ripen in tropical climates."]
-    path = folder / "groups.jsonl"
-    path.write_text("".join(json.dumps({"query_id": f"q{i}", "query": topics[i % 3][0],
-                                        "positive_passages": [{"text": topics[i % 3][1]}],
-                                        "negative_passages": [{"text": noise[(i + j) % 4]} for j in range(3)]}) + "\n"
-                            for i in range(12)))
-    return path
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_family_dir) -> Trained:
     tmp = tmp_path_factory.mktemp("artefacts")
-    values = dict(model=str(tiny_family_dir("llama")), train=[str(_group_file(tmp))], negatives=2, max_length=96,
+    values = dict(model=str(tiny_family_dir("llama")), train=[str(tiny_group_file(tmp))], negatives=2, max_length=96,
                   max_steps=4, batch_size=2, save_steps=2, report_to=[], lora={"rank": 4})
     config = tmp / "train.yaml"
     config.write_text(json.dumps(values))

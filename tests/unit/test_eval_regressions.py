@@ -8,7 +8,7 @@ from pathlib import Path
 import ir_measures
 import pytest
 from safetensors.torch import load_file, save_file
-from tiny import tiny_tokenizer
+from tiny import tiny_group_file, tiny_tokenizer
 
 from relscope.cli import main
 from relscope.data.trec import read_run, write_run
@@ -168,17 +168,12 @@ def test_a_chat_prompt_ending_in_a_special_token_reads_the_answer_as_the_templat
 def linear_checkpoint(tiny_family_dir, tmp_path_factory) -> Path:
     """A listwise (linear head) checkpoint of a 2-step tiny training run."""
     from relscope.config import from_mapping
-    from relscope.data.groups import NegativePassage, TrainingGroup, write_groups
     from relscope.training.config import TrainConfig
     from relscope.training.job import run_train_job
 
     tmp = tmp_path_factory.mktemp("linear")
-    # (not conftest's tiny_group_file: `from conftest import` finds tests/reliability/conftest.py in a full session)
-    write_groups([TrainingGroup(f"q{i}", f"what is {word}", (f"{word} is a thing.",),
-                                tuple(NegativePassage(f"other text {j}", "hard", f"n{j}") for j in range(3)))
-                  for i, word in enumerate(["paris", "bananas", "rivers", "clouds"])], tmp / "groups.jsonl")
     config = from_mapping(TrainConfig, dict(
-        model=str(tiny_family_dir("llama")), train=[str(tmp / "groups.jsonl")], objective="listwise", negatives=2,
+        model=str(tiny_family_dir("llama")), train=[str(tiny_group_file(tmp))], objective="listwise", negatives=2,
         max_length=96, max_steps=2, batch_size=2, save_steps=2, report_to=[], lora={"rank": 4}))
     run_train_job(config, tmp / "run", progress=False)
     return tmp / "run" / "checkpoint-2"

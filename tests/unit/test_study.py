@@ -12,48 +12,14 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tiny import tiny_study_yaml
+
 from relscope.cli import main
 from relscope.errors import ConfigError
 from relscope.reports.render import find_chromium, render
 from relscope.study.config import load_study_config
 from relscope.study.stages import STAGE_NAMES
 
-
-def _study_yaml(path: Path, model: Path, trec: Path, groups: Path, **mechanisms) -> Path:
-    config = {
-        "name": "tiny", "model": str(model), "budget_minutes": 10,
-        "dev": {"data": str(trec), "top_k": 3},
-        "train": {"train": [str(trec)], "objective": "yes_no", "negatives": 1, "max_length": 96,
-                  "lora": {"rank": 2, "alpha": 4}, "max_steps": 2, "batch_size": 2, "save_steps": 1,
-                  "learning_rate": 1e-3, "report_to": []},
-        "ablation": {"variants": ["attn-only", "up+gate"]},
-        "representations": {"groups": str(groups), "window": 1, "attention_groups": 4, "probe_groups": 6,
-                            "folds": 2, "max_length": 96},
-        "mechanisms": {"groups": str(groups), "max_pairs": 2, "heads_pairs": 2, "knockout_size": 2,
-                       "knockout_groups": 3, "knockout_queries": 2, "random_draws": 1, "min_gap": 0.0,
-                       "max_length": 96, **mechanisms},
-    }
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-@pytest.fixture(scope="module")
-def pristine_study(tiny_model_dir, tmp_path_factory):
-    """One tiny study run for the whole module (its data and groups built here: the shared fixtures are per test)."""
-    from conftest import tiny_group_file, tiny_trec_folder
-
-    root = tmp_path_factory.mktemp("study")
-    config = _study_yaml(root / "study.yaml", tiny_model_dir, tiny_trec_folder(root), tiny_group_file(root))
-    assert main(["study", str(config), "--out", str(root / "study"), "--quiet"]) == 0
-    return root
-
-
-@pytest.fixture
-def study(pristine_study, tmp_path):
-    """A copy of the tiny study that a test may rerun and change."""
-    shutil.copytree(pristine_study / "study", tmp_path / "study")  # the data stay where they are: same keys
-    shutil.copy(pristine_study / "study.yaml", tmp_path / "study.yaml")
-    return tmp_path / "study.yaml", tmp_path / "study"
 
 
 def _statuses(out: Path) -> dict[str, str]:
@@ -120,7 +86,7 @@ def test_an_interrupted_stage_is_resumed_not_skipped(study):
 
 
 def test_bad_study_configs_name_the_key(tmp_path, tiny_model_dir, trec_dir, tiny_groups):
-    path = _study_yaml(tmp_path / "s.yaml", tiny_model_dir, trec_dir, tiny_groups)
+    path = tiny_study_yaml(tmp_path / "s.yaml", tiny_model_dir, trec_dir, tiny_groups)
     values = yaml.safe_load(path.read_text())
     for change, message in ((lambda v: v["mechanisms"].update(max_pairz=3), "unknown key 'max_pairz'"),
                             (lambda v: v.pop("train"), "key 'train' must be a mapping"),

@@ -10,32 +10,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_study import _statuses, _study_yaml
+from test_study import _statuses
+from tiny import tiny_group_file, tiny_study_yaml, tiny_trec_folder
 
 from relscope.analysis import anatomy
 from relscope.cli import main
 from relscope.study.stages import STAGE_NAMES
 
 DOWNSTREAM_OF_TRAIN = ["checkpoints", "ablations", "representations", "patching", "heads", "report"]
-
-
-@pytest.fixture(scope="module")
-def pristine_study(tiny_model_dir, tmp_path_factory):
-    """One tiny study run for the whole module."""
-    from conftest import tiny_group_file, tiny_trec_folder
-
-    root = tmp_path_factory.mktemp("study")
-    config = _study_yaml(root / "study.yaml", tiny_model_dir, tiny_trec_folder(root), tiny_group_file(root))
-    assert main(["study", str(config), "--out", str(root / "study"), "--quiet"]) == 0
-    return root
-
-
-@pytest.fixture
-def study(pristine_study, tmp_path):
-    """A copy of the tiny study that a test may rerun and change."""
-    shutil.copytree(pristine_study / "study", tmp_path / "study")
-    shutil.copy(pristine_study / "study.yaml", tmp_path / "study.yaml")
-    return tmp_path / "study.yaml", tmp_path / "study"
 
 
 def _ran(out: Path) -> list[str]:
@@ -87,7 +69,7 @@ def test_a_damaged_zero_shot_metrics_file_is_one_error_naming_it(study, damage, 
 
 
 def _broken_study(tmp_path: Path, model: Path, trec: Path, groups: Path, change) -> Path:
-    config = _study_yaml(tmp_path / "s.yaml", model, trec, groups)
+    config = tiny_study_yaml(tmp_path / "s.yaml", model, trec, groups)
     values = yaml.safe_load(config.read_text())
     change(values)
     config.write_text(yaml.safe_dump(values))

@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from tiny import tiny_group_file
 
 from relscope.config import from_mapping
 from relscope.data.groups import NegativePassage, TrainingGroup
@@ -113,25 +114,10 @@ def _train_tiny(tmp: Path, model: Path, groups: Path, max_length: int = 96, **ex
     return tmp / "run" / "checkpoint-2"
 
 
-def _group_file(folder: Path) -> Path:
-    """Twelve one-positive groups over three topics (as tests/conftest.py's tiny_groups), for module fixtures."""
-    topics = [("what is the capital of france", "Paris is the capital and largest city of France."),
-              ("why are bananas yellow", "Bananas are yellow because of carotenoids."),
-              ("where do rivers flow", "Rivers flow to the sea.")]
-    noise = ["The quick brown fox jumps over the lazy dog.", "Mountains rise above the clouds.",
-             "Numbers and punctuation 0123456789!", "Bananas ripen in tropical climates."]
-    path = folder / "groups.jsonl"
-    path.write_text("".join(json.dumps({"query_id": f"q{i}", "query": topics[i % 3][0],
-                                        "positive_passages": [{"text": topics[i % 3][1]}],
-                                        "negative_passages": [{"text": noise[(i + j) % 4]} for j in range(3)]}) + "\n"
-                            for i in range(12)))
-    return path
-
-
 @pytest.fixture(scope="module")
 def checkpoint_96(tmp_path_factory, tiny_family_dir) -> Path:
     tmp = tmp_path_factory.mktemp("len96")
-    return _train_tiny(tmp, tiny_family_dir("llama"), _group_file(tmp))
+    return _train_tiny(tmp, tiny_family_dir("llama"), tiny_group_file(tmp))
 
 
 def _long_passage_folder(trec_dir: Path) -> Path:
