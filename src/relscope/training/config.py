@@ -120,7 +120,9 @@ class TrainConfig:
     save_total_limit: int | None = None
     logging_steps: int = 1
     seed: int = 42
-    bf16: Literal["auto", "yes", "no"] = "auto"  # auto: bf16 on CUDA when supported; "yes" autocasts on CPU too
+    # auto: bf16 where the hardware computes it natively (CUDA with bf16; a CPU with AVX-512 BF16 or AMX), else
+    # float32; "yes" forces it (on a CPU without those instructions it is ~100x slower than float32)
+    bf16: Literal["auto", "yes", "no"] = "auto"
     gradient_checkpointing: bool = False  # recompute activations in backward: 7-8B models on one GPU
     dtype: str = "auto"
     device: str | None = None
