@@ -16,6 +16,7 @@ import re
 from functools import lru_cache
 from typing import Any
 
+from relscope.config import short
 from relscope.errors import ConfigError
 
 MAX_CUTOFF = 1_000_000  # ranks; far deeper than any run, far below where pytrec_eval's integers overflow
@@ -30,7 +31,7 @@ _UNSET = re.compile(r"<object object at 0x[0-9a-f]+>")
 def check_measures(names: Any, source: str = "measures") -> tuple[str, ...]:
     """The measure strings, each parsed, range-checked and computed once; a ConfigError names the first bad one."""
     if isinstance(names, str) or not isinstance(names, (list, tuple)):
-        raise ConfigError(f"{source}: expected a list of ir_measures strings ({EXAMPLES}), got {_show(names)}")
+        raise ConfigError(f"{source}: expected a list of ir_measures strings ({EXAMPLES}), got {short(names)}")
     if not names:
         raise ConfigError(f"{source}: no measures; give at least one ({EXAMPLES})")
     for name in names:
@@ -41,7 +42,7 @@ def check_measures(names: Any, source: str = "measures") -> tuple[str, ...]:
 def parse_measure(name: Any, source: str = "measures"):
     """The ir_measures measure for `name`, or a ConfigError saying why it cannot be used."""
     if not isinstance(name, str):
-        raise ConfigError(f"{source}: measure {_show(name)} is not a string; give ir_measures strings ({EXAMPLES})")
+        raise ConfigError(f"{source}: measure {short(name)} is not a string; give ir_measures strings ({EXAMPLES})")
     return _checked(name, source)
 
 
@@ -49,7 +50,7 @@ def parse_measure(name: Any, source: str = "measures"):
 def _checked(name: str, source: str):
     import ir_measures
 
-    shown = _show(name)
+    shown = short(name)
     try:
         measure = ir_measures.parse_measure(name)
     except Exception:  # noqa: BLE001  (ir_measures raises ValueError, NameError, SyntaxError, ...)
@@ -83,10 +84,3 @@ def _check_param(key: str, value: Any, where: str) -> None:
 def _whole(value: Any, low: int, high: int, what: str, example: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise ConfigError(f"{what}: a whole number from {low} to {high}, got {value!r}; e.g. {example}")
-
-
-def _show(value: Any, limit: int = 60) -> str:
-    """A short repr for error lines: a megabyte of measure text must not become a megabyte of error."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "..."
-

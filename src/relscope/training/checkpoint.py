@@ -26,6 +26,7 @@ from typing import Any
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from relscope.config import short
 from relscope.errors import ConfigError, DataError, ModelError
 from relscope.io import atomic_write_json, read_input_text
 
@@ -130,7 +131,7 @@ def resolve_max_length(explicit: int | None, adapter: str | Path | None, fallbac
     with, from relscope.json), else the command's default (a base model, or a PEFT adapter relscope did not train)."""
     if explicit is not None:
         if not _is_int(explicit) or explicit < 8:
-            raise ConfigError(f"--max-length (max_length) {_short(explicit)}: must be a whole number of at least 8 "
+            raise ConfigError(f"--max-length (max_length) {short(explicit)}: must be a whole number of at least 8 "
                               "tokens")
         return explicit
     if adapter is not None and (Path(adapter) / META_FILE).is_file():
@@ -151,11 +152,6 @@ def read_json(path: Path, what: str, fix: str) -> Any:
         raise DataError(f"{path}: nested too deeply to be relscope's; {fix}") from None
 
 
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -174,22 +170,22 @@ def _meta_problem(meta: Any) -> str | None:
         return f"expected a JSON object with the keys model and template, got {type(meta).__name__}"
     for key in ("model", "template"):
         if not isinstance(meta.get(key), str) or not meta[key].strip():
-            return f"key {key!r} must be a non-empty string, got {_short(meta.get(key))}"
+            return f"key {key!r} must be a non-empty string, got {short(meta.get(key))}"
     if meta["template"] not in TEMPLATES:
-        return f"template {_short(meta['template'])} is not one of {', '.join(TEMPLATES.names())}"
+        return f"template {short(meta['template'])} is not one of {', '.join(TEMPLATES.names())}"
     head = meta.get("head")
     if head is not None and (not isinstance(head, str) or head not in HEADS):
-        return f"head {_short(head)} is not one of {', '.join(HEADS.names())}"
+        return f"head {short(head)} is not one of {', '.join(HEADS.names())}"
     if "max_length" in meta and not (_is_int(meta["max_length"]) and meta["max_length"] >= 8):
-        return f"max_length must be an integer of at least 8, got {_short(meta['max_length'])}"
+        return f"max_length must be an integer of at least 8, got {short(meta['max_length'])}"
     for key in ("base", "lora"):
         if meta.get(key) is not None and not isinstance(meta[key], dict):
-            return f"key {key!r} must be a JSON object, got {_short(meta[key])}"
+            return f"key {key!r} must be a JSON object, got {short(meta[key])}"
     if meta.get("objective") is not None and not isinstance(meta["objective"], str):
-        return f"objective must be a string, got {_short(meta['objective'])}"
+        return f"objective must be a string, got {short(meta['objective'])}"
     files = meta.get("checkpoint_files", [])
     if not isinstance(files, list) or not all(isinstance(f, str) and re.fullmatch(r"[\w.-]+", f) for f in files):
-        return f"checkpoint_files must be a list of file names, got {_short(files)}"
+        return f"checkpoint_files must be a list of file names, got {short(files)}"
     return None
 
 
@@ -263,9 +259,9 @@ def _state_problem(state: Any, step: int) -> str | None:
         return f"expected a JSON object, got {type(state).__name__}"
     unknown = sorted(set(state) - {f.name for f in dataclasses.fields(TrainerState)})
     if unknown:
-        return f"unknown key {_short(unknown[0])}"
+        return f"unknown key {short(unknown[0])}"
     if state.get("global_step") != step or not _is_int(state.get("global_step")):
-        return f"global_step is {_short(state.get('global_step'))}, not the folder's step {step}"
+        return f"global_step is {short(state.get('global_step'))}, not the folder's step {step}"
     checks = {
         "epoch": _is_number, "total_flos": _is_number, "max_steps": _is_int, "num_train_epochs": _is_int,
         "num_input_tokens_seen": _is_int, "logging_steps": _is_number, "eval_steps": _is_number,
@@ -280,7 +276,7 @@ def _state_problem(state: Any, step: int) -> str | None:
                                                        "is_hyper_param_search")},
     }
     wrong = next((k for k, ok in checks.items() if k in state and not ok(state[k])), None)
-    return f"key {wrong!r} has the wrong type or value: {_short(state[wrong])}" if wrong else None
+    return f"key {wrong!r} has the wrong type or value: {short(state[wrong])}" if wrong else None
 
 
 def latest_checkpoint(out_dir: str | Path) -> Path | None:
