@@ -305,3 +305,19 @@ def test_bf16_auto_follows_the_cpus_native_bf16_instructions():
     cascade = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512bw avx512_vnni\n"
     assert not cpu_has_native_bf16(avx2) and not cpu_has_native_bf16(cascade)
     assert cpu_has_native_bf16(sapphire)
+
+
+def test_a_checkpoint_read_at_other_answer_tokens_than_it_was_trained_on_is_refused(tiny_family_dir, tmp_path):
+    """Bug 6's other half: a yes/no checkpoint stores the answer tokens it was trained to read; scoring it at other
+    ones (another tokenizer, another relscope rule) would silently read other logits."""
+    from relscope.errors import ModelError
+    from relscope.training.checkpoint import load_trained
+
+    folder = _train_tiny(tmp_path, tiny_family_dir("llama"), tiny_group_file(tmp_path), objective="yes_no")
+    meta = json.loads((folder / "relscope.json").read_text())
+    assert len(meta["answer_ids"]) == 2
+    load_trained(folder)  # as trained: loads
+    meta["answer_ids"] = [meta["answer_ids"][1], meta["answer_ids"][0]]
+    (folder / "relscope.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match="answer tokens"):
+        load_trained(folder)

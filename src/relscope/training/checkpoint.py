@@ -181,6 +181,9 @@ def _meta_problem(meta: Any) -> str | None:
     for key in ("base", "lora"):
         if meta.get(key) is not None and not isinstance(meta[key], dict):
             return f"key {key!r} must be a JSON object, got {short(meta[key])}"
+    answers = meta.get("answer_ids")
+    if answers is not None and not (isinstance(answers, list) and len(answers) == 2 and all(map(_is_int, answers))):
+        return f"answer_ids must be a list of two token ids, got {short(answers)}"
     if meta.get("objective") is not None and not isinstance(meta["objective"], str):
         return f"objective must be a string, got {short(meta['objective'])}"
     files = meta.get("checkpoint_files", [])
@@ -317,9 +320,27 @@ def load_trained(checkpoint: str | Path, dtype: str = "auto", device: str | None
     if merge:
         loaded.model = loaded.model.merge_and_unload()
     builder = PromptBuilder(loaded.tokenizer, get_template(meta["template"]), meta.get("max_length", 512))
+    check_answer_ids(folder, meta, builder)
     head_module = build_head(meta.get("head") or default_head(builder.template), loaded.model, builder)
     load_head(head_module, folder, str(loaded.device))
     return loaded, head_module, meta
+
+
+def check_answer_ids(folder: Path, meta: dict, builder) -> None:
+    """The answer tokens this relscope reads must be those the checkpoint was trained to read: a change in how they
+    are chosen (a tokenizer, or relscope's rule) would otherwise score the checkpoint with other logits, silently."""
+    if not builder.template.answers:
+        return
+    stored = meta.get("answer_ids")
+    if stored is None:
+        if not meta.get("external") and not builder.uses_chat:
+            log.warning("%s: trained before checkpoints stored their answer tokens; its plain prompt is read at the "
+                        "space-led answer tokens %s (relscope before issue 16 read the bare ones)", folder,
+                        [builder.tokenizer.decode([i]) for i in builder.answer_ids])
+        return
+    if tuple(stored) != tuple(builder.answer_ids):
+        raise ModelError(f"{folder}: trained to read answer tokens {stored}, but this tokenizer and relscope read "
+                         f"{list(builder.answer_ids)}; score it with the tokenizer it was trained with, or retrain")
 
 
 def _adapter_base(folder: Path) -> str | None:

@@ -66,7 +66,9 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool) -> dict
     recorder = GradNormRecorder(module.base, sites, num_layers(loaded.model.config))
     meta = {"model": config.model, "base": base_fingerprint(loaded.model.config), "objective": objective.name,
             "template": template.name, "head": head_name, "max_length": config.max_length,
-            "lora": to_mapping(config.lora)}
+            "lora": to_mapping(config.lora),
+            # the answer tokens the head was trained to read: a later relscope must read the same ones
+            "answer_ids": list(builder.answer_ids) if template.answers else None}
     trainer = RelscopeTrainer(
         model=module,
         args=_training_arguments(config, out, loaded, progress),
