@@ -13,8 +13,8 @@ import warnings
 from collections.abc import Sequence
 from typing import NoReturn
 
-from relscope.config import DEFAULT_MEASURES
 from relscope.errors import ConfigError, RelscopeError
+from relscope.measures import DEFAULT_MEASURES
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -251,9 +251,9 @@ def _add_lora(p: argparse.ArgumentParser) -> None:
 
 
 def _lora(args: argparse.Namespace) -> int:
+    from relscope.data.dev import DevSettings
     from relscope.io import output_lock
     from relscope.reports.tables import to_markdown
-    from relscope.training.config import DevSettings
 
     dev = DevSettings(args.data, args.top_k, args.max_queries) if hasattr(args, "data") else None
     with output_lock(args.out):  # two jobs on one folder would leave a mix of both tables
@@ -324,9 +324,8 @@ def _check_ie_heads(path: str | None) -> None:
 
 
 def _add_patch(p: argparse.ArgumentParser) -> None:
-    from relscope.analysis.patching.engine import HEAD_GROUPS, POSITION_GROUPS
-    from relscope.analysis.patching.hooks import COMPONENTS
     from relscope.analysis.patching.pairs import PERTURBATIONS
+    from relscope.analysis.patching.sites import COMPONENTS, HEAD_GROUPS, POSITION_GROUPS
 
     _add_model_and_groups(p, "patch")
     p.add_argument("--perturbation", default="negative", choices=list(PERTURBATIONS),
@@ -408,7 +407,7 @@ def _heads(args: argparse.Namespace) -> int:
 
 
 def _add_knockout(p: argparse.ArgumentParser) -> None:
-    from relscope.analysis.patching.engine import POSITION_GROUPS
+    from relscope.analysis.patching.sites import POSITION_GROUPS
 
     _add_model_and_groups(p, "knock out")
     p.add_argument("--ie-heads", required=True, help="the ie_heads.npz of a `relscope patch --heads` run (best with "
@@ -430,9 +429,9 @@ def _add_knockout(p: argparse.ArgumentParser) -> None:
 def _knockout(args: argparse.Namespace) -> int:
     from relscope.analysis.knockout import knockout_job
     from relscope.analysis.patching.job import PatchSettings
+    from relscope.data.dev import DevSettings
     from relscope.io import output_lock
     from relscope.reports.tables import to_markdown
-    from relscope.training.config import DevSettings
 
     _check_ie_heads(args.ie_heads)
     settings = PatchSettings(args.groups, args.model, args.adapter, args.template, None, args.negatives,
@@ -491,9 +490,9 @@ def _add_freeze(p: argparse.ArgumentParser) -> None:
 
 def _freeze(args: argparse.Namespace) -> int:
     from relscope.analysis.freeze import freeze_sweep
+    from relscope.data.dev import DevSettings
     from relscope.io import output_lock
     from relscope.reports.tables import to_markdown
-    from relscope.training.config import DevSettings
 
     with output_lock(args.out):
         rows = freeze_sweep(_train_config(args.config, args.set), args.variants, args.out,

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-import reprlib
 import types
 import typing
 from pathlib import Path
@@ -17,7 +16,8 @@ from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
 import yaml
 
-from relscope.errors import ConfigError
+from relscope.errors import ConfigError, clip, short
+from relscope.measures import DEFAULT_MEASURES, check_measures
 
 T = TypeVar("T")
 
@@ -87,19 +87,6 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-_REPR = reprlib.Repr()
-_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlist, _REPR.maxdict = 2, 60, 60, 4, 4
-
-
-def short(value: Any, limit: int = 80) -> str:
-    """repr() bounded in length and depth, so an error line stays one short line whatever the value."""
-    return clip(_REPR.repr(value) if not isinstance(value, str) else repr(value), limit)
-
-
-def clip(text: str, limit: int = 80) -> str:
-    """`text` on one line, cut to `limit` characters."""
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def from_mapping(cls: type[T], data: dict[str, Any], source: str = "config") -> T:
@@ -223,23 +210,6 @@ def _coerce_scalar(hint: Any, value: Any, key: str) -> Any:
     return value
 
 
-def check_range(key: str, value: Any, least: float | None = None, most: float | None = None,
-                integer: bool = False) -> None:
-    """One ConfigError naming `key` unless `value` is a finite number (a whole one if `integer`) in range."""
-    kind = "a whole number" if integer else "a number"
-    ok = isinstance(value, int) if integer else isinstance(value, (int, float))
-    ok = ok and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (least is None or value >= least) and (most is None or value <= most)
-    if not ok:
-        span = (f" from {least:g} to {most:g}" if least is not None and most is not None
-                else f" >= {least:g}" if least is not None else f" <= {most:g}" if most is not None else "")
-        raise ConfigError(f"{key} {short(value)}: must be {kind}{span}")
-
-
-# nDCG@10, MRR@10 and MAP with NIST's "relevant" threshold of grade 2 (as the TREC DL overviews).
-DEFAULT_MEASURES = ("nDCG@10", "RR(rel=2)@10", "AP(rel=2)")
-
-
 @dataclasses.dataclass(frozen=True)
 class RerankConfig:
     """`relscope rerank`: score a first-stage run's top-k with an LLM and evaluate it."""
@@ -274,8 +244,6 @@ class RerankConfig:
             raise ValueError(f"max_batch_tokens must be 0 (by device) or positive, got {self.max_batch_tokens}")
         check_device_name(self.device)
         check_dtype_name(self.dtype)
-        from relscope.measures import check_measures  # parsed, range-checked and tried once: see relscope.measures
-
         check_measures(self.measures, "measures")
 
 

@@ -16,8 +16,10 @@ import re
 from functools import lru_cache
 from typing import Any
 
-from relscope.config import short
-from relscope.errors import ConfigError
+from relscope.errors import ConfigError, short
+
+# nDCG@10, MRR@10 and MAP with NIST's "relevant" threshold of grade 2 (as the TREC DL overviews).
+DEFAULT_MEASURES = ("nDCG@10", "RR(rel=2)@10", "AP(rel=2)")
 
 MAX_CUTOFF = 1_000_000  # ranks; far deeper than any run, far below where pytrec_eval's integers overflow
 MAX_GRADE = 1_000  # relevance grades and gains: pytrec_eval allocates one slot per level up to the largest
@@ -84,3 +86,4 @@ def _check_param(key: str, value: Any, where: str) -> None:
 def _whole(value: Any, low: int, high: int, what: str, example: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise ConfigError(f"{what}: a whole number from {low} to {high}, got {value!r}; e.g. {example}")
+

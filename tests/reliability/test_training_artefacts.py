@@ -287,7 +287,8 @@ def test_the_log_reader_returns_checked_records_or_one_relscope_error(tmp_path_f
 def test_checkpoint_readers_accept_or_reject_anything_with_one_relscope_error(tmp_path_factory, meta, state, content):
     from relscope.errors import RelscopeError
     from relscope.training.callbacks import load_grad_norms
-    from relscope.training.checkpoint import read_meta, read_trainer_state
+    from relscope.training.checkpoint import read_trainer_state
+    from relscope.models.adapters import read_meta
 
     folder = tmp_path_factory.mktemp("ckpt") / "checkpoint-4"
     folder.mkdir()

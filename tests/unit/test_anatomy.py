@@ -13,7 +13,8 @@ from relscope.cli import main
 from relscope.config import RerankConfig, from_mapping
 from relscope.errors import ConfigError, ModelError
 from relscope.evaluation.job import run_rerank_job
-from relscope.training.config import DevSettings, TrainConfig
+from relscope.training.config import TrainConfig
+from relscope.data.dev import DevSettings
 from relscope.training.job import run_train_job
 
 

@@ -16,7 +16,8 @@ from relscope.analysis.patching.job import PatchSettings, patch_job
 from relscope.analysis.probe import probe_job
 from relscope.config import from_mapping
 from relscope.errors import ConfigError
-from relscope.training.config import DevSettings, TrainConfig
+from relscope.training.config import TrainConfig
+from relscope.data.dev import DevSettings
 from relscope.training.job import run_train_job
 
 

@@ -191,7 +191,7 @@ def _copy_with_head(checkpoint: Path, dest: Path, head: dict | None) -> Path:
 
 def test_a_mis_keyed_head_file_is_refused_naming_the_keys(linear_checkpoint, trec_dir, tmp_path, capsys):
     """Bug 10: a head.safetensors with other keys loaded with strict=False and left a random head."""
-    from relscope.training.checkpoint import load_trained
+    from relscope.models.adapters import load_trained
 
     state = load_file(linear_checkpoint / "head.safetensors")
     renamed = {k.replace("score.", "scorer."): v for k, v in state.items()}
@@ -213,7 +213,7 @@ def test_a_head_file_of_the_wrong_shape_or_absent_is_refused(linear_checkpoint, 
     """Bug 10: a head of another width, or none at all for a trained linear head, is an error, not a random head."""
     import torch
 
-    from relscope.training.checkpoint import load_trained
+    from relscope.models.adapters import load_trained
 
     state = load_file(linear_checkpoint / "head.safetensors")
     wider = {k: torch.zeros(*v.shape[:-1], v.shape[-1] * 2) if k.endswith("weight") else v for k, v in state.items()}
@@ -225,7 +225,7 @@ def test_a_head_file_of_the_wrong_shape_or_absent_is_refused(linear_checkpoint, 
 
 def test_the_checkpoints_own_head_loads_exactly(linear_checkpoint):
     """Bug 10 (the other side): the saved head comes back bit for bit."""
-    from relscope.training.checkpoint import load_trained
+    from relscope.models.adapters import load_trained
 
     _, head, _ = load_trained(linear_checkpoint)
     saved = load_file(linear_checkpoint / "head.safetensors")

@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 from relscope.analysis.freeze import freeze_list, trainable_layers
 from relscope.cli import main
 from relscope.errors import ConfigError
-from relscope.training.lora import resolve_freeze
+from relscope.models.lora import resolve_freeze
 
 
 @pytest.mark.parametrize("variant,expected", [

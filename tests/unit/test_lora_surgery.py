@@ -20,8 +20,8 @@ from relscope.models.heads import build_head
 from relscope.models.scoring import Scorer
 from relscope.prompts.templates import get_template
 from relscope.prompts.tokenize import PromptBuilder
-from relscope.training.config import LoraSettings
-from relscope.training.lora import apply_lora
+from relscope.models.lora import LoraSettings
+from relscope.models.lora import apply_lora
 
 
 def _trained_like(family: str, seed: int = 0):

@@ -11,8 +11,8 @@ from relscope.models.heads import build_head
 from relscope.models.scoring import Scorer
 from relscope.prompts.templates import get_template
 from relscope.prompts.tokenize import PromptBuilder
-from relscope.training.config import LoraSettings
-from relscope.training.lora import apply_lora, layer_groups, lora_parameters, lora_sites, resolve_freeze
+from relscope.models.lora import LoraSettings
+from relscope.models.lora import apply_lora, layer_groups, lora_parameters, lora_sites, resolve_freeze
 
 
 @pytest.mark.parametrize("family", FAMILIES)

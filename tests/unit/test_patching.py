@@ -8,7 +8,8 @@ import pytest
 import torch
 from tiny import tiny_loaded
 
-from relscope.analysis.patching.engine import PairResult, PatchingEngine, Site, all_sites, indirect_effects
+from relscope.analysis.patching.engine import PairResult, PatchingEngine, indirect_effects
+from relscope.analysis.patching.sites import Site, all_sites
 from relscope.analysis.patching.hooks import Edit, patching
 from relscope.analysis.patching.pairs import PatchPair, build_pairs, same_layout
 from relscope.data.groups import read_groups
@@ -115,7 +116,7 @@ def test_patch_command_writes_the_ie_grid_equal_to_the_engine(tiny_family_dir, t
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_per_head_patching_equals_naive_and_all_heads_equal_the_whole_block(family, tiny_groups):
-    from relscope.analysis.patching.engine import head_sites
+    from relscope.analysis.patching.sites import head_sites
 
     loaded, engine, pairs, _ = _setup(family, tiny_groups)
     sites = head_sites(loaded.model.config.num_hidden_layers, engine.n_heads)
@@ -132,7 +133,7 @@ def test_per_head_patching_equals_naive_and_all_heads_equal_the_whole_block(fami
 @pytest.mark.parametrize("template", ["yes_no", "pairwise"])
 def test_the_fast_path_equals_the_naive_one_for_every_site_and_head(family, template, tiny_groups):
     """Layers >= l only, positions >= p only, earlier keys/values from the cache: max |delta IE| <= 1e-4."""
-    from relscope.analysis.patching.engine import head_sites
+    from relscope.analysis.patching.sites import head_sites
     from relscope.analysis.patching.fast import FastPatcher
 
     loaded, engine, pairs, _ = _setup(family, tiny_groups, template)
@@ -151,7 +152,7 @@ def test_the_fast_path_equals_the_naive_one_for_every_site_and_head(family, temp
 def test_atp_is_the_directional_derivative_of_the_patch(family, tiny_groups):
     """A patch scaled by eps moves LD by eps x the AtP estimate, to first order: checked by finite differences."""
     from relscope.analysis.patching.atp import attribution_patching
-    from relscope.analysis.patching.engine import head_sites
+    from relscope.analysis.patching.sites import head_sites
 
     loaded, engine, pairs, _ = _setup(family, tiny_groups)
     pair = pairs[0]

@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tiny import tiny_loaded
 
-from relscope.analysis.patching.engine import PatchingEngine, Site
+from relscope.analysis.patching.engine import PatchingEngine
+from relscope.analysis.patching.sites import Site
 from relscope.analysis.patching.fast import FastPatcher
 from relscope.analysis.patching.job import PatchSettings
 from relscope.analysis.patching.pairs import PatchPair, build_pairs

@@ -12,7 +12,8 @@ from test_patching import FAMILIES, _setup
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
-from relscope.analysis.patching.engine import PatchPair, Site
+from relscope.analysis.patching.engine import PatchPair
+from relscope.analysis.patching.sites import Site
 from relscope.analysis.patching.scores import SCORE_BLOCKS, record_attention, score_sites, split_block
 from relscope.errors import ConfigError
 

@@ -15,7 +15,8 @@ from relscope.config import RerankConfig, from_mapping
 from relscope.errors import ConfigError, DataError
 from relscope.evaluation.job import run_rerank_job
 from relscope.training.callbacks import load_grad_norms
-from relscope.training.checkpoint import latest_checkpoint, load_trained
+from relscope.training.checkpoint import latest_checkpoint
+from relscope.models.adapters import load_trained
 from relscope.training.config import TrainConfig
 from relscope.training.job import run_train_job
 
@@ -70,7 +71,7 @@ def test_grad_norms_cover_every_step_layer_and_module(tiny_family_dir, tiny_grou
 def test_grad_norm_of_a_site_is_the_norm_of_its_lora_gradients(tiny_family_dir, tiny_groups, tmp_path):
     """The recorder's aggregate equals the norm recomputed from the parameters' own gradients."""
     from relscope.training.callbacks import GradNormRecorder
-    from relscope.training.lora import LoraSite
+    from relscope.models.lora import LoraSite
 
     layer = torch.nn.Module()
     layer.lora_A = torch.nn.Linear(4, 2, bias=False)
@@ -273,7 +274,7 @@ def test_a_non_finite_loss_stops_training_naming_the_step(tiny_family_dir, tiny_
 def test_a_non_finite_gradient_names_the_layer_and_module():
     from relscope.errors import TrainingError
     from relscope.training.callbacks import GradNormRecorder
-    from relscope.training.lora import LoraSite
+    from relscope.models.lora import LoraSite
 
     module = torch.nn.Module()
     module.lora_A = torch.nn.Linear(2, 2, bias=False)

@@ -82,7 +82,7 @@ def _trec_folder(tmp: Path, judged_zero: int, unjudged_in_run: int) -> Path:
 @pytest.mark.parametrize("judged_zero,in_run", [(3, 17), (12, 0)], ids=["bm25-run", "judged-zero"])
 def test_trec_built_groups_keep_every_hard_negative(judged_zero, in_run, tmp_path):
     """Bug 4: TREC-built groups kept only 7 of their hard negatives."""
-    from relscope.training.data import load_training_groups
+    from relscope.data.training import load_training_groups
 
     (group,) = load_training_groups((str(_trec_folder(tmp_path, judged_zero, in_run)),), negatives=3)
     hard = [n.pid for n in group.negatives if n.kind == "hard"]
@@ -150,7 +150,7 @@ def test_every_analysis_defaults_to_the_checkpoints_max_length(checkpoint_96, ti
     from relscope.analysis.anatomy import _reranker
     from relscope.analysis.examples import load_with_prompts
     from relscope.analysis.patching.job import PatchSettings, load_patch_model
-    from relscope.training.checkpoint import load_trained, resolve_max_length
+    from relscope.models.adapters import load_trained, resolve_max_length
 
     assert resolve_max_length(None, checkpoint_96, 256) == 96
     assert resolve_max_length(128, checkpoint_96, 256) == 128  # the user's choice wins
@@ -311,7 +311,7 @@ def test_a_checkpoint_read_at_other_answer_tokens_than_it_was_trained_on_is_refu
     """Bug 6's other half: a yes/no checkpoint stores the answer tokens it was trained to read; scoring it at other
     ones (another tokenizer, another relscope rule) would silently read other logits."""
     from relscope.errors import ModelError
-    from relscope.training.checkpoint import load_trained
+    from relscope.models.adapters import load_trained
 
     folder = _train_tiny(tmp_path, tiny_family_dir("llama"), tiny_group_file(tmp_path), objective="yes_no")
     meta = json.loads((folder / "relscope.json").read_text())

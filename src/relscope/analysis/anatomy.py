@@ -12,34 +12,21 @@ from pathlib import Path
 
 import numpy as np
 
-from relscope.analysis.lora_surgery import (
-    MODULE_PRESETS,
-    adapted_sites,
-    delta_stats,
-    keep_only,
-    parse_layers,
-    select,
-)
-from relscope.config import check_range, to_mapping
+from relscope.analysis.lora_surgery import MODULE_PRESETS, adapted_sites, delta_stats, keep_only, parse_layers, select
+from relscope.config import to_mapping
 from relscope.data.dataset import RerankDataset
-from relscope.errors import ConfigError
+from relscope.data.dev import DevSettings, load_dev_run
+from relscope.errors import ConfigError, check_range
 from relscope.evaluation.metrics import evaluate_run
 from relscope.evaluation.rerank import Reranker, rerank
 from relscope.io import atomic_write_json
 from relscope.manifest import build_manifest
+from relscope.models.adapters import load_trained, load_weights, resolve_max_length
 from relscope.models.scoring import ScoringOptions
 from relscope.models.specs.base import PROJECTIONS, num_layers
 from relscope.reports import plots
 from relscope.reports.tables import write_table
-from relscope.training.checkpoint import (
-    checkpoint_step,
-    complete_checkpoints,
-    load_trained,
-    load_weights,
-    resolve_max_length,
-)
-from relscope.training.config import DevSettings
-from relscope.training.data import load_dev_run
+from relscope.training.checkpoint import checkpoint_step, complete_checkpoints
 
 NDCG = "nDCG@10"
 

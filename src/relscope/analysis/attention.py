@@ -75,7 +75,7 @@ def attention_job(out: str | Path, groups: str | Path, model: str | None = None,
                   max_length: int | None = None) -> list[dict]:
     """Base (and fine-tuned) attention mass from document to query tokens; table, heatmaps, manifest."""
     from relscope.analysis.examples import labelled_prompts, load_with_prompts
-    from relscope.config import check_range
+    from relscope.errors import check_range
 
     check_range("--max-groups", max_groups, 1, integer=True)
     for layer in layers or ():

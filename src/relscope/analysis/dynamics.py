@@ -17,10 +17,10 @@ from scipy.ndimage import uniform_filter1d
 from relscope.errors import ConfigError, DataError
 from relscope.io import atomic_write_json, atomic_write_text
 from relscope.manifest import build_manifest
+from relscope.models.lora import LAYER_GROUPS, layer_groups
 from relscope.reports import plots
 from relscope.reports.tables import to_csv, write_table
 from relscope.training.callbacks import GRAD_NORMS_FILE, load_grad_norms, read_log
-from relscope.training.lora import LAYER_GROUPS, layer_groups
 
 CURVES = ("loss", "accuracy", "p_correct")
 

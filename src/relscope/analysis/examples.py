@@ -76,9 +76,9 @@ def load_with_prompts(model: str | None, adapter: str | None, template: str | No
     """(loaded model, prompt builder): the base model, or base + adapter unmerged (so the adapter can be switched off
     for the base half of a comparison), with the adapter's template and max_length unless they are given (else
     yes_no and 256)."""
+    from relscope.models.adapters import load_trained, resolve_max_length
     from relscope.models.load import load_model
     from relscope.prompts.templates import get_template
-    from relscope.training.checkpoint import load_trained, resolve_max_length
 
     max_length = resolve_max_length(max_length, adapter, 256)
     if adapter:

@@ -16,8 +16,9 @@ import numpy as np
 
 from relscope.analysis.lora_surgery import parse_layers
 from relscope.config import to_mapping
-from relscope.training.config import DevSettings, TrainConfig
-from relscope.training.lora import LAYER_GROUPS, layer_groups
+from relscope.data.dev import DevSettings
+from relscope.models.lora import LAYER_GROUPS, layer_groups
+from relscope.training.config import TrainConfig
 
 DEFAULT_FREEZE_VARIANTS = ("early", "middle", "late", "early+middle", "all")
 
@@ -53,10 +54,11 @@ def freeze_sweep(config: TrainConfig, variants: Sequence[str], out: str | Path, 
                  progress: bool = True) -> list[dict]:
     """Train each variant (resuming any finished or interrupted one), then measure its last checkpoint."""
     from relscope.analysis.anatomy import NDCG, _finish, _measure, _reranker
+    from relscope.data.dev import load_dev_run
+    from relscope.models.adapters import load_trained
     from relscope.models.load import model_depth
     from relscope.reports import plots
-    from relscope.training.checkpoint import latest_checkpoint, load_trained
-    from relscope.training.data import load_dev_run
+    from relscope.training.checkpoint import latest_checkpoint
     from relscope.training.job import run_train_job
 
     out = Path(out)

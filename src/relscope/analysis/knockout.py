@@ -181,7 +181,7 @@ def _judgments(scores: np.ndarray, labels: np.ndarray, qids: list[str]) -> list[
 
 def check_knockout_options(size: int, positions: Sequence[str], random_draws: int, max_groups: int) -> None:
     """The knockout's own options, range-checked before any file is read or model loaded."""
-    from relscope.analysis.patching.engine import POSITION_GROUPS
+    from relscope.analysis.patching.sites import POSITION_GROUPS
 
     for flag, value, least in (("--size", size, 1), ("--random-draws", random_draws, 0),
                                ("--max-groups", max_groups, 1)):
@@ -203,6 +203,7 @@ def knockout_job(out, settings, ie_heads: str, size: int = 10, positions: Sequen
     from relscope.analysis.examples import labelled_prompts
     from relscope.analysis.patching.engine import PatchingEngine
     from relscope.analysis.patching.job import load_patch_model, pair_groups
+    from relscope.data.dev import load_dev_run
     from relscope.evaluation.metrics import evaluate_run
     from relscope.evaluation.rerank import Reranker, rerank
     from relscope.io import atomic_write_json
@@ -211,7 +212,6 @@ def knockout_job(out, settings, ie_heads: str, size: int = 10, positions: Sequen
     from relscope.processes import process_device
     from relscope.reports import plots
     from relscope.reports.tables import write_table
-    from relscope.training.data import load_dev_run
 
     sets = head_sets(ie_heads, size, random_draws)
     loaded, head, builder = load_patch_model(settings, process_device())

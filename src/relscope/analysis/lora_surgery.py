@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from relscope.errors import ConfigError
+from relscope.models.lora import LoraSite
 from relscope.models.specs import ModelSpec
 from relscope.models.specs.base import PROJECTIONS
-from relscope.training.lora import LoraSite
 
 # The source study's Table 3 (which components keep their update) and Table 4 (which MLP projections).
 MODULE_PRESETS: dict[str, tuple[str, ...]] = {

@@ -109,8 +109,8 @@ def probe_job(out: str | Path, groups: str | Path, model: str | None = None, ada
               template: str | None = None, max_groups: int = 100, negative_kind: str = "hard",
               layers: list[int] | None = None, folds: int = 5, max_length: int | None = None) -> list[dict]:
     """Probe the base model (and, given an adapter, the fine-tuned one, loaded once and switched)."""
-    from relscope.config import check_range
     from relscope.data.dataset import data_path
+    from relscope.errors import check_range
 
     check_range("--max-groups", max_groups, 1, integer=True)
     check_range("--folds", folds, 2, integer=True)

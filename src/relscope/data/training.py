@@ -12,16 +12,20 @@ Pairs whose passage has no text are skipped and counted, never silently dropped.
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from relscope.data.groups import NegativePassage, TrainingGroup
+from relscope.data.dataset import data_path
+from relscope.data.groups import NegativePassage, TrainingGroup, read_groups
 from relscope.data.lines import is_input_file, require_file
 from relscope.data.msmarco import read_texts
 from relscope.data.trec import read_qrels, read_run
 from relscope.data.types import Qrels, Run, natural_key
 from relscope.errors import DataError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -111,3 +115,29 @@ def _negatives(rng: random.Random, hard_pool: list[str], pool: list[str], judged
         count = min(max(needed, len(hard_pool)), len(candidates))
         chosen += [NegativePassage("", "random", pid) for pid in rng.sample(candidates, count)]
     return chosen
+
+
+def load_training_groups(sources: tuple[str, ...], negatives: int, hard_fraction: float = 1.0,
+                         min_grade: int = 2, seed: int = 0) -> list[TrainingGroup]:
+    """Read every source: a .jsonl of groups, or a TREC folder whose judgments are turned into groups (each with
+    every hard negative: the collator draws `negatives` of them anew in every epoch)."""
+    groups: list[TrainingGroup] = []
+    for source in map(data_path, sources):
+        if source.is_dir():
+            built, report = groups_from_trec_folder(source, negatives, hard_fraction, min_grade, seed)
+            log.info("%s: %d groups from %d queries (%d hard, %d random negatives); %d judged pairs skipped "
+                     "(no text)", source, report.groups, report.queries, report.hard_negatives,
+                     report.random_negatives, report.skipped_missing_text)
+            groups += built
+        elif is_input_file(source):
+            groups += read_groups(source)
+        else:
+            raise DataError(f"{source}: training data not found; give a group .jsonl file or a TREC folder")
+    without = [g.qid for g in groups if not g.negatives]
+    if without:
+        raise DataError(f"query {without[0]} (and {len(without) - 1} more) has no negative passages; "
+                        "every training group needs at least one")
+    if not groups:
+        raise DataError(f"no training groups in {', '.join(map(str, sources))}; give group .jsonl files with at "
+                        "least one line, or TREC folders whose qrels have positives with text")
+    return groups

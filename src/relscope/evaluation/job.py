@@ -51,7 +51,7 @@ def run_rerank_job(config: RerankConfig, out_dir: str | Path, progress: bool = T
 
 
 def _rerank_job(config: RerankConfig, out: Path, progress: bool) -> dict:
-    from relscope.training.checkpoint import resolve_max_length
+    from relscope.models.adapters import resolve_max_length
 
     # An adapter is scored with the max_length it was trained with unless one is given; config.yaml says which.
     config = replace(config, max_length=resolve_max_length(config.max_length, config.adapter, 512))
@@ -110,7 +110,7 @@ def check_dataset_evaluable(dataset: RerankDataset) -> None:
 
 def build_reranker(config: RerankConfig, options: ScoringOptions, progress: bool) -> Reranker:
     """The base model zero-shot, or a trained checkpoint with its own template, head and max_length."""
-    from relscope.training.checkpoint import load_trained, resolve_max_length
+    from relscope.models.adapters import load_trained, resolve_max_length
 
     max_length = resolve_max_length(config.max_length, config.adapter, 512)
     if config.adapter is None:

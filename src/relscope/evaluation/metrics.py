@@ -12,10 +12,9 @@ from collections.abc import Sequence
 
 import ir_measures
 
-from relscope.config import DEFAULT_MEASURES
 from relscope.data.types import Qrels, Run, ScoredDoc
 from relscope.errors import DataError
-from relscope.measures import MAX_GRADE, check_measures, parse_measure
+from relscope.measures import DEFAULT_MEASURES, MAX_GRADE, check_measures, parse_measure
 
 
 def parse_measures(names: Sequence[str], source: str = "measures") -> list:

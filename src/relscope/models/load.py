@@ -139,7 +139,6 @@ def load_model(name_or_path: str = DEFAULT_MODEL, dtype: str = "auto", device: s
 
     quantize_4bit loads the base in NF4 through bitsandbytes (QLoRA); it needs CUDA.
     """
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device = resolve_device(device)

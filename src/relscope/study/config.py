@@ -17,9 +17,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from relscope.config import from_mapping, load_yaml, short
-from relscope.errors import ConfigError, ModelError, RelscopeError
-from relscope.training.config import DevSettings, TrainConfig
+from relscope.config import from_mapping, load_yaml
+from relscope.data.dev import DevSettings
+from relscope.errors import ConfigError, ModelError, RelscopeError, short
+from relscope.training.config import TrainConfig
 
 RELEVANCE_GROUPS = "$RELSCOPE_DATA/relevance-mi/msmarco.jsonl"  # the patching study's 183 MS MARCO queries
 _ANY_DEPTH = 1 << 20  # variants' layer ranges: syntax when read, the model's depth in check_study_inputs
@@ -96,7 +97,7 @@ class MechanismSettings:
     max_length: int | None = None  # None: train.max_length, for base and fine-tuned alike
 
     def __post_init__(self) -> None:
-        from relscope.analysis.patching.engine import POSITION_GROUPS
+        from relscope.analysis.patching.sites import POSITION_GROUPS
 
         _groups_path(self, "a group .jsonl file or a TREC folder")
         for key in ("max_pairs", "heads_pairs", "knockout_size", "knockout_groups", "random_draws"):
@@ -164,8 +165,9 @@ def check_study_inputs(config: StudyConfig, source: str | Path = "study config")
     as the stages read them (seconds for TREC DL folders), each ablation variant fits the model's depth. No model is
     loaded; one RelscopeError names the study key. Cheap checks first, the model's depth last."""
     from relscope.data.dataset import data_path
+    from relscope.data.dev import load_dev_run
     from relscope.data.groups import read_groups
-    from relscope.training.data import load_dev_run, load_training_groups
+    from relscope.data.training import load_training_groups
 
     t, r, m = config.train, config.representations, config.mechanisms
     with _naming(source, "model"):

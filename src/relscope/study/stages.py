@@ -154,7 +154,7 @@ def _heads(ctx: StudyContext) -> None:
 
 
 def _report(ctx: StudyContext) -> None:
-    from relscope.reports.study import write_report
+    from relscope.study.report import write_report
 
     write_report(ctx.root, ctx.config)
 

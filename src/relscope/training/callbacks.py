@@ -15,8 +15,8 @@ from transformers import TrainerCallback
 
 from relscope.errors import DataError, TrainingError
 from relscope.io import atomic_path, atomic_write_json, atomic_write_text, open_input, read_input_bytes
+from relscope.models.lora import LoraSite, lora_parameters
 from relscope.training.checkpoint import DEV_METRICS_FILE, GRAD_NORMS_FILE
-from relscope.training.lora import LoraSite, lora_parameters
 
 __all__ = ["CheckpointFiles", "DevEvaluator", "GRAD_NORMS_FILE", "GradNormRecorder", "JsonlLogger",
            "load_grad_norms", "read_log", "trim_log"]

@@ -6,15 +6,15 @@ that the data it names can be read, for callers (the study) that must fail befor
 
 from __future__ import annotations
 
-import math
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from relscope.config import DEFAULT_MEASURES, check_device_name, check_dtype_name
-from relscope.errors import ConfigError, DataError
+from relscope.config import check_device_name, check_dtype_name
+from relscope.data.dev import DevSettings
+from relscope.errors import ConfigError, DataError, is_finite_number
+from relscope.models.lora import LoraSettings
 
 # Hugging Face SchedulerType values that run without extra arguments: the rest need lr_scheduler_kwargs
 # (cosine_with_min_lr, cosine_warmup_with_min_lr, warmup_stable_decay) or an evaluation metric each step
@@ -23,74 +23,6 @@ SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constan
               "inverse_sqrt")
 REPORTERS = ("tensorboard",)
 MAX_SEED = 2**32 - 1  # numpy's seed range, which transformers.set_seed uses
-
-
-def _finite(value: float) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-@dataclass(frozen=True)
-class LoraSettings:
-    rank: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.05
-    # Family-independent names: q k v o gate up down, or the groups attn, mlp, all.
-    targets: tuple[str, ...] = ("all",)
-    # Layer indices that get LoRA (None: all); negative indices count from the end.
-    layers: tuple[int, ...] | None = None
-    # Layers whose LoRA weights stay at their initial value (B = 0, so no update):
-    # the groups early / middle / late (thirds of the stack) or layer indices as strings.
-    freeze: tuple[str, ...] = ()
-    quantize_4bit: bool = False  # QLoRA: needs CUDA and bitsandbytes
-
-    def __post_init__(self) -> None:
-        if self.rank <= 0:
-            raise ValueError(f"lora.rank must be a positive integer, got {self.rank}")
-        if not _finite(self.alpha) or self.alpha <= 0:
-            raise ValueError(f"lora.alpha must be a finite number > 0, got {self.alpha}")
-        if not _finite(self.dropout) or not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"lora.dropout must be in [0, 1), got {self.dropout}")
-        from relscope.training.lora import LAYER_GROUPS  # (lora.py imports this module)
-
-        odd = [f for f in self.freeze if f not in LAYER_GROUPS and not re.fullmatch(r"-?[0-9]+", f)]
-        if odd:  # the layer range itself needs the model's depth: checked when it loads
-            raise ValueError(f"lora.freeze: {odd[0]!r} is neither a layer group ({', '.join(LAYER_GROUPS)}) nor a "
-                             "layer index")
-        known = ("q", "k", "v", "o", "gate", "up", "down", "attn", "mlp", "all")
-        unknown = [t for t in self.targets if t not in known]
-        if not self.targets or unknown:
-            problem = f"unknown target module {unknown[0]!r}" if unknown else "targets is empty"
-            raise ValueError(f"targets: {problem}; use {', '.join(known[:7])} or the groups attn, mlp, all")
-
-
-@dataclass(frozen=True)
-class DevSettings:
-    """A development run reranked at every checkpoint (e.g. DL19 BM25 top-20)."""
-
-    data: str  # a TREC folder with queries.tsv, collection.tsv, qrels.txt, run.bm25.txt
-    top_k: int = 20
-    max_queries: int | None = None  # the first n queries only, for a quicker signal
-    measures: tuple[str, ...] = DEFAULT_MEASURES
-
-    def __post_init__(self) -> None:
-        """ConfigError, not ValueError: the CLI builds these from flags too, outside from_mapping."""
-        from relscope.measures import check_measures  # parsed, range-checked and tried once
-
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k <= 0:
-            raise ConfigError(f"dev.top_k (--top-k) must be a positive integer, got {self.top_k!r}")
-        if self.max_queries is not None and (isinstance(self.max_queries, bool) or not isinstance(self.max_queries, int)
-                                             or self.max_queries <= 0):
-            raise ConfigError(f"dev.max_queries (--max-queries) must be a positive integer (or unset for all), got "
-                              f"{self.max_queries!r}")
-        check_measures(self.measures, "dev.measures")
-
-    def check_paths(self) -> None:
-        """The dev folder and its files exist (cheap: nothing is read), or one error naming what is missing."""
-        from relscope.data.dataset import data_path, resolve_files
-
-        if "qrels" not in resolve_files(data_path(self.data)):
-            raise DataError(f"{self.data}: no qrels.txt; a dev run is measured against judgments, so give a folder "
-                            "that has them")
 
 
 @dataclass(frozen=True)
@@ -147,12 +79,12 @@ class TrainConfig:
             raise ValueError(f"min_grade must be >= 1 (grade 0 marks the non-relevant passages), got {self.min_grade}")
         if not 0 <= self.seed <= MAX_SEED:
             raise ValueError(f"seed must be between 0 and {MAX_SEED}, got {self.seed}")
-        if not _finite(self.learning_rate) or self.learning_rate <= 0:
+        if not is_finite_number(self.learning_rate) or self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be a finite number > 0, got {self.learning_rate}")
         for key in ("weight_decay", "max_grad_norm"):  # max_grad_norm 0: no clipping
-            if not _finite(getattr(self, key)) or getattr(self, key) < 0:
+            if not is_finite_number(getattr(self, key)) or getattr(self, key) < 0:
                 raise ValueError(f"{key} must be a finite number >= 0, got {getattr(self, key)}")
-        if not _finite(self.hard_fraction) or not 0.0 <= self.hard_fraction <= 1.0:
+        if not is_finite_number(self.hard_fraction) or not 0.0 <= self.hard_fraction <= 1.0:
             raise ValueError(f"hard_fraction must be in [0, 1], got {self.hard_fraction}")
         self._check_choices()
         if not self.train:

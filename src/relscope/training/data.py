@@ -10,52 +10,12 @@ from typing import NamedTuple
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from relscope.data.dataset import RerankDataset, data_path, load_rerank_dataset, resolve_files
-from relscope.data.groups import TrainingGroup, read_groups
-from relscope.data.training import groups_from_trec_folder
-from relscope.errors import ConfigError, DataError
-from relscope.io import is_input_file
+from relscope.data.groups import TrainingGroup
 from relscope.models.scoring import pad_sequences
 from relscope.prompts.tokenize import PromptBuilder
-from relscope.training.config import DevSettings
 from relscope.training.objectives import Objective
 
 log = logging.getLogger(__name__)
-
-
-def load_dev_run(dev: DevSettings) -> RerankDataset:
-    """The dev run's top-k with text and judgments (the first `max_queries` queries when set)."""
-    dataset = load_rerank_dataset(resolve_files(data_path(dev.data)), dev.top_k)
-    if dataset.qrels is None:
-        raise ConfigError(f"{dev.data}: no qrels.txt; a dev run is measured against judgments, so give a "
-                          "folder that has them")
-    return dataset.first_queries(dev.max_queries)
-
-
-def load_training_groups(sources: tuple[str, ...], negatives: int, hard_fraction: float = 1.0,
-                         min_grade: int = 2, seed: int = 0) -> list[TrainingGroup]:
-    """Read every source: a .jsonl of groups, or a TREC folder whose judgments are turned into groups (each with
-    every hard negative: the collator draws `negatives` of them anew in every epoch)."""
-    groups: list[TrainingGroup] = []
-    for source in map(data_path, sources):
-        if source.is_dir():
-            built, report = groups_from_trec_folder(source, negatives, hard_fraction, min_grade, seed)
-            log.info("%s: %d groups from %d queries (%d hard, %d random negatives); %d judged pairs skipped "
-                     "(no text)", source, report.groups, report.queries, report.hard_negatives,
-                     report.random_negatives, report.skipped_missing_text)
-            groups += built
-        elif is_input_file(source):
-            groups += read_groups(source)
-        else:
-            raise DataError(f"{source}: training data not found; give a group .jsonl file or a TREC folder")
-    without = [g.qid for g in groups if not g.negatives]
-    if without:
-        raise DataError(f"query {without[0]} (and {len(without) - 1} more) has no negative passages; "
-                        "every training group needs at least one")
-    if not groups:
-        raise DataError(f"no training groups in {', '.join(map(str, sources))}; give group .jsonl files with at "
-                        "least one line, or TREC folders whose qrels have positives with text")
-    return groups
 
 
 class Draw(NamedTuple):

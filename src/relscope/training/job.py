@@ -21,20 +21,23 @@ import torch
 from transformers import TrainingArguments, set_seed
 
 from relscope.config import dump_yaml, load_yaml, to_mapping
+from relscope.data.dev import load_dev_run
+from relscope.data.training import load_training_groups
 from relscope.errors import ConfigError
 from relscope.io import atomic_write_json, atomic_write_text, output_lock
 from relscope.manifest import build_manifest
+from relscope.models.adapters import base_fingerprint
 from relscope.models.heads import HEADS, build_head, default_head
 from relscope.models.load import LoadedModel, load_model
+from relscope.models.lora import apply_lora, lora_sites, resolve_freeze
 from relscope.models.scoring import Scorer, ScoringOptions
 from relscope.models.specs.base import num_layers
 from relscope.prompts.templates import get_template
 from relscope.prompts.tokenize import PromptBuilder
 from relscope.training.callbacks import DevEvaluator, GradNormRecorder, JsonlLogger, trim_log
-from relscope.training.checkpoint import base_fingerprint, checkpoint_step, latest_checkpoint
+from relscope.training.checkpoint import checkpoint_step, latest_checkpoint
 from relscope.training.config import TrainConfig
-from relscope.training.data import GroupCollator, GroupDataset, load_dev_run, load_training_groups
-from relscope.training.lora import apply_lora, lora_sites, resolve_freeze
+from relscope.training.data import GroupCollator, GroupDataset
 from relscope.training.module import RerankerModule
 from relscope.training.objectives import OBJECTIVES
 from relscope.training.trainer import RelscopeTrainer
@@ -126,7 +129,7 @@ def _already_trained(out: Path, checkpoint: Path) -> dict:
         trim_log(out / "log.jsonl", checkpoint_step(checkpoint))  # a record cut short by a kill after the end
     path = out / "summary.json"
     if path.is_file():
-        from relscope.training.checkpoint import read_json
+        from relscope.models.adapters import read_json
 
         summary = read_json(path, "training summary", "delete it: the next `relscope train` there writes it again")
         if isinstance(summary, dict) and summary.get("steps") == checkpoint_step(checkpoint):

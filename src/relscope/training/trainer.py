@@ -8,8 +8,9 @@ import torch
 from transformers import Trainer
 
 from relscope.errors import TrainingError, overflow_hint
+from relscope.models.adapters import load_weights
 from relscope.training.callbacks import CheckpointFiles, GradNormRecorder
-from relscope.training.checkpoint import load_weights, save_weights
+from relscope.training.checkpoint import save_weights
 from relscope.training.data import EpochSeededSampler
 from relscope.training.objectives import Objective
 

@@ -15,9 +15,10 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from relscope.analysis.patching.engine import PairResult, PatchingEngine, Site
+from relscope.analysis.patching.engine import PairResult, PatchingEngine
 from relscope.analysis.patching.hooks import capturing
 from relscope.analysis.patching.pairs import PatchPair
+from relscope.analysis.patching.sites import Site
 
 
 @contextmanager

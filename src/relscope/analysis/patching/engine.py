@@ -14,43 +14,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from relscope.analysis.patching.hooks import COMPONENTS, Edit, capturing, patching
+from relscope.analysis.patching.hooks import Edit, capturing, patching
 from relscope.analysis.patching.pairs import PatchPair
+from relscope.analysis.patching.scores import record_attention, score_delta, split_block
+from relscope.analysis.patching.sites import Site
 from relscope.models.scoring import unwrap
 from relscope.models.specs import ModelSpec
-
-POSITION_GROUPS = ("instruction", "query", "document", "last", "all")
-
-
-@dataclass(frozen=True)
-class Site:
-    component: str  # resid_pre, resid_post, attn, mlp; z or scores with a head, per head
-    layer: int
-    group: str  # a position group, or "all"; for scores a block "rows>columns" (see scores.py)
-    head: int | None = None
-
-    @property
-    def key(self) -> tuple[str, int]:
-        """The (component, layer) whose hook writes the patch: a score patch is an edit of the head's output."""
-        return ("z" if self.component == "scores" else self.component), self.layer
-
-    @property
-    def rows(self) -> str:
-        """The position group the patch writes to."""
-        return self.group.split(">")[0]
-
-
-def all_sites(n_layers: int, components: Sequence[str] = COMPONENTS,
-              groups: Sequence[str] = POSITION_GROUPS) -> list[Site]:
-    return [Site(c, layer, g) for c in components for layer in range(n_layers) for g in groups]
-
-
-HEAD_GROUPS = ("last", "query", "all")
-
-
-def head_sites(n_layers: int, n_heads: int, groups: Sequence[str] = HEAD_GROUPS) -> list[Site]:
-    """Every head of every layer at each position group (group outermost, then layer, then head)."""
-    return [Site("z", layer, g, h) for g in groups for layer in range(n_layers) for h in range(n_heads)]
 
 
 @dataclass(frozen=True)
@@ -150,8 +119,6 @@ class PatchingEngine:
     def score_changes(self, pair: PatchPair, sites: Sequence[Site]) -> dict[Site, torch.Tensor]:
         """For each attention-score site, the (seq, head_dim) change of its head's output at the block's rows (zero
         elsewhere): what writing the clean weights on the block's columns does (see scores.py)."""
-        from relscope.analysis.patching.scores import record_attention, score_delta, split_block
-
         wanted = [s for s in sites if s.component == "scores"]
         if not wanted:
             return {}

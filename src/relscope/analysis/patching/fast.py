@@ -22,9 +22,10 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
-from relscope.analysis.patching.engine import PairResult, PatchingEngine, Site
+from relscope.analysis.patching.engine import PairResult, PatchingEngine
 from relscope.analysis.patching.hooks import Edit, capturing, patching
 from relscope.analysis.patching.pairs import PatchPair
+from relscope.analysis.patching.sites import Site
 
 RESIDUAL = ("resid_pre", "resid_post")
 

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from relscope.analysis.patching.sites import COMPONENTS
 from relscope.errors import ConfigError
 from relscope.models.specs import ModelSpec
 
-COMPONENTS = ("resid_pre", "resid_post", "attn", "mlp")
 PRE_HOOKED = ("resid_pre", "z")  # read from a module's input rather than its output
 
 

@@ -26,22 +26,13 @@ import numpy as np
 
 from relscope.analysis.patching.artefacts import load_pair_result
 from relscope.analysis.patching.atp import attribution_patching
-from relscope.analysis.patching.engine import (
-    HEAD_GROUPS,
-    POSITION_GROUPS,
-    PairResult,
-    PatchingEngine,
-    Site,
-    all_sites,
-    head_sites,
-    indirect_effects,
-)
+from relscope.analysis.patching.engine import PairResult, PatchingEngine, indirect_effects
 from relscope.analysis.patching.fast import FastPatcher
-from relscope.analysis.patching.hooks import COMPONENTS
 from relscope.analysis.patching.pairs import NEGATIVE_KINDS, PERTURBATIONS, PatchPair, build_pairs
 from relscope.analysis.patching.scores import SCORE_BLOCKS, score_sites
-from relscope.config import DTYPES, short
-from relscope.errors import ConfigError, DataError, ModelError, overflow_hint
+from relscope.analysis.patching.sites import COMPONENTS, HEAD_GROUPS, POSITION_GROUPS, Site, all_sites, head_sites
+from relscope.config import DTYPES
+from relscope.errors import ConfigError, DataError, ModelError, overflow_hint, short
 from relscope.io import atomic_path, atomic_write_json, atomic_write_text
 from relscope.manifest import build_manifest, cache_identity
 from relscope.processes import over_items, process_device, process_state
@@ -264,11 +255,11 @@ class PairCache:
 
 
 def load_patch_model(settings: PatchSettings, device: str):
+    from relscope.models.adapters import load_trained, resolve_max_length
     from relscope.models.heads import build_head, default_head
     from relscope.models.load import load_model
     from relscope.prompts.templates import get_template
     from relscope.prompts.tokenize import PromptBuilder
-    from relscope.training.checkpoint import load_trained, resolve_max_length
 
     max_length = resolve_max_length(settings.max_length, settings.adapter, 256)
     if settings.adapter:
@@ -282,7 +273,7 @@ def load_patch_model(settings: PatchSettings, device: str):
 
 def pair_groups(source: str):
     """Groups from a Tevatron group jsonl, or built from a TREC folder's qrels and passages."""
-    from relscope.training.data import load_training_groups
+    from relscope.data.training import load_training_groups
 
     return load_training_groups((source,), negatives=7)
 

@@ -27,6 +27,7 @@ import torch
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
+from relscope.analysis.patching.sites import Site
 from relscope.errors import ConfigError
 
 RECORDING = "relscope_record"
@@ -87,10 +88,8 @@ def split_block(group: str) -> tuple[str, str]:
     return rows, columns
 
 
-def score_sites(layers: Sequence[int], n_heads: int, blocks: Sequence[str] = SCORE_BLOCKS) -> list:
+def score_sites(layers: Sequence[int], n_heads: int, blocks: Sequence[str] = SCORE_BLOCKS) -> list[Site]:
     """Every head of every layer for each block (block outermost, then layer, then head)."""
-    from relscope.analysis.patching.engine import Site
-
     for block in blocks:
         split_block(block)
     return [Site("scores", layer, block, h) for block in blocks for layer in layers for h in range(n_heads)]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from relscope.errors import DataError
 from relscope.io import atomic_write_text
-from relscope.reports.sources import SOURCE, STUDIES
+from relscope.study.sources import SOURCE, STUDIES
 from relscope.reports.tables import to_markdown
 
 MAX_ROWS = 30  # longer tables are cut in the report (the CSV beside it has them all)

@@ -9,16 +9,19 @@ are one module each: asking for any of q, k, v adapts the fused module).
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from torch import nn
 
-from relscope.errors import ConfigError
+from relscope.errors import ConfigError, is_finite_number
 from relscope.models.specs import ModelSpec
 from relscope.models.specs.base import PROJECTIONS, num_layers
-from relscope.training.config import LoraSettings
+
+if TYPE_CHECKING:
+    from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +102,7 @@ def lora_sites(model: nn.Module, spec: ModelSpec, settings: LoraSettings) -> lis
     return sites
 
 
-def apply_lora(model: nn.Module, spec: ModelSpec, settings: LoraSettings):
+def apply_lora(model: nn.Module, spec: ModelSpec, settings: LoraSettings) -> tuple[Any, list[LoraSite]]:
     """Wrap `model` in a PeftModel with LoRA on exactly the resolved sites; frozen layers keep B = 0."""
     from peft import LoraConfig, get_peft_model
 
@@ -133,3 +136,38 @@ def _warn_partial_fusion(spec: ModelSpec, projections: Sequence[str]) -> None:
         if chosen and len(chosen) < len(group):
             log.warning("%s fuses %s into one module: LoRA on %s adapts all of them",
                         spec.model_type, "/".join(group), "/".join(chosen))
+
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.05
+    # Family-independent names: q k v o gate up down, or the groups attn, mlp, all.
+    targets: tuple[str, ...] = ("all",)
+    # Layer indices that get LoRA (None: all); negative indices count from the end.
+    layers: tuple[int, ...] | None = None
+    # Layers whose LoRA weights stay at their initial value (B = 0, so no update):
+    # the groups early / middle / late (thirds of the stack) or layer indices as strings.
+    freeze: tuple[str, ...] = ()
+    quantize_4bit: bool = False  # QLoRA: needs CUDA and bitsandbytes
+
+    def __post_init__(self) -> None:
+        if self.rank <= 0:
+            raise ValueError(f"lora.rank must be a positive integer, got {self.rank}")
+        if not is_finite_number(self.alpha) or self.alpha <= 0:
+            raise ValueError(f"lora.alpha must be a finite number > 0, got {self.alpha}")
+        if not is_finite_number(self.dropout) or not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"lora.dropout must be in [0, 1), got {self.dropout}")
+        from relscope.models.lora import LAYER_GROUPS
+
+        odd = [f for f in self.freeze if f not in LAYER_GROUPS and not re.fullmatch(r"-?[0-9]+", f)]
+        if odd:  # the layer range itself needs the model's depth: checked when it loads
+            raise ValueError(f"lora.freeze: {odd[0]!r} is neither a layer group ({', '.join(LAYER_GROUPS)}) nor a "
+                             "layer index")
+        known = ("q", "k", "v", "o", "gate", "up", "down", "attn", "mlp", "all")
+        unknown = [t for t in self.targets if t not in known]
+        if not self.targets or unknown:
+            problem = f"unknown target module {unknown[0]!r}" if unknown else "targets is empty"
+            raise ValueError(f"targets: {problem}; use {', '.join(known[:7])} or the groups attn, mlp, all")

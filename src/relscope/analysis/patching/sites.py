@@ -1,0 +1,45 @@
+"""What can be patched: components, position groups and the Site that names one patch.
+
+Plain data, no torch: the engine, the setters, the attribution methods and the CLI's choices all read it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+COMPONENTS = ("resid_pre", "resid_post", "attn", "mlp")
+
+
+POSITION_GROUPS = ("instruction", "query", "document", "last", "all")
+
+
+@dataclass(frozen=True)
+class Site:
+    component: str  # resid_pre, resid_post, attn, mlp; z or scores with a head, per head
+    layer: int
+    group: str  # a position group, or "all"; for scores a block "rows>columns" (see scores.py)
+    head: int | None = None
+
+    @property
+    def key(self) -> tuple[str, int]:
+        """The (component, layer) whose hook writes the patch: a score patch is an edit of the head's output."""
+        return ("z" if self.component == "scores" else self.component), self.layer
+
+    @property
+    def rows(self) -> str:
+        """The position group the patch writes to."""
+        return self.group.split(">")[0]
+
+
+def all_sites(n_layers: int, components: Sequence[str] = COMPONENTS,
+              groups: Sequence[str] = POSITION_GROUPS) -> list[Site]:
+    return [Site(c, layer, g) for c in components for layer in range(n_layers) for g in groups]
+
+
+HEAD_GROUPS = ("last", "query", "all")
+
+
+def head_sites(n_layers: int, n_heads: int, groups: Sequence[str] = HEAD_GROUPS) -> list[Site]:
+    """Every head of every layer at each position group (group outermost, then layer, then head)."""
+    return [Site("z", layer, g, h) for g in groups for layer in range(n_layers) for h in range(n_heads)]
