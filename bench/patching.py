@@ -30,9 +30,10 @@ import numpy as np
 import torch
 
 from relscope.analysis.patching.atp import attribution_patching
-from relscope.analysis.patching.engine import PatchingEngine, all_sites, head_sites
+from relscope.analysis.patching.engine import PatchingEngine
 from relscope.analysis.patching.fast import FastPatcher
 from relscope.analysis.patching.pairs import build_pairs
+from relscope.analysis.patching.sites import all_sites, head_sites
 from relscope.data.dataset import data_root
 from relscope.data.groups import read_groups
 from relscope.models.heads import build_head

@@ -19,13 +19,13 @@ import time
 import torch
 
 from relscope.data.dataset import data_root
+from relscope.data.training import load_training_groups
 from relscope.models.heads import build_head
 from relscope.models.load import load_model
+from relscope.models.lora import LoraSettings, apply_lora
 from relscope.prompts.templates import get_template
 from relscope.prompts.tokenize import PromptBuilder
-from relscope.training.config import LoraSettings
-from relscope.training.data import Draw, GroupCollator, load_training_groups
-from relscope.training.lora import apply_lora
+from relscope.training.data import Draw, GroupCollator
 from relscope.training.module import RerankerModule
 from relscope.training.objectives import OBJECTIVES
 
