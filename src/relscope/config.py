@@ -17,7 +17,6 @@ from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 import yaml
 
 from relscope.errors import ConfigError, clip, short
-from relscope.measures import DEFAULT_MEASURES, check_measures
 
 T = TypeVar("T")
 
@@ -61,6 +60,25 @@ class _DuplicateKey(Exception):
         self.key, self.first, self.line = key, first, line
 
 
+@dataclasses.dataclass(frozen=True)
+class CliOption:
+    """How a settings field appears on the command line (read by relscope.cli.flags)."""
+
+    help: str  # the one help text; the field's default is appended to it there
+    flag: str | None = None  # default: --field-name (--no-field-name for a bool that defaults to true)
+    positional: bool = False
+    metavar: str | None = None
+    choices: tuple[str, ...] | None = None
+    repeat: bool = False  # given once per value (--run a --run b) instead of once with several
+
+
+def option(help: str, *, flag: str | None = None, positional: bool = False, metavar: str | None = None,
+           choices: typing.Sequence[str] | None = None, repeat: bool = False) -> dict[str, CliOption]:
+    """Field metadata that puts a settings field on the command line, so that its default, type and help live once,
+    in the dataclass: `top_k: int = field(default=100, metadata=option("passages per query"))`."""
+    return {"cli": CliOption(help, flag, positional, metavar, tuple(choices) if choices else None, repeat)}
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping, with an error naming the file when it is not one."""
     from relscope.io import read_input_text
@@ -87,10 +105,10 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-
-
-def from_mapping(cls: type[T], data: dict[str, Any], source: str = "config") -> T:
-    """Build dataclass `cls` from `data`; `source` prefixes every error (file or key path)."""
+def from_mapping(cls: type[T], data: dict[str, Any], source: str = "config",
+                 names: typing.Mapping[str, str] | None = None) -> T:
+    """Build dataclass `cls` from `data`; `source` prefixes every error (file or key path), and a value of the wrong
+    type is named `source.key`, or `names[key]` where given (the command line's flag)."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
@@ -103,7 +121,8 @@ def from_mapping(cls: type[T], data: dict[str, Any], source: str = "config") -> 
             f"{source}: unknown key {short(unknown[0])}; valid keys are: {', '.join(sorted(fields))}"
         )
     hints = get_type_hints(cls)
-    values = {name: _coerce(hints[name], value, f"{source}.{name}") for name, value in data.items()}
+    names = names or {}
+    values = {name: _coerce(hints[name], value, names.get(name, f"{source}.{name}")) for name, value in data.items()}
     missing = [
         name
         for name, f in fields.items()
@@ -133,6 +152,7 @@ def to_mapping(obj: Any) -> Any:
 
 
 def dump_yaml(obj: Any) -> str:
+    """`obj` (settings or plain data) as YAML in field order: the config a run writes beside its outputs."""
     return yaml.safe_dump(to_mapping(obj), sort_keys=False)
 
 
@@ -210,43 +230,6 @@ def _coerce_scalar(hint: Any, value: Any, key: str) -> Any:
     return value
 
 
-@dataclasses.dataclass(frozen=True)
-class RerankConfig:
-    """`relscope rerank`: score a first-stage run's top-k with an LLM and evaluate it."""
-
-    model: str = "smollm2-135m-instruct"  # HF id, local folder, .gguf file or packaged alias
-    data: str | None = None  # a TREC folder (queries.tsv, collection.tsv, qrels.txt, run.bm25.txt)
-    queries: str | None = None  # explicit files override the folder's
-    collection: str | None = None
-    qrels: str | None = None
-    run: str | None = None
-    rankllm: str | None = None  # a rank_llm request json (queries, candidates, text) instead of the above
-    adapter: str | None = None  # a checkpoint-<step>/ of `relscope train`: its base model, template and head
-    top_k: int = 100
-    max_queries: int | None = None  # the first n queries of the run only, for a quicker signal
-    template: str | None = None  # yes_no | score | pairwise; default: the adapter's, else yes_no
-    head: str | None = None  # default: the adapter's, else the template's own (yes_no, linear, ab)
-    max_length: int | None = None  # prompt tokens; default: the adapter's own (relscope.json), else 512
-    max_batch_tokens: int = 0  # padded tokens per forward; 0 = by device (1024 CPU, 16384 CUDA)
-    prefix_cache: bool = True
-    on_missing: Literal["error", "skip"] = "error"
-    measures: tuple[str, ...] = DEFAULT_MEASURES
-    dtype: str = "auto"
-    device: str | None = None
-
-    def __post_init__(self) -> None:
-        for key in ("top_k", "max_length", "max_queries"):
-            if getattr(self, key) is not None and getattr(self, key) <= 0:
-                raise ValueError(f"{key} must be a positive integer, got {getattr(self, key)}")
-        if self.max_length is not None and self.max_length < 8:
-            raise ValueError(f"max_length must be at least 8 tokens, got {self.max_length}")
-        if self.max_batch_tokens < 0:
-            raise ValueError(f"max_batch_tokens must be 0 (by device) or positive, got {self.max_batch_tokens}")
-        check_device_name(self.device)
-        check_dtype_name(self.dtype)
-        check_measures(self.measures, "measures")
-
-
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 _DEVICE = re.compile(r"cpu|mps|cuda(:\d+)?")
 
@@ -258,5 +241,6 @@ def check_device_name(device: str | None, key: str = "device") -> None:
 
 
 def check_dtype_name(dtype: str, key: str = "dtype") -> None:
+    """A dtype name relscope loads models in (auto, float32, bfloat16, float16); a ValueError names `key` otherwise."""
     if dtype not in DTYPES:
         raise ValueError(f"{key} {short(dtype)} is not one of {', '.join(DTYPES)}")

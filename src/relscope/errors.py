@@ -8,7 +8,10 @@ from __future__ import annotations
 import math
 import reprlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
 
 
 class RelscopeError(Exception):
@@ -35,7 +38,7 @@ class BusyError(RelscopeError):
     """Another relscope run is writing to the same output folder."""
 
 
-def overflow_hint(dtype) -> str:
+def overflow_hint(dtype: torch.dtype | str) -> str:
     """The fix for non-finite numbers: float16 overflows past 65504, which bf16 and fp32 do not."""
     if str(dtype).endswith("float16") and "bfloat16" not in str(dtype):
         return ("; float16 overflowed (its largest value is 65504): load the model with --dtype bfloat16 "

@@ -185,9 +185,11 @@ def read_input_text(path: str | Path, what: str) -> str:
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write UTF-8 `text` to `path` all at once, so an interrupted run never leaves half a file."""
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
 
 
 def atomic_write_json(path: str | Path, data: Any) -> None:
+    """Write `data` as indented JSON to `path` all at once (non-JSON values such as paths as strings)."""
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")

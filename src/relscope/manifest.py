@@ -16,6 +16,15 @@ import relscope
 
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "ir_measures", "numpy", "scikit-learn", "gguf")
 
+MANIFEST_FILE = "manifest.json"  # in every output folder: what ran, on what, with which versions
+CONFIG_FILE = "config.yaml"  # in every output folder of a job with a config: its resolved settings
+
+
+def manifest_beside(output_file: str | Path) -> Path:
+    """Where a job whose output is one file (a fused run, a group file) writes its manifest: <file>.manifest.json."""
+    path = Path(output_file)
+    return path.with_name(path.name + ".manifest.json")
+
 
 def file_sha256(path: str | Path) -> str | None:
     """The file's sha256; None for a pipe or device (`<(zcat run.gz)`), which was consumed when it was read."""
@@ -93,6 +102,7 @@ def git_revision() -> str | None:
 
 
 def package_versions() -> dict[str, str]:
+    """The versions of relscope, Python and the installed key packages, so a result can be reproduced."""
     versions = {"relscope": relscope.__version__, "python": platform.python_version()}
     for name in PACKAGES:
         try:
@@ -104,6 +114,7 @@ def package_versions() -> dict[str, str]:
 
 def build_manifest(config: Mapping[str, Any], data_files: Mapping[str, Path] | None = None,
                    **extra: Any) -> dict[str, Any]:
+    """What made a run (command, config, versions, git revision, host, input checksums) for its manifest file."""
     return {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": sys.argv,

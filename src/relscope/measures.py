@@ -14,9 +14,12 @@ from __future__ import annotations
 import math
 import re
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from relscope.errors import ConfigError, short
+
+if TYPE_CHECKING:
+    from ir_measures import Measure
 
 # nDCG@10, MRR@10 and MAP with NIST's "relevant" threshold of grade 2 (as the TREC DL overviews).
 DEFAULT_MEASURES = ("nDCG@10", "RR(rel=2)@10", "AP(rel=2)")
@@ -41,7 +44,7 @@ def check_measures(names: Any, source: str = "measures") -> tuple[str, ...]:
     return tuple(names)
 
 
-def parse_measure(name: Any, source: str = "measures"):
+def parse_measure(name: Any, source: str = "measures") -> Measure:
     """The ir_measures measure for `name`, or a ConfigError saying why it cannot be used."""
     if not isinstance(name, str):
         raise ConfigError(f"{source}: measure {short(name)} is not a string; give ir_measures strings ({EXAMPLES})")
@@ -49,7 +52,7 @@ def parse_measure(name: Any, source: str = "measures"):
 
 
 @lru_cache(maxsize=512)  # a measure is tried once per process, however many configs name it
-def _checked(name: str, source: str):
+def _checked(name: str, source: str) -> Measure:
     import ir_measures
 
     shown = short(name)

@@ -8,15 +8,21 @@ n-th one, and hands every process all the results in the items' order: as one pr
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 from tqdm.auto import tqdm
+
+if TYPE_CHECKING:
+    from accelerate import PartialState
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 
-def process_state():
+def process_state() -> PartialState:
+    """This process's place among the launched ones (gloo on CPU-only machines, so CPU runs can be launched too)."""
     import torch
     from accelerate import PartialState
 
@@ -24,11 +30,12 @@ def process_state():
 
 
 def process_device() -> str:
+    """The device this process computes on, as a string a model's `.to()` takes ("cpu" or "cuda:N")."""
     device = process_state().device
     return "cpu" if device.type == "cpu" else str(device)
 
 
-def main_process_lock(folder):
+def main_process_lock(folder: str | Path) -> AbstractContextManager[None]:
     """The output lock, taken by the main process only (the others write nothing there)."""
     from contextlib import nullcontext
 
@@ -38,6 +45,7 @@ def main_process_lock(folder):
 
 
 def over_items(fn: Callable[[T], R], items: Sequence[T], desc: str, progress: bool) -> list[R]:
+    """`fn` over `items` shared across the processes; every process gets all results, in the items' order."""
     from accelerate.utils import gather_object
 
     state = process_state()

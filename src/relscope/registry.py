@@ -30,6 +30,7 @@ class Registry(Generic[T]):
         return entry
 
     def get(self, name: str) -> T:
+        """The entry registered as `name`; a ConfigError lists the known names otherwise."""
         try:
             return self._entries[name]
         except KeyError:
@@ -40,4 +41,5 @@ class Registry(Generic[T]):
         return name in self._entries
 
     def names(self) -> list[str]:
+        """The registered names, sorted (for choices and error messages)."""
         return sorted(self._entries)

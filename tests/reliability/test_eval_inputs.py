@@ -16,7 +16,7 @@ from cli_env import files_under, run_cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from relscope.config import RerankConfig
+from relscope.evaluation.settings import RerankConfig
 from relscope.errors import ConfigError
 from relscope.evaluation.metrics import parse_measures
 

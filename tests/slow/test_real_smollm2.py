@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from relscope.cli import main
-from relscope.config import RerankConfig
+from relscope.evaluation.settings import RerankConfig
 from relscope.data import read_groups, read_qrels, read_run, read_texts
 from relscope.data.dataset import load_rerank_dataset, resolve_files
 from relscope.evaluation.job import run_rerank_job

@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 
 from relscope.analysis import anatomy
+from relscope.analysis.settings import AblateSettings, CheckpointsSettings, StatsSettings, SweepRankSettings
 from relscope.cli import main
-from relscope.config import RerankConfig, from_mapping
+from relscope.config import dump_yaml, from_mapping
 from relscope.errors import ConfigError, ModelError
 from relscope.evaluation.job import run_rerank_job
+from relscope.evaluation.settings import RerankConfig
 from relscope.training.config import TrainConfig
-from relscope.data.dev import DevSettings
 from relscope.training.job import run_train_job
 
 
@@ -27,8 +28,17 @@ def trained(tiny_family_dir, tiny_groups, tmp_path) -> Path:
     return tmp_path / "run"
 
 
-def _dev(trec_dir: Path) -> DevSettings:
-    return DevSettings(data=str(trec_dir), top_k=4)
+def _dev(trec_dir: Path) -> dict:
+    """The dev run's fields of a job's settings."""
+    return {"data": str(trec_dir), "top_k": 4}
+
+
+def _checkpoints(run: Path, out: Path, trec_dir: Path) -> list[dict]:
+    return anatomy.evaluate_checkpoints(CheckpointsSettings(str(run), **_dev(trec_dir)), out)
+
+
+def _ablate(adapter: Path, out: Path, variants: list[str], trec_dir: Path) -> list[dict]:
+    return anatomy.ablate(AblateSettings(str(adapter), tuple(variants), **_dev(trec_dir)), out)
 
 
 def _outputs(folder: Path, name: str) -> None:
@@ -38,7 +48,7 @@ def _outputs(folder: Path, name: str) -> None:
 
 
 def test_checkpoints_table_matches_reranking_each_checkpoint(trained, trec_dir, tmp_path):
-    rows = anatomy.evaluate_checkpoints(trained, tmp_path / "ck", _dev(trec_dir))
+    rows = _checkpoints(trained, tmp_path / "ck", trec_dir)
     assert [r["step"] for r in rows] == [0, 2, 4]  # step 0: the base model judging zero-shot
     direct = run_rerank_job(RerankConfig(adapter=str(trained / "checkpoint-4"), data=str(trec_dir), top_k=4),
                             tmp_path / "rr", progress=False)
@@ -58,10 +68,9 @@ def test_convergence_step_is_the_first_within_epsilon():
 
 def test_ablation_table_ends_are_the_base_model_and_the_adapter(trained, trec_dir, tmp_path):
     adapter = trained / "checkpoint-4"
-    rows = anatomy.ablate(adapter, tmp_path / "ab", ["none", "all", "mlp-only", "q+v@0-1", "all@0.5-1.0"],
-                          _dev(trec_dir))
+    rows = _ablate(adapter, tmp_path / "ab", ["none", "all", "mlp-only", "q+v@0-1", "all@0.5-1.0"], trec_dir)
     by_name = {r["keep LoRA in"]: r for r in rows}
-    checkpoints = anatomy.evaluate_checkpoints(trained, tmp_path / "ck", _dev(trec_dir))
+    checkpoints = _checkpoints(trained, tmp_path / "ck", trec_dir)
     assert by_name["none"]["nDCG@10"] == pytest.approx(checkpoints[0]["nDCG@10"])  # = base model
     assert by_name["all"]["nDCG@10"] == pytest.approx(checkpoints[-1]["nDCG@10"])  # = adapter
     assert by_name["q+v@0-1"]["sites kept"] == "4/21"
@@ -71,13 +80,13 @@ def test_ablation_table_ends_are_the_base_model_and_the_adapter(trained, trec_di
 
 def test_bad_variant_fails_before_scoring(trained, trec_dir, tmp_path):
     with pytest.raises(ConfigError, match="unknown module 'ffn'"):
-        anatomy.ablate(trained / "checkpoint-4", tmp_path / "ab", ["ffn"], _dev(trec_dir))
+        _ablate(trained / "checkpoint-4", tmp_path / "ab", ["ffn"], trec_dir)
     with pytest.raises(ConfigError, match="outside 0..2"):
-        anatomy.ablate(trained / "checkpoint-4", tmp_path / "ab", ["all@5-15"], _dev(trec_dir))
+        _ablate(trained / "checkpoint-4", tmp_path / "ab", ["all@5-15"], trec_dir)
 
 
 def test_stats_cover_every_adapted_module(trained, tmp_path):
-    rows = anatomy.adapter_stats(trained / "checkpoint-4", tmp_path / "st")
+    rows = anatomy.adapter_stats(StatsSettings(str(trained / "checkpoint-4")), tmp_path / "st")
     assert len(rows) == 3 * 7
     assert all(r["frobenius"] > 0 and 1.0 <= r["effective_rank"] <= 4.0 for r in rows)
     _outputs(tmp_path / "st", "delta_stats")
@@ -88,17 +97,20 @@ def test_external_peft_adapter_loads_and_a_foreign_one_is_refused(trained, tiny_
     external = tmp_path / "external"
     shutil.copytree(trained / "checkpoint-4", external)
     (external / "relscope.json").unlink()  # a plain PEFT adapter folder now
-    rows = anatomy.adapter_stats(external, tmp_path / "st")
+    rows = anatomy.adapter_stats(StatsSettings(str(external)), tmp_path / "st")
     assert len(rows) == 21
     with pytest.raises(ModelError, match="does not fit"):
-        anatomy.adapter_stats(external, tmp_path / "st2", model=str(tiny_family_dir("gpt_neox")))
+        anatomy.adapter_stats(StatsSettings(str(external), model=str(tiny_family_dir("gpt_neox"))), tmp_path / "st2")
 
 
 def test_sweep_rank_trains_each_rank_and_tabulates(tiny_family_dir, tiny_groups, trec_dir, tmp_path):
     config = from_mapping(TrainConfig, dict(model=str(tiny_family_dir("llama")), train=[str(tiny_groups)],
                                             negatives=2, max_length=96, max_steps=2, batch_size=2, save_steps=1,
                                             report_to=[], lora={"rank": 2, "alpha": 4}))
-    rows = anatomy.sweep_rank(config, [1, 4], tmp_path / "sw", _dev(trec_dir), progress=False)
+    path = tmp_path / "train.yaml"
+    path.write_text(dump_yaml(config))
+    settings = SweepRankSettings(config=str(path), ranks=(1, 4), **_dev(trec_dir))
+    rows = anatomy.sweep_rank(settings, tmp_path / "sw", progress=False)
     assert [(r["rank"], r["alpha"]) for r in rows] == [(1, 2.0), (4, 8.0)]
     assert all(r["best step"] in (1, 2) for r in rows)
     _outputs(tmp_path / "sw", "rank_sweep")

@@ -14,10 +14,10 @@ from tiny import tiny_model, tiny_tokenizer
 from relscope.analysis.anatomy import sweep_rank
 from relscope.analysis.patching.job import PatchSettings, patch_job
 from relscope.analysis.probe import probe_job
-from relscope.config import from_mapping
+from relscope.analysis.settings import ProbeSettings, SweepRankSettings
+from relscope.config import dump_yaml, from_mapping
 from relscope.errors import ConfigError
 from relscope.training.config import TrainConfig
-from relscope.data.dev import DevSettings
 from relscope.training.job import run_train_job
 
 
@@ -40,10 +40,14 @@ def _save_tiny(folder: Path, seed: int) -> Path:
     return folder
 
 
+def _probe(out: Path, groups: Path, model: str, adapter: str | None) -> None:
+    probe_job(ProbeSettings(model, adapter, str(groups), max_groups=6, folds=2, max_length=96), out)
+
+
 def _patch(out: Path, groups: Path, model: str, adapter: Path | None) -> dict:
-    settings = PatchSettings(str(groups), model, str(adapter) if adapter else None, max_pairs=2, min_gap=0.0,
-                             components=("mlp",), max_length=96)
-    patch_job(out, settings, progress=False)
+    settings = PatchSettings(groups=str(groups), model=model, adapter=str(adapter) if adapter else None, max_pairs=2,
+                             min_gap=0.0, components=("mlp",), max_length=96)
+    patch_job(settings, out, progress=False)
     with np.load(out / "ie.npz") as saved:
         return {k: saved[k] for k in ("ie", "ld_clean", "ld_corrupted")}
 
@@ -68,7 +72,7 @@ def test_probe_states_of_an_adapter_retrained_in_the_same_folder_are_recomputed(
     adapter = _train(model, tiny_groups, tmp_path / "run", seed=1, learning_rate=5e-2)
 
     def tuned_states(out: Path) -> np.ndarray:
-        probe_job(out, tiny_groups, model, str(adapter), max_groups=6, folds=2, max_length=96)
+        _probe(out, tiny_groups, model, str(adapter))
         with np.load(out / "states_tuned.npz") as saved:
             return saved["states"]
 
@@ -83,11 +87,11 @@ def test_a_base_model_rewritten_in_place_is_not_served_from_the_caches(tiny_grou
     """Bug 9 (same class): a base model folder overwritten with other weights misses both caches."""
     model = _save_tiny(tmp_path / "base", seed=0)
     first = _patch(tmp_path / "patch", tiny_groups, str(model), None)
-    probe_job(tmp_path / "probe", tiny_groups, str(model), None, max_groups=6, folds=2, max_length=96)
+    _probe(tmp_path / "probe", tiny_groups, str(model), None)
     _save_tiny(model, seed=1)
     again = _patch(tmp_path / "patch", tiny_groups, str(model), None)
-    probe_job(tmp_path / "probe", tiny_groups, str(model), None, max_groups=6, folds=2, max_length=96)
-    probe_job(tmp_path / "fresh", tiny_groups, str(model), None, max_groups=6, folds=2, max_length=96)
+    _probe(tmp_path / "probe", tiny_groups, str(model), None)
+    _probe(tmp_path / "fresh", tiny_groups, str(model), None)
     assert not np.allclose(again["ld_clean"], first["ld_clean"])
     np.testing.assert_array_equal(np.load(tmp_path / "probe" / "states_base.npz")["states"],
                                   np.load(tmp_path / "fresh" / "states_base.npz")["states"])
@@ -117,8 +121,10 @@ def test_the_content_digest_follows_the_weights_not_the_path_or_the_trainer_stat
 def test_a_rank_sweep_never_reports_a_run_that_another_config_left_in_its_folder(tiny_family_dir, tiny_groups,
                                                                                  trec_dir, tmp_path):
     """Bug 9 (same class): the rank sweep reused any folder holding a summary.json, whatever config trained it."""
-    config, dev = _config(str(tiny_family_dir("llama")), tiny_groups), DevSettings(str(trec_dir), top_k=4)
-    first = sweep_rank(config, [2], tmp_path / "sweep", dev, progress=False)
-    assert sweep_rank(config, [2], tmp_path / "sweep", dev, progress=False) == first  # same config: reused
+    path = tmp_path / "train.yaml"
+    path.write_text(dump_yaml(_config(str(tiny_family_dir("llama")), tiny_groups)))
+    settings = SweepRankSettings(config=str(path), ranks=(2,), data=str(trec_dir), top_k=4)
+    first = sweep_rank(settings, tmp_path / "sweep", progress=False)
+    assert sweep_rank(settings, tmp_path / "sweep", progress=False) == first  # same config: reused
     with pytest.raises(ConfigError, match="learning_rate"):
-        sweep_rank(replace(config, learning_rate=2e-1), [2], tmp_path / "sweep", dev, progress=False)
+        sweep_rank(replace(settings, overrides=("learning_rate=0.2",)), tmp_path / "sweep", progress=False)

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from relscope.config import RerankConfig, dump_yaml, from_mapping, load_yaml
+from relscope.config import dump_yaml, from_mapping, load_yaml
+from relscope.evaluation.settings import RerankConfig
 from relscope.errors import ConfigError
 
 
@@ -48,7 +49,8 @@ def test_every_shipped_config_loads():
     """A typo in configs/ fails here, not an hour into a run."""
     from pathlib import Path
 
-    from relscope.config import RerankConfig, from_mapping, load_yaml
+    from relscope.config import from_mapping, load_yaml
+    from relscope.evaluation.settings import RerankConfig
     from relscope.study.config import load_study_config
     from relscope.training.config import TrainConfig
 

@@ -154,7 +154,7 @@ def test_absent_data_folder_says_what_data_and_where_to_get_it(tmp_path):
 
 
 def test_a_rerank_config_data_folder_may_start_with_relscope_data(trec_dir, monkeypatch):
-    from relscope.config import RerankConfig
+    from relscope.evaluation.settings import RerankConfig
     from relscope.evaluation.job import dataset_files
 
     monkeypatch.setenv("RELSCOPE_DATA", str(trec_dir.parent))

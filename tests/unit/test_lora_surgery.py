@@ -92,7 +92,7 @@ def test_parse_layers(text, expected):
 
 @pytest.mark.parametrize("depth", [12, 16, 24, 26, 30, 32, 40])  # real depths; 3 layers cannot hold 4 parts
 def test_the_default_fraction_ranges_partition_any_depth(depth):
-    from relscope.analysis.anatomy import DEFAULT_VARIANTS
+    from relscope.analysis.settings import DEFAULT_VARIANTS
 
     middle, outside, late, early = (parse_layers(v.split("@")[1], depth) for v in DEFAULT_VARIANTS if "@" in v)
     assert middle | outside == set(range(depth)) and not middle & outside

@@ -14,10 +14,10 @@ from hypothesis import strategies as st
 from tiny import tiny_loaded
 
 from relscope.analysis.patching.engine import PatchingEngine
-from relscope.analysis.patching.sites import Site
 from relscope.analysis.patching.fast import FastPatcher
-from relscope.analysis.patching.job import PatchSettings
 from relscope.analysis.patching.pairs import PatchPair, build_pairs
+from relscope.analysis.patching.settings import PatchSettings
+from relscope.analysis.patching.sites import Site
 from relscope.cli import main
 from relscope.data.groups import NegativePassage, TrainingGroup, read_groups, write_groups
 from relscope.errors import ConfigError, RelscopeError
@@ -154,7 +154,7 @@ def test_pairs_are_built_without_identical_prompts(tiny_groups):
 
 
 BAD_SETTINGS = [
-    ({"max_pairs": 0}, "--max-pairs"), ({"max_pairs": -3}, "--max-pairs"), ({"max_pairs": 2.5}, "--max-pairs"),
+    ({"max_pairs": -1}, "--max-pairs"), ({"max_pairs": -3}, "--max-pairs"), ({"max_pairs": 2.5}, "--max-pairs"),
     ({"min_gap": float("nan")}, "--min-gap"), ({"min_gap": float("inf")}, "--min-gap"),
     ({"min_gap": -0.1}, "--min-gap"), ({"batch_size": 0}, "--batch-size"), ({"max_length": 0}, "--max-length"),
     ({"layers": [-1]}, "--layers"), ({"layers": []}, "--layers"), ({"layers": [1.5]}, "--layers"),
@@ -177,6 +177,13 @@ def test_patch_settings_sort_and_dedupe_layers():
     assert PatchSettings(layers=[5, 2, 5]).layers == (2, 5)
 
 
+def test_max_pairs_0_means_every_pair_everywhere():
+    """0 pairs is the command line's "all"; the settings read it the same from the API and a study config."""
+    from relscope.analysis.patching.settings import HeadsSettings
+
+    assert PatchSettings(max_pairs=0).max_pairs is None and HeadsSettings(max_pairs=0).max_pairs is None
+
+
 @pytest.mark.parametrize("extra", [["--max-pairs", "-1"], ["--min-gap", "nan"], ["--min-gap", "-1"],
                                    ["--batch-size", "0"], ["--layers", "-2"]])
 def test_the_patch_command_refuses_bad_numbers_in_one_line(extra, tiny_family_dir, tmp_path, capsys):
@@ -191,16 +198,17 @@ def test_knockout_and_compare_refuse_bad_numbers(tmp_path):
     """knockout's --size/--random-draws/--max-groups and compare's --top/--depth-bins/--p are range-checked."""
     from relscope.analysis.compare import compare_job
     from relscope.analysis.knockout import knockout_job
+    from relscope.analysis.patching.settings import KnockoutSettings
+    from relscope.analysis.settings import CompareSettings
 
-    patch_settings = PatchSettings()
     for kwargs, key in (({"size": 0}, "--size"), ({"size": -2}, "--size"), ({"random_draws": -1}, "--random-draws"),
                         ({"max_groups": 0}, "--max-groups")):
         with pytest.raises(RelscopeError, match=key):
-            knockout_job(tmp_path / "k", patch_settings, str(tmp_path / "none.npz"), **kwargs)
+            knockout_job(KnockoutSettings(ie_heads=str(tmp_path / "none.npz"), **kwargs), tmp_path / "k")
     for kwargs, key in (({"top": 0}, "--top"), ({"depth_bins": 0}, "--depth-bins"),
                         ({"depth_bins": -1}, "--depth-bins"), ({"p": float("nan")}, "--p"), ({"p": 1.0}, "--p")):
         with pytest.raises(RelscopeError, match=key):
-            compare_job(str(tmp_path), str(tmp_path), tmp_path / "c", **kwargs)
+            compare_job(CompareSettings(run_a=str(tmp_path), run_b=str(tmp_path), **kwargs), tmp_path / "c")
     assert not (tmp_path / "k").exists() and not (tmp_path / "c").exists()
 
 

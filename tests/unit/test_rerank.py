@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from relscope.cli import main
-from relscope.config import RerankConfig
+from relscope.evaluation.settings import RerankConfig
 from relscope.data import ScoredDoc, read_run
 from relscope.evaluation.job import run_rerank_job
 from relscope.evaluation.rerank import _aggregate, _merge

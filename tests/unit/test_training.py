@@ -11,7 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from relscope.config import RerankConfig, from_mapping
+from relscope.config import from_mapping
+from relscope.evaluation.settings import RerankConfig
 from relscope.errors import ConfigError, DataError
 from relscope.evaluation.job import run_rerank_job
 from relscope.training.callbacks import load_grad_norms

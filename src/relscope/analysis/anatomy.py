@@ -1,7 +1,7 @@
 """LoRA anatomy (`relscope lora ...`): metrics across checkpoints, rank sweeps, ablations, delta statistics.
 
 Each job writes <name>.csv, <name>.md (shaped like the source study's table), <name>.png and
-manifest.json into its output folder.
+manifest.json into its output folder; the names are the constants below.
 """
 
 from __future__ import annotations
@@ -13,10 +13,17 @@ from pathlib import Path
 import numpy as np
 
 from relscope.analysis.lora_surgery import MODULE_PRESETS, adapted_sites, delta_stats, keep_only, parse_layers, select
+from relscope.analysis.settings import (
+    AblateSettings,
+    CheckpointsSettings,
+    StatsSettings,
+    SweepRankSettings,
+    dev_fields,
+)
 from relscope.config import to_mapping
 from relscope.data.dataset import RerankDataset
 from relscope.data.dev import DevSettings, load_dev_run
-from relscope.errors import ConfigError, check_range
+from relscope.errors import ConfigError
 from relscope.evaluation.metrics import evaluate_run
 from relscope.evaluation.rerank import Reranker, rerank
 from relscope.io import atomic_write_json
@@ -29,9 +36,11 @@ from relscope.reports.tables import write_table
 from relscope.training.checkpoint import checkpoint_step, complete_checkpoints
 
 NDCG = "nDCG@10"
-
-
-DEFAULT_DEV = DevSettings("$RELSCOPE_DATA/trec-dl-2019")  # the ranking task every figure is measured on
+# The tables (<name>.csv, .md, .png) each job writes, and the columns the study report reads
+CHECKPOINTS, RANK_SWEEP, ABLATION, DELTA_STATS = "checkpoints", "rank_sweep", "ablation", "delta_stats"
+EFFECTIVE_RANK_FIGURE, SPECTRA_FIGURE = "effective_rank.png", "spectra.png"  # adapter_stats' other figures
+KEPT_IN = "keep LoRA in"  # ablation: the variant
+MODULE, FROBENIUS, EFFECTIVE_RANK = "module", "frobenius", "effective_rank"  # delta_stats
 
 
 def _measure(reranker: Reranker, dataset: RerankDataset, dev: DevSettings) -> dict[str, float]:
@@ -69,14 +78,15 @@ def convergence_step(steps: Sequence[int], values: Sequence[float], epsilon: flo
     return next(s for s, v in zip(steps, values) if v >= best - epsilon)
 
 
-def evaluate_checkpoints(run_dir: str | Path, out: str | Path, dev: DevSettings = DEFAULT_DEV, epsilon: float = 0.01,
-                         include_base: bool = True, base: dict[str, float] | None = None) -> list[dict]:
+def evaluate_checkpoints(settings: CheckpointsSettings, out: str | Path, *, include_base: bool = True,
+                         base: dict[str, float] | None = None) -> list[dict]:
     """Every checkpoint (and, for answer heads, the base model at step 0) on the dev run.
 
-    `base`: step 0's metrics when they were measured already on this very dev run (the study's zero-shot stage);
-    they are then not measured again."""
-    check_range("--epsilon", epsilon, 0)
-    run_dir, out = Path(run_dir), Path(out)
+    Runtime extras, not settings: `include_base=False` leaves step 0 out (the rank sweep's tables); `base`: step 0's
+    metrics when they were measured already on this very dev run (the study's zero-shot stage); they are then not
+    measured again."""
+    dev, epsilon = settings.dev, settings.epsilon
+    run_dir, out = Path(settings.run_dir), Path(out)
     dataset = load_dev_run(dev)
     rows = [] if base is None else [{"step": 0, **{m: base[m] for m in dev.measures}}]
     checkpoints = checkpoint_steps(run_dir)
@@ -94,19 +104,18 @@ def evaluate_checkpoints(run_dir: str | Path, out: str | Path, dev: DevSettings 
         row["converged"] = "yes" if row["step"] == converged else ""
     fig = plots.metric_curves(steps, {m: [r[m] for r in rows] for m in dev.measures},
                               f"{run_dir.name}: dev metrics by checkpoint", converged)
-    return _finish(out, "checkpoints", rows, f"{run_dir.name}: metrics by checkpoint (converged at step "
+    return _finish(out, CHECKPOINTS, rows, f"{run_dir.name}: metrics by checkpoint (converged at step "
                    f"{converged}, epsilon {epsilon})", fig, {"run": str(run_dir), "dev": to_mapping(dev),
                                                             "epsilon": epsilon})
 
 
 # -- 2. rank sweep -----------------------------------------------------------------------------
 
-def sweep_rank(config, ranks: Sequence[int], out: str | Path, dev: DevSettings = DEFAULT_DEV, epsilon: float = 0.01,
-               progress: bool = True) -> list[dict]:
-    """Train `config` once per LoRA rank (resuming any finished or interrupted rank), then tabulate."""
-    check_range("--epsilon", epsilon, 0)
+def sweep_rank(settings: SweepRankSettings, out: str | Path, progress: bool = True) -> list[dict]:
+    """Train the config once per LoRA rank (resuming any finished or interrupted rank), then tabulate."""
     from relscope.training.job import run_train_job
 
+    config, ranks, dev = settings.train_config(), settings.ranks, settings.dev
     out = Path(out)
     rows = []
     for rank in ranks:
@@ -115,7 +124,8 @@ def sweep_rank(config, ranks: Sequence[int], out: str | Path, dev: DevSettings =
         # Never skipped on the folder alone: a finished run returns at once, but only after the train job has
         # checked its config.yaml, so a run another config left there is refused, not reported as this rank's.
         run_train_job(ranked, run_dir, progress=progress)
-        table = evaluate_checkpoints(run_dir, run_dir / "anatomy", dev, epsilon, include_base=False)
+        table = evaluate_checkpoints(CheckpointsSettings(run_dir=str(run_dir), epsilon=settings.epsilon,
+                                                         **dev_fields(dev)), run_dir / "anatomy", include_base=False)
         best = max(table, key=lambda r: r[NDCG])
         converged = next(r["step"] for r in table if r["converged"])
         rows.append({"rank": rank, "alpha": ranked.lora.alpha, NDCG: best[NDCG], "best step": best["step"],
@@ -123,17 +133,11 @@ def sweep_rank(config, ranks: Sequence[int], out: str | Path, dev: DevSettings =
     fig = plots.metric_curves([r["rank"] for r in rows], {NDCG: [r[NDCG] for r in rows]}, "best nDCG@10 by LoRA rank")
     fig.axes[0].set_xscale("log", base=2)
     fig.axes[0].set_xlabel("LoRA rank")
-    return _finish(out, "rank_sweep", rows, "LoRA rank sweep (alpha/rank fixed)", fig,
+    return _finish(out, RANK_SWEEP, rows, "LoRA rank sweep (alpha/rank fixed)", fig,
                    {"config": to_mapping(config), "ranks": list(ranks), "dev": to_mapping(dev)})
 
 
 # -- 3. ablation -------------------------------------------------------------------------------
-
-DEFAULT_VARIANTS = ("none", "mlp-only", "attn-only", "all",  # Table 3
-                    # the source's layer ranges 5-15, 0-4+16-31, 5-31, 0-15 of 32 layers, as fractions of depth
-                    "all@0.15625-0.5", "all@0.0-0.15625+0.5-1.0", "all@0.15625-1.0", "all@0.0-0.5",
-                    "up+gate", "down")  # Table 4
-
 
 def parse_variant(text: str, n_layers: int) -> tuple[tuple[str, ...], set[int] | None]:
     """'<modules>[@<layers>]': a preset (none, mlp-only, attn-only, all, up+gate, down) or projections
@@ -150,10 +154,10 @@ def parse_variant(text: str, n_layers: int) -> tuple[tuple[str, ...], set[int] |
     return modules, parse_layers(layers_text, n_layers) if layers_text else None
 
 
-def ablate(adapter: str | Path, out: str | Path, variants: Sequence[str] = DEFAULT_VARIANTS, dev: DevSettings = DEFAULT_DEV,
-           model: str | None = None, template: str | None = None) -> list[dict]:
+def ablate(settings: AblateSettings, out: str | Path) -> list[dict]:
     """Metrics with the LoRA update kept only where each variant says (exact: the rest scaled to 0)."""
-    loaded, head, meta = load_trained(adapter, model=model, template=template)
+    adapter, variants, dev = settings.adapter, settings.variants, settings.dev
+    loaded, head, meta = load_trained(adapter, model=settings.model, template=settings.template)
     base = loaded.model.get_base_model()
     n_layers = num_layers(base.config)
     parsed = [(v, *parse_variant(v, n_layers)) for v in variants]  # bad variants fail before any scoring
@@ -164,10 +168,10 @@ def ablate(adapter: str | Path, out: str | Path, variants: Sequence[str] = DEFAU
     for name, modules, layers in parsed:
         kept = select(sites, modules, layers) if modules else []
         with keep_only(base, kept):
-            rows.append({"keep LoRA in": name, "sites kept": f"{len(kept)}/{len(sites)}",
+            rows.append({KEPT_IN: name, "sites kept": f"{len(kept)}/{len(sites)}",
                          **_measure(reranker, dataset, dev)})
-    fig = _bar(rows, "keep LoRA in", f"{Path(adapter).name}: LoRA kept in")
-    return _finish(out, "ablation", rows, f"{adapter}: LoRA update kept only in", fig,
+    fig = _bar(rows, KEPT_IN, f"{Path(adapter).name}: LoRA kept in")
+    return _finish(out, ABLATION, rows, f"{adapter}: LoRA update kept only in", fig,
                    {"adapter": str(adapter), "variants": list(variants), "dev": to_mapping(dev)},
                    {"adapter": Path(adapter) / "adapter_model.safetensors"})
 
@@ -186,25 +190,26 @@ def _bar(rows: list[dict], key: str, title: str):
 
 # -- 4. delta statistics -----------------------------------------------------------------------
 
-def adapter_stats(adapter: str | Path, out: str | Path, model: str | None = None) -> list[dict]:
+def adapter_stats(settings: StatsSettings, out: str | Path) -> list[dict]:
     """||delta W||_F, singular values and effective rank of every adapted module."""
-    loaded, _, _ = load_trained(adapter, model=model)
+    adapter = settings.adapter
+    loaded, _, _ = load_trained(adapter, model=settings.model)
     base = loaded.model.get_base_model()
     stats = delta_stats(base, adapted_sites(base, loaded.spec))
-    rows = [{"layer": s.layer, "module": s.label, "frobenius": s.frobenius, "effective_rank": s.effective_rank,
+    rows = [{"layer": s.layer, MODULE: s.label, FROBENIUS: s.frobenius, EFFECTIVE_RANK: s.effective_rank,
              "top_singular_value": s.singular_values[0] if s.singular_values else 0.0} for s in stats]
     labels = list(dict.fromkeys(s.label for s in stats))
     n_layers = num_layers(base.config)
-    grid = {key: np.full((n_layers, len(labels)), np.nan) for key in ("frobenius", "effective_rank")}
+    grid = {key: np.full((n_layers, len(labels)), np.nan) for key in (FROBENIUS, EFFECTIVE_RANK)}
     for s in stats:
-        grid["frobenius"][s.layer, labels.index(s.label)] = s.frobenius
-        grid["effective_rank"][s.layer, labels.index(s.label)] = s.effective_rank
+        grid[FROBENIUS][s.layer, labels.index(s.label)] = s.frobenius
+        grid[EFFECTIVE_RANK][s.layer, labels.index(s.label)] = s.effective_rank
     out = Path(out)
     layer_names = [str(i) for i in range(n_layers)]
-    plots.save(plots.heatmap(grid["effective_rank"], layer_names, labels, "effective rank of delta W",
-                             "effective rank"), out / "effective_rank.png")
+    plots.save(plots.heatmap(grid[EFFECTIVE_RANK], layer_names, labels, "effective rank of delta W",
+                             "effective rank"), out / EFFECTIVE_RANK_FIGURE)
     plots.save(plots.spectra({f"{s.layer}.{s.label}": s.singular_values for s in stats[:: max(1, len(stats) // 12)]},
-                             "singular values of delta W (a sample of modules)"), out / "spectra.png")
-    fig = plots.heatmap(grid["frobenius"], layer_names, labels, "||delta W||_F by layer and module", "Frobenius norm")
-    return _finish(out, "delta_stats", rows, f"{adapter}: LoRA update by layer and module", fig,
+                             "singular values of delta W (a sample of modules)"), out / SPECTRA_FIGURE)
+    fig = plots.heatmap(grid[FROBENIUS], layer_names, labels, "||delta W||_F by layer and module", "Frobenius norm")
+    return _finish(out, DELTA_STATS, rows, f"{adapter}: LoRA update by layer and module", fig,
                    {"adapter": str(adapter)}, {"adapter": Path(adapter) / "adapter_model.safetensors"})

@@ -10,11 +10,13 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from relscope.analysis.examples import LabelledPrompt, adapter_state
+from relscope.analysis.settings import ATTENTION_LAYERS, AttentionSettings
 from relscope.io import atomic_path, atomic_write_json
 from relscope.manifest import build_manifest
 from relscope.models.scoring import unwrap
@@ -22,14 +24,23 @@ from relscope.prompts.tokenize import TokenizedPrompt
 from relscope.reports import plots
 from relscope.reports.tables import write_table
 
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedModel
 
-def default_layers(n_layers: int, count: int = 5) -> list[int]:
+    from relscope.models.specs import ModelSpec
+
+ATTENTION = "attention"  # the table written (.csv, .md) and the arrays (.npz)
+CHANGE_FIGURE = "attention_change.png"  # fine-tuned - base per head (attention_base.png, attention_fine_tuned.png)
+
+
+def default_layers(n_layers: int, count: int = ATTENTION_LAYERS) -> list[int]:
     """`count` layers spread evenly from the first to the last."""
     return sorted({round(i * (n_layers - 1) / (count - 1)) for i in range(count)}) if count > 1 else [n_layers - 1]
 
 
 @contextmanager
-def eager_attention(model) -> Iterator[None]:
+def eager_attention(model: PreTrainedModel) -> Iterator[None]:
     """Attention weights exist only in the eager implementation: use it inside, restore the fast one after."""
     config = model.config
     before = getattr(config, "_attn_implementation", None)
@@ -54,8 +65,8 @@ def mass_to_query(attentions: Sequence[torch.Tensor], prompt: TokenizedPrompt, l
 
 
 @torch.inference_mode()
-def document_to_query_attention(model, spec, examples: Sequence[LabelledPrompt], layers: Sequence[int],
-                                adapter: bool) -> np.ndarray:
+def document_to_query_attention(model: PreTrainedModel | PeftModel, spec: ModelSpec, examples: Sequence[LabelledPrompt],
+                                layers: Sequence[int], adapter: bool) -> np.ndarray:
     """(len(layers), heads) averaged over examples, one example per forward (no padding to mask out)."""
     base = unwrap(model)
     backbone = spec.backbone_of(base)
@@ -70,25 +81,19 @@ def document_to_query_attention(model, spec, examples: Sequence[LabelledPrompt],
     return total / len(examples)
 
 
-def attention_job(out: str | Path, groups: str | Path, model: str | None = None, adapter: str | None = None,
-                  template: str | None = None, layers: Sequence[int] | None = None, max_groups: int = 25,
-                  max_length: int | None = None) -> list[dict]:
+def attention_job(settings: AttentionSettings, out: str | Path) -> list[dict]:
     """Base (and fine-tuned) attention mass from document to query tokens; table, heatmaps, manifest."""
     from relscope.analysis.examples import labelled_prompts, load_with_prompts
-    from relscope.errors import check_range
-
-    check_range("--max-groups", max_groups, 1, integer=True)
-    for layer in layers or ():
-        check_range("--layers", layer, 0, integer=True)
     from relscope.data.dataset import data_path
     from relscope.data.groups import read_groups
     from relscope.models.specs.base import num_layers
 
-    out = Path(out)
-    loaded, builder = load_with_prompts(model, adapter, template, max_length)
+    s, out = settings, Path(out)
+    groups, adapter = s.groups, s.adapter
+    loaded, builder = load_with_prompts(s.model, adapter, s.template, s.max_length)
     template = builder.template.name
-    layers = list(layers) if layers else default_layers(num_layers(loaded.model.config))
-    examples = labelled_prompts(read_groups(data_path(str(groups))), builder, max_groups, "any")
+    layers = list(s.layers) if s.layers else default_layers(num_layers(loaded.model.config))
+    examples = labelled_prompts(read_groups(data_path(str(groups))), builder, s.max_groups, "any")
     results = {"base": document_to_query_attention(loaded.model, loaded.spec, examples, layers, adapter=False)}
     if adapter:
         results["fine-tuned"] = document_to_query_attention(loaded.model, loaded.spec, examples, layers, adapter=True)
@@ -100,13 +105,13 @@ def attention_job(out: str | Path, groups: str | Path, model: str | None = None,
                                  f"{loaded.name}: attention mass, document → query ({name})",
                                  "attention mass" if name != "change" else "fine-tuned − base",
                                  xlabel="head", ylabel="layer", diverging=name == "change"),
-                   out / f"attention_{name.replace('-', '_')}.png")
+                   out / f"{ATTENTION}_{name.replace('-', '_')}.png")
     rows = [{"layer": layer, **{f"{name} mean": float(values[i].mean()) for name, values in results.items()},
              **{f"{name} max head": int(values[i].argmax()) for name, values in results.items() if name != "change"}}
             for i, layer in enumerate(layers)]
-    write_table(rows, out / "attention", f"{loaded.name}: mean attention mass from document to query tokens "
+    write_table(rows, out / ATTENTION, f"{loaded.name}: mean attention mass from document to query tokens "
                 f"({len(examples)} prompts)")
-    with atomic_path(out / "attention.npz") as tmp, tmp.open("wb") as f:
+    with atomic_path(out / f"{ATTENTION}.npz") as tmp, tmp.open("wb") as f:
         np.savez(f, layers=np.array(layers), **{k.replace("-", "_"): v for k, v in results.items()})
     atomic_write_json(out / "manifest.json", build_manifest(
         {"model": loaded.source, "adapter": adapter, "template": template, "layers": layers,

@@ -12,42 +12,18 @@ equal slices of its depth first.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from numbers import Integral, Real
 from pathlib import Path
 
 import numpy as np
 
 from relscope.analysis.patching.artefacts import load_ie, load_ie_heads
+from relscope.analysis.settings import CompareSettings
+from relscope.config import to_mapping
 from relscope.errors import ConfigError, DataError
 
+SUMMARY, TOP = "summary", "top"  # the tables written (.csv and .md)
 NO_EFFECT = 1e-6  # mean IEs that all lie within this of each other have no order to compare
-
-
-@dataclass(frozen=True)
-class CompareSettings:
-    """`relscope compare`'s options, range-checked where they enter."""
-
-    heads: bool = False
-    p: float = 0.9  # RBO persistence, in (0, 1)
-    top: int = 20
-    depth_bins: int | None = None
-    signed: bool = False
-
-    def __post_init__(self) -> None:
-        p = self.p
-        if isinstance(p, bool) or not isinstance(p, Real) or not math.isfinite(p) or not 0.0 < p < 1.0:
-            raise ConfigError(f"--p {p}: RBO persistence must be between 0 and 1 (exclusive), e.g. 0.9")
-        if not _whole(self.top):
-            raise ConfigError(f"--top {self.top}: must be a whole number >= 1")
-        if self.depth_bins is not None and not _whole(self.depth_bins):
-            raise ConfigError(f"--depth-bins {self.depth_bins}: must be a whole number >= 1 (or left out to compare "
-                              "layer by layer)")
-
-
-def _whole(value) -> bool:
-    return isinstance(value, Integral) and not isinstance(value, bool) and value >= 1
 
 
 @dataclass(frozen=True)
@@ -150,21 +126,19 @@ def side_by_side(a: Ranking, b: Ranking, top: int, by_magnitude: bool = True) ->
             for r, (i, j) in enumerate(zip(order_a, order_b))]
 
 
-def compare_job(run_a: str, run_b: str, out: str | Path, heads: bool = False, p: float = 0.9, top: int = 20,
-                depth_bins: int | None = None, signed: bool = False) -> dict:
+def compare_job(settings: CompareSettings, out: str | Path) -> dict:
+    """Rank both runs' components, compare the rankings (RBO, Spearman, magnitudes) and write the tables."""
     from relscope.io import atomic_write_json
     from relscope.manifest import build_manifest
     from relscope.reports.tables import write_table
 
-    CompareSettings(heads, p, top, depth_bins, signed)  # the ranges, before any file is read
-    a, b = (load_ranking(r, heads, depth_bins) for r in (run_a, run_b))
-    summary = compare_rankings(a, b, p, top, by_magnitude=not signed)
+    s = settings
+    a, b = (load_ranking(r, s.heads, s.depth_bins) for r in (s.run_a, s.run_b))
+    summary = compare_rankings(a, b, s.p, s.top, by_magnitude=not s.signed)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    write_table([summary], out / "summary", f"{run_a} (A) vs {run_b} (B): components ranked by "
-                f"{'mean IE' if signed else '|mean IE|'}")
-    write_table(side_by_side(a, b, top, not signed), out / "top", f"Top {top} components of each run")
-    atomic_write_json(out / "manifest.json", build_manifest(
-        {"run_a": run_a, "run_b": run_b, "heads": heads, "p": p, "top": top, "depth_bins": depth_bins,
-         "signed": signed}, {}, **summary))
+    write_table([summary], out / SUMMARY, f"{s.run_a} (A) vs {s.run_b} (B): components ranked by "
+                f"{'mean IE' if s.signed else '|mean IE|'}")
+    write_table(side_by_side(a, b, s.top, not s.signed), out / TOP, f"Top {s.top} components of each run")
+    atomic_write_json(out / "manifest.json", build_manifest(to_mapping(s), {}, **summary))
     return summary

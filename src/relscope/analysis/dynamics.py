@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 from scipy.ndimage import uniform_filter1d
 
-from relscope.errors import ConfigError, DataError
+from relscope.analysis.settings import DynamicsSettings
+from relscope.errors import DataError
 from relscope.io import atomic_write_json, atomic_write_text
 from relscope.manifest import build_manifest
 from relscope.models.lora import LAYER_GROUPS, layer_groups
@@ -23,6 +24,9 @@ from relscope.reports.tables import to_csv, write_table
 from relscope.training.callbacks import GRAD_NORMS_FILE, load_grad_norms, read_log
 
 CURVES = ("loss", "accuracy", "p_correct")
+# The files written that the study report reads
+SUMMARY, CURVES_FIGURE = "summary.json", "curves.png"
+GRAD_NORMS_FIGURE, GROUPS_FIGURE = "grad_norms.png", "groups.png"
 
 
 @dataclass(frozen=True)
@@ -117,13 +121,9 @@ def _finite_or_none(value: float) -> float | None:
     return float(value) if np.isfinite(value) else None  # JSON has no NaN
 
 
-def analyse_dynamics(run_dir: str | Path, out: str | Path, window: int = 25, after: int = 0) -> dict:
+def analyse_dynamics(settings: DynamicsSettings, out: str | Path) -> dict:
     """Write the curves, the phase transition and the gradient-norm tables and figures; return the summary."""
-    run_dir, out = Path(run_dir), Path(out)
-    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-        raise ConfigError(f"--window {window!r}: must be a whole number of steps >= 1 (e.g. 25)")
-    if isinstance(after, bool) or not isinstance(after, int) or after < 0:
-        raise ConfigError(f"--after {after!r}: must be a step number >= 0")
+    run_dir, out, window, after = Path(settings.run_dir), Path(out), settings.window, settings.after
     curves = read_curves(run_dir)
     drops = steepest_drops(curves["step"], curves["loss"], window, 3, after)
     cliff = drops[0]
@@ -134,13 +134,13 @@ def analyse_dynamics(run_dir: str | Path, out: str | Path, window: int = 25, aft
     rows = [{"step": int(s), **{k: float(curves[k][i]) for k in CURVES}, "loss (smoothed)": float(smoothed[i])}
             for i, s in enumerate(curves["step"])]
     atomic_write_text(out / "curves.csv", to_csv(rows))
-    plots.save(plots.training_curves(curves, smoothed, cliff, run_dir.name), out / "curves.png")
+    plots.save(plots.training_curves(curves, smoothed, cliff, run_dir.name), out / CURVES_FIGURE)
     summary = {"run": str(run_dir), "window": window, "after": after,
                "phase_transition": {**asdict(cliff), "drop": cliff.drop},
                "steepest_drops": [{**asdict(d), "drop": d.drop} for d in drops]}
     if grads is not None and len(grads["steps"]):
         summary["grad_norms"] = _gradient_outputs(grads, out, run_dir.name)
-    atomic_write_json(out / "summary.json", summary)
+    atomic_write_json(out / SUMMARY, summary)
     atomic_write_json(out / "manifest.json", build_manifest({"run": str(run_dir), "window": window, "after": after},
                                                             {"log": run_dir / "log.jsonl"}))
     return summary
@@ -150,7 +150,7 @@ def _gradient_outputs(grads: dict[str, np.ndarray], out: Path, name: str) -> dic
     steps, per_layer = grads["steps"], layer_norms(grads["norms"])
     layers = [str(i) for i in range(per_layer.shape[1])]
     plots.save(plots.step_heatmap(per_layer.T, steps, layers, f"{name}: LoRA gradient norm per layer",
-                                  "gradient norm (log scale)", log=True), out / "grad_norms.png")
+                                  "gradient norm (log scale)", log=True), out / GRAD_NORMS_FIGURE)
     with np.errstate(invalid="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a layer with no gradient (frozen) keeps a NaN row
         by_row = per_layer.T / np.nanmax(per_layer.T, axis=1, keepdims=True)
@@ -160,7 +160,7 @@ def _gradient_outputs(grads: dict[str, np.ndarray], out: Path, name: str) -> dic
     atomic_write_text(out / "groups.csv", to_csv([{"step": int(s), **{k: float(v[i]) for k, v in means.items()}}
                                                   for i, s in enumerate(steps)]))
     plots.save(plots.lines(steps, means, f"{name}: mean LoRA gradient norm by layer group", "step",
-                           "gradient norm", log_y=True), out / "groups.png")
+                           "gradient norm", log_y=True), out / GROUPS_FIGURE)
     per_module = _nanmean(grads["norms"], axis=0)  # (layers, modules), mean over steps
     table = [{"layer": i, "all modules": float(_nanmean(per_layer[:, i])),
               **{str(label): float(per_module[i, j]) for j, label in enumerate(grads["labels"])}}

@@ -11,6 +11,7 @@ import random
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -19,6 +20,13 @@ from relscope.data.groups import TrainingGroup, first_negative
 from relscope.errors import DataError
 from relscope.models.scoring import pad_sequences
 from relscope.prompts.tokenize import PromptBuilder, TokenizedPrompt
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from torch import nn
+    from transformers import PreTrainedModel
+
+    from relscope.models.load import LoadedModel
 
 
 @dataclass(frozen=True)
@@ -50,14 +58,15 @@ def labelled_prompts(groups: Sequence[TrainingGroup], builder: PromptBuilder, ma
 
 
 @contextmanager
-def adapter_state(model, enabled: bool) -> Iterator[None]:
+def adapter_state(model: PreTrainedModel | PeftModel, enabled: bool) -> Iterator[None]:
     """Run a PEFT model with its LoRA update (enabled) or as its base model; a plain model runs as it is."""
     with nullcontext() if enabled or not hasattr(model, "disable_adapter") else model.disable_adapter():
         yield
 
 
 @torch.inference_mode()
-def last_token_states(backbone, prompts: Sequence[TokenizedPrompt], pad_id: int, batch_size: int = 16) -> np.ndarray:
+def last_token_states(backbone: nn.Module, prompts: Sequence[TokenizedPrompt], pad_id: int,
+                      batch_size: int = 16) -> np.ndarray:
     """(layers + 1, n, d_model) float32: the hidden state at each prompt's last token after the embeddings
     (row 0) and after every layer (the last row has the final norm applied, as transformers returns it).
     Right padding: under causal attention the pads never reach a real token."""
@@ -72,7 +81,8 @@ def last_token_states(backbone, prompts: Sequence[TokenizedPrompt], pad_id: int,
     return torch.cat(chunks, dim=1).numpy()
 
 
-def load_with_prompts(model: str | None, adapter: str | None, template: str | None, max_length: int | None):
+def load_with_prompts(model: str | None, adapter: str | None, template: str | None,
+                      max_length: int | None) -> tuple[LoadedModel, PromptBuilder]:
     """(loaded model, prompt builder): the base model, or base + adapter unmerged (so the adapter can be switched off
     for the base half of a comparison), with the adapter's template and max_length unless they are given (else
     yes_no and 256)."""

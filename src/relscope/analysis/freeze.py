@@ -8,19 +8,18 @@ A variant names the trainable layers: a group (early, middle, late: thirds of th
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from relscope.analysis.lora_surgery import parse_layers
+from relscope.analysis.settings import FreezeSettings
 from relscope.config import to_mapping
-from relscope.data.dev import DevSettings
 from relscope.models.lora import LAYER_GROUPS, layer_groups
-from relscope.training.config import TrainConfig
 
-DEFAULT_FREEZE_VARIANTS = ("early", "middle", "late", "early+middle", "all")
+FREEZE = "freeze"  # the table (.csv, .md) and figure (.png) written
+TRAINABLE, TRAIN_ACCURACY = "trainable", "train accuracy (last 10%)"  # its columns: the variant, the late accuracy
 
 
 def trainable_layers(variant: str, n_layers: int) -> set[int]:
@@ -50,8 +49,7 @@ def late_accuracy(run_dir: Path, fraction: float = 0.1) -> float:
     return float(np.mean(values[-max(1, int(len(values) * fraction)):]))
 
 
-def freeze_sweep(config: TrainConfig, variants: Sequence[str], out: str | Path, dev: DevSettings,
-                 progress: bool = True) -> list[dict]:
+def freeze_sweep(settings: FreezeSettings, out: str | Path, progress: bool = True) -> list[dict]:
     """Train each variant (resuming any finished or interrupted one), then measure its last checkpoint."""
     from relscope.analysis.anatomy import NDCG, _finish, _measure, _reranker
     from relscope.data.dev import load_dev_run
@@ -61,6 +59,7 @@ def freeze_sweep(config: TrainConfig, variants: Sequence[str], out: str | Path, 
     from relscope.training.checkpoint import latest_checkpoint
     from relscope.training.job import run_train_job
 
+    config, variants, dev = settings.train_config(), settings.variants, settings.dev
     out = Path(out)
     depth = model_depth(config.model)
     plans = {v: freeze_list(v, depth) for v in variants}  # a bad variant fails here, before any training
@@ -75,10 +74,10 @@ def freeze_sweep(config: TrainConfig, variants: Sequence[str], out: str | Path, 
         checkpoint = latest_checkpoint(run_dir)
         loaded, head, meta = load_trained(checkpoint, merge=True)
         metrics = _measure(_reranker(loaded, head, meta, checkpoint), dataset, dev)
-        rows.append({"trainable": variant, "layers": len(trainable_layers(variant, depth)),
-                     "train accuracy (last 10%)": late_accuracy(run_dir), **metrics})
-    fig = plots.bars([r["trainable"] for r in rows], {NDCG: [r[NDCG] for r in rows],
-                                                      "train accuracy": [r["train accuracy (last 10%)"] for r in rows]},
+        rows.append({TRAINABLE: variant, "layers": len(trainable_layers(variant, depth)),
+                     TRAIN_ACCURACY: late_accuracy(run_dir), **metrics})
+    fig = plots.bars([r[TRAINABLE] for r in rows], {NDCG: [r[NDCG] for r in rows],
+                                                    "train accuracy": [r[TRAIN_ACCURACY] for r in rows]},
                      f"{Path(config.model).name}: training only some layers ({config.max_steps} steps each)")
-    return _finish(out, "freeze", rows, f"Layer-group training, {config.max_steps} steps each", fig,
+    return _finish(out, FREEZE, rows, f"Layer-group training, {config.max_steps} steps each", fig,
                    {"config": to_mapping(config), "variants": list(variants), "dev": to_mapping(dev)})

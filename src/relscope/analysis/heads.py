@@ -17,6 +17,8 @@ scale frozen (`head_writes`), so the writes still add up to what the layer adds.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,6 +27,14 @@ from relscope.analysis.patching.engine import PatchingEngine
 from relscope.analysis.patching.hooks import capturing
 from relscope.analysis.patching.pairs import PatchPair
 from relscope.analysis.patching.scores import recording_attention
+from relscope.analysis.patching.settings import HeadsSettings
+
+if TYPE_CHECKING:
+    from relscope.prompts.tokenize import TokenizedPrompt
+
+HEADS, TOP_HEADS = "heads", "top_heads"  # the tables written (.csv and .md)
+INTERACTION_FIGURE, DIRECT_FIGURE = "interaction.png", "direct.png"
+DIRECT = "direct contribution"  # the column the top heads are ranked by
 
 
 @dataclass(frozen=True)
@@ -42,7 +52,7 @@ def interaction(weights: torch.Tensor, rows: list[int], columns: list[int]) -> t
     return block.max(dim=-1).values.sum(dim=-1)
 
 
-def interaction_block(prompt) -> tuple[str, str]:
+def interaction_block(prompt: TokenizedPrompt) -> tuple[str, str]:
     """(attending group, attended group): the later of query and document attends to the earlier."""
     first_query = min(prompt.positions("query"))
     first_document = min(prompt.positions("document"))
@@ -105,6 +115,7 @@ class HeadAnalysis:
         return (ld[0] - ld[1:]).view(writes.shape[:2]).cpu().numpy()
 
     def readout(self, pair: PatchPair) -> HeadReadout:
+        """Interaction change, direct contributions and writes of every head on one pair (one or two forwards)."""
         weights, last = self._forward(pair.clean)
         if _document_positions(pair.clean, 1):  # pairwise: document A (the relevant one) against B, one prompt
             interaction_change = self._interaction(weights, pair.clean, 0) - self._interaction(weights, pair.clean, 1)
@@ -133,27 +144,22 @@ class HeadAnalysis:
         return ids.view(shape).cpu().numpy(), values.view(shape).cpu().numpy()
 
 
-def heads_job(out, settings, ie_heads: str | None = None, ie_group: str = "last", marked: int = 10,
-              progress: bool = True) -> list[dict]:
+def heads_job(settings: HeadsSettings, out: str | Path, progress: bool = True) -> list[dict]:
     """Interaction scores, logit lens and direct contributions of every head over the patching pairs of
-    `settings` (a PatchSettings: model, adapter, groups, pairs); tables, heatmaps and a manifest in `out`."""
-    from pathlib import Path
-
+    `settings`; tables, heatmaps and a manifest in `out`."""
     from relscope.analysis.patching.job import load_patch_model, pair_groups
     from relscope.analysis.patching.pairs import build_pairs
-    from relscope.errors import ConfigError
     from relscope.io import atomic_path, atomic_write_json
     from relscope.manifest import build_manifest
     from relscope.processes import over_items, process_device, process_state
     from relscope.reports import plots
     from relscope.reports.tables import write_table
 
-    out = Path(out)
-    if isinstance(marked, bool) or not isinstance(marked, int) or marked < 0:
-        raise ConfigError(f"--marked {marked}: must be a whole number >= 0")
+    out, patch = Path(out), settings.patch_settings()
+    ie_heads, ie_group, marked = settings.ie_heads, settings.ie_group, settings.marked
     marks = _top_ie_heads(ie_heads, ie_group, marked) if ie_heads else []  # a bad file fails before the model loads
-    loaded, head, builder = load_patch_model(settings, process_device())
-    pairs, report = build_pairs(pair_groups(settings.groups), builder, settings.max_pairs, settings.negative_kind)
+    loaded, head, builder = load_patch_model(patch, process_device())
+    pairs, report = build_pairs(pair_groups(patch.groups), builder, patch.max_pairs, patch.negative_kind)
     analysis = HeadAnalysis(PatchingEngine(loaded.model, loaded.spec, head))
     readouts = over_items(analysis.readout, pairs, "pairs", progress)
     if not process_state().is_main_process:
@@ -169,9 +175,9 @@ def heads_job(out, settings, ie_heads: str | None = None, ie_group: str = "last"
         np.savez(f, interaction=interaction_change, direct=direct, top_ids=top_ids, first_ids=first_ids,
                  qids=np.array([p.qid for p in pairs]))
     rows = _head_rows(interaction_change, direct, top_ids, first_ids, answers, loaded.tokenizer)
-    write_table(sorted(rows, key=lambda r: -abs(r["direct contribution"]))[:20], out / "top_heads",
+    write_table(sorted(rows, key=lambda r: -abs(r[DIRECT]))[:20], out / TOP_HEADS,
                 f"Heads by |direct contribution| to the answer logit difference ({len(pairs)} pairs)")
-    write_table(rows, out / "heads", "Every head: interaction score, direct contribution, logit lens")
+    write_table(rows, out / HEADS, "Every head: interaction score, direct contribution, logit lens")
     layers, heads = [str(i) for i in range(analysis.depth)], [str(h) for h in range(analysis.engine.n_heads)]
     block = ">".join(interaction_block(pairs[0].clean))
     plots.save(plots.heatmap(interaction_change.mean(0), layers, heads,
@@ -179,11 +185,11 @@ def heads_job(out, settings, ie_heads: str | None = None, ie_group: str = "last"
                              f"({len(pairs)} pairs)" + (f"; boxes: top-{marked} IE heads ({ie_group})"
                                                         if marks else ""),
                              "S (attention mass)", xlabel="head", ylabel="layer", diverging=True, marks=marks),
-               out / "interaction.png")
+               out / INTERACTION_FIGURE)
     plots.save(plots.heatmap(direct.mean(0), layers, heads,
                              f"{loaded.name}: direct contribution to the answer logit difference ({len(pairs)} pairs)",
                              "logit difference", xlabel="head", ylabel="layer", diverging=True, marks=marks),
-               out / "direct.png")
+               out / DIRECT_FIGURE)
     atomic_write_json(out / "manifest.json", build_manifest(
         {"model": loaded.source, "adapter": settings.adapter, "template": builder.template.name,
          "groups": settings.groups, "max_pairs": settings.max_pairs, "ie_heads": ie_heads, "ie_group": ie_group},
@@ -199,7 +205,7 @@ def _head_rows(interaction_change, direct, top_ids, first_ids, answers, tokenize
         for h in range(direct.shape[2]):
             firsts = first_ids[:, layer, h]
             row = {"layer": layer, "head": h, "interaction S": float(interaction_change[:, layer, h].mean()),
-                   "direct contribution": float(direct[:, layer, h].mean()),
+                   DIRECT: float(direct[:, layer, h].mean()),
                    "logit lens top tokens": " ".join(repr(tokenizer.decode([int(i)])) for i in top_ids[layer, h])}
             for name, token in zip(("yes/A", "no/B"), answers):
                 row[f"top-1 is {name}"] = float(np.mean(firsts == token))

@@ -13,17 +13,27 @@ from __future__ import annotations
 import logging
 import random
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from numbers import Integral
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from relscope.analysis.patching.hooks import site_hooks
+from relscope.analysis.patching.settings import KnockoutSettings
 from relscope.errors import ConfigError, DataError
 
+if TYPE_CHECKING:
+    from relscope.analysis.patching.engine import PatchingEngine
+    from relscope.prompts.tokenize import TokenizedPrompt
+
+KNOCKOUT, KNOCKOUT_FIGURE = "knockout", "knockout.png"  # the table written (.csv and .md) and its bar chart
+HEAD_SET, FULL_MODEL = "head set", "full model"  # the table's first column, and its first row's name there
+F1, PAIR_ACCURACY, NDCG10 = "F1", "pair accuracy", "nDCG@10"  # the metrics, each a column
+CHANGE, CI_LOW, CI_HIGH = "change", "CI low", "CI high"  # per metric, the columns f"{metric} {CHANGE}" etc.
 HEAD_SET_GROUPS = ("document", "query", "instruction", "last")
 NO_EFFECT = 1e-6  # |mean IE| at or below this is no effect
 log = logging.getLogger(__name__)
@@ -93,6 +103,7 @@ class HeadAblation:
         self.masks: dict[str, torch.Tensor] | None = None
 
     def set_batch(self, prompts: Sequence, left: bool = False) -> None:
+        """Take the next batch's prompts (padded on the `left` or right) so the hooks know each row's positions."""
         self.masks = group_masks(prompts, self.groups, left)
 
     def _ablate(self, layer: int):
@@ -109,12 +120,14 @@ class HeadAblation:
 
     @contextmanager
     def active(self) -> Iterator[None]:
+        """Knock the heads out inside (hooks on their layers' o_proj inputs), restore the model after."""
         with site_hooks(self.model, self.spec, {("z", layer): self._ablate(layer) for layer in self.by_layer}):
             yield
 
 
 @torch.inference_mode()
-def reference_means(engine, prompts: Sequence, layers: Sequence[int], groups: Sequence[str]):
+def reference_means(engine: PatchingEngine, prompts: Sequence[TokenizedPrompt], layers: Sequence[int],
+                    groups: Sequence[str]) -> dict[tuple[int, str], torch.Tensor]:
     """The mean o_proj input at each layer over the positions of each group, over the reference prompts."""
     sums: dict[tuple[int, str], torch.Tensor] = {}
     counts: dict[tuple[int, str], int] = defaultdict(int)
@@ -129,8 +142,8 @@ def reference_means(engine, prompts: Sequence, layers: Sequence[int], groups: Se
     return {key: sums[key] / max(counts[key], 1) for key in sums}
 
 
-def relative_drop_ci(full: np.ndarray, ablated: np.ndarray, statistic, resamples: int = 1000,
-                     seed: int = 0) -> tuple[float, float, float]:
+def relative_drop_ci(full: np.ndarray, ablated: np.ndarray, statistic: Callable[[np.ndarray, np.ndarray], float],
+                     resamples: int = 1000, seed: int = 0) -> tuple[float, float, float]:
     """The relative change statistic(ablated)/statistic(full) - 1 over queries, and its 95% percentile bootstrap
     interval (queries resampled, the same resample for both: paired).
 
@@ -179,26 +192,8 @@ def _judgments(scores: np.ndarray, labels: np.ndarray, qids: list[str]) -> list[
     return [(labels[rows[q]], (scores[rows[q]] > 0).astype(int), scores[rows[q]]) for q in order]
 
 
-def check_knockout_options(size: int, positions: Sequence[str], random_draws: int, max_groups: int) -> None:
-    """The knockout's own options, range-checked before any file is read or model loaded."""
-    from relscope.analysis.patching.sites import POSITION_GROUPS
-
-    for flag, value, least in (("--size", size, 1), ("--random-draws", random_draws, 0),
-                               ("--max-groups", max_groups, 1)):
-        if isinstance(value, bool) or not isinstance(value, Integral) or value < least:
-            raise ConfigError(f"{flag} {value}: must be a whole number >= {least}")
-    if isinstance(positions, str) or not positions or any(p not in POSITION_GROUPS for p in positions):
-        raise ConfigError(f"--positions {' '.join(map(str, positions))[:60]}: give one or more of "
-                          f"{', '.join(POSITION_GROUPS)}")
-
-
-def knockout_job(out, settings, ie_heads: str, size: int = 10, positions: Sequence[str] = ("all",),
-                 zero: bool = False, random_draws: int = 3, max_groups: int = 100, dev=None,
-                 progress: bool = True) -> list[dict]:
-    """Score the full model and each head set knocked out: judgment F1 (and dev nDCG@10 when `dev` is given)."""
-    check_knockout_options(size, positions, random_draws, max_groups)
-    from pathlib import Path
-
+def knockout_job(settings: KnockoutSettings, out: str | Path, progress: bool = True) -> list[dict]:
+    """Score the full model and each head set knocked out: judgment F1 (and dev nDCG@10 with `settings.data`)."""
     from relscope.analysis.anatomy import NDCG
     from relscope.analysis.examples import labelled_prompts
     from relscope.analysis.patching.engine import PatchingEngine
@@ -213,8 +208,10 @@ def knockout_job(out, settings, ie_heads: str, size: int = 10, positions: Sequen
     from relscope.reports import plots
     from relscope.reports.tables import write_table
 
+    ie_heads, size, positions, zero = settings.ie_heads, settings.size, settings.positions, settings.zero
+    random_draws, max_groups, dev = settings.random_draws, settings.max_groups, settings.dev_settings()
     sets = head_sets(ie_heads, size, random_draws)
-    loaded, head, builder = load_patch_model(settings, process_device())
+    loaded, head, builder = load_patch_model(settings.patch_settings(), process_device())
     examples = labelled_prompts(pair_groups(settings.groups), builder, max_groups, settings.negative_kind)
     prompts, labels, qids = [e.prompt for e in examples], np.array([e.label for e in examples]), [e.qid for e in
                                                                                                   examples]
@@ -239,24 +236,24 @@ def knockout_job(out, settings, ie_heads: str, size: int = 10, positions: Sequen
         return result
 
     full = measure(None)
-    rows = [_row("full model", (), full, full)]
+    rows = [_row(FULL_MODEL, (), full, full)]
     for head_set in sets:
         ablation = HeadAblation(loaded.model, loaded.spec, head_set.heads, positions, engine.head_dim, means)
         rows.append(_row(head_set.name, head_set.heads, measure(ablation), full))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     kind = "zero" if zero else "mean"
-    write_table(rows, out / "knockout", f"{kind}-ablation of head sets at {'+'.join(positions)} positions: judgment "
+    write_table(rows, out / KNOCKOUT, f"{kind}-ablation of head sets at {'+'.join(positions)} positions: judgment "
                 f"F1 and pair accuracy over {len(prompts)} prompts"
                 + (f", nDCG@10 on {dev.data} top-{dev.top_k}" if dev else "")
                 + "; drops relative to the full model, 95% bootstrap CI over queries")
-    names = [r["head set"] for r in rows[1:]]
-    metrics = ("F1", "pair accuracy") + (("nDCG@10",) if dev else ())
-    series = {f"{m} change": [r[f"{m} change"] for r in rows[1:]] for m in metrics}
-    errors = {f"{m} change": ([r[f"{m} CI low"] for r in rows[1:]], [r[f"{m} CI high"] for r in rows[1:]])
+    names = [r[HEAD_SET] for r in rows[1:]]
+    metrics = (F1, PAIR_ACCURACY) + ((NDCG10,) if dev else ())
+    series = {f"{m} {CHANGE}": [r[f"{m} {CHANGE}"] for r in rows[1:]] for m in metrics}
+    errors = {f"{m} {CHANGE}": ([r[f"{m} {CI_LOW}"] for r in rows[1:]], [r[f"{m} {CI_HIGH}"] for r in rows[1:]])
               for m in metrics}
     plots.save(plots.bars(names, series, f"{loaded.name}: knocking out {size} heads ({kind} ablation)",
-                          "relative change", errors), out / "knockout.png")
+                          "relative change", errors), out / KNOCKOUT_FIGURE)
     atomic_write_json(out / "manifest.json", build_manifest(
         {"model": loaded.source, "adapter": settings.adapter, "template": builder.template.name,
          "ie_heads": ie_heads, "size": size, "positions": list(positions), "ablation": kind,
@@ -270,14 +267,14 @@ def _row(name: str, heads, result: dict, full: dict) -> dict:
     def change_ci(key, statistic):
         return (0.0, 0.0, 0.0) if result is full else relative_drop_ci(full[key], result[key], statistic)
 
-    row = {"head set": name, "heads": len(heads)}
+    row = {HEAD_SET: name, "heads": len(heads)}
     every = np.arange(len(result["judgments"]))
-    for metric, statistic in (("F1", _f1), ("pair accuracy", _pair_accuracy)):
+    for metric, statistic in ((F1, _f1), (PAIR_ACCURACY, _pair_accuracy)):
         change, low, high = change_ci("judgments", statistic)
-        row.update({metric: statistic(result["judgments"], every), f"{metric} change": change,
-                    f"{metric} CI low": low, f"{metric} CI high": high})
+        row.update({metric: statistic(result["judgments"], every), f"{metric} {CHANGE}": change,
+                    f"{metric} {CI_LOW}": low, f"{metric} {CI_HIGH}": high})
     if "ndcg" in result:
         change, low, high = change_ci("ndcg", _mean)
-        row.update({"nDCG@10": float(result["ndcg"].mean()), "nDCG@10 change": change, "nDCG@10 CI low": low,
-                    "nDCG@10 CI high": high})
+        row.update({NDCG10: float(result["ndcg"].mean()), f"{NDCG10} {CHANGE}": change,
+                    f"{NDCG10} {CI_LOW}": low, f"{NDCG10} {CI_HIGH}": high})
     return row

@@ -26,11 +26,18 @@ from relscope.analysis.examples import (
     last_token_states,
     load_with_prompts,
 )
+from relscope.analysis.settings import ProbeSettings
 from relscope.io import atomic_path, atomic_write_json
 from relscope.manifest import build_manifest, cache_identity
 from relscope.models.scoring import unwrap
 from relscope.reports import plots
 from relscope.reports.tables import write_table
+
+PROBE = "probe"  # the table (.csv, .md) and figure (.png) written
+BASE, TUNED = "base", "fine-tuned"  # the model variants probed: columns "<variant> accuracy", "<variant> std"
+BASE_ACCURACY, TUNED_ACCURACY = f"{BASE} accuracy", f"{TUNED} accuracy"
+LAYER = "layer"  # the first column: 0 = embeddings
+PCA_TUNED_FIGURE = "pca_fine_tuned.png"  # PCA of the fine-tuned model's states (pca_base.png: the base's)
 
 
 @dataclass(frozen=True)
@@ -89,13 +96,13 @@ def run_probe(states: dict[str, np.ndarray], examples: list[LabelledPrompt], out
     depth = next(iter(states.values())).shape[0]
     layers = layers or list(range(depth))
     results = {name: probe_layers(s, labels, queries, layers, folds) for name, s in states.items()}
-    rows = [{"layer": layer, **{f"{name} accuracy": r[i].accuracy for name, r in results.items()},
+    rows = [{LAYER: layer, **{f"{name} accuracy": r[i].accuracy for name, r in results.items()},
              **{f"{name} std": r[i].std for name, r in results.items()}} for i, layer in enumerate(layers)]
     out.mkdir(parents=True, exist_ok=True)
-    write_table(rows, out / "probe", f"{title}: linear-probe accuracy per layer ({folds}-fold, folds split by query)")
+    write_table(rows, out / PROBE, f"{title}: linear-probe accuracy per layer ({folds}-fold, folds split by query)")
     plots.save(plots.lines(layers, {name: [x.accuracy for x in r] for name, r in results.items()},
                            f"{title}: probe accuracy per layer", "layer (0 = embeddings)", "held-out accuracy"),
-               out / "probe.png")
+               out / f"{PROBE}.png")
     shown = layers[:: max(1, len(layers) // 6)][:6]
     for name, s in states.items():
         points = {layer: PCA(n_components=2, random_state=0).fit_transform(s[layer]) for layer in shown}
@@ -105,20 +112,15 @@ def run_probe(states: dict[str, np.ndarray], examples: list[LabelledPrompt], out
     return rows
 
 
-def probe_job(out: str | Path, groups: str | Path, model: str | None = None, adapter: str | None = None,
-              template: str | None = None, max_groups: int = 100, negative_kind: str = "hard",
-              layers: list[int] | None = None, folds: int = 5, max_length: int | None = None) -> list[dict]:
+def probe_job(settings: ProbeSettings, out: str | Path) -> list[dict]:
     """Probe the base model (and, given an adapter, the fine-tuned one, loaded once and switched)."""
     from relscope.data.dataset import data_path
-    from relscope.errors import check_range
-
-    check_range("--max-groups", max_groups, 1, integer=True)
-    check_range("--folds", folds, 2, integer=True)
-    for layer in layers or ():
-        check_range("--layers", layer, 0, integer=True)
     from relscope.data.groups import read_groups
-    out = Path(out)
-    loaded, builder = load_with_prompts(model, adapter, template, max_length)
+
+    s, out = settings, Path(out)
+    groups, adapter, max_groups, negative_kind, folds = s.groups, s.adapter, s.max_groups, s.negatives, s.folds
+    layers = list(s.layers) if s.layers else None
+    loaded, builder = load_with_prompts(s.model, adapter, s.template, s.max_length)
     template = builder.template.name
     examples = labelled_prompts(read_groups(data_path(str(groups))), builder, max_groups, negative_kind)
     backbone = loaded.spec.backbone_of(unwrap(loaded.model))
@@ -128,10 +130,9 @@ def probe_job(out: str | Path, groups: str | Path, model: str | None = None, ada
     key = {**cache_identity(loaded.source, adapter, revision), "template": template,
            "dtype": str(next(loaded.model.parameters()).dtype)}
     pad = loaded.tokenizer.pad_token_id
-    states = {"base": cached_states(loaded.model, backbone, examples, pad, out / "states_base.npz", key, False)}
+    states = {BASE: cached_states(loaded.model, backbone, examples, pad, out / "states_base.npz", key, False)}
     if adapter:
-        states["fine-tuned"] = cached_states(loaded.model, backbone, examples, pad, out / "states_tuned.npz", key,
-                                             True)
+        states[TUNED] = cached_states(loaded.model, backbone, examples, pad, out / "states_tuned.npz", key, True)
     config = {"model": loaded.source, "adapter": adapter, "template": template, "groups": str(groups),
               "max_groups": max_groups, "negative_kind": negative_kind, "folds": folds, "examples": len(examples)}
     return run_probe(states, examples, out, layers, folds, f"{loaded.name} {template}", config)

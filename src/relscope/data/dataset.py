@@ -22,6 +22,10 @@ DATA_HELP = (
     "then point --data or RELSCOPE_DATA at the folder."
 )
 
+# The data relscope's defaults point at (in $RELSCOPE_DATA: see its README).
+DL19 = "$RELSCOPE_DATA/trec-dl-2019"  # TREC DL 2019, BM25 top-100 with text: the dev run every figure is measured on
+RELEVANCE_GROUPS = "$RELSCOPE_DATA/relevance-mi/msmarco.jsonl"  # the patching study's 183 MS MARCO queries
+
 
 def data_root() -> Path:
     """RELSCOPE_DATA, else ../shared/data (the layout of the project's own machines)."""

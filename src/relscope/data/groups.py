@@ -43,6 +43,7 @@ def read_groups(path: str | Path) -> list[TrainingGroup]:
 
 
 def write_groups(groups: Iterable[TrainingGroup], path: str | Path) -> None:
+    """The groups as Tevatron-style JSON lines that `read_groups` reads back."""
     rows = []
     for g in groups:
         record = {

@@ -32,6 +32,7 @@ def read_texts(
 
 
 def write_texts(texts: Mapping[str, str], path: str | Path) -> None:
+    """id -> text as `id<TAB>text` lines that `read_texts` reads back (tabs and newlines in a text become spaces)."""
     rows = []
     for ident, text in texts.items():
         if "\t" in text or "\n" in text:

@@ -25,6 +25,7 @@ class RankLLMData:
 
 
 def read_rankllm(path: str | Path) -> RankLLMData:
+    """The queries, first-stage run and passage texts of a rank_llm request file, each request checked."""
     try:
         requests = json.loads(read_input_text(path, "rank_llm json"))
     except json.JSONDecodeError as err:
@@ -48,6 +49,7 @@ def read_rankllm(path: str | Path) -> RankLLMData:
 
 
 def write_rankllm(run: Run, queries: dict[str, str], passages: dict[str, str], path: str | Path) -> None:
+    """`run` with its query and passage texts as a rank_llm request file, for rerankers that read that format."""
     requests = [
         {
             "query": {"text": queries[qid], "qid": qid},

@@ -14,16 +14,18 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from relscope.config import option
 from relscope.data.dataset import data_path
 from relscope.data.groups import NegativePassage, TrainingGroup, read_groups
 from relscope.data.lines import is_input_file, require_file
 from relscope.data.msmarco import read_texts
 from relscope.data.trec import read_qrels, read_run
 from relscope.data.types import Qrels, Run, natural_key
-from relscope.errors import DataError
+from relscope.errors import ConfigError, DataError
+from relscope.measures import MAX_GRADE
 
 log = logging.getLogger(__name__)
 
@@ -141,3 +143,54 @@ def load_training_groups(sources: tuple[str, ...], negatives: int, hard_fraction
         raise DataError(f"no training groups in {', '.join(map(str, sources))}; give group .jsonl files with at "
                         "least one line, or TREC folders whose qrels have positives with text")
     return groups
+
+
+@dataclass(frozen=True)
+class GroupsSettings:
+    """`relscope groups`: training groups (Tevatron jsonl) built from TREC folders' judgments."""
+
+    data: tuple[str, ...] = field(metadata=option(
+        "TREC folder with queries.tsv, collection.tsv, qrels.txt (and run.bm25.txt for hard negatives); repeat to "
+        "combine years, e.g. --data dl21 --data dl23", repeat=True))
+    negatives: int = field(default=7, metadata=option(
+        "negatives a training step draws per group: groups keep every hard negative, with random ones added where "
+        "fewer are left"))
+    hard_fraction: float = field(default=1.0, metadata=option("share of hard negatives"))
+    min_grade: int = field(default=2, metadata=option("lowest grade counted as positive"))
+    seed: int = field(default=0, metadata=option("seed of the negatives' order and of the random negatives"))
+
+    def __post_init__(self) -> None:
+        """The options before any file is read (a collection takes minutes)."""
+        if isinstance(self.negatives, bool) or not 1 <= self.negatives <= 1000:  # a group line holds their text
+            raise ConfigError(f"--negatives {self.negatives}: give 1 to 1000 negatives per group (default 7)")
+        if not 0.0 <= self.hard_fraction <= 1.0:  # also refuses nan
+            raise ConfigError(f"--hard-fraction {self.hard_fraction}: give a share from 0 to 1 (default 1.0)")
+        if isinstance(self.min_grade, bool) or not 1 <= self.min_grade <= MAX_GRADE:
+            raise ConfigError(f"--min-grade {self.min_grade}: give a grade from 1 to {MAX_GRADE} (grade 0 marks the "
+                              "non-relevant passages; default 2)")
+
+
+TREC_INPUTS = ("queries.tsv", "qrels.txt", "collection.tsv", "run.bm25.txt")
+
+
+def groups_job(settings: GroupsSettings, out: str | Path) -> list[tuple[Path, GroupReport]]:
+    """Build the groups of every folder into one jsonl at `out` (its manifest beside it); each folder's report."""
+    from relscope.config import to_mapping
+    from relscope.data.groups import write_groups
+    from relscope.io import atomic_write_json, check_output_file
+    from relscope.manifest import build_manifest, manifest_beside
+
+    check_output_file(out, tuple(Path(folder) / name for folder in settings.data for name in TREC_INPUTS))
+    groups: list[TrainingGroup] = []
+    reports = []
+    for folder in map(Path, settings.data):
+        built, report = groups_from_trec_folder(folder, settings.negatives, settings.hard_fraction,
+                                                settings.min_grade, settings.seed)
+        groups += built
+        reports.append((folder, report))
+    write_groups(groups, out)
+    inputs = {f"{folder}/{name}": folder / name for folder, _ in reports for name in TREC_INPUTS
+              if (folder / name).is_file()}
+    atomic_write_json(manifest_beside(out), build_manifest(
+        to_mapping(settings), inputs, groups=len(groups), reports={str(f): asdict(r) for f, r in reports}))
+    return reports

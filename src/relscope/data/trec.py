@@ -98,11 +98,13 @@ def tie_free_scores(scores: list[float]) -> list[str]:
 
 
 def write_run(run: Run, path: str | Path, tag: str = "relscope") -> None:
+    """`run` as a TREC run file ranked in list order, which trec_eval and `read_run` read back the same."""
     if any(ch.isspace() for ch in tag) or not tag:
         raise DataError(f"run tag {tag!r} must be one word without spaces")
     atomic_write_text(path, format_run(run, tag))
 
 
 def write_qrels(qrels: Qrels, path: str | Path) -> None:
+    """`qrels` as a TREC qrels file (`qid 0 pid grade`)."""
     lines = [f"{qid} 0 {pid} {grade}\n" for qid, judged in qrels.items() for pid, grade in judged.items()]
     atomic_write_text(path, "".join(lines))

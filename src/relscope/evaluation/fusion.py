@@ -12,31 +12,16 @@ to the evaluation queries.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
 from relscope.data.types import Run, ScoredDoc, sort_run
 from relscope.errors import ConfigError, DataError, where
+from relscope.evaluation.settings import FuseSettings, check_fusion
 
-NORMS = ("zscore", "minmax", "rrf")
 RRF_K = 60
-
-
-def check_fusion(n_runs: int, weights: Sequence[float], norm: str) -> None:
-    """Refuse a fusion request before any run is read: one finite weight >= 0 per run (not all 0), a known norm."""
-    if n_runs != len(weights) or n_runs < 2:
-        raise ConfigError(f"fusion needs two or more runs and one weight each; got {n_runs} runs, "
-                          f"{len(weights)} weights; e.g. --run a.trec --run b.trec --weights 0.7 0.3")
-    for weight in weights:
-        if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not math.isfinite(weight) \
-                or weight < 0:
-            raise ConfigError(f"fusion weights: {weight!r} is not a finite number >= 0; e.g. --weights 0.7 0.3")
-    if not any(weights):
-        raise ConfigError("fusion weights are all 0, which ranks nothing; give at least one positive --weights value")
-    if norm not in NORMS:
-        raise ConfigError(f"fusion norm {str(norm)[:40]!r} is unknown; choose one of {', '.join(NORMS)}")
 
 
 def fuse_runs(runs: Sequence[Run], weights: Sequence[float], norm: str = "zscore",
@@ -86,3 +71,29 @@ def _normalise(scores: np.ndarray, norm: str) -> np.ndarray:
         return (scores - scores.min()) / spread if spread > 0 else np.zeros_like(scores)
     spread = scores.std()
     return (scores - scores.mean()) / spread if spread > 0 else np.zeros_like(scores)
+
+
+def fuse_job(settings: FuseSettings, out: str | Path) -> list[dict[str, str | float]]:
+    """Fuse the runs into `out` (a TREC run, with its manifest beside it) and, given qrels, evaluate every input run
+    and the fused one: one row each. The output path is checked before any run is read, every number before
+    anything is written."""
+    from relscope.config import to_mapping
+    from relscope.data.trec import read_qrels, read_run, write_run
+    from relscope.evaluation.metrics import evaluate_run
+    from relscope.io import atomic_write_json, check_output_file
+    from relscope.manifest import build_manifest, manifest_beside
+
+    s = settings
+    check_output_file(out, (*s.runs, *([s.qrels] if s.qrels else [])))
+    runs = [read_run(path) for path in s.runs]
+    qrels = read_qrels(s.qrels) if s.qrels else None
+    fused = fuse_runs(runs, s.weights, s.norm, names=s.runs)
+    rows = []
+    if qrels is not None:
+        for name, run in [*zip(s.runs, runs), (f"fused ({s.norm}, {list(s.weights)})", fused)]:
+            mean, _ = evaluate_run(qrels, run, s.measures, (s.qrels, name))
+            rows.append({"run": name, **mean})
+    write_run(fused, out, tag=f"relscope-fuse-{s.norm}")
+    inputs = {f"run {i + 1}": Path(p) for i, p in enumerate(s.runs)} | ({"qrels": Path(s.qrels)} if s.qrels else {})
+    atomic_write_json(manifest_beside(out), build_manifest(to_mapping(s), inputs, evaluation=rows))
+    return rows

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
-from relscope.config import RerankConfig, dump_yaml, to_mapping
+from relscope.config import dump_yaml, to_mapping
 from relscope.data.dataset import (
+    DL19,
     RerankDataset,
     data_path,
-    data_root,
     load_rankllm_dataset,
     load_rerank_dataset,
     resolve_files,
@@ -21,22 +23,28 @@ from relscope.data.types import natural_key
 from relscope.errors import ConfigError
 from relscope.evaluation.metrics import check_evaluable, evaluate_run
 from relscope.evaluation.rerank import Reranker, rerank
+from relscope.evaluation.settings import RerankConfig
 from relscope.io import atomic_write_json, atomic_write_text, output_lock
-from relscope.manifest import build_manifest
+from relscope.manifest import CONFIG_FILE, MANIFEST_FILE, build_manifest
 from relscope.models.load import load_model
 from relscope.models.scoring import ScoringOptions
 
+# What `relscope rerank` writes (the study and its report read them back by these names).
+RUN_FILE, METRICS_FILE, PER_QUERY_FILE = "run.trec", "metrics.json", "per_query.csv"
+
 
 def dataset_files(config: RerankConfig) -> dict[str, Path]:
+    """The input files a rerank reads: those named, the rest from the data folder (TREC DL 2019 by default)."""
     explicit = {k: getattr(config, k) for k in ("queries", "collection", "qrels", "run")}
     folder = config.data
     if folder is None and not all(explicit[k] for k in ("queries", "collection", "run")):
-        folder = str(data_root() / "trec-dl-2019")
+        folder = str(data_path(DL19))
     return resolve_files(data_path(folder) if folder else None,
                          **{k: data_path(v) if v else None for k, v in explicit.items()})
 
 
 def load_dataset(config: RerankConfig) -> RerankDataset:
+    """The queries, run, passages (and qrels) to rerank, read and checked before any model is loaded."""
     if config.rankllm:
         dataset = load_rankllm_dataset(Path(config.rankllm), config.top_k, Path(config.qrels) if config.qrels else None)
     else:
@@ -44,13 +52,13 @@ def load_dataset(config: RerankConfig) -> RerankDataset:
     return dataset.first_queries(config.max_queries)
 
 
-def run_rerank_job(config: RerankConfig, out_dir: str | Path, progress: bool = True) -> dict:
+def run_rerank_job(config: RerankConfig, out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     """Writes config.yaml, run.trec, metrics.json, per_query.csv and manifest.json to out_dir."""
     with output_lock(out_dir):  # two jobs on one folder would leave a mix of both outputs
         return _rerank_job(config, Path(out_dir), progress)
 
 
-def _rerank_job(config: RerankConfig, out: Path, progress: bool) -> dict:
+def _rerank_job(config: RerankConfig, out: Path, progress: bool) -> dict[str, Any]:
     from relscope.models.adapters import resolve_max_length
 
     # An adapter is scored with the max_length it was trained with unless one is given; config.yaml says which.
@@ -86,18 +94,18 @@ def _rerank_job(config: RerankConfig, out: Path, progress: bool) -> dict:
         per_query = {"first_stage": first_per_query, "reranked": per_query}
 
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.yaml", dump_yaml(config))
-    write_run(result.run, out / "run.trec", tag=f"relscope-{reranker.builder.template.name}")
-    atomic_write_json(out / "metrics.json", metrics)
+    atomic_write_text(out / CONFIG_FILE, dump_yaml(config))
+    write_run(result.run, out / RUN_FILE, tag=f"relscope-{reranker.builder.template.name}")
+    atomic_write_json(out / METRICS_FILE, metrics)
     if per_query:
-        atomic_write_text(out / "per_query.csv", per_query_csv(per_query, config.measures))
+        atomic_write_text(out / PER_QUERY_FILE, per_query_csv(per_query, config.measures))
     if config.adapter:
         files["adapter"] = Path(config.adapter) / "adapter_model.safetensors"
     manifest = build_manifest(
         to_mapping(config), files, template_hash=reranker.builder.template.fingerprint(),
         model_source=loaded.source, missing_passages=[list(m) for m in dataset.missing[:100]],
     )
-    atomic_write_json(out / "manifest.json", manifest)
+    atomic_write_json(out / MANIFEST_FILE, manifest)
     return metrics
 
 
@@ -125,7 +133,7 @@ def build_reranker(config: RerankConfig, options: ScoringOptions, progress: bool
     return Reranker.build(loaded, template, head, max_length, options, progress)
 
 
-def per_query_csv(per_query: dict[str, dict[str, dict[str, float]]], measures) -> str:
+def per_query_csv(per_query: dict[str, dict[str, dict[str, float]]], measures: Sequence[str]) -> str:
     """One row per query: each measure for the first stage and the reranked run."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")

@@ -14,10 +14,11 @@ import ir_measures
 
 from relscope.data.types import Qrels, Run, ScoredDoc
 from relscope.errors import DataError
+from relscope.evaluation.settings import EvaluateSettings
 from relscope.measures import DEFAULT_MEASURES, MAX_GRADE, check_measures, parse_measure
 
 
-def parse_measures(names: Sequence[str], source: str = "measures") -> list:
+def parse_measures(names: Sequence[str], source: str = "measures") -> list[ir_measures.Measure]:
     """ir_measures measures, each checked (see relscope.measures); a ConfigError names the first bad one."""
     return [parse_measure(name, source) for name in check_measures(names, source)]
 
@@ -73,3 +74,15 @@ def evaluate_run(
     return {name: aggregate.get(str(m), float("nan")) for name, m in zip(measures, parsed)}, {
         q: {name: row.get(str(m), float("nan")) for name, m in zip(measures, parsed)} for q, row in per_query.items()
     }
+
+
+def evaluate_job(settings: EvaluateSettings) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """(mean, per query) of `settings.measures` for the run against the qrels.
+
+    A run's ranking is its order as read: by score, ties by its rank column (then by line). trec_eval ignores the
+    rank column and breaks ties by document id; a run that states its ranks is evaluated in that order.
+    """
+    from relscope.data.trec import read_qrels, read_run
+
+    qrels, run = read_qrels(settings.qrels), read_run(settings.run)
+    return evaluate_run(qrels, run, settings.measures, (settings.qrels, settings.run))

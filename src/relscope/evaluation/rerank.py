@@ -35,6 +35,7 @@ class Reranker:
 
     @property
     def pairwise(self) -> bool:
+        """Whether the template compares two passages per prompt (scores are then aggregated over pairs)."""
         return self.builder.template.kind == "pairwise"
 
 

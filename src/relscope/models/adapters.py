@@ -27,6 +27,7 @@ from relscope.io import read_input_text
 if TYPE_CHECKING:
     from torch import nn
 
+    from relscope.models.heads import Head
     from relscope.models.load import LoadedModel
     from relscope.prompts.tokenize import PromptBuilder
 
@@ -139,10 +140,12 @@ def read_json(path: Path, what: str, fix: str) -> Any:
 
 
 def is_int(value: Any) -> bool:
+    """An int that is not a bool (JSON true would pass isinstance(value, int))."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
 def is_number(value: Any, finite: bool = True) -> bool:
+    """An int or float that is not a bool, and finite unless `finite` is False."""
     return (isinstance(value, (int, float)) and not isinstance(value, bool)
             and (not finite or math.isfinite(value)))
 
@@ -197,7 +200,7 @@ def check_base(folder: Path, meta: dict, model_config: Any, name: str) -> None:
 
 def load_trained(checkpoint: str | Path, dtype: str = "auto", device: str | None = None, merge: bool = False,
                  model: str | None = None, template: str | None = None,
-                 head: str | None = None) -> tuple[LoadedModel, nn.Module, dict]:
+                 head: str | None = None) -> tuple[LoadedModel, Head, dict[str, Any]]:
     """(LoadedModel whose model is the PEFT-wrapped LM, the head module, the meta).
 
     A relscope checkpoint names its base model, template and head in relscope.json. Any other

@@ -10,6 +10,7 @@ Answer heads compute only the two unembedding rows they need, not the full vocab
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -17,18 +18,28 @@ from torch import nn
 from relscope.errors import ConfigError
 from relscope.registry import Registry
 
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedModel
+
+    from relscope.prompts.templates import PromptTemplate
+    from relscope.prompts.tokenize import PromptBuilder
+
 
 class Head(nn.Module):
+    """A scoring head; `kind` is the template kind it reads (pointwise or pairwise)."""
+
     kind: str = "pointwise"
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # (batch, d_model) -> (batch,)
+        """(batch, d_model) last-token hidden states -> (batch,) relevance scores."""
         raise NotImplementedError
 
 
 class AnswerLogitHead(Head):
     """Logit difference of two answer tokens, read from the (possibly tied) unembedding."""
 
-    def __init__(self, unembedding: nn.Module, answer_ids: tuple[int, int], softcap: float | None, kind: str):
+    def __init__(self, unembedding: nn.Module, answer_ids: tuple[int, int], softcap: float | None, kind: str) -> None:
         super().__init__()
         self.unembedding = unembedding  # not copied: LoRA or fine-tuning of lm_head is seen
         self.register_buffer("answer_ids", torch.tensor(answer_ids), persistent=False)
@@ -45,16 +56,20 @@ class AnswerLogitHead(Head):
         return logits
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(batch, d_model) -> (batch,): the first answer's logit minus the second's."""
         logits = self.answer_logits(hidden)
         return logits[:, 0] - logits[:, 1]
 
 
 class LinearScoreHead(Head):
-    def __init__(self, d_model: int):
+    """A trained Linear(d_model, 1) on the last token (RankLLaMA / Tevatron)."""
+
+    def __init__(self, d_model: int) -> None:
         super().__init__()
         self.score = nn.Linear(d_model, 1)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(batch, d_model) -> (batch,): the linear score of each row."""
         return self.score(hidden.to(self.score.weight.dtype)).squeeze(-1)
 
 
@@ -63,7 +78,7 @@ HEADS: Registry[HeadFactory] = Registry("head")
 
 
 def _answer_head(kind: str) -> HeadFactory:
-    def build(model, builder) -> Head:
+    def build(model: PreTrainedModel | PeftModel, builder: PromptBuilder) -> Head:
         if builder.template.kind != kind:
             raise ConfigError(f"the {kind} head needs a {kind} template, not {builder.template.name!r}")
         softcap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
@@ -76,14 +91,15 @@ HEADS.register("yes_no", _answer_head("pointwise"))
 HEADS.register("ab", _answer_head("pairwise"))
 HEADS.register("linear", lambda model, builder: LinearScoreHead(model.config.get_text_config().hidden_size))
 
-def default_head(template) -> str:
+def default_head(template: PromptTemplate) -> str:
     """The head a template is read with unless the user picks another: its answer words, else a trained score."""
     if template.answers is None:
         return "linear"
     return "ab" if template.kind == "pairwise" else "yes_no"
 
 
-def build_head(name: str, model, builder) -> Head:
+def build_head(name: str, model: PreTrainedModel | PeftModel, builder: PromptBuilder) -> Head:
+    """The registered head `name` for `model` and `builder`'s template, on the model's device and dtype."""
     head = HEADS.get(name)(model, builder)
     param = next(model.parameters())
     return head.to(device=param.device, dtype=param.dtype)

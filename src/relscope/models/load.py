@@ -14,10 +14,16 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from relscope.errors import ModelError
 from relscope.io import umask as _umask
 from relscope.models.specs import ModelSpec, get_spec
+
+if TYPE_CHECKING:
+    import torch
+    from peft import PeftModel
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
@@ -35,18 +41,20 @@ CHUNKED_MODELS = {
 
 @dataclass
 class LoadedModel:
-    model: object  # transformers PreTrainedModel
-    tokenizer: object
+    model: PreTrainedModel | PeftModel  # a PeftModel once an unmerged adapter is attached (models.adapters)
+    tokenizer: PreTrainedTokenizerBase
     spec: ModelSpec
     name: str  # what the user asked for
     source: str  # the file or folder it came from
 
     @property
-    def device(self):
+    def device(self) -> torch.device:
+        """Where the model's weights are, so inputs can be put beside them."""
         return next(self.model.parameters()).device
 
 
 def cache_root() -> Path:
+    """Where relscope caches converted models ($RELSCOPE_CACHE, default ~/.cache/relscope)."""
     return Path(os.environ.get("RELSCOPE_CACHE", Path.home() / ".cache" / "relscope"))
 
 

@@ -12,7 +12,7 @@ import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,6 +21,7 @@ from relscope.models.specs import ModelSpec
 from relscope.models.specs.base import PROJECTIONS, num_layers
 
 if TYPE_CHECKING:
+    from peft import PeftModel
     from torch import nn
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ def layer_groups(n_layers: int) -> dict[str, list[int]]:
 
 
 def resolve_layers(layers: Sequence[int] | None, n_layers: int, key: str = "lora.layers") -> list[int]:
+    """Layer indices (negative ones from the end) as sorted distinct 0-based ones; None means every layer."""
     if layers is None:
         return list(range(n_layers))
     resolved = []
@@ -73,6 +75,7 @@ def resolve_layers(layers: Sequence[int] | None, n_layers: int, key: str = "lora
 
 
 def resolve_freeze(freeze: Sequence[str], n_layers: int) -> set[int]:
+    """The layers whose LoRA stays at zero, from group names (early, middle, late) and layer indices."""
     groups = layer_groups(n_layers)
     frozen: set[int] = set()
     for item in freeze:
@@ -102,7 +105,7 @@ def lora_sites(model: nn.Module, spec: ModelSpec, settings: LoraSettings) -> lis
     return sites
 
 
-def apply_lora(model: nn.Module, spec: ModelSpec, settings: LoraSettings) -> tuple[Any, list[LoraSite]]:
+def apply_lora(model: nn.Module, spec: ModelSpec, settings: LoraSettings) -> tuple[PeftModel, list[LoraSite]]:
     """Wrap `model` in a PeftModel with LoRA on exactly the resolved sites; frozen layers keep B = 0."""
     from peft import LoraConfig, get_peft_model
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -22,6 +23,10 @@ from relscope.errors import ModelError, overflow_hint
 from relscope.models.heads import Head
 from relscope.models.specs import ModelSpec
 from relscope.prompts.tokenize import TokenizedPrompt
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedModel
 
 
 @dataclass(frozen=True)
@@ -36,7 +41,9 @@ class ScoringOptions:
 
 
 class Scorer:
-    def __init__(self, model, spec: ModelSpec, head: Head, pad_id: int,
+    """Scores prompts with a model and a head, batched under a token budget, sharing prefix KV caches."""
+
+    def __init__(self, model: PreTrainedModel | PeftModel, spec: ModelSpec, head: Head, pad_id: int,
                  options: ScoringOptions = ScoringOptions(), progress: bool = True) -> None:
         self.model = model
         self.backbone = spec.backbone_of(unwrap(model))
@@ -139,7 +146,8 @@ class Scorer:
         return next(self.backbone.parameters()).device
 
 
-def pad_sequences(sequences: Sequence[Sequence[int]], pad_id: int, left: bool = False):
+def pad_sequences(sequences: Sequence[Sequence[int]], pad_id: int,
+                  left: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(ids, mask, index of each row's last real token), padded on the right or the left."""
     longest = max(len(s) for s in sequences)
     ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
@@ -152,7 +160,7 @@ def pad_sequences(sequences: Sequence[Sequence[int]], pad_id: int, left: bool = 
     return ids, mask, last
 
 
-def unwrap(model):
+def unwrap(model: PreTrainedModel | PeftModel) -> PreTrainedModel:
     """The transformers model under a PEFT wrapper (LoRA layers are injected in place)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 

@@ -37,6 +37,7 @@ class PromptTemplate:
 
     @property
     def document_slots(self) -> tuple[str, ...]:
+        """The passage slots the user text must contain: one for pointwise, A and B for pairwise."""
         return ("document",) if self.kind == "pointwise" else ("document_a", "document_b")
 
     def fingerprint(self) -> str:
@@ -86,4 +87,5 @@ TEMPLATES.register(
 
 
 def get_template(name: str) -> PromptTemplate:
+    """The registered template `name`; a ConfigError lists the known ones otherwise."""
     return TEMPLATES.get(name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import matplotlib
 
@@ -90,7 +91,32 @@ def lines(x: Sequence[float], series: Mapping[str, Sequence[float]], title: str,
     return fig
 
 
-def training_curves(curves: Mapping[str, np.ndarray], smoothed_loss: np.ndarray, cliff, name: str) -> Figure:
+class LossDrop(Protocol):
+    """A span of steps over which the smoothed loss fell (e.g. relscope.analysis.dynamics.PhaseTransition)."""
+
+    @property
+    def step(self) -> int:
+        """The middle of the span."""
+
+    @property
+    def start_step(self) -> int:
+        """The first step of the span."""
+
+    @property
+    def end_step(self) -> int:
+        """The last step of the span."""
+
+    @property
+    def loss_before(self) -> float:
+        """The smoothed loss at `start_step`."""
+
+    @property
+    def loss_after(self) -> float:
+        """The smoothed loss at `end_step`."""
+
+
+def training_curves(curves: Mapping[str, np.ndarray], smoothed_loss: np.ndarray, cliff: LossDrop,
+                    name: str) -> Figure:
     """Loss (raw and smoothed, the phase transition shaded) above accuracy and mean P(correct)."""
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(6.4, 5.2), sharex=True)
     steps = curves["step"]

@@ -33,15 +33,18 @@ class Rendering:
 
     @property
     def ok(self) -> bool:
+        """Whether the report rendered whole: it has images, none broken, and the screenshot is not blank."""
         return self.images > 0 and self.broken == 0 and not self.blank
 
 
 def find_chromium() -> str | None:
+    """The path of a Chromium (or Chrome) on PATH, or None."""
     return next((path for name in ("chromium", "chromium-browser", "google-chrome") if (path := shutil.which(name))),
                 None)
 
 
 def render(html: str | Path, screenshot: str | Path, width: int = 1280, height: int = 6000) -> Rendering:
+    """Open `html` in headless Chromium: count its images that failed to load and save a screenshot to check."""
     chromium = find_chromium()
     if chromium is None:
         raise RelscopeError("headless Chromium not found; install Debian's chromium package (make install does)")
@@ -74,6 +77,7 @@ def _blank(png: Path) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line: 0 when the report renders whole, 1 when not, 2 on bad usage."""
     args = sys.argv[1:] if argv is None else argv
     if not args:
         print("usage: python -m relscope.reports.render REPORT.html [SCREENSHOT.png]", file=sys.stderr)

@@ -17,6 +17,7 @@ def _cell(value) -> str:
 
 
 def to_csv(rows: Sequence[dict]) -> str:
+    """CSV text with the first row's keys as the header; floats at four decimals, None as an empty cell."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()

@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from relscope.config import from_mapping, load_yaml
+from relscope.data.dataset import DL19, RELEVANCE_GROUPS
 from relscope.data.dev import DevSettings
 from relscope.errors import ConfigError, ModelError, RelscopeError, short
 from relscope.training.config import TrainConfig
 
-RELEVANCE_GROUPS = "$RELSCOPE_DATA/relevance-mi/msmarco.jsonl"  # the patching study's 183 MS MARCO queries
 _ANY_DEPTH = 1 << 20  # variants' layer ranges: syntax when read, the model's depth in check_study_inputs
 
 
@@ -120,7 +120,7 @@ class StudyConfig:
     name: str
     model: str
     train: TrainConfig
-    dev: DevSettings = field(default_factory=lambda: DevSettings("$RELSCOPE_DATA/trec-dl-2019"))
+    dev: DevSettings = field(default_factory=lambda: DevSettings(DL19))
     ablation: AblationSettings = field(default_factory=AblationSettings)
     representations: RepresentationSettings = field(default_factory=RepresentationSettings)
     mechanisms: MechanismSettings = field(default_factory=MechanismSettings)

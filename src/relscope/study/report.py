@@ -13,11 +13,22 @@ import html
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from relscope.analysis import anatomy, attention, compare, dynamics, probe
+from relscope.analysis import heads as head_analysis
+from relscope.analysis import knockout as ko
+from relscope.analysis.patching import job as patching_job
 from relscope.errors import DataError
+from relscope.evaluation.job import METRICS_FILE
 from relscope.io import atomic_write_text
-from relscope.study.sources import SOURCE, STUDIES
+from relscope.manifest import MANIFEST_FILE
 from relscope.reports.tables import to_markdown
+from relscope.study.sources import SOURCE, STUDIES
+from relscope.training.job import SUMMARY_FILE
+
+if TYPE_CHECKING:
+    from relscope.study.config import StudyConfig
 
 MAX_ROWS = 30  # longer tables are cut in the report (the CSV beside it has them all)
 
@@ -41,21 +52,26 @@ class Missing:
     path: Path
 
 
+Item = Table | Figure | Missing  # what a section lists, in order
+
+
 @dataclass
 class Section:
     title: str
     intro: str = ""
-    items: list = field(default_factory=list)
+    items: list[Item] = field(default_factory=list)
 
 
 # -- reading stage outputs -------------------------------------------------------------------------------
 
 def read_csv(path: Path) -> list[dict]:
+    """The rows of a CSV a stage wrote, each a dict of strings by column."""
     with path.open(encoding="utf-8", newline="") as f:
         return list(csv.DictReader(f))
 
 
-def table_item(stem: Path, caption: str | None = None, limit: int = MAX_ROWS, columns: list[str] | None = None):
+def table_item(stem: Path, caption: str | None = None, limit: int = MAX_ROWS,
+               columns: list[str] | None = None) -> Table | Missing:
     """The table written by `write_table(rows, stem, title)`; its title line is the caption unless one is given."""
     path = stem.with_suffix(".csv")
     if not path.is_file():
@@ -72,7 +88,8 @@ def table_item(stem: Path, caption: str | None = None, limit: int = MAX_ROWS, co
                  str(path) if cut else "", path)
 
 
-def figure_item(path: Path, caption: str):
+def figure_item(path: Path, caption: str) -> Figure | Missing:
+    """The figure at `path` with its caption, or a visible gap when the stage did not produce it."""
     return Figure(caption, path) if path.is_file() else Missing(path)
 
 
@@ -99,8 +116,9 @@ def _num(value) -> float | None:
 
 # -- sections --------------------------------------------------------------------------------------------
 
-def overview(root: Path, config) -> Section:
-    manifest = read_json(root / "manifest.json")
+def overview(root: Path, config: StudyConfig) -> Section:
+    """What was studied, on what, and each stage's time and memory (the study's manifest)."""
+    manifest = read_json(root / MANIFEST_FILE)
     stages = manifest.get("stages", {})
     rows = [{"stage": name, "status": s.get("status", ""), "minutes": f"{s.get('seconds', 0) / 60:.2f}",
              "peak RSS (MiB)": f"{s.get('peak_rss_mib', 0):.0f}",
@@ -119,9 +137,10 @@ def overview(root: Path, config) -> Section:
 
 
 def zero_shot(root: Path) -> Section:
-    metrics = read_json(root / "zero-shot" / "metrics.json")
+    """The untrained judge against the first stage: the baseline training must beat."""
+    metrics = read_json(root / "zero-shot" / METRICS_FILE)
     if not metrics:
-        return Section("Zero-shot baseline", items=[Missing(root / "zero-shot" / "metrics.json")])
+        return Section("Zero-shot baseline", items=[Missing(root / "zero-shot" / METRICS_FILE)])
     rows = [{"system": "BM25 (first stage)", **metrics["first_stage"]},
             {"system": f"{metrics['model']} zero-shot {metrics['template']}", **metrics["reranked"]}]
     rows[0]["source"] = SOURCE[("zero-shot", "BM25 nDCG@10")]
@@ -132,67 +151,71 @@ def zero_shot(root: Path) -> Section:
 
 
 def training(root: Path) -> Section:
-    summary, folder = read_json(root / "train" / "summary.json"), root / "representations" / "dynamics"
+    """The LoRA run: its loss and accuracy curves and the dev metrics at every checkpoint."""
+    summary, folder = read_json(root / "train" / SUMMARY_FILE), root / "representations" / "dynamics"
     intro = (f"{summary.get('steps', '?')} steps, final training loss {summary.get('train_loss', float('nan')):.4f}, "
              f"{summary.get('trainable_parameters', '?')} trainable parameters, "
              f"{summary.get('seconds_this_session', 0) / 60:.1f} min.") if summary else ""
-    checkpoints = table_item(root / "checkpoints" / "checkpoints", "Dev metrics at every checkpoint (step 0: the "
+    checkpoints = table_item(root / "checkpoints" / anatomy.CHECKPOINTS, "Dev metrics at every checkpoint (step 0: the "
                              "zero-shot judge); source: " + SOURCE[("checkpoints", "convergence")])
     return Section("LoRA training", intro, [
-        figure_item(folder / "curves.png", "Training loss (smoothed) and accuracy by step, the steepest drop marked"),
+        figure_item(folder / dynamics.CURVES_FIGURE, "Training loss (smoothed) and accuracy by step, the steepest drop marked"),
         checkpoints,
-        figure_item(root / "checkpoints" / "checkpoints.png", "Dev metrics by checkpoint"),
+        figure_item(root / "checkpoints" / f"{anatomy.CHECKPOINTS}.png", "Dev metrics by checkpoint"),
     ])
 
 
 def ablations(root: Path) -> Section:
-    keep = table_item(root / "ablations" / "keep" / "ablation")
+    """Where the LoRA update matters: dev metrics with it kept only in some modules or layers, and its ΔW stats."""
+    keep = table_item(root / "ablations" / "keep" / anatomy.ABLATION)
     if isinstance(keep, Table):
         for row in keep.rows:
-            row["source study"] = SOURCE.get(("ablations", row["keep LoRA in"]), "")
+            row["source study"] = SOURCE.get(("ablations", row[anatomy.KEPT_IN]), "")
     stats = root / "ablations" / "stats"
     return Section("LoRA anatomy", "", [
         keep,
-        figure_item(root / "ablations" / "keep" / "ablation.png", "Dev nDCG@10 with the LoRA update kept only in "
+        figure_item(root / "ablations" / "keep" / f"{anatomy.ABLATION}.png", "Dev nDCG@10 with the LoRA update kept only in "
                     "some modules or layers (the rest scaled to zero)"),
-        module_means(stats / "delta_stats.csv"),
-        figure_item(stats / "delta_stats.png", "Frobenius norm of each layer's ΔW = BA·α/r, by module"),
-        figure_item(stats / "effective_rank.png", "Effective rank of each ΔW (exp of the singular-value entropy)"),
+        module_means(stats / f"{anatomy.DELTA_STATS}.csv"),
+        figure_item(stats / f"{anatomy.DELTA_STATS}.png", "Frobenius norm of each layer's ΔW = BA·α/r, by module"),
+        figure_item(stats / anatomy.EFFECTIVE_RANK_FIGURE, "Effective rank of each ΔW (exp of the singular-value entropy)"),
     ])
 
 
-def module_means(path: Path):
+def module_means(path: Path) -> Table | Missing:
     """Mean ‖ΔW‖ and effective rank per projection over layers."""
     if not path.is_file():
         return Missing(path)
     rows = read_csv(path)
-    modules = list(dict.fromkeys(r["module"] for r in rows))
+    modules = list(dict.fromkeys(r[anatomy.MODULE] for r in rows))
     out = []
     for module in modules:
-        picked = [r for r in rows if r["module"] == module]
-        out.append({"module": module, "mean ‖ΔW‖_F": sum(float(r["frobenius"]) for r in picked) / len(picked),
-                    "mean effective rank": sum(float(r["effective_rank"]) for r in picked) / len(picked)})
+        picked = [r for r in rows if r[anatomy.MODULE] == module]
+        out.append({"module": module, "mean ‖ΔW‖_F": sum(float(r[anatomy.FROBENIUS]) for r in picked) / len(picked),
+                    "mean effective rank": sum(float(r[anatomy.EFFECTIVE_RANK]) for r in picked) / len(picked)})
     return Table("ΔW per projection, mean over layers (source: the MLP's up and gate change most)", out)
 
 
 def representations(root: Path) -> Section:
+    """Training dynamics, attention changes and linear probes, beside the source study's findings."""
     folder = root / "representations"
     return Section("Training dynamics and representations", "", [
         side_by_side_dynamics(folder),
-        figure_item(folder / "dynamics" / "grad_norms.png", "LoRA gradient norm per layer at every step"),
-        figure_item(folder / "dynamics" / "groups.png", "Mean gradient norm of the early, middle and late thirds"),
-        table_item(folder / "attention" / "attention"),
-        figure_item(folder / "attention" / "attention_change.png",
+        figure_item(folder / "dynamics" / dynamics.GRAD_NORMS_FIGURE, "LoRA gradient norm per layer at every step"),
+        figure_item(folder / "dynamics" / dynamics.GROUPS_FIGURE, "Mean gradient norm of the early, middle and late thirds"),
+        table_item(folder / "attention" / attention.ATTENTION),
+        figure_item(folder / "attention" / attention.CHANGE_FIGURE,
                     "Change of document → query attention mass per head (fine-tuned − base)"),
-        table_item(folder / "probe" / "probe"),
-        figure_item(folder / "probe" / "probe.png", "Linear-probe accuracy (relevant vs not) per layer, base and "
+        table_item(folder / "probe" / probe.PROBE),
+        figure_item(folder / "probe" / f"{probe.PROBE}.png", "Linear-probe accuracy (relevant vs not) per layer, base and "
                     "fine-tuned, cross-validated by query"),
-        figure_item(folder / "probe" / "pca_fine_tuned.png", "PCA of the fine-tuned model's last-token states"),
+        figure_item(folder / "probe" / probe.PCA_TUNED_FIGURE, "PCA of the fine-tuned model's last-token states"),
     ])
 
 
 def side_by_side_dynamics(folder: Path) -> Table:
-    summary = read_json(folder / "dynamics" / "summary.json")
+    """Our gradient norms, loss cliff and probe accuracies beside the source study's numbers."""
+    summary = read_json(folder / "dynamics" / dynamics.SUMMARY)
     rows = []
     grads = summary.get("grad_norms", {})
     groups = grads.get("mean_by_group", {})
@@ -206,100 +229,105 @@ def side_by_side_dynamics(folder: Path) -> Table:
         rows.append({"quantity": "loss cliff", "source": SOURCE[("representations", "cliff")],
                      "ours": f"steps {cliff['start_step']}-{cliff['end_step']}: {cliff['loss_before']:.3f} -> "
                              f"{cliff['loss_after']:.3f}"})
-    probe = read_csv(folder / "probe" / "probe.csv") if (folder / "probe" / "probe.csv").is_file() else []
-    if probe and "fine-tuned accuracy" in probe[0]:
-        best = max(probe, key=lambda r: float(r["fine-tuned accuracy"]))
+    probe_csv = folder / "probe" / f"{probe.PROBE}.csv"
+    probes = read_csv(probe_csv) if probe_csv.is_file() else []
+    if probes and probe.TUNED_ACCURACY in probes[0]:
+        best = max(probes, key=lambda r: float(r[probe.TUNED_ACCURACY]))
         rows.append({"quantity": "probe accuracy by layer (fine-tuned)",
                      "source": SOURCE[("representations", "probe")],
-                     "ours": f"{float(probe[1]['fine-tuned accuracy']):.3f} (layer 1) -> "
-                             f"{float(best['fine-tuned accuracy']):.3f} "
-                             f"at layer {best['layer']} of {len(probe)}; base best "
-                             f"{max(float(r['base accuracy']) for r in probe):.3f}"})
+                     "ours": f"{float(probes[1][probe.TUNED_ACCURACY]):.3f} (layer 1) -> "
+                             f"{float(best[probe.TUNED_ACCURACY]):.3f} "
+                             f"at layer {best[probe.LAYER]} of {len(probes)}; base best "
+                             f"{max(float(r[probe.BASE_ACCURACY]) for r in probes):.3f}"})
     return Table("Our dynamics and representations beside the source study's", rows or [{"quantity": "none"}])
 
 
 def patching(root: Path) -> Section:
+    """Activation patching: which components and positions carry the relevance judgment, base vs fine-tuned."""
     folder = root / "patching"
     tuned = folder / "fine-tuned"
-    items = [stage_table(tuned / "ie_mean.csv"),
-             table_item(tuned / "top_sites", columns=["component", "layer", "positions", "mean IE", "std"])]
+    items = [stage_table(tuned / patching_job.IE_MEAN),
+             table_item(tuned / patching_job.TOP_SITES, columns=[patching_job.COMPONENT, patching_job.LAYER,
+                                                                 patching_job.POSITIONS, patching_job.MEAN_IE,
+                                                                 patching_job.STD])]
     for component, what in (("resid_post", "residual stream after"), ("attn", "attention output of"),
                             ("mlp", "MLP output of")):
-        items.append(figure_item(tuned / f"ie_{component}.png", f"Fine-tuned: mean IE of patching the {what} each "
+        items.append(figure_item(tuned / patching_job.component_figure(component), f"Fine-tuned: mean IE of patching the {what} each "
                                  "layer at each position group (clean relevant into corrupted non-relevant)"))
     for group in ("last", "document", "instruction", "query"):
-        items.append(figure_item(tuned / f"ie_heads_{group}.png", f"Fine-tuned: mean IE per head at the {group} "
+        items.append(figure_item(tuned / patching_job.head_figure("heads", group), f"Fine-tuned: mean IE per head at the {group} "
                                  "positions"))
-    items += [table_item(folder / "base-vs-fine-tuned" / "summary", "Base vs fine-tuned: do they rely on the same "
+    items += [table_item(folder / "base-vs-fine-tuned" / compare.SUMMARY, "Base vs fine-tuned: do they rely on the same "
                          "components? (RBO, Spearman, magnitudes)"),
-              table_item(folder / "base-vs-fine-tuned-heads" / "summary", "Base vs fine-tuned, per head"),
-              figure_item(folder / "base" / "ie_resid_post.png", "Base model: mean IE, residual stream")]
+              table_item(folder / "base-vs-fine-tuned-heads" / compare.SUMMARY, "Base vs fine-tuned, per head"),
+              figure_item(folder / "base" / patching_job.component_figure("resid_post"), "Base model: mean IE, residual stream")]
     return Section("Activation patching", "", items)
 
 
-def stage_table(ie_mean: Path):
+def stage_table(ie_mean: Path) -> Table | Missing:
     """The source's three stages beside the strongest site of ours at the matching position group."""
     if not ie_mean.is_file():
         return Missing(ie_mean)
-    rows = [r for r in read_csv(ie_mean) if r["positions"] != "all"]
+    rows = [r for r in read_csv(ie_mean) if r[patching_job.POSITIONS] != "all"]
     out = []
     for stage, group in (("early", "document"), ("middle", "instruction"), ("late", "last")):
-        picked = [r for r in rows if r["positions"] == group]
+        picked = [r for r in rows if r[patching_job.POSITIONS] == group]
         if group == "document":  # early: the first third of the stack
-            depth = max(int(r["layer"]) for r in rows) + 1
-            picked = [r for r in picked if int(r["layer"]) < depth / 3]
-        best = max(picked, key=lambda r: abs(float(r["mean IE"])), default=None)
+            depth = max(int(r[patching_job.LAYER]) for r in rows) + 1
+            picked = [r for r in picked if int(r[patching_job.LAYER]) < depth / 3]
+        best = max(picked, key=lambda r: abs(float(r[patching_job.MEAN_IE])), default=None)
         out.append({"stage (source)": SOURCE[("patching", stage)],
-                    "ours: strongest site there": f"{best['component']} layer {best['layer']}, IE "
-                                                  f"{float(best['mean IE']):.2f}" if best else "-"})
+                    "ours: strongest site there": f"{best[patching_job.COMPONENT]} layer {best[patching_job.LAYER]}, "
+                                                  f"IE {float(best[patching_job.MEAN_IE]):.2f}" if best else "-"})
     return Table("The source's three stages beside our strongest site at each position group (fine-tuned)", out)
 
 
 def heads(root: Path) -> Section:
+    """Attention heads: their interaction and direct effects, and what knocking the top ones out costs."""
     folder = root / "heads"
-    knockout = table_item(folder / "knockout" / "knockout")
+    knockout = table_item(folder / "knockout" / ko.KNOCKOUT)
     return Section("Heads and knockouts", "", [
-        table_item(folder / "heads" / "top_heads"),
-        figure_item(folder / "heads" / "interaction.png", "Attention interaction score per head, S = s(q, d+) − "
+        table_item(folder / "heads" / head_analysis.TOP_HEADS),
+        figure_item(folder / "heads" / head_analysis.INTERACTION_FIGURE, "Attention interaction score per head, S = s(q, d+) − "
                     "s(q, d−); top-IE heads outlined"),
-        figure_item(folder / "heads" / "direct.png", "Each head's direct contribution to the answer logit "
+        figure_item(folder / "heads" / head_analysis.DIRECT_FIGURE, "Each head's direct contribution to the answer logit "
                     "difference"),
         knockout_verdict(knockout),
         knockout,
-        figure_item(folder / "knockout" / "knockout.png", "Relative change of judgment F1 and nDCG@10 when each "
+        figure_item(folder / "knockout" / ko.KNOCKOUT_FIGURE, "Relative change of judgment F1 and nDCG@10 when each "
                     "head set is mean-ablated, 95% bootstrap CIs"),
     ])
 
 
-def knockout_verdict(knockout) -> Table | Missing:
+def knockout_verdict(knockout: Table | Missing) -> Table | Missing:
     """Top-IE heads vs random heads, with CIs, beside the source's finding."""
     if not isinstance(knockout, Table):
         return knockout
-    rows = [r for r in knockout.rows if r["head set"] != "full model"]
+    rows = [r for r in knockout.rows if r[ko.HEAD_SET] != ko.FULL_MODEL]
     out = []
     for r in rows:
-        kind = "random" if r["head set"].startswith("random") else "top-IE"
-        for metric in ("F1", "pair accuracy", "nDCG@10"):
-            if f"{metric} change" in r:
-                change, low, high = (float(r[f"{metric} {k}"]) for k in ("change", "CI low", "CI high"))
+        kind = "random" if r[ko.HEAD_SET].startswith("random") else "top-IE"
+        for metric in (ko.F1, ko.PAIR_ACCURACY, ko.NDCG10):
+            if f"{metric} {ko.CHANGE}" in r:
+                change, low, high = (float(r[f"{metric} {k}"]) for k in (ko.CHANGE, ko.CI_LOW, ko.CI_HIGH))
                 text = f"{change:+.3f} [{low:+.3f}, {high:+.3f}]" if change == change else \
                     f"undefined: the full model's {metric} is 0"  # NaN: nothing to be relative to
-                out.append({"set": r["head set"], "kind": kind, "metric": metric, "change [95% CI]": text})
+                out.append({"set": r[ko.HEAD_SET], "kind": kind, "metric": metric, "change [95% CI]": text})
     return Table("Knockout: top-IE vs random head sets, relative change with 95% CI; source: "
                  + SOURCE[("heads", "knockout")], out or [{"set": "none"}])
 
 
 # One-line captions for the figures not placed by hand above (matched by file name, then by folder).
 CAPTIONS = {
-    "spectra.png": "Singular values of each module's ΔW (mean over layers)",
+    anatomy.SPECTRA_FIGURE: "Singular values of each module's ΔW (mean over layers)",
     "pca_base.png": "PCA of the base model's last-token states per layer, relevant vs not",
     "attention_base.png": "Document → query attention mass per head, base model",
     "attention_fine_tuned.png": "Document → query attention mass per head, fine-tuned",
     "grad_norms_row_normalised.png": "LoRA gradient norm per layer, each step scaled to its largest layer",
-    "ie_resid_pre.png": "Mean IE of patching the residual stream entering each layer, per position group",
-    "ie_resid_post.png": "Mean IE of patching the residual stream after each layer, per position group",
-    "ie_attn.png": "Mean IE of patching each layer's attention output, per position group",
-    "ie_mlp.png": "Mean IE of patching each layer's MLP output, per position group",
+    patching_job.component_figure("resid_pre"): "Mean IE of patching the residual stream entering each layer, per position group",
+    patching_job.component_figure("resid_post"): "Mean IE of patching the residual stream after each layer, per position group",
+    patching_job.component_figure("attn"): "Mean IE of patching each layer's attention output, per position group",
+    patching_job.component_figure("mlp"): "Mean IE of patching each layer's MLP output, per position group",
 }
 
 
@@ -340,7 +368,8 @@ STAGE_SECTIONS = {"LoRA training": ["train", "checkpoints"], "LoRA anatomy": ["a
                   "Activation patching": ["patching"], "Heads and knockouts": ["heads"]}
 
 
-def sections(root: Path, config) -> list[Section]:
+def sections(root: Path, config: StudyConfig) -> list[Section]:
+    """Every section of the report, each stage folder's remaining tables and figures appended to its own."""
     parts = [overview(root, config), zero_shot(root), training(root), ablations(root), representations(root),
              patching(root), heads(root)]
     shown = _shown(parts)
@@ -365,6 +394,7 @@ def _cells(rows: list[dict]) -> list[dict]:
 
 
 def render_markdown(parts: list[Section], root: Path) -> str:
+    """report.md: the sections as Markdown, figures linked by paths relative to `root`."""
     lines = ["# relscope study report", ""]
     for section in parts:
         lines += [f"## {section.title}", ""] + ([section.intro, ""] if section.intro else [])
@@ -387,6 +417,7 @@ STYLE = ("body{font-family:system-ui,sans-serif;max-width:70em;margin:2em auto;p
 
 
 def render_html(parts: list[Section], root: Path) -> str:
+    """report.html: the sections as one self-contained page (figures embedded, no script)."""
     body = ["<h1>relscope study report</h1>"]
     for section in parts:
         body.append(f"<h2>{html.escape(section.title)}</h2>")
@@ -397,7 +428,7 @@ def render_html(parts: list[Section], root: Path) -> str:
             f"<style>{STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
 
 
-def _html_item(item, root: Path) -> str:
+def _html_item(item: Item, root: Path) -> str:
     if isinstance(item, Table):
         rows = _cells(item.rows)
         head = "".join(f"<th>{html.escape(str(c))}</th>" for c in rows[0])
@@ -411,7 +442,7 @@ def _html_item(item, root: Path) -> str:
     return f"<p class=missing>Not produced: {html.escape(str(item.path.relative_to(root)))}</p>"
 
 
-def write_report(root: str | Path, config) -> dict:
+def write_report(root: str | Path, config: StudyConfig) -> dict[str, Any]:
     """report.md and report.html in `root`; returns their paths and how many figures, tables and gaps."""
     root = Path(root)
     parts = sections(root, config)

@@ -30,6 +30,7 @@ from pathlib import Path
 from relscope.config import dump_yaml, to_mapping
 from relscope.errors import ConfigError
 from relscope.io import atomic_write_json, atomic_write_text, output_lock
+from relscope.manifest import CONFIG_FILE, MANIFEST_FILE, build_manifest
 from relscope.study.config import StudyConfig, check_study_inputs
 from relscope.study.stages import STAGE_NAMES, STAGES, Stage, StudyContext
 
@@ -105,9 +106,7 @@ def run_study(config: StudyConfig, out: str | Path, force: Sequence[str] = (), p
 
 
 def _run(config: StudyConfig, root: Path, force: set[str], progress: bool) -> dict:
-    from relscope.manifest import build_manifest
-
-    atomic_write_text(root / "config.yaml", dump_yaml(config))
+    atomic_write_text(root / CONFIG_FILE, dump_yaml(config))
     keys, ctx, started = stage_keys(config), StudyContext(config, root, progress), time.monotonic()
     manifest = build_manifest(to_mapping(config), stages={}, budget_minutes=config.budget_minutes)
     records: dict[str, dict] = {}  # each stage's stage.json as it stands once this run has dealt with the stage
@@ -126,9 +125,9 @@ def _run(config: StudyConfig, root: Path, force: set[str], progress: bool) -> di
             manifest["stages"][stage.name] = {**record, "status": "ran"}
         records[stage.name] = record
         manifest["seconds_this_run"] = round(time.monotonic() - started, 1)
-        atomic_write_json(root / "manifest.json", manifest)
+        atomic_write_json(root / MANIFEST_FILE, manifest)
     manifest["seconds_all_stages"] = round(sum(s["seconds"] for s in manifest["stages"].values()), 1)
-    atomic_write_json(root / "manifest.json", manifest)
+    atomic_write_json(root / MANIFEST_FILE, manifest)
     return manifest
 
 

@@ -8,11 +8,12 @@ again since; see runner.py) and a function that runs it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from relscope.config import RerankConfig, to_mapping
+from relscope.config import to_mapping
+from relscope.evaluation.settings import RerankConfig
 from relscope.study.config import StudyConfig
 
 
@@ -67,11 +68,13 @@ def _train(ctx: StudyContext) -> None:
 
 def _checkpoints(ctx: StudyContext) -> None:
     from relscope.analysis.anatomy import evaluate_checkpoints
+    from relscope.analysis.settings import CheckpointsSettings, dev_fields
 
     # Step 0 is the zero-shot stage's judge on the same dev run: measured once, and in the table and figure.
     # (A dev run without qrels has no "reranked" metrics; evaluate_checkpoints then names the missing file.)
     base = zero_shot_metrics(ctx.folder("zero-shot") / "metrics.json", ctx.config.dev.measures)
-    evaluate_checkpoints(ctx.train_dir, ctx.folder("checkpoints"), ctx.config.dev, base=base)
+    settings = CheckpointsSettings(run_dir=str(ctx.train_dir), **dev_fields(ctx.config.dev))
+    evaluate_checkpoints(settings, ctx.folder("checkpoints"), base=base)
 
 
 def zero_shot_metrics(path: Path, measures: tuple[str, ...]) -> dict[str, float] | None:
@@ -103,54 +106,66 @@ def zero_shot_metrics(path: Path, measures: tuple[str, ...]) -> dict[str, float]
 
 def _ablations(ctx: StudyContext) -> None:
     from relscope.analysis.anatomy import ablate, adapter_stats
+    from relscope.analysis.settings import AblateSettings, StatsSettings, dev_fields
 
     c, adapter, out = ctx.config, ctx.last_checkpoint(), ctx.folder("ablations")
-    adapter_stats(adapter, out / "stats")
-    ablate(adapter, out / "keep", c.ablation.variants, replace(c.dev, max_queries=c.ablation.max_queries))
+    adapter_stats(StatsSettings(adapter=adapter), out / "stats")
+    dev = {**dev_fields(c.dev), "max_queries": c.ablation.max_queries}  # each variant is one rerank
+    ablate(AblateSettings(adapter=adapter, variants=c.ablation.variants, **dev), out / "keep")
 
 
 def _representations(ctx: StudyContext) -> None:
     from relscope.analysis.attention import attention_job
     from relscope.analysis.dynamics import analyse_dynamics
     from relscope.analysis.probe import probe_job
+    from relscope.analysis.settings import AttentionSettings, DynamicsSettings, ProbeSettings
 
     c, r, out, adapter = ctx.config, ctx.config.representations, ctx.folder("representations"), ctx.last_checkpoint()
-    analyse_dynamics(ctx.train_dir, out / "dynamics", r.window)
-    length = r.max_length or c.train.max_length
-    attention_job(out / "attention", r.groups, c.model, adapter, None, None, r.attention_groups, length)
-    probe_job(out / "probe", r.groups, c.model, adapter, None, r.probe_groups, "hard", None, r.folds, length)
+    analyse_dynamics(DynamicsSettings(run_dir=str(ctx.train_dir), window=r.window), out / "dynamics")
+    length = r.max_length or c.train.max_length  # one prompt length for base and fine-tuned
+    attention_job(AttentionSettings(model=c.model, adapter=adapter, groups=r.groups, max_groups=r.attention_groups,
+                                    max_length=length), out / "attention")
+    probe_job(ProbeSettings(model=c.model, adapter=adapter, groups=r.groups, max_groups=r.probe_groups,
+                            max_length=length, folds=r.folds), out / "probe")
 
 
-def _patch_settings(ctx: StudyContext, adapter: str | None, max_pairs: int):
-    from relscope.analysis.patching.job import PatchSettings
+def _patch_settings(ctx: StudyContext, adapter: str | None):
+    """The study's patch run of the fine-tuned (`adapter`) or the base model (None)."""
+    from relscope.analysis.patching.settings import PatchSettings
 
     m = ctx.config.mechanisms
-    return PatchSettings(m.groups, ctx.config.model, adapter, None, max_pairs, "hard", min_gap=m.min_gap,
-                         max_length=m.max_length or ctx.config.train.max_length, heads=True,
-                         head_positions=m.head_positions)  # one prompt length for base and fine-tuned
+    return PatchSettings(groups=m.groups, model=ctx.config.model, adapter=adapter, max_pairs=m.max_pairs,
+                         negative_kind="hard", min_gap=m.min_gap, heads=True, head_positions=m.head_positions,
+                         max_length=m.max_length or ctx.config.train.max_length)  # one length for base and tuned
 
 
 def _patching(ctx: StudyContext) -> None:
     from relscope.analysis.compare import compare_job
     from relscope.analysis.patching.job import patch_job
+    from relscope.analysis.settings import CompareSettings
 
-    out, m = ctx.folder("patching"), ctx.config.mechanisms
-    patch_job(out / "fine-tuned", _patch_settings(ctx, ctx.last_checkpoint(), m.max_pairs), ctx.progress)
-    patch_job(out / "base", _patch_settings(ctx, None, m.max_pairs), ctx.progress)
-    compare_job(str(out / "base"), str(out / "fine-tuned"), out / "base-vs-fine-tuned")
-    compare_job(str(out / "base"), str(out / "fine-tuned"), out / "base-vs-fine-tuned-heads", heads=True)
+    out = ctx.folder("patching")
+    patch_job(_patch_settings(ctx, ctx.last_checkpoint()), out / "fine-tuned", ctx.progress)
+    patch_job(_patch_settings(ctx, None), out / "base", ctx.progress)
+    runs = {"run_a": str(out / "base"), "run_b": str(out / "fine-tuned")}
+    compare_job(CompareSettings(**runs), out / "base-vs-fine-tuned")
+    compare_job(CompareSettings(**runs, heads=True), out / "base-vs-fine-tuned-heads")
 
 
 def _heads(ctx: StudyContext) -> None:
     from relscope.analysis.heads import heads_job
     from relscope.analysis.knockout import knockout_job
+    from relscope.analysis.patching.settings import HeadsSettings, KnockoutSettings
+    from relscope.analysis.settings import dev_fields
 
     c, m, out = ctx.config, ctx.config.mechanisms, ctx.folder("heads")
-    adapter, ie_heads = ctx.last_checkpoint(), str(ctx.folder("patching") / "fine-tuned" / "ie_heads.npz")
-    heads_job(out / "heads", _patch_settings(ctx, adapter, m.heads_pairs), ie_heads, progress=ctx.progress)
-    dev = replace(c.dev, max_queries=m.knockout_queries)
-    knockout_job(out / "knockout", _patch_settings(ctx, adapter, m.knockout_groups), ie_heads, m.knockout_size,
-                 random_draws=m.random_draws, max_groups=m.knockout_groups, dev=dev, progress=ctx.progress)
+    model = {"groups": m.groups, "model": c.model, "adapter": ctx.last_checkpoint(), "negative_kind": "hard",
+             "max_length": m.max_length or c.train.max_length,
+             "ie_heads": str(ctx.folder("patching") / "fine-tuned" / "ie_heads.npz")}
+    heads_job(HeadsSettings(**model, max_pairs=m.heads_pairs), out / "heads", ctx.progress)
+    dev = {**dev_fields(c.dev), "max_queries": m.knockout_queries}  # dev queries reranked under each knockout
+    knockout_job(KnockoutSettings(**model, **dev, size=m.knockout_size, random_draws=m.random_draws,
+                                  max_groups=m.knockout_groups), out / "knockout", ctx.progress)
 
 
 def _report(ctx: StudyContext) -> None:

@@ -7,7 +7,9 @@ import json
 import math
 import zipfile
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -17,6 +19,12 @@ from relscope.errors import DataError, TrainingError
 from relscope.io import atomic_path, atomic_write_json, atomic_write_text, open_input, read_input_bytes
 from relscope.models.lora import LoraSite, lora_parameters
 from relscope.training.checkpoint import DEV_METRICS_FILE, GRAD_NORMS_FILE
+
+if TYPE_CHECKING:
+    from transformers import Trainer, TrainerControl, TrainerState, TrainingArguments
+
+    from relscope.data.dataset import RerankDataset
+    from relscope.evaluation.rerank import Reranker
 
 __all__ = ["CheckpointFiles", "DevEvaluator", "GRAD_NORMS_FILE", "GradNormRecorder", "JsonlLogger",
            "load_grad_norms", "read_log", "trim_log"]
@@ -29,6 +37,7 @@ class CheckpointFiles:
     files: tuple[str, ...] = ()
 
     def write_checkpoint_files(self, folder: Path, step: int) -> None:
+        """Write this callback's `files` into checkpoint `folder` (saved at optimizer step `step`)."""
         raise NotImplementedError
 
 
@@ -52,6 +61,7 @@ class GradNormRecorder(TrainerCallback, CheckpointFiles):
 
     @torch.no_grad()
     def record(self, step: int) -> None:
+        """Store this step's gradient norm per site (once per step); a non-finite one stops training."""
         if self.steps and self.steps[-1] == step:
             return
         row = np.full((self.n_layers, len(self.labels)), np.nan, dtype=np.float32)
@@ -71,18 +81,24 @@ class GradNormRecorder(TrainerCallback, CheckpointFiles):
         self.steps.append(step)
         self.rows.append(row)
 
-    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+    def on_pre_optimizer_step(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                              **kwargs: Any) -> None:
+        """Record the step's norms when the trainer did not already (it records before clipping)."""
         self.record(state.global_step + 1)  # a no-op when the trainer already recorded it before clipping
 
     def write_checkpoint_files(self, folder: Path, step: int) -> None:
+        """The norms so far, into the checkpoint and the run folder (for `relscope dynamics` mid-run)."""
         self.save(folder / GRAD_NORMS_FILE)
         self.save(folder.parent / GRAD_NORMS_FILE)  # the run's array so far, for `relscope dynamics` mid-run
 
-    def on_train_end(self, args, state, control, **kwargs):
+    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                     **kwargs: Any) -> None:
+        """The whole run's norms into the run folder (main process only)."""
         if state.is_world_process_zero:
             self.save(Path(args.output_dir) / GRAD_NORMS_FILE)
 
     def save(self, path: Path) -> None:
+        """The norms, steps and labels as one .npz that `load_grad_norms` reads back."""
         norms = np.stack(self.rows) if self.rows else np.zeros((0, self.n_layers, len(self.labels)), np.float32)
         with atomic_path(path) as tmp, tmp.open("wb") as f:
             np.savez(f, norms=norms, steps=np.array(self.steps, dtype=np.int64), labels=np.array(self.labels))
@@ -140,13 +156,18 @@ def _grad_norms_problem(norms: np.ndarray, steps: np.ndarray, labels: np.ndarray
     return None
 
 
+LOG_FILE = "log.jsonl"  # one JSON record per logged step, in the run folder
+
+
 class JsonlLogger(TrainerCallback):
     """Every Trainer log record as one JSON line in log.jsonl (main process only, flushed at once)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
+    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+               logs: dict[str, float] | None = None, **kwargs: Any) -> None:
+        """Append the record with its step to log.jsonl (main process only)."""
         if state.is_world_process_zero and logs:
             with self.path.open("a", encoding="utf-8") as f:
                 f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
@@ -206,7 +227,8 @@ class DevEvaluator(TrainerCallback, CheckpointFiles):
 
     files = (DEV_METRICS_FILE,)
 
-    def __init__(self, trainer, reranker, dataset, top_k: int, measures) -> None:
+    def __init__(self, trainer: Trainer, reranker: Reranker, dataset: RerankDataset, top_k: int,
+                 measures: Sequence[str]) -> None:
         self.trainer = trainer
         self.reranker = reranker
         self.dataset = dataset
@@ -214,6 +236,7 @@ class DevEvaluator(TrainerCallback, CheckpointFiles):
         self.measures = measures
 
     def write_checkpoint_files(self, folder: Path, step: int) -> None:
+        """Rerank the dev run with the model as trained so far; its metrics into the checkpoint and the log."""
         from relscope.evaluation.metrics import evaluate_run
         from relscope.evaluation.rerank import rerank
 

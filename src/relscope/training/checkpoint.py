@@ -16,13 +16,16 @@ import json
 import logging
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from safetensors.torch import save_file
 
 from relscope.errors import DataError, short
 from relscope.io import atomic_write_json
 from relscope.models.adapters import ADAPTER_FILE, HEAD_FILE, META_FILE, is_int, is_number, read_json, read_meta
+
+if TYPE_CHECKING:
+    from relscope.training.module import RerankerModule
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +35,8 @@ DEV_METRICS_FILE = "dev_metrics.json"
 CHECKPOINT_NAME = re.compile(r"checkpoint-[0-9]+")
 
 
-def save_weights(module, output_dir: str | Path, meta: dict) -> None:
+def save_weights(module: RerankerModule, output_dir: str | Path, meta: dict) -> None:
+    """The LoRA adapter, a trained head's weights and relscope.json into `output_dir`: what a reranker loads."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     module.peft_model.save_pretrained(out)
@@ -43,10 +47,12 @@ def save_weights(module, output_dir: str | Path, meta: dict) -> None:
 
 
 def checkpoint_dir(out_dir: str | Path, step: int) -> Path:
+    """The folder of the checkpoint saved at optimizer step `step` (the Trainer's naming)."""
     return Path(out_dir) / f"checkpoint-{step}"
 
 
 def checkpoint_step(folder: Path) -> int:
+    """The optimizer step a checkpoint-<step> folder was saved at."""
     return int(folder.name.split("-")[-1])
 
 

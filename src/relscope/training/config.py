@@ -7,11 +7,12 @@ that the data it names can be read, for callers (the study) that must fail befor
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from relscope.config import check_device_name, check_dtype_name
+from relscope.config import check_device_name, check_dtype_name, from_mapping, load_yaml, set_dotted
 from relscope.data.dev import DevSettings
 from relscope.errors import ConfigError, DataError, is_finite_number
 from relscope.models.lora import LoraSettings
@@ -137,3 +138,11 @@ def _check_readable(path: Path, fix: str) -> None:
         raise DataError(f"{path}: is a folder, not a file; {fix}")
     if not os.access(path, os.R_OK):
         raise DataError(f"{path}: cannot be read (permission denied); check its permissions")
+
+
+def load_train_config(path: str | None, overrides: Sequence[str] = ()) -> TrainConfig:
+    """A TrainConfig from a YAML file (or none) with `--set key.sub=value` overrides applied."""
+    values = load_yaml(path) if path else {}
+    for item in overrides:
+        set_dotted(values, item)
+    return from_mapping(TrainConfig, values, path or "train options")

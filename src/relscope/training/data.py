@@ -52,6 +52,7 @@ class EpochSeededSampler(Sampler[Draw]):
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
+        """Iterate in `epoch`'s permutation from now on (the Trainer calls this as each epoch starts)."""
         self.epoch = epoch
 
     def __len__(self) -> int:

@@ -16,6 +16,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import TrainingArguments, set_seed
@@ -25,7 +26,7 @@ from relscope.data.dev import load_dev_run
 from relscope.data.training import load_training_groups
 from relscope.errors import ConfigError
 from relscope.io import atomic_write_json, atomic_write_text, output_lock
-from relscope.manifest import build_manifest
+from relscope.manifest import CONFIG_FILE, MANIFEST_FILE, build_manifest
 from relscope.models.adapters import base_fingerprint
 from relscope.models.heads import HEADS, build_head, default_head
 from relscope.models.load import LoadedModel, load_model
@@ -34,18 +35,27 @@ from relscope.models.scoring import Scorer, ScoringOptions
 from relscope.models.specs.base import num_layers
 from relscope.prompts.templates import get_template
 from relscope.prompts.tokenize import PromptBuilder
-from relscope.training.callbacks import DevEvaluator, GradNormRecorder, JsonlLogger, trim_log
-from relscope.training.checkpoint import checkpoint_step, latest_checkpoint
+from relscope.training.callbacks import LOG_FILE, DevEvaluator, GradNormRecorder, JsonlLogger, trim_log
+from relscope.training.checkpoint import GRAD_NORMS_FILE, checkpoint_step, latest_checkpoint
 from relscope.training.config import TrainConfig
 from relscope.training.data import GroupCollator, GroupDataset
 from relscope.training.module import RerankerModule
 from relscope.training.objectives import OBJECTIVES
 from relscope.training.trainer import RelscopeTrainer
 
+if TYPE_CHECKING:
+    from relscope.evaluation.rerank import Reranker
+    from relscope.models.lora import LoraSite
+    from relscope.prompts.templates import PromptTemplate
+    from relscope.training.objectives import Objective
+
 log = logging.getLogger(__name__)
 
+SUMMARY_FILE = "summary.json"  # steps, last checkpoint, time and peak memory of a finished run
 
-def run_train_job(config: TrainConfig, out_dir: str | Path, resume: bool = True, progress: bool = True) -> dict:
+
+def run_train_job(config: TrainConfig, out_dir: str | Path, resume: bool = True,
+                  progress: bool = True) -> dict[str, Any]:
     """Train; resume from the last complete checkpoint in out_dir unless resume=False. One run per folder."""
     out = Path(out_dir)
     first_process = int(os.environ.get("RANK", "0")) == 0  # under torchrun/accelerate, one process holds the lock
@@ -53,7 +63,7 @@ def run_train_job(config: TrainConfig, out_dir: str | Path, resume: bool = True,
         return _train(config, out, resume, progress)
 
 
-def _train(config: TrainConfig, out: Path, resume: bool, progress: bool) -> dict:
+def _train(config: TrainConfig, out: Path, resume: bool, progress: bool) -> dict[str, Any]:
     objective, template, head_name = _resolve_objective(config)
     checkpoint = latest_checkpoint(out) if resume else None
     _check_same_run(out, config, checkpoint)
@@ -78,7 +88,7 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool) -> dict
         train_dataset=GroupDataset(groups),
         data_collator=GroupCollator(groups, objective, builder, config.negatives, loaded.tokenizer.pad_token_id,
                                     config.seed, config.hard_fraction),
-        callbacks=[JsonlLogger(out / "log.jsonl"), recorder],
+        callbacks=[JsonlLogger(out / LOG_FILE), recorder],
         objective=objective,
         prompts_per_group=objective.prompts_per_group(config.negatives),
         meta=meta,
@@ -93,13 +103,13 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool) -> dict
         if not resume:
             _set_aside(out)
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "config.yaml", dump_yaml(config))
-        atomic_write_json(out / "manifest.json", build_manifest(
+        atomic_write_text(out / CONFIG_FILE, dump_yaml(config))
+        atomic_write_json(out / MANIFEST_FILE, build_manifest(
             to_mapping(config), {}, template_hash=template.fingerprint(), model_source=loaded.source,
             groups=len(groups), lora_sites=len(sites)))
     step = checkpoint_step(checkpoint) if checkpoint is not None else 0
     if trainer.is_world_process_zero():
-        trim_log(out / "log.jsonl", step)  # records a killed run wrote after its last checkpoint (or before any)
+        trim_log(out / LOG_FILE, step)  # records a killed run wrote after its last checkpoint (or before any)
     if checkpoint is not None:
         log.info("resuming from %s", checkpoint)
         recorder.resume_from(checkpoint, step)
@@ -117,17 +127,17 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool) -> dict
         "last_checkpoint": str(latest_checkpoint(out)),
     }
     if trainer.is_world_process_zero():
-        atomic_write_json(out / "summary.json", summary)
+        atomic_write_json(out / SUMMARY_FILE, summary)
     return summary
 
 
-def _already_trained(out: Path, checkpoint: Path) -> dict:
+def _already_trained(out: Path, checkpoint: Path) -> dict[str, Any]:
     """A run whose last checkpoint is at max_steps: nothing to do (the Trainer would take one step more on resume).
     Its summary.json is kept, or written when a kill came between the last checkpoint and it."""
     log.info("%s: already trained to step %d; nothing to do", out, checkpoint_step(checkpoint))
     if int(os.environ.get("RANK", "0")) == 0:
-        trim_log(out / "log.jsonl", checkpoint_step(checkpoint))  # a record cut short by a kill after the end
-    path = out / "summary.json"
+        trim_log(out / LOG_FILE, checkpoint_step(checkpoint))  # a record cut short by a kill after the end
+    path = out / SUMMARY_FILE
     if path.is_file():
         from relscope.models.adapters import read_json
 
@@ -141,7 +151,7 @@ def _already_trained(out: Path, checkpoint: Path) -> dict:
     return summary
 
 
-def _resolve_objective(config: TrainConfig):
+def _resolve_objective(config: TrainConfig) -> tuple[Objective, PromptTemplate, str]:
     """(objective, template, head name), checked against each other before anything loads."""
     objective = OBJECTIVES.get(config.objective)
     template = get_template(config.template or objective.template)
@@ -153,7 +163,8 @@ def _resolve_objective(config: TrainConfig):
     return objective, template, head_name
 
 
-def _build_module(config: TrainConfig, loaded: LoadedModel, template, head_name: str):
+def _build_module(config: TrainConfig, loaded: LoadedModel, template: PromptTemplate,
+                  head_name: str) -> tuple[RerankerModule, list[LoraSite], PromptBuilder]:
     """LoRA on the resolved sites (bad targets or layers fail here), the head, and the module that trains."""
     lora_sites(loaded.model, loaded.spec, config.lora)  # checked before QLoRA preparation changes the model
     resolve_freeze(config.lora.freeze, num_layers(loaded.model.config))
@@ -174,7 +185,7 @@ def _build_module(config: TrainConfig, loaded: LoadedModel, template, head_name:
 def _set_aside(out: Path) -> None:
     """--no-resume keeps what an earlier run left (nothing is lost): it moves to out/replaced-<time>/."""
     earlier = [p for p in out.glob("*") if p.name.startswith("checkpoint-") or p.name in
-               ("log.jsonl", "grad_norms.npz", "summary.json", "tensorboard", "config.yaml", "manifest.json")]
+               (LOG_FILE, GRAD_NORMS_FILE, SUMMARY_FILE, "tensorboard", CONFIG_FILE, MANIFEST_FILE)]
     if earlier:
         keep = out / time.strftime("replaced-%Y%m%d-%H%M%S")
         keep.mkdir()
@@ -185,9 +196,9 @@ def _set_aside(out: Path) -> None:
 
 def _check_same_run(out: Path, config: TrainConfig, checkpoint: Path | None) -> None:
     """Resuming with another config would silently mix two runs: refuse, naming the fix."""
-    if checkpoint is None or not (out / "config.yaml").is_file():
+    if checkpoint is None or not (out / CONFIG_FILE).is_file():
         return
-    before = load_yaml(out / "config.yaml")
+    before = load_yaml(out / CONFIG_FILE)
     now = to_mapping(config)
     changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))  # both plain data
     if changed:
@@ -195,7 +206,7 @@ def _check_same_run(out: Path, config: TrainConfig, checkpoint: Path | None) -> 
                           "resume with the same config, pick a new --out, or pass --no-resume to start over there")
 
 
-def _dev_reranker(loaded: LoadedModel, module: RerankerModule, builder):
+def _dev_reranker(loaded: LoadedModel, module: RerankerModule, builder: PromptBuilder) -> Reranker:
     from relscope.evaluation.rerank import Reranker
 
     scorer = Scorer(module.peft_model, loaded.spec, module.head, loaded.tokenizer.pad_token_id, ScoringOptions(),
@@ -251,7 +262,7 @@ def _training_arguments(config: TrainConfig, out: Path, loaded: LoadedModel, pro
     )
 
 
-def _add_tensorboard(trainer, config: TrainConfig, out: Path) -> None:
+def _add_tensorboard(trainer: RelscopeTrainer, config: TrainConfig, out: Path) -> None:
     if "tensorboard" not in config.report_to:
         return
     from transformers.integrations import TensorBoardCallback

@@ -29,13 +29,17 @@ class GroupStats:
 
 
 class Objective:
+    """A training objective: the prompts one group makes, and the loss over their scores."""
+
     name: str
     template: str  # the default prompt template (its head follows from it: models.heads.default_head)
 
     def prompts(self, builder: PromptBuilder, query: str, positive: str, negatives: list[str]) -> list[TokenizedPrompt]:
+        """The prompts of one training group (a query, its positive and negatives), in the order `loss` expects."""
         raise NotImplementedError
 
     def prompts_per_group(self, negatives: int) -> int:
+        """How many prompts a group with `negatives` negatives makes (the rows of one group's scores)."""
         raise NotImplementedError
 
     def loss(self, scores: torch.Tensor) -> GroupStats:
@@ -46,10 +50,12 @@ class Objective:
 class _OnePassagePerPrompt(Objective):
     """The positive first, then the negatives, one prompt each."""
 
-    def prompts(self, builder, query, positive, negatives):
+    def prompts(self, builder: PromptBuilder, query: str, positive: str, negatives: list[str]) -> list[TokenizedPrompt]:
+        """The positive's prompt, then each negative's."""
         return [builder.build(query, [text]) for text in [positive, *negatives]]
 
     def prompts_per_group(self, negatives: int) -> int:
+        """One prompt per passage: the positive and each negative."""
         return negatives + 1
 
 
@@ -59,6 +65,7 @@ class Listwise(_OnePassagePerPrompt):
     name, template = "listwise", "score"
 
     def loss(self, scores: torch.Tensor) -> GroupStats:
+        """Cross-entropy of the positive (column 0) against the whole group."""
         scores = scores.float()
         target = torch.zeros(len(scores), dtype=torch.long, device=scores.device)
         p_positive = scores.softmax(-1)[:, 0]
@@ -71,6 +78,7 @@ class YesNo(_OnePassagePerPrompt):
     name, template = "yes_no", "yes_no"
 
     def loss(self, scores: torch.Tensor) -> GroupStats:
+        """Binary cross-entropy of each passage's yes/no score: yes for column 0, no for the rest."""
         scores = scores.float()
         labels = torch.zeros_like(scores)
         labels[:, 0] = 1.0
@@ -87,16 +95,19 @@ class Pairwise(Objective):
 
     name, template = "pairwise", "pairwise"
 
-    def prompts(self, builder, query, positive, negatives):
+    def prompts(self, builder: PromptBuilder, query: str, positive: str, negatives: list[str]) -> list[TokenizedPrompt]:
+        """For each negative, (positive, negative) then (negative, positive)."""
         prompts = []
         for text in negatives:
             prompts += [builder.build(query, [positive, text]), builder.build(query, [text, positive])]
         return prompts
 
     def prompts_per_group(self, negatives: int) -> int:
+        """Two prompts per negative, one in each order."""
         return 2 * negatives
 
     def loss(self, scores: torch.Tensor) -> GroupStats:
+        """Binary cross-entropy of each comparison: A where the positive comes first, B where it comes second."""
         scores = scores.float()  # logit(A) - logit(B); even columns want A, odd columns want B
         signed = torch.cat([scores[:, 0::2], -scores[:, 1::2]], dim=-1)
         loss = F.binary_cross_entropy_with_logits(signed, torch.ones_like(signed))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import Trainer
@@ -14,8 +15,13 @@ from relscope.training.checkpoint import save_weights
 from relscope.training.data import EpochSeededSampler
 from relscope.training.objectives import Objective
 
+if TYPE_CHECKING:
+    from relscope.training.module import RerankerModule
+
 
 class RelscopeTrainer(Trainer):
+    """The Trainer with relscope's group loss, group metrics in its logs, and relscope checkpoints."""
+
     def __init__(self, *args, objective: Objective, prompts_per_group: int, meta: dict,
                  grad_recorder: GradNormRecorder | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -29,7 +35,10 @@ class RelscopeTrainer(Trainer):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         return EpochSeededSampler(len(dataset), self.args.data_seed or self.args.seed)
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+    def compute_loss(self, model: RerankerModule, inputs: dict[str, torch.Tensor], return_outputs: bool = False,
+                     num_items_in_batch: int | torch.Tensor | None = None
+                     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """The objective's loss over the batch's groups (and the scores); a non-finite loss stops training."""
         scores = model(**inputs).view(-1, self.prompts_per_group)
         stats = self.objective.loss(scores)
         if not torch.isfinite(stats.loss):
@@ -46,6 +55,7 @@ class RelscopeTrainer(Trainer):
         return super()._clip_grad_norm(model)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Log `logs`, a training record with the group accuracy and mean P(correct) since the last one added."""
         if "loss" in logs:  # a training record: add group accuracy and mean P(correct), over all processes
             sums = self.accelerator.reduce(self._sums.to(self.args.device), reduction="sum").cpu()
             if sums[0] > 0:

@@ -14,13 +14,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, astuple, dataclass
-from numbers import Integral, Real
+from dataclasses import asdict, astuple
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -28,118 +25,29 @@ from relscope.analysis.patching.artefacts import load_pair_result
 from relscope.analysis.patching.atp import attribution_patching
 from relscope.analysis.patching.engine import PairResult, PatchingEngine, indirect_effects
 from relscope.analysis.patching.fast import FastPatcher
-from relscope.analysis.patching.pairs import NEGATIVE_KINDS, PERTURBATIONS, PatchPair, build_pairs
+from relscope.analysis.patching.pairs import PatchPair, build_pairs
 from relscope.analysis.patching.scores import SCORE_BLOCKS, score_sites
-from relscope.analysis.patching.sites import COMPONENTS, HEAD_GROUPS, POSITION_GROUPS, Site, all_sites, head_sites
-from relscope.config import DTYPES
-from relscope.errors import ConfigError, DataError, ModelError, overflow_hint, short
+from relscope.analysis.patching.settings import PatchSettings
+from relscope.analysis.patching.sites import Site, all_sites, head_sites
+from relscope.errors import ConfigError, DataError, ModelError, overflow_hint
 from relscope.io import atomic_path, atomic_write_json, atomic_write_text
 from relscope.manifest import build_manifest, cache_identity
 from relscope.processes import over_items, process_device, process_state
 from relscope.reports import plots
 from relscope.reports.tables import to_csv, write_table
 
-
-@dataclass(frozen=True)
-class PatchSettings:
-    groups: str = "$RELSCOPE_DATA/relevance-mi/msmarco.jsonl"  # group jsonl, or a TREC folder (qrels + passages)
-    model: str = "smollm2-135m-instruct"
-    adapter: str | None = None
-    template: str | None = None  # default: the adapter's, else yes_no
-    max_pairs: int | None = 20
-    negative_kind: str = "hard"
-    perturbation: str = "negative"  # see pairs.PERTURBATIONS
-    components: Sequence[str] = COMPONENTS
-    positions: Sequence[str] = POSITION_GROUPS
-    layers: Sequence[int] | None = None
-    min_gap: float = 0.1
-    max_length: int | None = None  # prompt tokens; default: the adapter's own (relscope.json), else 256
-    batch_size: int = 16
-    top: int = 15
-    heads: bool = False
-    head_positions: Sequence[str] = HEAD_GROUPS
-    scores: bool = False
-    atp: bool = False
-    fast: bool = True
-    dtype: str = "auto"
-
-    def __post_init__(self) -> None:
-        """Every value checked where it enters (the CLI, a study config, the API): one ConfigError naming the option,
-        before any model is loaded. Lists are normalised once: layers sorted and each once, the others each once in
-        the order given, so labels and sites agree everywhere."""
-        for key in ("groups", "model"):
-            if not isinstance(getattr(self, key), str) or not getattr(self, key).strip():
-                _bad(key, getattr(self, key), "must be a non-empty string")
-        for key in ("adapter", "template"):
-            if getattr(self, key) is not None and (not isinstance(getattr(self, key), str) or
-                                                   not getattr(self, key).strip()):
-                _bad(key, getattr(self, key), "must be a non-empty string, or left out")
-        if self.max_pairs is not None:
-            _whole(self, "max_pairs", 1, "; 0 on the command line patches every pair")
-        _choice(self, "negative_kind", NEGATIVE_KINDS)
-        _choice(self, "perturbation", PERTURBATIONS)
-        _choice(self, "dtype", DTYPES)
-        for key, known in (("components", COMPONENTS), ("positions", POSITION_GROUPS),
-                           ("head_positions", POSITION_GROUPS)):
-            _names(self, key, known)
-        if self.layers is not None:
-            _layers(self)
-        gap = self.min_gap
-        if isinstance(gap, bool) or not isinstance(gap, Real) or not math.isfinite(gap) or gap < 0:
-            _bad("min_gap", gap, "must be a finite number >= 0 (e.g. 0.1)")
-        if self.max_length is not None:
-            _whole(self, "max_length", 8)
-        _whole(self, "batch_size", 1)
-        _whole(self, "top", 1)
-        for key in ("heads", "scores", "atp", "fast"):
-            if not isinstance(getattr(self, key), bool):
-                _bad(key, getattr(self, key), "must be true or false")
+IE_MEAN, TOP_SITES = "ie_mean.csv", "top_sites"  # the tables written (top_sites as .csv and .md)
+COMPONENT, LAYER, POSITIONS, MEAN_IE, STD, PAIRS = "component", "layer", "positions", "mean IE", "std", "pairs"
 
 
-_FLAGS = {"groups": "--groups", "model": "model", "max_pairs": "--max-pairs", "negative_kind": "--negatives",
-          "perturbation": "--perturbation", "components": "--components", "positions": "--positions",
-          "layers": "--layers", "min_gap": "--min-gap", "max_length": "--max-length", "batch_size": "--batch-size",
-          "top": "top", "heads": "--heads", "head_positions": "--head-positions", "scores": "--scores",
-          "atp": "--atp", "fast": "fast", "dtype": "--dtype", "template": "--template", "adapter": "adapter"}
+def component_figure(component: str) -> str:
+    """The file name of a component's layer x position-group heatmap of mean IE."""
+    return f"ie_{component}.png"
 
 
-def _bad(key: str, value: Any, what: str) -> None:
-    flag = _FLAGS.get(key, key)
-    name = key if flag == key else f"{flag} ({key})"
-    raise ConfigError(f"{name} {short(value)}: {what}")
-
-
-def _whole(settings: PatchSettings, key: str, least: int, hint: str = "") -> None:
-    value = getattr(settings, key)
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < least:
-        _bad(key, value, f"must be a whole number >= {least}{hint}")
-
-
-def _choice(settings: PatchSettings, key: str, known: Sequence[str]) -> None:
-    if getattr(settings, key) not in known:
-        _bad(key, getattr(settings, key), f"is not one of {', '.join(known)}")
-
-
-def _names(settings: PatchSettings, key: str, known: Sequence[str]) -> None:
-    """A non-empty list of known names, each kept once in the order given (a repeat would repeat grid rows)."""
-    value = getattr(settings, key)
-    if isinstance(value, str) or not isinstance(value, Sequence) or not value:
-        _bad(key, value, f"must be a non-empty list of {', '.join(known)}")
-    unknown = [v for v in value if v not in known]
-    if unknown:
-        _bad(key, unknown[0], f"is not one of {', '.join(known)}")
-    object.__setattr__(settings, key, tuple(dict.fromkeys(value)))
-
-
-def _layers(settings: PatchSettings) -> None:
-    """Layer indices, sorted and each once: the grid's layer axis is in this order, and so are the sites."""
-    layers = settings.layers
-    if isinstance(layers, str) or not isinstance(layers, Sequence) or not layers:
-        _bad("layers", layers, "must be a non-empty list of layer indices (leave it out for every layer)")
-    wrong = [x for x in layers if isinstance(x, bool) or not isinstance(x, Integral) or x < 0]
-    if wrong:
-        _bad("layers", wrong[0], "is not a layer index; layers count from 0")
-    object.__setattr__(settings, "layers", tuple(sorted({int(x) for x in layers})))
+def head_figure(what: str, group: str) -> str:
+    """The file name of a layer x head heatmap: `what` heads or scores, `group` a position group or score block."""
+    return f"ie_{what}_{group.replace('>', '_to_')}.png"
 
 
 def patch_layers(settings: PatchSettings, depth: int) -> list[int]:
@@ -153,7 +61,8 @@ def patch_layers(settings: PatchSettings, depth: int) -> list[int]:
     return list(settings.layers)
 
 
-def patch_job(out: str | Path, settings: PatchSettings, progress: bool = True) -> dict:
+def patch_job(settings: PatchSettings, out: str | Path, progress: bool = True) -> dict:
+    """Patch every site over the pairs of `settings`; ie.npz, tables, heatmaps and a manifest in `out`."""
     state = process_state()
     out = Path(out)
     loaded, head, builder = load_patch_model(settings, process_device())
@@ -293,18 +202,18 @@ def _write_grid(out: Path, grid: np.ndarray, kept: list[PairResult], settings: P
                  qids=np.array([r.qid for r in kept]), ld_clean=np.array([r.clean for r in kept]),
                  ld_corrupted=np.array([r.corrupted for r in kept]))
     mean, std = grid.mean(axis=0), grid.std(axis=0)
-    rows = [{"component": c, "layer": layer, "positions": g, "mean IE": float(mean[i, j, k]),
-             "std": float(std[i, j, k]), "pairs": len(grid)}
+    rows = [{COMPONENT: c, LAYER: layer, POSITIONS: g, MEAN_IE: float(mean[i, j, k]), STD: float(std[i, j, k]),
+             PAIRS: len(grid)}
             for i, c in enumerate(components) for j, layer in enumerate(layers) for k, g in enumerate(positions)]
-    atomic_write_text(out / "ie_mean.csv", to_csv(rows))
-    ranked = sorted((r for r in rows if r["positions"] != "all"), key=lambda r: -abs(r["mean IE"]))[:settings.top]
-    write_table(ranked, out / "top_sites", f"Top {settings.top} sites by |mean IE| ({len(grid)} pairs; position "
+    atomic_write_text(out / IE_MEAN, to_csv(rows))
+    ranked = sorted((r for r in rows if r[POSITIONS] != "all"), key=lambda r: -abs(r[MEAN_IE]))[:settings.top]
+    write_table(ranked, out / TOP_SITES, f"Top {settings.top} sites by |mean IE| ({len(grid)} pairs; position "
                 f"group 'all' left out)")
     for i, component in enumerate(components):
         plots.save(plots.heatmap(mean[i], [str(layer) for layer in layers], positions,
                                  f"{name}: mean IE, {component} ({len(grid)} pairs)", "indirect effect",
                                  xlabel="position group", ylabel="layer", diverging=True),
-                   out / f"ie_{component}.png")
+                   out / component_figure(component))
 
 
 def _agreement(out: Path, grid: np.ndarray, estimates: list[PairResult], write: bool) -> dict:
@@ -336,4 +245,4 @@ def _head_sweep(sweeper, sites, groups: Sequence[str], pairs, layers: list[int],
                                  [str(h) for h in range(n_heads)],
                                  f"{name}: mean IE per head, {group} {label} ({len(grid)} pairs)", "indirect effect",
                                  xlabel="head", ylabel="layer", diverging=True),
-                   out / f"ie_{what}_{group.replace('>', '_to_')}.png")
+                   out / head_figure(what, group))

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from relscope.errors import ModelError
 from relscope.registry import Registry
+
+if TYPE_CHECKING:  # annotations only: the specs are plain data, and the CLI's --help reads them
+    from torch import nn
+    from transformers import PretrainedConfig, PreTrainedModel
 
 # Family-independent projection names (what users write in LoRA targets and ablations).
 PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")
@@ -31,6 +34,7 @@ class ModelSpec:
     qkv_layout: str = "concat"
 
     def resolve(self, root: nn.Module, path: str) -> nn.Module:
+        """The submodule of `root` at dotted `path`; a ModelError names the missing part (a spec that does not fit)."""
         module = root
         for part in path.split("."):
             if not hasattr(module, part):
@@ -39,18 +43,23 @@ class ModelSpec:
         return module
 
     def backbone_of(self, model: nn.Module) -> nn.Module:
+        """The decoder stack, whose output is the final-normed hidden state the heads read."""
         return self.resolve(model, self.backbone)
 
     def layer_list(self, model: nn.Module) -> nn.ModuleList:
+        """The decoder layers, in order (for per-layer LoRA, hooks and ablations)."""
         return self.resolve(model, self.layers)  # type: ignore[return-value]
 
     def attention_of(self, model: nn.Module, layer: int) -> nn.Module:
+        """The self-attention module of decoder layer `layer`."""
         return self.resolve(self.layer_list(model)[layer], self.attention)
 
     def mlp_of(self, model: nn.Module, layer: int) -> nn.Module:
+        """The MLP module of decoder layer `layer`."""
         return self.resolve(self.layer_list(model)[layer], self.mlp)
 
     def projection_of(self, model: nn.Module, layer: int, name: str) -> nn.Module:
+        """The Linear of projection `name` (q, k, v, o, gate, up, down) in layer `layer`; fused ones are shared."""
         if name not in self.projections:
             have = ", ".join(self.projections)
             raise ModelError(f"{self.model_type} has no {name!r} projection; it has: {have}")
@@ -64,7 +73,7 @@ class ModelSpec:
 SPECS: Registry[ModelSpec] = Registry("model family")
 
 
-def get_spec(config) -> ModelSpec:
+def get_spec(config: PretrainedConfig | PreTrainedModel) -> ModelSpec:
     """The spec for a model config (or a model, whose `.config` is used)."""
     config = getattr(config, "config", config)
     model_type = getattr(config, "model_type", None)
@@ -76,19 +85,23 @@ def get_spec(config) -> ModelSpec:
     return SPECS.get(model_type)
 
 
-def num_layers(config) -> int:
+def num_layers(config: PretrainedConfig) -> int:
+    """The number of decoder layers (of the text model, for multimodal configs)."""
     return int(config.get_text_config().num_hidden_layers)
 
 
-def num_heads(config) -> int:
+def num_heads(config: PretrainedConfig) -> int:
+    """The number of attention (query) heads per layer of the text model."""
     return int(config.get_text_config().num_attention_heads)
 
 
-def num_kv_heads(config) -> int:
+def num_kv_heads(config: PretrainedConfig) -> int:
+    """The number of key/value heads per layer (fewer than query heads under grouped-query attention)."""
     text = config.get_text_config()
     return int(getattr(text, "num_key_value_heads", None) or text.num_attention_heads)
 
 
-def head_dim(config) -> int:
+def head_dim(config: PretrainedConfig) -> int:
+    """The width of one attention head."""
     text = config.get_text_config()
     return int(getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads)
