@@ -1,4 +1,5 @@
-"""Files in and out: one reader for inputs, atomic writes (a file is either complete or absent) and the lock on an output folder.
+"""Files in and out: one reader for inputs, atomic writes (a file is either complete or absent) and the lock on
+an output folder.
 
 Every file relscope writes goes through `atomic_path`: a temporary file beside the target, fsynced, given the
 permissions a plain `open()` would give (umask applied: a colleague can read `report.html`), then renamed over the

@@ -120,7 +120,8 @@ def sweep_rank(settings: SweepRankSettings, out: str | Path, progress: bool = Tr
     rows = []
     for rank in ranks:
         run_dir = out / f"rank-{rank}"
-        ranked = replace(config, lora=replace(config.lora, rank=rank, alpha=config.lora.alpha * rank / config.lora.rank))
+        lora = replace(config.lora, rank=rank, alpha=config.lora.alpha * rank / config.lora.rank)
+        ranked = replace(config, lora=lora)
         # Never skipped on the folder alone: a finished run returns at once, but only after the train job has
         # checked its config.yaml, so a run another config left there is refused, not reported as this rank's.
         run_train_job(ranked, run_dir, progress=progress)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from relscope.analysis.patching.artefacts import load_ie, load_ie_heads
+from relscope.analysis.patching.artefacts import IE_FILE, IE_HEADS_FILE, load_ie, load_ie_heads
 from relscope.analysis.settings import CompareSettings
 from relscope.config import to_mapping
 from relscope.errors import ConfigError, DataError
@@ -34,7 +34,7 @@ class Ranking:
 
 def load_ranking(folder: str | Path, heads: bool = False, depth_bins: int | None = None) -> Ranking:
     """Mean IE per component of a patch run: ie.npz (component, layer, group) or ie_heads.npz (group, layer, head)."""
-    path = Path(folder) / ("ie_heads.npz" if heads else "ie.npz")
+    path = Path(folder) / (IE_HEADS_FILE if heads else IE_FILE)
     if not path.is_file():
         raise ConfigError(f"{path}: not found; give a `relscope patch` output folder"
                           + (" of a run with --heads" if heads else ""))

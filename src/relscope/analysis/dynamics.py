@@ -41,6 +41,7 @@ class PhaseTransition:
 
     @property
     def drop(self) -> float:
+        """How much the smoothed loss fell over the window (positive: it went down)."""
         return self.loss_before - self.loss_after
 
 

@@ -23,6 +23,7 @@ TRAINABLE, TRAIN_ACCURACY = "trainable", "train accuracy (last 10%)"  # its colu
 
 
 def trainable_layers(variant: str, n_layers: int) -> set[int]:
+    """The layers `variant` leaves trainable: all, layer groups joined by +, or layer ranges."""
     if variant == "all":
         return set(range(n_layers))
     groups = layer_groups(n_layers)

@@ -125,6 +125,7 @@ def delta_stats(base: nn.Module, sites: Iterable[LoraSite]) -> list[DeltaStats]:
 
 
 def effective_rank(singular_values: torch.Tensor) -> float:
+    """exp(entropy of the normalised singular values): how many directions the update really uses (0 if none)."""
     total = singular_values.sum()
     if total <= 0:
         return 0.0

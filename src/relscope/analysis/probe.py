@@ -11,6 +11,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sklearn.decomposition import PCA
@@ -32,6 +33,11 @@ from relscope.manifest import build_manifest, cache_identity
 from relscope.models.scoring import unwrap
 from relscope.reports import plots
 from relscope.reports.tables import write_table
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from torch import nn
+    from transformers import PreTrainedModel
 
 PROBE = "probe"  # the table (.csv, .md) and figure (.png) written
 BASE, TUNED = "base", "fine-tuned"  # the model variants probed: columns "<variant> accuracy", "<variant> std"
@@ -58,11 +64,12 @@ def probe_accuracy(states: np.ndarray, labels: np.ndarray, queries: np.ndarray, 
 
 def probe_layers(states: np.ndarray, labels: np.ndarray, queries: np.ndarray, layers: list[int],
                  folds: int = 5, seed: int = 0) -> list[ProbeResult]:
+    """One probe per layer in `layers` over `states` (layers + 1, n, d): its held-out accuracy and std."""
     return [ProbeResult(layer, *probe_accuracy(states[layer], labels, queries, folds, seed)) for layer in layers]
 
 
-def cached_states(model, backbone, examples: list[LabelledPrompt], pad_id: int, cache: Path, key: dict,
-                  adapter: bool) -> np.ndarray:
+def cached_states(model: PreTrainedModel | PeftModel, backbone: nn.Module, examples: list[LabelledPrompt],
+                  pad_id: int, cache: Path, key: dict, adapter: bool) -> np.ndarray:
     """The (layers + 1, n, d) states from `cache` when it was made from the same inputs, else computed and saved."""
     digest = hashlib.sha256(json.dumps({**key, "adapter_on": adapter, "ids": [e.prompt.input_ids for e in examples]},
                                        sort_keys=True).encode()).hexdigest()[:20]

@@ -18,6 +18,7 @@ from relscope.errors import RelscopeError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one relscope command; its exit status (2 with a one-line message for an error a user can fix)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -48,10 +49,12 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse, with its errors in one line (usage is one `--help` away) and exit status 2."""
 
     def error(self, message: str) -> NoReturn:
+        """Exit 2 with the message on one line and a pointer to --help."""
         self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `relscope` parser with every subcommand (their imports deferred to the handlers)."""
     parser = OneLineParser(prog="relscope", description="How does relevance emerge inside an LLM reranker?")
     commands = parser.add_subparsers(dest="command", required=True)
     study.register(commands)

@@ -5,49 +5,30 @@ from __future__ import annotations
 import argparse
 
 from relscope.analysis.settings import AttentionSettings, ProbeSettings
-from relscope.cli.flags import add_output, add_settings, settings_from
+from relscope.cli.commands import Command, add_command, locked, print_table
 
 
-def _add_probe(p: argparse.ArgumentParser) -> None:
-    add_settings(p, ProbeSettings)
-    add_output(p, quiet=False)
-    p.set_defaults(handler=_probe)
-
-
-def _probe(args: argparse.Namespace) -> int:
-    from relscope.io import output_lock
-    from relscope.reports.tables import to_markdown
-
-    settings = settings_from(ProbeSettings, args, "relscope probe")
+def _probe(settings: ProbeSettings, args: argparse.Namespace) -> int:
     from relscope.analysis.probe import probe_job
 
-    with output_lock(args.out):
-        rows = probe_job(settings, args.out)
-    print(to_markdown(rows), end="")
-    print(f"outputs: {args.out}/")
+    print_table(locked(probe_job, settings, args.out), args.out)
     return 0
 
 
-def _add_attention(p: argparse.ArgumentParser) -> None:
-    add_settings(p, AttentionSettings)
-    add_output(p, quiet=False)
-    p.set_defaults(handler=_attention)
-
-
-def _attention(args: argparse.Namespace) -> int:
-    from relscope.io import output_lock
-    from relscope.reports.tables import to_markdown
-
-    settings = settings_from(AttentionSettings, args, "relscope attention")
+def _attention(settings: AttentionSettings, args: argparse.Namespace) -> int:
     from relscope.analysis.attention import attention_job
 
-    with output_lock(args.out):
-        rows = attention_job(settings, args.out)
-    print(to_markdown(rows), end="")
-    print(f"outputs: {args.out}/")
+    print_table(locked(attention_job, settings, args.out), args.out)
     return 0
+
+
+COMMANDS = (
+    Command("probe", "linear probes and PCA on each layer's last-token state", ProbeSettings, _probe),
+    Command("attention", "attention mass from document to query tokens", AttentionSettings, _attention),
+)
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    _add_probe(commands.add_parser("probe", help="linear probes and PCA on each layer's last-token state"))
-    _add_attention(commands.add_parser("attention", help="attention mass from document to query tokens"))
+    """Add probe and attention to the `relscope` subcommands."""
+    for command in COMMANDS:
+        add_command(commands, command)

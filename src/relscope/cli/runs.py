@@ -4,24 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from relscope.cli.flags import add_output, add_settings, settings_from
+from relscope.cli.commands import Command, add_command
 from relscope.data.training import GroupsSettings
 from relscope.evaluation.settings import EvaluateSettings, FuseSettings, RerankConfig
 
 
-def _add_rerank(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML file of RerankConfig keys; flags given here override it")
-    add_settings(p, RerankConfig)
-    add_output(p)
-    p.set_defaults(handler=_rerank)
-
-
-def _rerank(args: argparse.Namespace) -> int:
-    from relscope.config import load_yaml
-
-    values = load_yaml(args.config) if args.config else {}
-    config = settings_from(RerankConfig, args, args.config or "rerank options", base=values)
-    from relscope.evaluation.job import run_rerank_job  # after the options are checked: it imports torch
+def _rerank(config: RerankConfig, args: argparse.Namespace) -> int:
+    from relscope.evaluation.job import run_rerank_job
 
     metrics = run_rerank_job(config, args.out, progress=not args.quiet)
     _print_comparison(metrics)
@@ -42,15 +31,10 @@ def _print_comparison(metrics: dict) -> None:
 
 
 
-def _add_evaluate(p: argparse.ArgumentParser) -> None:
-    add_settings(p, EvaluateSettings)
-    p.set_defaults(handler=_evaluate)
 
-
-def _evaluate(args: argparse.Namespace) -> int:
+def _evaluate(settings: EvaluateSettings, args: argparse.Namespace) -> int:
     from relscope.evaluation.metrics import evaluate_job
 
-    settings = settings_from(EvaluateSettings, args, "relscope evaluate")
     mean, per_query = evaluate_job(settings)
     if settings.per_query:
         for qid in sorted(per_query):
@@ -60,16 +44,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_fuse(p: argparse.ArgumentParser) -> None:
-    add_settings(p, FuseSettings)
-    add_output(p, quiet=False, what="the fused TREC run (its manifest goes beside it: <out>.manifest.json)")
-    p.set_defaults(handler=_fuse)
-
-
-def _fuse(args: argparse.Namespace) -> int:
+def _fuse(settings: FuseSettings, args: argparse.Namespace) -> int:
     from relscope.evaluation.fusion import fuse_job
 
-    settings = settings_from(FuseSettings, args, "relscope fuse")
     rows = fuse_job(settings, args.out)
     if rows:
         print("\n".join(["\t".join(["run", *settings.measures]),
@@ -78,16 +55,9 @@ def _fuse(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_groups(p: argparse.ArgumentParser) -> None:
-    add_settings(p, GroupsSettings)
-    add_output(p, quiet=False, what="output .jsonl (its manifest goes beside it: <out>.manifest.json)")
-    p.set_defaults(handler=_groups)
-
-
-def _groups(args: argparse.Namespace) -> int:
+def _groups(settings: GroupsSettings, args: argparse.Namespace) -> int:
     from relscope.data.training import groups_job
 
-    settings = settings_from(GroupsSettings, args, "relscope groups")
     reports = groups_job(settings, args.out)
     for folder, report in reports:
         print(f"{folder}: {report.queries} queries, {report.groups} groups, {report.hard_negatives} hard + "
@@ -97,8 +67,18 @@ def _groups(args: argparse.Namespace) -> int:
     return 0
 
 
+COMMANDS = (
+    Command("rerank", "rerank a first-stage run with an LLM and evaluate it", RerankConfig, _rerank, quiet=True,
+            config_file=True),
+    Command("evaluate", "evaluate a TREC run with ir_measures", EvaluateSettings, _evaluate, out=None),
+    Command("groups", "build training groups (Tevatron jsonl) from judgments", GroupsSettings, _groups,
+            out="output .jsonl (its manifest goes beside it: <out>.manifest.json)"),
+    Command("fuse", "interpolate runs (a reranker with its first stage) and evaluate", FuseSettings, _fuse,
+            out="the fused TREC run (its manifest goes beside it: <out>.manifest.json)"),
+)
+
+
 def register(commands: argparse._SubParsersAction) -> None:
-    _add_rerank(commands.add_parser("rerank", help="rerank a first-stage run with an LLM and evaluate it"))
-    _add_evaluate(commands.add_parser("evaluate", help="evaluate a TREC run with ir_measures"))
-    _add_groups(commands.add_parser("groups", help="build training groups (Tevatron jsonl) from judgments"))
-    _add_fuse(commands.add_parser("fuse", help="interpolate runs (a reranker with its first stage) and evaluate"))
+    """Add rerank, evaluate, groups and fuse to the `relscope` subcommands."""
+    for command in COMMANDS:
+        add_command(commands, command)

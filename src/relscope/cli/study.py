@@ -32,4 +32,5 @@ def _study(args: argparse.Namespace) -> int:
 
 
 def register(commands: argparse._SubParsersAction) -> None:
+    """Add study to the `relscope` subcommands."""
     _add_study(commands.add_parser("study", help="the whole study in stages (resumable) and its HTML report"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 from relscope.analysis.settings import (
     AblateSettings,
@@ -12,7 +13,7 @@ from relscope.analysis.settings import (
     StatsSettings,
     SweepRankSettings,
 )
-from relscope.cli.flags import add_output, add_settings, settings_from
+from relscope.cli.commands import Command, add_command, locked, print_table
 from relscope.training.config import load_train_config
 
 
@@ -39,54 +40,35 @@ def _train(args: argparse.Namespace) -> int:
 
 
 
-# relscope lora <job>: its settings, the function of relscope.analysis.anatomy that runs it, its help
-_LORA_JOBS = {
-    "checkpoints": (CheckpointsSettings, "evaluate_checkpoints", "evaluate every checkpoint of a training run on a "
-                    "dev run"),
-    "sweep-rank": (SweepRankSettings, "sweep_rank", "train one config at several LoRA ranks and tabulate them"),
-    "ablate": (AblateSettings, "ablate", "metrics with the LoRA update kept only in some modules/layers"),
-    "stats": (StatsSettings, "adapter_stats", "Frobenius norm, spectrum and effective rank of every delta W"),
-}
+
+def _lora_job(function: str) -> Callable[[object, argparse.Namespace], int]:
+    """`relscope lora <job>`: the anatomy function of that name, its table printed with the best nDCG@10 in bold."""
+
+    def run(settings: object, args: argparse.Namespace) -> int:
+        from relscope.analysis import anatomy
+
+        print_table(locked(getattr(anatomy, function), settings, args.out), args.out, bold_best="nDCG@10")
+        return 0
+
+    return run
 
 
-def _add_lora(p: argparse.ArgumentParser) -> None:
-    jobs = p.add_subparsers(dest="job", required=True)
-    for name, (settings, _, help) in _LORA_JOBS.items():
-        job = jobs.add_parser(name, help=help)
-        add_settings(job, settings)
-        add_output(job, quiet=False, what="output folder (csv, md, png, manifest.json)")
-        job.set_defaults(handler=_lora)
+LORA_COMMANDS = (
+    Command("checkpoints", "evaluate every checkpoint of a training run on a dev run", CheckpointsSettings,
+            _lora_job("evaluate_checkpoints"), out="output folder (csv, md, png, manifest.json)"),
+    Command("sweep-rank", "train one config at several LoRA ranks and tabulate them", SweepRankSettings,
+            _lora_job("sweep_rank"), out="output folder (csv, md, png, manifest.json)"),
+    Command("ablate", "metrics with the LoRA update kept only in some modules/layers", AblateSettings,
+            _lora_job("ablate"), out="output folder (csv, md, png, manifest.json)"),
+    Command("stats", "Frobenius norm, spectrum and effective rank of every delta W", StatsSettings,
+            _lora_job("adapter_stats"), out="output folder (csv, md, png, manifest.json)"),
+)
 
 
-def _lora(args: argparse.Namespace) -> int:
-    from relscope.io import output_lock
-    from relscope.reports.tables import to_markdown
-
-    cls, function, _ = _LORA_JOBS[args.job]
-    settings = settings_from(cls, args, f"relscope lora {args.job}")  # checked before torch is imported
-    from relscope.analysis import anatomy
-
-    with output_lock(args.out):  # two jobs on one folder would leave a mix of both tables
-        rows = getattr(anatomy, function)(settings, args.out)
-    print(to_markdown(rows, bold_best="nDCG@10" if "nDCG@10" in rows[0] else None), end="")
-    print(f"outputs: {args.out}/")
-    return 0
-
-
-def _add_dynamics(p: argparse.ArgumentParser) -> None:
-    add_settings(p, DynamicsSettings)
-    add_output(p, quiet=False, what="output folder (csv, md, png, summary.json, manifest.json)")
-    p.set_defaults(handler=_dynamics)
-
-
-def _dynamics(args: argparse.Namespace) -> int:
-    from relscope.io import output_lock
-
-    settings = settings_from(DynamicsSettings, args, "relscope dynamics")  # checked before torch is imported
+def _dynamics(settings: DynamicsSettings, args: argparse.Namespace) -> int:
     from relscope.analysis.dynamics import analyse_dynamics
 
-    with output_lock(args.out):
-        summary = analyse_dynamics(settings, args.out)
+    summary = locked(analyse_dynamics, settings, args.out)
     cliff = summary["phase_transition"]
     print(f"steepest loss drop: steps {cliff['start_step']}-{cliff['end_step']} (middle {cliff['step']}), "
           f"smoothed loss {cliff['loss_before']:.4f} -> {cliff['loss_after']:.4f}")
@@ -101,31 +83,27 @@ def _dynamics(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_freeze(p: argparse.ArgumentParser) -> None:
-    add_settings(p, FreezeSettings)
-    add_output(p, quiet=False, what="output folder: one training run per variant, the table, a figure")
-    p.set_defaults(handler=_freeze)
-
-
-def _freeze(args: argparse.Namespace) -> int:
-    from relscope.io import output_lock
-    from relscope.reports.tables import to_markdown
-
-    settings = settings_from(FreezeSettings, args, "relscope freeze")  # checked before torch is imported
+def _freeze(settings: FreezeSettings, args: argparse.Namespace) -> int:
     from relscope.analysis.freeze import freeze_sweep
 
-    with output_lock(args.out):
-        rows = freeze_sweep(settings, args.out)
-    print(to_markdown(rows, bold_best="nDCG@10"), end="")
-    print(f"outputs: {args.out}/")
+    print_table(locked(freeze_sweep, settings, args.out), args.out, bold_best="nDCG@10")
     return 0
 
 
 def register(commands: argparse._SubParsersAction) -> None:
+    """Add train, lora and dynamics to the `relscope` subcommands."""
     _add_train(commands.add_parser("train", help="fine-tune a causal LM as a reranker with LoRA"))
-    _add_lora(commands.add_parser("lora", help="LoRA anatomy: checkpoints, rank sweep, ablation, delta stats"))
-    _add_dynamics(commands.add_parser("dynamics", help="training curves, the loss cliff, per-layer gradient norms"))
+    lora = commands.add_parser("lora", help="LoRA anatomy: checkpoints, rank sweep, ablation, delta stats")
+    jobs = lora.add_subparsers(dest="job", required=True)
+    for command in LORA_COMMANDS:
+        add_command(jobs, command)
+    add_command(commands, Command("dynamics", "training curves, the loss cliff, per-layer gradient norms",
+                                  DynamicsSettings, _dynamics,
+                                  out="output folder (csv, md, png, summary.json, manifest.json)"))
 
 
 def register_freeze(commands: argparse._SubParsersAction) -> None:
-    _add_freeze(commands.add_parser("freeze", help="train with only some layer groups trainable; compare them"))
+    """Add freeze to the `relscope` subcommands (apart, so that it is listed after the mechanism commands)."""
+    add_command(commands, Command("freeze", "train with only some layer groups trainable; compare them",
+                                  FreezeSettings, _freeze,
+                                  out="output folder: one training run per variant, the table, a figure"))

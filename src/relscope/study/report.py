@@ -24,6 +24,28 @@ from relscope.evaluation.job import METRICS_FILE
 from relscope.io import atomic_write_text
 from relscope.manifest import MANIFEST_FILE
 from relscope.reports.tables import to_markdown
+from relscope.study.layout import (
+    ABLATIONS,
+    ATTENTION,
+    BASE,
+    BASE_VS_TUNED,
+    BASE_VS_TUNED_HEADS,
+    CHECKPOINTS,
+    DYNAMICS,
+    HEAD_ANALYSIS,
+    HEADS,
+    KEEP,
+    KNOCKOUT,
+    PATCHING,
+    PROBE,
+    REPORT_HTML,
+    REPORT_MD,
+    REPRESENTATIONS,
+    STATS,
+    TRAIN,
+    TUNED,
+    ZERO_SHOT,
+)
 from relscope.study.sources import SOURCE, STUDIES
 from relscope.training.job import SUMMARY_FILE
 
@@ -138,9 +160,9 @@ def overview(root: Path, config: StudyConfig) -> Section:
 
 def zero_shot(root: Path) -> Section:
     """The untrained judge against the first stage: the baseline training must beat."""
-    metrics = read_json(root / "zero-shot" / METRICS_FILE)
+    metrics = read_json(root / ZERO_SHOT / METRICS_FILE)
     if not metrics:
-        return Section("Zero-shot baseline", items=[Missing(root / "zero-shot" / METRICS_FILE)])
+        return Section("Zero-shot baseline", items=[Missing(root / ZERO_SHOT / METRICS_FILE)])
     rows = [{"system": "BM25 (first stage)", **metrics["first_stage"]},
             {"system": f"{metrics['model']} zero-shot {metrics['template']}", **metrics["reranked"]}]
     rows[0]["source"] = SOURCE[("zero-shot", "BM25 nDCG@10")]
@@ -152,33 +174,36 @@ def zero_shot(root: Path) -> Section:
 
 def training(root: Path) -> Section:
     """The LoRA run: its loss and accuracy curves and the dev metrics at every checkpoint."""
-    summary, folder = read_json(root / "train" / SUMMARY_FILE), root / "representations" / "dynamics"
+    summary, folder = read_json(root / TRAIN / SUMMARY_FILE), root / REPRESENTATIONS / DYNAMICS
     intro = (f"{summary.get('steps', '?')} steps, final training loss {summary.get('train_loss', float('nan')):.4f}, "
              f"{summary.get('trainable_parameters', '?')} trainable parameters, "
              f"{summary.get('seconds_this_session', 0) / 60:.1f} min.") if summary else ""
-    checkpoints = table_item(root / "checkpoints" / anatomy.CHECKPOINTS, "Dev metrics at every checkpoint (step 0: the "
+    checkpoints = table_item(root / CHECKPOINTS / anatomy.CHECKPOINTS, "Dev metrics at every checkpoint (step 0: the "
                              "zero-shot judge); source: " + SOURCE[("checkpoints", "convergence")])
     return Section("LoRA training", intro, [
-        figure_item(folder / dynamics.CURVES_FIGURE, "Training loss (smoothed) and accuracy by step, the steepest drop marked"),
+        figure_item(folder / dynamics.CURVES_FIGURE,
+                    "Training loss (smoothed) and accuracy by step, the steepest drop marked"),
         checkpoints,
-        figure_item(root / "checkpoints" / f"{anatomy.CHECKPOINTS}.png", "Dev metrics by checkpoint"),
+        figure_item(root / CHECKPOINTS / f"{anatomy.CHECKPOINTS}.png", "Dev metrics by checkpoint"),
     ])
 
 
 def ablations(root: Path) -> Section:
     """Where the LoRA update matters: dev metrics with it kept only in some modules or layers, and its ΔW stats."""
-    keep = table_item(root / "ablations" / "keep" / anatomy.ABLATION)
+    keep = table_item(root / ABLATIONS / KEEP / anatomy.ABLATION)
     if isinstance(keep, Table):
         for row in keep.rows:
             row["source study"] = SOURCE.get(("ablations", row[anatomy.KEPT_IN]), "")
-    stats = root / "ablations" / "stats"
+    stats = root / ABLATIONS / STATS
     return Section("LoRA anatomy", "", [
         keep,
-        figure_item(root / "ablations" / "keep" / f"{anatomy.ABLATION}.png", "Dev nDCG@10 with the LoRA update kept only in "
+        figure_item(root / ABLATIONS / KEEP / f"{anatomy.ABLATION}.png",
+                    "Dev nDCG@10 with the LoRA update kept only in "
                     "some modules or layers (the rest scaled to zero)"),
         module_means(stats / f"{anatomy.DELTA_STATS}.csv"),
         figure_item(stats / f"{anatomy.DELTA_STATS}.png", "Frobenius norm of each layer's ΔW = BA·α/r, by module"),
-        figure_item(stats / anatomy.EFFECTIVE_RANK_FIGURE, "Effective rank of each ΔW (exp of the singular-value entropy)"),
+        figure_item(stats / anatomy.EFFECTIVE_RANK_FIGURE,
+                    "Effective rank of each ΔW (exp of the singular-value entropy)"),
     ])
 
 
@@ -198,24 +223,26 @@ def module_means(path: Path) -> Table | Missing:
 
 def representations(root: Path) -> Section:
     """Training dynamics, attention changes and linear probes, beside the source study's findings."""
-    folder = root / "representations"
+    folder = root / REPRESENTATIONS
     return Section("Training dynamics and representations", "", [
         side_by_side_dynamics(folder),
-        figure_item(folder / "dynamics" / dynamics.GRAD_NORMS_FIGURE, "LoRA gradient norm per layer at every step"),
-        figure_item(folder / "dynamics" / dynamics.GROUPS_FIGURE, "Mean gradient norm of the early, middle and late thirds"),
-        table_item(folder / "attention" / attention.ATTENTION),
-        figure_item(folder / "attention" / attention.CHANGE_FIGURE,
+        figure_item(folder / DYNAMICS / dynamics.GRAD_NORMS_FIGURE, "LoRA gradient norm per layer at every step"),
+        figure_item(folder / DYNAMICS / dynamics.GROUPS_FIGURE,
+                    "Mean gradient norm of the early, middle and late thirds"),
+        table_item(folder / ATTENTION / attention.ATTENTION),
+        figure_item(folder / ATTENTION / attention.CHANGE_FIGURE,
                     "Change of document → query attention mass per head (fine-tuned − base)"),
-        table_item(folder / "probe" / probe.PROBE),
-        figure_item(folder / "probe" / f"{probe.PROBE}.png", "Linear-probe accuracy (relevant vs not) per layer, base and "
+        table_item(folder / PROBE / probe.PROBE),
+        figure_item(folder / PROBE / f"{probe.PROBE}.png",
+                    "Linear-probe accuracy (relevant vs not) per layer, base and "
                     "fine-tuned, cross-validated by query"),
-        figure_item(folder / "probe" / probe.PCA_TUNED_FIGURE, "PCA of the fine-tuned model's last-token states"),
+        figure_item(folder / PROBE / probe.PCA_TUNED_FIGURE, "PCA of the fine-tuned model's last-token states"),
     ])
 
 
 def side_by_side_dynamics(folder: Path) -> Table:
     """Our gradient norms, loss cliff and probe accuracies beside the source study's numbers."""
-    summary = read_json(folder / "dynamics" / dynamics.SUMMARY)
+    summary = read_json(folder / DYNAMICS / dynamics.SUMMARY)
     rows = []
     grads = summary.get("grad_norms", {})
     groups = grads.get("mean_by_group", {})
@@ -229,7 +256,7 @@ def side_by_side_dynamics(folder: Path) -> Table:
         rows.append({"quantity": "loss cliff", "source": SOURCE[("representations", "cliff")],
                      "ours": f"steps {cliff['start_step']}-{cliff['end_step']}: {cliff['loss_before']:.3f} -> "
                              f"{cliff['loss_after']:.3f}"})
-    probe_csv = folder / "probe" / f"{probe.PROBE}.csv"
+    probe_csv = folder / PROBE / f"{probe.PROBE}.csv"
     probes = read_csv(probe_csv) if probe_csv.is_file() else []
     if probes and probe.TUNED_ACCURACY in probes[0]:
         best = max(probes, key=lambda r: float(r[probe.TUNED_ACCURACY]))
@@ -244,23 +271,26 @@ def side_by_side_dynamics(folder: Path) -> Table:
 
 def patching(root: Path) -> Section:
     """Activation patching: which components and positions carry the relevance judgment, base vs fine-tuned."""
-    folder = root / "patching"
-    tuned = folder / "fine-tuned"
+    folder = root / PATCHING
+    tuned = folder / TUNED
     items = [stage_table(tuned / patching_job.IE_MEAN),
              table_item(tuned / patching_job.TOP_SITES, columns=[patching_job.COMPONENT, patching_job.LAYER,
                                                                  patching_job.POSITIONS, patching_job.MEAN_IE,
                                                                  patching_job.STD])]
     for component, what in (("resid_post", "residual stream after"), ("attn", "attention output of"),
                             ("mlp", "MLP output of")):
-        items.append(figure_item(tuned / patching_job.component_figure(component), f"Fine-tuned: mean IE of patching the {what} each "
+        items.append(figure_item(tuned / patching_job.component_figure(component),
+                                 f"Fine-tuned: mean IE of patching the {what} each "
                                  "layer at each position group (clean relevant into corrupted non-relevant)"))
     for group in ("last", "document", "instruction", "query"):
-        items.append(figure_item(tuned / patching_job.head_figure("heads", group), f"Fine-tuned: mean IE per head at the {group} "
+        items.append(figure_item(tuned / patching_job.head_figure("heads", group),
+                                 f"Fine-tuned: mean IE per head at the {group} "
                                  "positions"))
-    items += [table_item(folder / "base-vs-fine-tuned" / compare.SUMMARY, "Base vs fine-tuned: do they rely on the same "
+    items += [table_item(folder / BASE_VS_TUNED / compare.SUMMARY, "Base vs fine-tuned: do they rely on the same "
                          "components? (RBO, Spearman, magnitudes)"),
-              table_item(folder / "base-vs-fine-tuned-heads" / compare.SUMMARY, "Base vs fine-tuned, per head"),
-              figure_item(folder / "base" / patching_job.component_figure("resid_post"), "Base model: mean IE, residual stream")]
+              table_item(folder / BASE_VS_TUNED_HEADS / compare.SUMMARY, "Base vs fine-tuned, per head"),
+              figure_item(folder / BASE / patching_job.component_figure("resid_post"),
+                          "Base model: mean IE, residual stream")]
     return Section("Activation patching", "", items)
 
 
@@ -284,17 +314,19 @@ def stage_table(ie_mean: Path) -> Table | Missing:
 
 def heads(root: Path) -> Section:
     """Attention heads: their interaction and direct effects, and what knocking the top ones out costs."""
-    folder = root / "heads"
-    knockout = table_item(folder / "knockout" / ko.KNOCKOUT)
+    folder = root / HEADS
+    knockout = table_item(folder / KNOCKOUT / ko.KNOCKOUT)
     return Section("Heads and knockouts", "", [
-        table_item(folder / "heads" / head_analysis.TOP_HEADS),
-        figure_item(folder / "heads" / head_analysis.INTERACTION_FIGURE, "Attention interaction score per head, S = s(q, d+) − "
+        table_item(folder / HEAD_ANALYSIS / head_analysis.TOP_HEADS),
+        figure_item(folder / HEAD_ANALYSIS / head_analysis.INTERACTION_FIGURE,
+                    "Attention interaction score per head, S = s(q, d+) − "
                     "s(q, d−); top-IE heads outlined"),
-        figure_item(folder / "heads" / head_analysis.DIRECT_FIGURE, "Each head's direct contribution to the answer logit "
+        figure_item(folder / HEAD_ANALYSIS / head_analysis.DIRECT_FIGURE,
+                    "Each head's direct contribution to the answer logit "
                     "difference"),
         knockout_verdict(knockout),
         knockout,
-        figure_item(folder / "knockout" / ko.KNOCKOUT_FIGURE, "Relative change of judgment F1 and nDCG@10 when each "
+        figure_item(folder / KNOCKOUT / ko.KNOCKOUT_FIGURE, "Relative change of judgment F1 and nDCG@10 when each "
                     "head set is mean-ablated, 95% bootstrap CIs"),
     ])
 
@@ -324,8 +356,10 @@ CAPTIONS = {
     "attention_base.png": "Document → query attention mass per head, base model",
     "attention_fine_tuned.png": "Document → query attention mass per head, fine-tuned",
     "grad_norms_row_normalised.png": "LoRA gradient norm per layer, each step scaled to its largest layer",
-    patching_job.component_figure("resid_pre"): "Mean IE of patching the residual stream entering each layer, per position group",
-    patching_job.component_figure("resid_post"): "Mean IE of patching the residual stream after each layer, per position group",
+    patching_job.component_figure("resid_pre"):
+        "Mean IE of patching the residual stream entering each layer, per position group",
+    patching_job.component_figure("resid_post"):
+        "Mean IE of patching the residual stream after each layer, per position group",
     patching_job.component_figure("attn"): "Mean IE of patching each layer's attention output, per position group",
     patching_job.component_figure("mlp"): "Mean IE of patching each layer's MLP output, per position group",
 }
@@ -446,9 +480,9 @@ def write_report(root: str | Path, config: StudyConfig) -> dict[str, Any]:
     """report.md and report.html in `root`; returns their paths and how many figures, tables and gaps."""
     root = Path(root)
     parts = sections(root, config)
-    atomic_write_text(root / "report.md", render_markdown(parts, root))
-    atomic_write_text(root / "report.html", render_html(parts, root))
+    atomic_write_text(root / REPORT_MD, render_markdown(parts, root))
+    atomic_write_text(root / REPORT_HTML, render_html(parts, root))
     items = [i for s in parts for i in s.items]
-    return {"html": str(root / "report.html"), "markdown": str(root / "report.md"),
+    return {"html": str(root / REPORT_HTML), "markdown": str(root / REPORT_MD),
             "figures": sum(isinstance(i, Figure) for i in items), "tables": sum(isinstance(i, Table) for i in items),
             "missing": [str(i.path) for i in items if isinstance(i, Missing)]}

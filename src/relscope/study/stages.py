@@ -15,6 +15,27 @@ from typing import Any
 from relscope.config import to_mapping
 from relscope.evaluation.settings import RerankConfig
 from relscope.study.config import StudyConfig
+from relscope.study.layout import (
+    ABLATIONS,
+    ATTENTION,
+    BASE,
+    BASE_VS_TUNED,
+    BASE_VS_TUNED_HEADS,
+    CHECKPOINTS,
+    DYNAMICS,
+    HEAD_ANALYSIS,
+    HEADS,
+    KEEP,
+    KNOCKOUT,
+    PATCHING,
+    PROBE,
+    REPORT,
+    REPRESENTATIONS,
+    STATS,
+    TRAIN,
+    TUNED,
+    ZERO_SHOT,
+)
 
 
 @dataclass(frozen=True)
@@ -24,13 +45,16 @@ class StudyContext:
     progress: bool = True
 
     def folder(self, stage: str) -> Path:
+        """Where `stage` writes its outputs: its own subfolder of the study's."""
         return self.root / stage
 
     @property
     def train_dir(self) -> Path:
-        return self.folder("train")
+        """The train stage's folder, which the later stages read the fine-tuned run from."""
+        return self.folder(TRAIN)
 
     def last_checkpoint(self) -> str:
+        """The train stage's last complete checkpoint, the adapter the analyses load; a ConfigError when none."""
         from relscope.errors import ConfigError
         from relscope.training.checkpoint import latest_checkpoint
 
@@ -57,7 +81,7 @@ def _zero_shot(ctx: StudyContext) -> None:
     template = "pairwise" if c.train.objective == "pairwise" else "yes_no"
     run_rerank_job(RerankConfig(model=c.model, data=c.dev.data, top_k=c.dev.top_k, max_queries=c.dev.max_queries,
                                 template=template, measures=c.dev.measures, max_length=c.train.max_length),
-                   ctx.folder("zero-shot"), ctx.progress)  # the checkpoints' prompt length: step 0 is scored alike
+                   ctx.folder(ZERO_SHOT), ctx.progress)  # the checkpoints' prompt length: step 0 is scored alike
 
 
 def _train(ctx: StudyContext) -> None:
@@ -69,12 +93,13 @@ def _train(ctx: StudyContext) -> None:
 def _checkpoints(ctx: StudyContext) -> None:
     from relscope.analysis.anatomy import evaluate_checkpoints
     from relscope.analysis.settings import CheckpointsSettings, dev_fields
+    from relscope.evaluation.job import METRICS_FILE
 
     # Step 0 is the zero-shot stage's judge on the same dev run: measured once, and in the table and figure.
     # (A dev run without qrels has no "reranked" metrics; evaluate_checkpoints then names the missing file.)
-    base = zero_shot_metrics(ctx.folder("zero-shot") / "metrics.json", ctx.config.dev.measures)
+    base = zero_shot_metrics(ctx.folder(ZERO_SHOT) / METRICS_FILE, ctx.config.dev.measures)
     settings = CheckpointsSettings(run_dir=str(ctx.train_dir), **dev_fields(ctx.config.dev))
-    evaluate_checkpoints(settings, ctx.folder("checkpoints"), base=base)
+    evaluate_checkpoints(settings, ctx.folder(CHECKPOINTS), base=base)
 
 
 def zero_shot_metrics(path: Path, measures: tuple[str, ...]) -> dict[str, float] | None:
@@ -108,10 +133,10 @@ def _ablations(ctx: StudyContext) -> None:
     from relscope.analysis.anatomy import ablate, adapter_stats
     from relscope.analysis.settings import AblateSettings, StatsSettings, dev_fields
 
-    c, adapter, out = ctx.config, ctx.last_checkpoint(), ctx.folder("ablations")
-    adapter_stats(StatsSettings(adapter=adapter), out / "stats")
+    c, adapter, out = ctx.config, ctx.last_checkpoint(), ctx.folder(ABLATIONS)
+    adapter_stats(StatsSettings(adapter=adapter), out / STATS)
     dev = {**dev_fields(c.dev), "max_queries": c.ablation.max_queries}  # each variant is one rerank
-    ablate(AblateSettings(adapter=adapter, variants=c.ablation.variants, **dev), out / "keep")
+    ablate(AblateSettings(adapter=adapter, variants=c.ablation.variants, **dev), out / KEEP)
 
 
 def _representations(ctx: StudyContext) -> None:
@@ -120,13 +145,13 @@ def _representations(ctx: StudyContext) -> None:
     from relscope.analysis.probe import probe_job
     from relscope.analysis.settings import AttentionSettings, DynamicsSettings, ProbeSettings
 
-    c, r, out, adapter = ctx.config, ctx.config.representations, ctx.folder("representations"), ctx.last_checkpoint()
-    analyse_dynamics(DynamicsSettings(run_dir=str(ctx.train_dir), window=r.window), out / "dynamics")
+    c, r, out, adapter = ctx.config, ctx.config.representations, ctx.folder(REPRESENTATIONS), ctx.last_checkpoint()
+    analyse_dynamics(DynamicsSettings(run_dir=str(ctx.train_dir), window=r.window), out / DYNAMICS)
     length = r.max_length or c.train.max_length  # one prompt length for base and fine-tuned
     attention_job(AttentionSettings(model=c.model, adapter=adapter, groups=r.groups, max_groups=r.attention_groups,
-                                    max_length=length), out / "attention")
+                                    max_length=length), out / ATTENTION)
     probe_job(ProbeSettings(model=c.model, adapter=adapter, groups=r.groups, max_groups=r.probe_groups,
-                            max_length=length, folds=r.folds), out / "probe")
+                            max_length=length, folds=r.folds), out / PROBE)
 
 
 def _patch_settings(ctx: StudyContext, adapter: str | None):
@@ -144,28 +169,29 @@ def _patching(ctx: StudyContext) -> None:
     from relscope.analysis.patching.job import patch_job
     from relscope.analysis.settings import CompareSettings
 
-    out = ctx.folder("patching")
-    patch_job(_patch_settings(ctx, ctx.last_checkpoint()), out / "fine-tuned", ctx.progress)
-    patch_job(_patch_settings(ctx, None), out / "base", ctx.progress)
-    runs = {"run_a": str(out / "base"), "run_b": str(out / "fine-tuned")}
-    compare_job(CompareSettings(**runs), out / "base-vs-fine-tuned")
-    compare_job(CompareSettings(**runs, heads=True), out / "base-vs-fine-tuned-heads")
+    out = ctx.folder(PATCHING)
+    patch_job(_patch_settings(ctx, ctx.last_checkpoint()), out / TUNED, ctx.progress)
+    patch_job(_patch_settings(ctx, None), out / BASE, ctx.progress)
+    runs = {"run_a": str(out / BASE), "run_b": str(out / TUNED)}
+    compare_job(CompareSettings(**runs), out / BASE_VS_TUNED)
+    compare_job(CompareSettings(**runs, heads=True), out / BASE_VS_TUNED_HEADS)
 
 
 def _heads(ctx: StudyContext) -> None:
     from relscope.analysis.heads import heads_job
     from relscope.analysis.knockout import knockout_job
+    from relscope.analysis.patching.artefacts import IE_HEADS_FILE
     from relscope.analysis.patching.settings import HeadsSettings, KnockoutSettings
     from relscope.analysis.settings import dev_fields
 
-    c, m, out = ctx.config, ctx.config.mechanisms, ctx.folder("heads")
+    c, m, out = ctx.config, ctx.config.mechanisms, ctx.folder(HEADS)
     model = {"groups": m.groups, "model": c.model, "adapter": ctx.last_checkpoint(), "negative_kind": "hard",
              "max_length": m.max_length or c.train.max_length,
-             "ie_heads": str(ctx.folder("patching") / "fine-tuned" / "ie_heads.npz")}
-    heads_job(HeadsSettings(**model, max_pairs=m.heads_pairs), out / "heads", ctx.progress)
+             "ie_heads": str(ctx.folder(PATCHING) / TUNED / IE_HEADS_FILE)}
+    heads_job(HeadsSettings(**model, max_pairs=m.heads_pairs), out / HEAD_ANALYSIS, ctx.progress)
     dev = {**dev_fields(c.dev), "max_queries": m.knockout_queries}  # dev queries reranked under each knockout
     knockout_job(KnockoutSettings(**model, **dev, size=m.knockout_size, random_draws=m.random_draws,
-                                  max_groups=m.knockout_groups), out / "knockout", ctx.progress)
+                                  max_groups=m.knockout_groups), out / KNOCKOUT, ctx.progress)
 
 
 def _report(ctx: StudyContext) -> None:
@@ -175,18 +201,18 @@ def _report(ctx: StudyContext) -> None:
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("zero-shot", "zero-shot baseline", (), lambda c: (c.model, to_mapping(c.dev), c.train.objective,
-                                                            c.train.template, c.train.max_length), _zero_shot),
-    Stage("train", "LoRA training", (), lambda c: to_mapping(c.train), _train),
-    Stage("checkpoints", "checkpoint table", ("zero-shot", "train"), lambda c: to_mapping(c.dev), _checkpoints),
-    Stage("ablations", "LoRA ablations", ("train",), lambda c: (to_mapping(c.dev), to_mapping(c.ablation)),
+    Stage(ZERO_SHOT, "zero-shot baseline", (), lambda c: (c.model, to_mapping(c.dev), c.train.objective,
+                                                          c.train.template, c.train.max_length), _zero_shot),
+    Stage(TRAIN, "LoRA training", (), lambda c: to_mapping(c.train), _train),
+    Stage(CHECKPOINTS, "checkpoint table", (ZERO_SHOT, TRAIN), lambda c: to_mapping(c.dev), _checkpoints),
+    Stage(ABLATIONS, "LoRA ablations", (TRAIN,), lambda c: (to_mapping(c.dev), to_mapping(c.ablation)),
           _ablations),
-    Stage("representations", "dynamics, attention, probes", ("train",), lambda c: to_mapping(c.representations),
+    Stage(REPRESENTATIONS, "dynamics, attention, probes", (TRAIN,), lambda c: to_mapping(c.representations),
           _representations),
-    Stage("patching", "activation patching", ("train",), lambda c: to_mapping(c.mechanisms), _patching),
-    Stage("heads", "heads and knockouts", ("train", "patching"), lambda c: (to_mapping(c.dev),
-                                                                            to_mapping(c.mechanisms)), _heads),
-    Stage("report", "report", ("zero-shot", "train", "checkpoints", "ablations", "representations", "patching",
-                               "heads"), lambda c: (c.name, c.budget_minutes), _report),
+    Stage(PATCHING, "activation patching", (TRAIN,), lambda c: to_mapping(c.mechanisms), _patching),
+    Stage(HEADS, "heads and knockouts", (TRAIN, PATCHING), lambda c: (to_mapping(c.dev), to_mapping(c.mechanisms)),
+          _heads),
+    Stage(REPORT, "report", (ZERO_SHOT, TRAIN, CHECKPOINTS, ABLATIONS, REPRESENTATIONS, PATCHING, HEADS),
+          lambda c: (c.name, c.budget_minutes), _report),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)

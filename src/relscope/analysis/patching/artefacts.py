@@ -24,6 +24,16 @@ import numpy as np
 from relscope.data.lines import read_input_bytes
 from relscope.errors import DataError
 
+IE_FILE = "ie.npz"  # per site: IE of each pair, with the site grid's axes
+
+
+def head_ie_file(what: str) -> str:
+    """The per-head array of a `relscope patch --heads` ("heads") or `--scores` ("scores") run."""
+    return f"ie_{what}.npz"
+
+
+IE_HEADS_FILE = head_ie_file("heads")
+
 # What numpy and zipfile raise on a file that is not a sound .npz (truncated, random bytes, a pickle, an encrypted
 # or oddly compressed member, a header that claims an absurd shape).
 _UNREADABLE = (OSError, EOFError, ValueError, KeyError, MemoryError, OverflowError, NotImplementedError,

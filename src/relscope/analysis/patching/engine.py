@@ -8,8 +8,9 @@ indirect effect of a site is IE = (LD_patched - LD_corrupted) / (LD_clean - LD_c
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -21,6 +22,13 @@ from relscope.analysis.patching.sites import Site
 from relscope.models.scoring import unwrap
 from relscope.models.specs import ModelSpec
 
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedModel
+
+    from relscope.models.heads import Head
+    from relscope.prompts.tokenize import TokenizedPrompt
+
 
 @dataclass(frozen=True)
 class PairResult:
@@ -31,9 +39,11 @@ class PairResult:
 
     @property
     def gap(self) -> float:
+        """LD_clean - LD_corrupted: the effect a patch is measured against."""
         return self.clean - self.corrupted
 
     def indirect_effects(self) -> np.ndarray:
+        """(sites,) IE = (LD_patched - LD_corrupted) / gap of each site on this pair."""
         return (self.patched - self.corrupted) / self.gap
 
 
@@ -47,7 +57,7 @@ def indirect_effects(results: Sequence[PairResult], min_gap: float) -> tuple[np.
 
 
 class PatchingEngine:
-    def __init__(self, model, spec: ModelSpec, head, batch_size: int = 16) -> None:
+    def __init__(self, model: PreTrainedModel | PeftModel, spec: ModelSpec, head: Head, batch_size: int = 16) -> None:
         self.model = unwrap(model)
         self.spec = spec
         text = self.model.config.get_text_config()
@@ -60,13 +70,16 @@ class PatchingEngine:
 
     @property
     def device(self) -> torch.device:
+        """Where the model's weights are, so inputs and positions can be put beside them."""
         return next(self.model.parameters()).device
 
-    def ids(self, prompt, rows: int = 1) -> torch.Tensor:
+    def ids(self, prompt: TokenizedPrompt, rows: int = 1) -> torch.Tensor:
+        """(rows, seq) the prompt's token ids on the model's device, the same row repeated (a view, no copies)."""
         return torch.tensor([prompt.input_ids], device=self.device).expand(rows, -1)
 
     @torch.inference_mode()
-    def logit_diffs(self, ids: torch.Tensor, edits=None) -> np.ndarray:
+    def logit_diffs(self, ids: torch.Tensor,
+                    edits: Mapping[tuple[str, int], Sequence[Edit]] | None = None) -> np.ndarray:
         """(batch,) logit differences; every row has the same length, so the last token is the last column."""
         self.forwards += 1
         with patching(self.model, self.spec, edits or {}):
@@ -74,12 +87,14 @@ class PatchingEngine:
         return self.head(hidden).float().cpu().numpy()
 
     @torch.inference_mode()
-    def activations(self, prompt, keys: Sequence[tuple[str, int]]) -> dict[tuple[str, int], torch.Tensor]:
+    def activations(self, prompt: TokenizedPrompt,
+                    keys: Sequence[tuple[str, int]]) -> dict[tuple[str, int], torch.Tensor]:
         """(seq, d_model) activation of each (component, layer) on one prompt."""
         return self.run(prompt, keys)[0]
 
     @torch.inference_mode()
-    def run(self, prompt, keys: Sequence[tuple[str, int]]) -> tuple[dict[tuple[str, int], torch.Tensor], float]:
+    def run(self, prompt: TokenizedPrompt,
+            keys: Sequence[tuple[str, int]]) -> tuple[dict[tuple[str, int], torch.Tensor], float]:
         """One forward of one prompt: each (component, layer)'s (seq, d_model) activation, and its logit difference."""
         store: dict[tuple[str, int], torch.Tensor] = {}
         with capturing(self.model, self.spec, keys, store):
@@ -88,6 +103,7 @@ class PatchingEngine:
         return {k: v[0] for k, v in store.items()}, float(self.head(hidden).float()[0])
 
     def corrupted_logit_diff(self, pair: PatchPair) -> float:
+        """LD_corrupted: the corrupted prompt's logit difference, nothing patched."""
         return float(self.logit_diffs(self.ids(pair.corrupted))[0])
 
     def end_points(self, pair: PatchPair) -> tuple[float, float]:
@@ -108,7 +124,8 @@ class PatchingEngine:
             patched[start:start + len(chunk)] = self.logit_diffs(self.ids(pair.corrupted, len(chunk)), edits)
         return PairResult(pair.qid, ld_clean, self.corrupted_logit_diff(pair), patched)
 
-    def positions(self, prompt, group: str) -> torch.Tensor:
+    def positions(self, prompt: TokenizedPrompt, group: str) -> torch.Tensor:
+        """The prompt's token positions of `group` (query, document, ...) as a long tensor on the model's device."""
         return torch.tensor(prompt.positions(group), device=self.device, dtype=torch.long)
 
     @staticmethod

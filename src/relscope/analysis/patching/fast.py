@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -27,11 +28,14 @@ from relscope.analysis.patching.hooks import Edit, capturing, patching
 from relscope.analysis.patching.pairs import PatchPair
 from relscope.analysis.patching.sites import Site
 
+if TYPE_CHECKING:
+    from relscope.models.specs import ModelSpec
+
 RESIDUAL = ("resid_pre", "resid_post")
 
 
 @contextmanager
-def stack_from(model: nn.Module, spec, start: int) -> Iterator[None]:
+def stack_from(model: nn.Module, spec: ModelSpec, start: int) -> Iterator[None]:
     """Make the backbone run decoder layers start.. only (and per-layer config lists, e.g. Gemma's layer_types,
     from the same index); the full stack is restored on exit."""
     parent_path, name = spec.layers.rsplit(".", 1)
@@ -86,6 +90,7 @@ class FastPatcher:
         return site.layer + 1 if site.component == "resid_post" else site.layer
 
     def sweep(self, pair: PatchPair, sites: Sequence[Site]) -> PairResult:
+        """The same numbers as `PatchingEngine.sweep`, re-running only the layers and positions each patch changes."""
         engine = self.engine
         clean, ld_clean = engine.run(pair.clean, engine.activation_keys(sites))
         clean.update(engine.score_changes(pair, sites))

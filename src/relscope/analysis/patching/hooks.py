@@ -12,7 +12,7 @@ of any model). A site is (component, layer); a patch overwrites given rows of a 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -38,6 +38,7 @@ class Edit:
 
 
 def target(model: nn.Module, spec: ModelSpec, component: str, layer: int) -> nn.Module:
+    """The module whose input or output is the (component, layer) activation; a ConfigError names the components."""
     if component in ("resid_pre", "resid_post"):
         return spec.layer_list(model)[layer]
     if component == "attn":
@@ -89,7 +90,7 @@ def site_hooks(model: nn.Module, spec: ModelSpec,
 
 
 def capturing(model: nn.Module, spec: ModelSpec, sites: Sequence[tuple[str, int]],
-              store: dict[tuple[str, int], torch.Tensor], detach: bool = True):
+              store: dict[tuple[str, int], torch.Tensor], detach: bool = True) -> AbstractContextManager[None]:
     """Record each site's activation (batch, seq, d_model) into `store` during the forwards inside
     (detach=False keeps it in the autograd graph, for gradients with respect to it)."""
     def keep(key):
@@ -97,7 +98,8 @@ def capturing(model: nn.Module, spec: ModelSpec, sites: Sequence[tuple[str, int]
     return site_hooks(model, spec, {key: keep(key) for key in sites})
 
 
-def patching(model: nn.Module, spec: ModelSpec, edits: Mapping[tuple[str, int], Sequence[Edit]]):
+def patching(model: nn.Module, spec: ModelSpec,
+             edits: Mapping[tuple[str, int], Sequence[Edit]]) -> AbstractContextManager[None]:
     """Overwrite activations at the given sites during the forwards inside; hooks are removed on exit."""
     def apply(site_edits):
         return lambda tensor: _apply(tensor, site_edits)

@@ -18,10 +18,11 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, astuple
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from relscope.analysis.patching.artefacts import load_pair_result
+from relscope.analysis.patching.artefacts import IE_FILE, head_ie_file, load_pair_result
 from relscope.analysis.patching.atp import attribution_patching
 from relscope.analysis.patching.engine import PairResult, PatchingEngine, indirect_effects
 from relscope.analysis.patching.fast import FastPatcher
@@ -35,6 +36,12 @@ from relscope.manifest import build_manifest, cache_identity
 from relscope.processes import over_items, process_device, process_state
 from relscope.reports import plots
 from relscope.reports.tables import to_csv, write_table
+
+if TYPE_CHECKING:
+    from relscope.data.groups import TrainingGroup
+    from relscope.models.heads import Head
+    from relscope.models.load import LoadedModel
+    from relscope.prompts.tokenize import PromptBuilder
 
 IE_MEAN, TOP_SITES = "ie_mean.csv", "top_sites"  # the tables written (top_sites as .csv and .md)
 COMPONENT, LAYER, POSITIONS, MEAN_IE, STD, PAIRS = "component", "layer", "positions", "mean IE", "std", "pairs"
@@ -132,6 +139,7 @@ class PairCache:
         self.folder, self.fingerprint = folder, fingerprint
 
     def path(self, pair: PatchPair, what: str, sites: Sequence[Site]) -> Path:
+        """The pair's file: named by `what`, the qid and a hash of the prompts, the sites and the fingerprint."""
         key = json.dumps({**self.fingerprint, "what": what, "sites": [astuple(s) for s in sites],
                           "clean": list(pair.clean.input_ids), "corrupted": list(pair.corrupted.input_ids)},
                          sort_keys=True)
@@ -143,13 +151,15 @@ class PairCache:
         saved = load_pair_result(self.path(pair, what, sites), len(sites))
         return None if saved is None else PairResult(pair.qid, *saved)
 
-    def gap(self, pair: PatchPair, what: str, sites: Sequence[Site], sweeper) -> float:
+    def gap(self, pair: PatchPair, what: str, sites: Sequence[Site], sweeper: PatchingEngine | FastPatcher) -> float:
         """LD_clean - LD_corrupted as the sweep has (or will have) them: from the cache, else two forwards."""
         saved = self.load(pair, what, sites)
         clean, corrupted = (saved.clean, saved.corrupted) if saved is not None else sweeper.end_points(pair)
         return clean - corrupted
 
-    def wrap(self, fn: Callable[[PatchPair], PairResult], what: str, sites: Sequence[Site]):
+    def wrap(self, fn: Callable[[PatchPair], PairResult], what: str,
+             sites: Sequence[Site]) -> Callable[[PatchPair], PairResult]:
+        """`fn` answering from the cache when it can, and saving each result it computes."""
         def cached(pair: PatchPair) -> PairResult:
             path = self.path(pair, what, sites)
             saved = self.load(pair, what, sites)
@@ -163,7 +173,8 @@ class PairCache:
         return cached
 
 
-def load_patch_model(settings: PatchSettings, device: str):
+def load_patch_model(settings: PatchSettings, device: str) -> tuple[LoadedModel, Head, PromptBuilder]:
+    """(loaded model, head, prompt builder): the base model, or base + adapter merged, with its template."""
     from relscope.models.adapters import load_trained, resolve_max_length
     from relscope.models.heads import build_head, default_head
     from relscope.models.load import load_model
@@ -180,7 +191,7 @@ def load_patch_model(settings: PatchSettings, device: str):
     return loaded, build_head(default_head(builder.template), loaded.model, builder), builder
 
 
-def pair_groups(source: str):
+def pair_groups(source: str) -> list[TrainingGroup]:
     """Groups from a Tevatron group jsonl, or built from a TREC folder's qrels and passages."""
     from relscope.data.training import load_training_groups
 
@@ -197,7 +208,7 @@ def _check_finite(values: np.ndarray, what: str, engine: PatchingEngine) -> None
 def _write_grid(out: Path, grid: np.ndarray, kept: list[PairResult], settings: PatchSettings, layers: list[int],
                 name: str) -> None:
     components, positions = list(settings.components), list(settings.positions)
-    with atomic_path(out / "ie.npz") as tmp, tmp.open("wb") as f:
+    with atomic_path(out / IE_FILE) as tmp, tmp.open("wb") as f:
         np.savez(f, ie=grid, components=np.array(components), layers=np.array(layers), groups=np.array(positions),
                  qids=np.array([r.qid for r in kept]), ld_clean=np.array([r.clean for r in kept]),
                  ld_corrupted=np.array([r.corrupted for r in kept]))
@@ -236,7 +247,7 @@ def _head_sweep(sweeper, sites, groups: Sequence[str], pairs, layers: list[int],
         return
     ie, _ = indirect_effects(results, 0.0)
     grid = ie.reshape(len(ie), len(groups), len(layers), n_heads)
-    with atomic_path(out / f"ie_{what}.npz") as tmp, tmp.open("wb") as f:
+    with atomic_path(out / head_ie_file(what)) as tmp, tmp.open("wb") as f:
         np.savez(f, ie=grid, groups=np.array(groups), layers=np.array(layers),
                  qids=np.array([r.qid for r in results]))
     label = "positions" if what == "heads" else "attention weights"

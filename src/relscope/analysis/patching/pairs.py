@@ -17,10 +17,14 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from relscope.data.groups import TrainingGroup
 from relscope.errors import ConfigError, DataError
 from relscope.prompts.tokenize import PromptBuilder, TokenizedPrompt
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 @dataclass(frozen=True)
@@ -43,11 +47,12 @@ class PairReport:
 
 
 def same_layout(a: TokenizedPrompt, b: TokenizedPrompt) -> bool:
+    """Whether the two prompts have the same length and the same spans, so positions can be patched one to one."""
     return len(a) == len(b) and [(s.group, s.start, s.end) for s in a.spans] == [(s.group, s.start, s.end)
                                                                             for s in b.spans]
 
 
-def cut_to_tokens(tokenizer, text: str, count: int) -> str:
+def cut_to_tokens(tokenizer: PreTrainedTokenizerBase, text: str, count: int) -> str:
     """The longest prefix of `text` that tokenises (alone) into at most `count` tokens."""
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     if len(enc["input_ids"]) <= count:
@@ -55,7 +60,8 @@ def cut_to_tokens(tokenizer, text: str, count: int) -> str:
     return text[: enc["offset_mapping"][count - 1][1]].rstrip() if count > 0 else ""
 
 
-def equal_length_passages(tokenizer, first: str, second: str) -> tuple[str, str]:
+def equal_length_passages(tokenizer: PreTrainedTokenizerBase, first: str, second: str) -> tuple[str, str]:
+    """Both passages cut to the token count of the shorter, so the two prompts can share one layout."""
     n = min(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in (first, second))
     return cut_to_tokens(tokenizer, first, n), cut_to_tokens(tokenizer, second, n)
 
@@ -63,7 +69,7 @@ def equal_length_passages(tokenizer, first: str, second: str) -> tuple[str, str]
 PERTURBATIONS = ("negative", "inject")
 
 
-def inject_query(tokenizer, query: str, passage: str) -> str:
+def inject_query(tokenizer: PreTrainedTokenizerBase, query: str, passage: str) -> str:
     """`passage` with the query's words written over as many of its tokens as the query has, after its first word
     (which stays, so that the passage meets the template text exactly as before)."""
     query = " ".join(query.split())

@@ -22,6 +22,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from transformers import AttentionInterface
@@ -29,6 +30,12 @@ from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from relscope.analysis.patching.sites import Site
 from relscope.errors import ConfigError
+
+if TYPE_CHECKING:
+    from torch import nn
+    from transformers import PreTrainedModel
+
+    from relscope.prompts.tokenize import TokenizedPrompt
 
 RECORDING = "relscope_record"
 SCORE_BLOCKS = ("document>query", "last>document", "last>query")
@@ -58,7 +65,7 @@ class AttentionRecord:
 
 
 @contextmanager
-def recording_attention(model) -> Iterator[dict]:
+def recording_attention(model: PreTrainedModel) -> Iterator[dict]:
     """Inside, every forward keeps each layer's (weights, values) in the dict yielded, by layer index."""
     global _store
     before = model.config._attn_implementation
@@ -71,8 +78,20 @@ def recording_attention(model) -> Iterator[dict]:
         model.set_attn_implementation(before)
 
 
+class RecordingEngine(Protocol):
+    """What `record_attention` needs of an engine: a PatchingEngine (not imported: engine.py imports this module)."""
+
+    model: PreTrainedModel
+    backbone: nn.Module
+    forwards: int  # forward passes run
+
+    def ids(self, prompt: TokenizedPrompt, rows: int = 1) -> torch.Tensor:
+        """(rows, seq) the prompt's token ids on the model's device."""
+        ...
+
+
 @torch.inference_mode()
-def record_attention(engine, prompt) -> AttentionRecord:
+def record_attention(engine: RecordingEngine, prompt: TokenizedPrompt) -> AttentionRecord:
     """One forward of `prompt` with every layer's attention weights and values kept."""
     with recording_attention(engine.model) as store:
         engine.backbone(input_ids=engine.ids(prompt))
@@ -82,6 +101,7 @@ def record_attention(engine, prompt) -> AttentionRecord:
 
 
 def split_block(group: str) -> tuple[str, str]:
+    """(rows, columns) of a block "rows>columns"; a ConfigError shows the form when it is not one."""
     rows, sep, columns = group.partition(">")
     if not sep or not rows or not columns:
         raise ConfigError(f"attention-score block {group!r} must read 'rows>columns', e.g. 'document>query'")
@@ -95,7 +115,7 @@ def score_sites(layers: Sequence[int], n_heads: int, blocks: Sequence[str] = SCO
     return [Site("scores", layer, block, h) for block in blocks for layer in layers for h in range(n_heads)]
 
 
-def score_delta(site, rows: torch.Tensor, columns: torch.Tensor, clean: AttentionRecord,
+def score_delta(site: Site, rows: torch.Tensor, columns: torch.Tensor, clean: AttentionRecord,
                 corrupted: AttentionRecord) -> torch.Tensor:
     """(len(rows), head_dim): the change of the head's output at `rows` when its weights on `columns` are the clean
     run's."""

@@ -34,6 +34,7 @@ class Site:
 
 def all_sites(n_layers: int, components: Sequence[str] = COMPONENTS,
               groups: Sequence[str] = POSITION_GROUPS) -> list[Site]:
+    """Every component of every layer at each position group (component outermost, then layer, then group)."""
     return [Site(c, layer, g) for c in components for layer in range(n_layers) for g in groups]
 
 
