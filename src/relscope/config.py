@@ -70,13 +70,17 @@ class CliOption:
     metavar: str | None = None
     choices: tuple[str, ...] | None = None
     repeat: bool = False  # given once per value (--run a --run b) instead of once with several
+    required: bool = False  # must be given on the command line even though the field has a default (the API's)
+    unset_as: int | None = None  # the command-line value that means None (e.g. --max-pairs 0: every pair)
 
 
 def option(help: str, *, flag: str | None = None, positional: bool = False, metavar: str | None = None,
-           choices: typing.Sequence[str] | None = None, repeat: bool = False) -> dict[str, CliOption]:
+           choices: typing.Sequence[str] | None = None, repeat: bool = False, required: bool = False,
+           unset_as: int | None = None) -> dict[str, CliOption]:
     """Field metadata that puts a settings field on the command line, so that its default, type and help live once,
     in the dataclass: `top_k: int = field(default=100, metadata=option("passages per query"))`."""
-    return {"cli": CliOption(help, flag, positional, metavar, tuple(choices) if choices else None, repeat)}
+    return {"cli": CliOption(help, flag, positional, metavar, tuple(choices) if choices else None, repeat, required,
+                             unset_as)}
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

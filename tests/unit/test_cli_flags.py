@@ -115,3 +115,25 @@ def _subparser(command: tuple[str, ...]) -> argparse.ArgumentParser:
         action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
         parser = action.choices[word]
     return parser
+
+
+def test_a_bad_yaml_value_is_named_by_its_file_and_key_not_by_a_flag_left_out():
+    given = _parser(Example).parse_args(["src", "--run", "a"])
+    with pytest.raises(ConfigError, match=r"conf\.yaml\.top_k: expected an integer") as error:
+        settings_from(Example, given, "conf.yaml", base={"top_k": "abc"})
+    assert "--top-k" not in str(error.value)
+
+
+@pytest.mark.parametrize("command", ["patch", "heads", "knockout"])
+def test_the_model_studied_must_be_named(command, capsys):
+    """The settings have a default model for the API; the command line never falls back to it silently."""
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([command, *(["--ie-heads", "h.npz"] if command == "knockout" else []), "--out", "o"])
+    assert "model" in capsys.readouterr().err
+
+
+def test_a_value_that_means_unset_on_the_command_line_is_none_in_the_settings():
+    args = build_parser().parse_args(["patch", "m", "--max-pairs", "0", "--out", "o"])
+    assert settings_from(PatchSettings, args, "relscope patch").max_pairs is None
+    with pytest.raises(ConfigError, match="--max-pairs"):
+        PatchSettings(max_pairs=0)  # the API says None for every pair

@@ -154,7 +154,7 @@ def test_pairs_are_built_without_identical_prompts(tiny_groups):
 
 
 BAD_SETTINGS = [
-    ({"max_pairs": -1}, "--max-pairs"), ({"max_pairs": -3}, "--max-pairs"), ({"max_pairs": 2.5}, "--max-pairs"),
+    ({"max_pairs": 0}, "--max-pairs"), ({"max_pairs": -3}, "--max-pairs"), ({"max_pairs": 2.5}, "--max-pairs"),
     ({"min_gap": float("nan")}, "--min-gap"), ({"min_gap": float("inf")}, "--min-gap"),
     ({"min_gap": -0.1}, "--min-gap"), ({"batch_size": 0}, "--batch-size"), ({"max_length": 0}, "--max-length"),
     ({"layers": [-1]}, "--layers"), ({"layers": []}, "--layers"), ({"layers": [1.5]}, "--layers"),
@@ -177,11 +177,17 @@ def test_patch_settings_sort_and_dedupe_layers():
     assert PatchSettings(layers=[5, 2, 5]).layers == (2, 5)
 
 
-def test_max_pairs_0_means_every_pair_everywhere():
-    """0 pairs is the command line's "all"; the settings read it the same from the API and a study config."""
+def test_max_pairs_0_means_every_pair_on_the_command_line_only():
+    """--max-pairs 0 is the command line's "all" (None in the settings); the API and a study config refuse 0."""
     from relscope.analysis.patching.settings import HeadsSettings
+    from relscope.cli import build_parser
+    from relscope.cli.flags import settings_from
 
-    assert PatchSettings(max_pairs=0).max_pairs is None and HeadsSettings(max_pairs=0).max_pairs is None
+    for command, cls in (("patch", PatchSettings), ("heads", HeadsSettings)):
+        args = build_parser().parse_args([command, "model", "--max-pairs", "0", "--out", "x"])
+        assert settings_from(cls, args, command).max_pairs is None
+        with pytest.raises(ConfigError, match="--max-pairs"):
+            cls(max_pairs=0)
 
 
 @pytest.mark.parametrize("extra", [["--max-pairs", "-1"], ["--min-gap", "nan"], ["--min-gap", "-1"],

@@ -46,14 +46,14 @@ def settings_from(cls: type[T], args: argparse.Namespace, source: str, base: Map
                   **extra: Any) -> T:
     """The settings the user gave, checked by `from_mapping`: flags override `base` (a YAML config's keys), and
     anything left out keeps the dataclass default."""
-    given = vars(args)
-    values = {**(base or {}), **{f.name: given[f.name] for f in dataclasses.fields(cls)  # type: ignore[arg-type]
-                                 if f.name in given}}
-    flags = {}
-    hints = typing.get_type_hints(cls)
+    given, hints = vars(args), typing.get_type_hints(cls)
+    flags, values = {}, dict(base or {})
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-        if "cli" in f.metadata:
-            flags[f.name] = _names(f.name, f.metadata["cli"], hints[f.name], _default(f))[0]
+        spec = f.metadata.get("cli")
+        if spec is None or f.name not in given:
+            continue
+        values[f.name] = None if spec.unset_as is not None and given[f.name] == spec.unset_as else given[f.name]
+        flags[f.name] = _names(f.name, spec, hints[f.name], _default(f))[0]  # a bad value names the flag given
     return from_mapping(cls, {**values, **extra}, source, names=flags)
 
 
@@ -83,11 +83,11 @@ def _arguments(name: str, spec: CliOption, hint: Any, default: Any) -> dict[str,
     kind = _base(hint)
     arguments: dict[str, Any] = {"help": _help(spec.help, default, kind), "default": argparse.SUPPRESS}
     if spec.positional:
-        if default is not dataclasses.MISSING:
+        if default is not dataclasses.MISSING and not spec.required:
             arguments["nargs"] = "?"
     else:
         arguments["dest"] = name
-        arguments["required"] = default is dataclasses.MISSING
+        arguments["required"] = default is dataclasses.MISSING or spec.required
     if kind is bool:
         arguments["action"] = "store_false" if default is True else "store_true"
         return arguments

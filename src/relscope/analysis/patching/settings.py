@@ -34,7 +34,7 @@ def _groups() -> Any:
 
 def _model() -> Any:
     return field(default="smollm2-135m-instruct", metadata=option("the model (alias, HF id, folder or .gguf)",
-                                                                  positional=True))
+                                                                  positional=True, required=True))
 
 
 def _adapter(verb: str) -> Any:
@@ -64,7 +64,7 @@ class PatchSettings:
     model: str = _model()
     adapter: str | None = _adapter("patch")
     template: str | None = _template()
-    max_pairs: int | None = field(default=20, metadata=option("pairs to patch (0 for all)"))  # 0 is normalised to None
+    max_pairs: int | None = field(default=20, metadata=option("pairs to patch (0: all)", unset_as=0))  # None: all
     negative_kind: str = _negative_kind()
     perturbation: str = field(default="negative", metadata=option(
         "negative: relevant vs non-relevant passage (pairwise: swapped order); inject: the non-relevant passage with "
@@ -122,7 +122,7 @@ class HeadsSettings:
     model: str = _model()
     adapter: str | None = _adapter("analyse")
     template: str | None = _template()
-    max_pairs: int | None = field(default=50, metadata=option("pairs (0 for all)"))  # 0 is normalised to None
+    max_pairs: int | None = field(default=50, metadata=option("pairs (0: all)", unset_as=0))  # None: all
     negative_kind: str = _negative_kind()
     max_length: int | None = _max_length()
     ie_heads: str | None = field(default=None, metadata=option(
@@ -253,11 +253,9 @@ def _layers(settings: PatchSettings) -> None:
 
 
 def _max_pairs(settings: PatchSettings | HeadsSettings) -> None:
-    """A whole number of pairs, or None for every pair; 0 (the command line's "all") is None too."""
+    """A whole number of pairs, or None for every pair (the command line's --max-pairs 0)."""
     if settings.max_pairs is not None:
-        _whole(settings, "max_pairs", 0, " (0 for every pair)")
-        if settings.max_pairs == 0:
-            object.__setattr__(settings, "max_pairs", None)
+        _whole(settings, "max_pairs", 1, "; 0 on the command line patches every pair")
 
 
 def _check_model_and_groups(settings: PatchSettings | HeadsSettings | KnockoutSettings) -> None:
