@@ -105,3 +105,11 @@ def test_fresh_lora_is_the_base_model(family):
     peft_model, _ = apply_lora(loaded.model, loaded.spec, LoraSettings())
     after = Scorer(peft_model, loaded.spec, head, 0, progress=False).score(prompts)
     assert torch.equal(torch.from_numpy(before), torch.from_numpy(after))
+
+
+def test_layer_groups_split_as_numpy_array_split_does():  # written without numpy so that --help stays light
+    import numpy as np
+
+    for n in range(0, 70):
+        thirds = [chunk.tolist() for chunk in np.array_split(np.arange(n), 3)]
+        assert list(layer_groups(n).values()) == thirds, n

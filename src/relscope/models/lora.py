@@ -14,8 +14,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from relscope.errors import ConfigError, is_finite_number
 from relscope.models.specs import ModelSpec
 from relscope.models.specs.base import PROJECTIONS, num_layers
@@ -58,7 +56,12 @@ def expand_targets(targets: Sequence[str], spec: ModelSpec) -> tuple[str, ...]:
 
 def layer_groups(n_layers: int) -> dict[str, list[int]]:
     """early / middle / late: the stack split into thirds (the first ones one larger when n % 3 != 0)."""
-    return {name: chunk.tolist() for name, chunk in zip(LAYER_GROUPS, np.array_split(np.arange(n_layers), 3))}
+    size, extra = divmod(n_layers, 3)  # numpy.array_split's rule, without importing numpy for the CLI's --help
+    groups, start = {}, 0
+    for i, name in enumerate(LAYER_GROUPS):
+        end = start + size + (i < extra)
+        groups[name], start = list(range(start, end)), end
+    return groups
 
 
 def resolve_layers(layers: Sequence[int] | None, n_layers: int, key: str = "lora.layers") -> list[int]:

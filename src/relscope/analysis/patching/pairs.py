@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from relscope.analysis.patching.sites import PERTURBATIONS
 from relscope.data.groups import TrainingGroup
 from relscope.errors import ConfigError, DataError
 from relscope.prompts.tokenize import PromptBuilder, TokenizedPrompt
@@ -33,9 +34,6 @@ class PatchPair:
     clean: TokenizedPrompt
     corrupted: TokenizedPrompt
     negative_kind: str = "hard"
-
-
-NEGATIVE_KINDS = ("hard", "random", "any")
 
 
 @dataclass(frozen=True)
@@ -64,9 +62,6 @@ def equal_length_passages(tokenizer: PreTrainedTokenizerBase, first: str, second
     """Both passages cut to the token count of the shorter, so the two prompts can share one layout."""
     n = min(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in (first, second))
     return cut_to_tokens(tokenizer, first, n), cut_to_tokens(tokenizer, second, n)
-
-
-PERTURBATIONS = ("negative", "inject")
 
 
 def inject_query(tokenizer: PreTrainedTokenizerBase, query: str, passage: str) -> str:

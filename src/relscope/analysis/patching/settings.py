@@ -16,8 +16,7 @@ from dataclasses import dataclass, field
 from numbers import Integral, Real
 from typing import Any
 
-from relscope.analysis.patching.pairs import NEGATIVE_KINDS, PERTURBATIONS
-from relscope.analysis.patching.sites import COMPONENTS, HEAD_GROUPS, POSITION_GROUPS
+from relscope.analysis.patching.sites import COMPONENTS, HEAD_GROUPS, NEGATIVE_KINDS, PERTURBATIONS, POSITION_GROUPS
 from relscope.analysis.settings import RELEVANCE_GROUPS
 from relscope.config import DTYPES, option
 from relscope.data.dev import DevSettings

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 COMPONENTS = ("resid_pre", "resid_post", "attn", "mlp")
+NEGATIVE_KINDS = ("hard", "random", "any")  # the non-relevant passage of a clean/corrupted pair
+PERTURBATIONS = ("negative", "inject")  # how the corrupted prompt differs (see pairs.py)
 
 
 POSITION_GROUPS = ("instruction", "query", "document", "last", "all")
