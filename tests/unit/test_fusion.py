@@ -46,3 +46,23 @@ def test_weight_one_zero_keeps_the_first_ranking():
 def test_bad_fusion_requests(runs, weights, norm, words):
     with pytest.raises(ConfigError, match=words):
         fuse_runs(runs, weights, norm)
+
+
+def test_the_fuse_job_writes_its_run_and_a_manifest_beside_it(tmp_path):
+    """`fuse` is a job like the others: one settings dataclass, its outputs and a manifest naming its inputs."""
+    import json
+
+    from relscope.evaluation.fusion import fuse_job
+    from relscope.evaluation.settings import FuseSettings
+
+    (tmp_path / "a.trec").write_text("1 Q0 a 1 2.0 x\n1 Q0 b 2 1.0 x\n")
+    (tmp_path / "b.trec").write_text("1 Q0 b 1 2.0 y\n1 Q0 a 2 1.0 y\n")
+    (tmp_path / "qrels").write_text("1 0 a 2\n1 0 b 0\n")
+    settings = FuseSettings(runs=(str(tmp_path / "a.trec"), str(tmp_path / "b.trec")), weights=(0.75, 0.25),
+                            norm="minmax", qrels=str(tmp_path / "qrels"), measures=("nDCG@10",))
+    rows = fuse_job(settings, tmp_path / "fused.trec")
+    assert [row["run"] for row in rows][-1].startswith("fused (minmax, [0.75, 0.25])")
+    assert (tmp_path / "fused.trec").read_text().split("\n")[0].split()[2] == "a"  # 0.75 * 1 beats 0.25 * 1
+    manifest = json.loads((tmp_path / "fused.trec.manifest.json").read_text())
+    assert manifest["config"]["weights"] == [0.75, 0.25] and manifest["config"]["norm"] == "minmax"
+    assert set(manifest["data"]) == {"run 1", "run 2", "qrels"} and manifest["evaluation"] == rows

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from relscope.data import ScoredDoc
@@ -73,3 +75,8 @@ def test_cli_groups_writes_tevatron_jsonl(trec_dir, tmp_path, capsys):
     # every hard negative of the run (3 and 2 here): training draws --negatives of them anew each epoch
     assert len(groups) == 2 and [len(g.negatives) for g in groups] == [3, 2]
     assert "2 groups" in capsys.readouterr().out
+    manifest = json.loads((tmp_path / "g.jsonl.manifest.json").read_text())  # settings, inputs, each folder's report
+    assert manifest["config"] == {"data": [str(trec_dir)], "negatives": 2, "hard_fraction": 1.0, "min_grade": 2,
+                                  "seed": 0}
+    assert manifest["groups"] == 2 and manifest["reports"][str(trec_dir)]["groups"] == 2
+    assert manifest["data"][f"{trec_dir}/qrels.txt"]["sha256"]

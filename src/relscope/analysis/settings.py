@@ -195,8 +195,8 @@ def _check_layers(layers: tuple[int, ...] | None) -> None:
 
 
 @dataclass(frozen=True)
-class ProbeSettings:
-    """`relscope probe MODEL [ADAPTER]`: linear probes and PCA on each layer's last-token state."""
+class _StatesOf:
+    """The model (base, and fine-tuned with an adapter) whose states probe and attention read, and the examples."""
 
     model: str = field(metadata=option("the base model (alias, HF id, folder or .gguf)", positional=True))
     adapter: str | None = field(default=None, metadata=option(
@@ -205,6 +205,12 @@ class ProbeSettings:
         "Tevatron group jsonl of labelled examples, by default the 183-query MS MARCO set"))
     template: str | None = field(default=None, metadata=option(
         "yes_no, score or pairwise (unset: the adapter's, else yes_no)"))
+
+
+@dataclass(frozen=True)
+class ProbeSettings(_StatesOf):
+    """`relscope probe MODEL [ADAPTER]`: linear probes and PCA on each layer's last-token state."""
+
     max_groups: int = field(default=100, metadata=option("groups to use; two prompts each"))
     layers: tuple[int, ...] | None = field(default=None, metadata=option("layers to analyse (unset: all)"))
     max_length: int | None = field(default=None, metadata=option(
@@ -219,16 +225,9 @@ class ProbeSettings:
 
 
 @dataclass(frozen=True)
-class AttentionSettings:
+class AttentionSettings(_StatesOf):
     """`relscope attention MODEL [ADAPTER]`: attention mass from document to query tokens."""
 
-    model: str = field(metadata=option("the base model (alias, HF id, folder or .gguf)", positional=True))
-    adapter: str | None = field(default=None, metadata=option(
-        "a checkpoint-<step>/ or PEFT adapter: base vs fine-tuned", positional=True))
-    groups: str = field(default=RELEVANCE_GROUPS, metadata=option(
-        "Tevatron group jsonl of labelled examples, by default the 183-query MS MARCO set"))
-    template: str | None = field(default=None, metadata=option(
-        "yes_no, score or pairwise (unset: the adapter's, else yes_no)"))
     max_groups: int = field(default=25, metadata=option("groups to use; two prompts each"))
     layers: tuple[int, ...] | None = field(default=None, metadata=option(
         f"layers to analyse (unset: {ATTENTION_LAYERS} spread evenly from the first to the last)"))

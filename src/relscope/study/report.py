@@ -24,28 +24,7 @@ from relscope.evaluation.job import METRICS_FILE
 from relscope.io import atomic_write_text
 from relscope.manifest import MANIFEST_FILE
 from relscope.reports.tables import to_markdown
-from relscope.study.layout import (
-    ABLATIONS,
-    ATTENTION,
-    BASE,
-    BASE_VS_TUNED,
-    BASE_VS_TUNED_HEADS,
-    CHECKPOINTS,
-    DYNAMICS,
-    HEAD_ANALYSIS,
-    HEADS,
-    KEEP,
-    KNOCKOUT,
-    PATCHING,
-    PROBE,
-    REPORT_HTML,
-    REPORT_MD,
-    REPRESENTATIONS,
-    STATS,
-    TRAIN,
-    TUNED,
-    ZERO_SHOT,
-)
+from relscope.study import layout
 from relscope.study.sources import SOURCE, STUDIES
 from relscope.training.job import SUMMARY_FILE
 
@@ -160,9 +139,9 @@ def overview(root: Path, config: StudyConfig) -> Section:
 
 def zero_shot(root: Path) -> Section:
     """The untrained judge against the first stage: the baseline training must beat."""
-    metrics = read_json(root / ZERO_SHOT / METRICS_FILE)
+    metrics = read_json(root / layout.ZERO_SHOT / METRICS_FILE)
     if not metrics:
-        return Section("Zero-shot baseline", items=[Missing(root / ZERO_SHOT / METRICS_FILE)])
+        return Section("Zero-shot baseline", items=[Missing(root / layout.ZERO_SHOT / METRICS_FILE)])
     rows = [{"system": "BM25 (first stage)", **metrics["first_stage"]},
             {"system": f"{metrics['model']} zero-shot {metrics['template']}", **metrics["reranked"]}]
     rows[0]["source"] = SOURCE[("zero-shot", "BM25 nDCG@10")]
@@ -174,30 +153,31 @@ def zero_shot(root: Path) -> Section:
 
 def training(root: Path) -> Section:
     """The LoRA run: its loss and accuracy curves and the dev metrics at every checkpoint."""
-    summary, folder = read_json(root / TRAIN / SUMMARY_FILE), root / REPRESENTATIONS / DYNAMICS
+    summary, folder = read_json(root / layout.TRAIN / SUMMARY_FILE), root / layout.REPRESENTATIONS / layout.DYNAMICS
     intro = (f"{summary.get('steps', '?')} steps, final training loss {summary.get('train_loss', float('nan')):.4f}, "
              f"{summary.get('trainable_parameters', '?')} trainable parameters, "
              f"{summary.get('seconds_this_session', 0) / 60:.1f} min.") if summary else ""
-    checkpoints = table_item(root / CHECKPOINTS / anatomy.CHECKPOINTS, "Dev metrics at every checkpoint (step 0: the "
-                             "zero-shot judge); source: " + SOURCE[("checkpoints", "convergence")])
+    checkpoints = table_item(root / layout.CHECKPOINTS / anatomy.CHECKPOINTS,
+                             "Dev metrics at every checkpoint (step 0: the zero-shot judge); source: "
+                             + SOURCE[("checkpoints", "convergence")])
     return Section("LoRA training", intro, [
         figure_item(folder / dynamics.CURVES_FIGURE,
                     "Training loss (smoothed) and accuracy by step, the steepest drop marked"),
         checkpoints,
-        figure_item(root / CHECKPOINTS / f"{anatomy.CHECKPOINTS}.png", "Dev metrics by checkpoint"),
+        figure_item(root / layout.CHECKPOINTS / f"{anatomy.CHECKPOINTS}.png", "Dev metrics by checkpoint"),
     ])
 
 
 def ablations(root: Path) -> Section:
     """Where the LoRA update matters: dev metrics with it kept only in some modules or layers, and its ΔW stats."""
-    keep = table_item(root / ABLATIONS / KEEP / anatomy.ABLATION)
+    keep = table_item(root / layout.ABLATIONS / layout.KEEP / anatomy.ABLATION)
     if isinstance(keep, Table):
         for row in keep.rows:
             row["source study"] = SOURCE.get(("ablations", row[anatomy.KEPT_IN]), "")
-    stats = root / ABLATIONS / STATS
+    stats = root / layout.ABLATIONS / layout.STATS
     return Section("LoRA anatomy", "", [
         keep,
-        figure_item(root / ABLATIONS / KEEP / f"{anatomy.ABLATION}.png",
+        figure_item(root / layout.ABLATIONS / layout.KEEP / f"{anatomy.ABLATION}.png",
                     "Dev nDCG@10 with the LoRA update kept only in "
                     "some modules or layers (the rest scaled to zero)"),
         module_means(stats / f"{anatomy.DELTA_STATS}.csv"),
@@ -216,33 +196,36 @@ def module_means(path: Path) -> Table | Missing:
     out = []
     for module in modules:
         picked = [r for r in rows if r[anatomy.MODULE] == module]
-        out.append({"module": module, "mean ‖ΔW‖_F": sum(float(r[anatomy.FROBENIUS]) for r in picked) / len(picked),
-                    "mean effective rank": sum(float(r[anatomy.EFFECTIVE_RANK]) for r in picked) / len(picked)})
+        mean = {key: sum(float(r[key]) for r in picked) / len(picked) for key in (anatomy.FROBENIUS,
+                                                                                  anatomy.EFFECTIVE_RANK)}
+        out.append({"module": module, "mean ‖ΔW‖_F": mean[anatomy.FROBENIUS],
+                    "mean effective rank": mean[anatomy.EFFECTIVE_RANK]})
     return Table("ΔW per projection, mean over layers (source: the MLP's up and gate change most)", out)
 
 
 def representations(root: Path) -> Section:
     """Training dynamics, attention changes and linear probes, beside the source study's findings."""
-    folder = root / REPRESENTATIONS
+    folder = root / layout.REPRESENTATIONS
     return Section("Training dynamics and representations", "", [
         side_by_side_dynamics(folder),
-        figure_item(folder / DYNAMICS / dynamics.GRAD_NORMS_FIGURE, "LoRA gradient norm per layer at every step"),
-        figure_item(folder / DYNAMICS / dynamics.GROUPS_FIGURE,
+        figure_item(folder / layout.DYNAMICS / dynamics.GRAD_NORMS_FIGURE,
+                    "LoRA gradient norm per layer at every step"),
+        figure_item(folder / layout.DYNAMICS / dynamics.GROUPS_FIGURE,
                     "Mean gradient norm of the early, middle and late thirds"),
-        table_item(folder / ATTENTION / attention.ATTENTION),
-        figure_item(folder / ATTENTION / attention.CHANGE_FIGURE,
+        table_item(folder / layout.ATTENTION / attention.ATTENTION),
+        figure_item(folder / layout.ATTENTION / attention.CHANGE_FIGURE,
                     "Change of document → query attention mass per head (fine-tuned − base)"),
-        table_item(folder / PROBE / probe.PROBE),
-        figure_item(folder / PROBE / f"{probe.PROBE}.png",
+        table_item(folder / layout.PROBE / probe.PROBE),
+        figure_item(folder / layout.PROBE / f"{probe.PROBE}.png",
                     "Linear-probe accuracy (relevant vs not) per layer, base and "
                     "fine-tuned, cross-validated by query"),
-        figure_item(folder / PROBE / probe.PCA_TUNED_FIGURE, "PCA of the fine-tuned model's last-token states"),
+        figure_item(folder / layout.PROBE / probe.PCA_TUNED_FIGURE, "PCA of the fine-tuned model's last-token states"),
     ])
 
 
 def side_by_side_dynamics(folder: Path) -> Table:
     """Our gradient norms, loss cliff and probe accuracies beside the source study's numbers."""
-    summary = read_json(folder / DYNAMICS / dynamics.SUMMARY)
+    summary = read_json(folder / layout.DYNAMICS / dynamics.SUMMARY)
     rows = []
     grads = summary.get("grad_norms", {})
     groups = grads.get("mean_by_group", {})
@@ -256,7 +239,7 @@ def side_by_side_dynamics(folder: Path) -> Table:
         rows.append({"quantity": "loss cliff", "source": SOURCE[("representations", "cliff")],
                      "ours": f"steps {cliff['start_step']}-{cliff['end_step']}: {cliff['loss_before']:.3f} -> "
                              f"{cliff['loss_after']:.3f}"})
-    probe_csv = folder / PROBE / f"{probe.PROBE}.csv"
+    probe_csv = folder / layout.PROBE / f"{probe.PROBE}.csv"
     probes = read_csv(probe_csv) if probe_csv.is_file() else []
     if probes and probe.TUNED_ACCURACY in probes[0]:
         best = max(probes, key=lambda r: float(r[probe.TUNED_ACCURACY]))
@@ -271,8 +254,8 @@ def side_by_side_dynamics(folder: Path) -> Table:
 
 def patching(root: Path) -> Section:
     """Activation patching: which components and positions carry the relevance judgment, base vs fine-tuned."""
-    folder = root / PATCHING
-    tuned = folder / TUNED
+    folder = root / layout.PATCHING
+    tuned = folder / layout.TUNED
     items = [stage_table(tuned / patching_job.IE_MEAN),
              table_item(tuned / patching_job.TOP_SITES, columns=[patching_job.COMPONENT, patching_job.LAYER,
                                                                  patching_job.POSITIONS, patching_job.MEAN_IE,
@@ -286,10 +269,10 @@ def patching(root: Path) -> Section:
         items.append(figure_item(tuned / patching_job.head_figure("heads", group),
                                  f"Fine-tuned: mean IE per head at the {group} "
                                  "positions"))
-    items += [table_item(folder / BASE_VS_TUNED / compare.SUMMARY, "Base vs fine-tuned: do they rely on the same "
-                         "components? (RBO, Spearman, magnitudes)"),
-              table_item(folder / BASE_VS_TUNED_HEADS / compare.SUMMARY, "Base vs fine-tuned, per head"),
-              figure_item(folder / BASE / patching_job.component_figure("resid_post"),
+    items += [table_item(folder / layout.BASE_VS_TUNED / compare.SUMMARY,
+                         "Base vs fine-tuned: do they rely on the same components? (RBO, Spearman, magnitudes)"),
+              table_item(folder / layout.BASE_VS_TUNED_HEADS / compare.SUMMARY, "Base vs fine-tuned, per head"),
+              figure_item(folder / layout.BASE / patching_job.component_figure("resid_post"),
                           "Base model: mean IE, residual stream")]
     return Section("Activation patching", "", items)
 
@@ -314,20 +297,20 @@ def stage_table(ie_mean: Path) -> Table | Missing:
 
 def heads(root: Path) -> Section:
     """Attention heads: their interaction and direct effects, and what knocking the top ones out costs."""
-    folder = root / HEADS
-    knockout = table_item(folder / KNOCKOUT / ko.KNOCKOUT)
+    folder = root / layout.HEADS
+    knockout = table_item(folder / layout.KNOCKOUT / ko.KNOCKOUT)
     return Section("Heads and knockouts", "", [
-        table_item(folder / HEAD_ANALYSIS / head_analysis.TOP_HEADS),
-        figure_item(folder / HEAD_ANALYSIS / head_analysis.INTERACTION_FIGURE,
+        table_item(folder / layout.HEAD_ANALYSIS / head_analysis.TOP_HEADS),
+        figure_item(folder / layout.HEAD_ANALYSIS / head_analysis.INTERACTION_FIGURE,
                     "Attention interaction score per head, S = s(q, d+) − "
                     "s(q, d−); top-IE heads outlined"),
-        figure_item(folder / HEAD_ANALYSIS / head_analysis.DIRECT_FIGURE,
+        figure_item(folder / layout.HEAD_ANALYSIS / head_analysis.DIRECT_FIGURE,
                     "Each head's direct contribution to the answer logit "
                     "difference"),
         knockout_verdict(knockout),
         knockout,
-        figure_item(folder / KNOCKOUT / ko.KNOCKOUT_FIGURE, "Relative change of judgment F1 and nDCG@10 when each "
-                    "head set is mean-ablated, 95% bootstrap CIs"),
+        figure_item(folder / layout.KNOCKOUT / ko.KNOCKOUT_FIGURE,
+                    "Relative change of judgment F1 and nDCG@10 when each head set is mean-ablated, 95% bootstrap CIs"),
     ])
 
 
@@ -480,9 +463,9 @@ def write_report(root: str | Path, config: StudyConfig) -> dict[str, Any]:
     """report.md and report.html in `root`; returns their paths and how many figures, tables and gaps."""
     root = Path(root)
     parts = sections(root, config)
-    atomic_write_text(root / REPORT_MD, render_markdown(parts, root))
-    atomic_write_text(root / REPORT_HTML, render_html(parts, root))
+    atomic_write_text(root / layout.REPORT_MD, render_markdown(parts, root))
+    atomic_write_text(root / layout.REPORT_HTML, render_html(parts, root))
     items = [i for s in parts for i in s.items]
-    return {"html": str(root / REPORT_HTML), "markdown": str(root / REPORT_MD),
+    return {"html": str(root / layout.REPORT_HTML), "markdown": str(root / layout.REPORT_MD),
             "figures": sum(isinstance(i, Figure) for i in items), "tables": sum(isinstance(i, Table) for i in items),
             "missing": [str(i.path) for i in items if isinstance(i, Missing)]}

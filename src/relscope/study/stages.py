@@ -14,28 +14,8 @@ from typing import Any
 
 from relscope.config import to_mapping
 from relscope.evaluation.settings import RerankConfig
+from relscope.study import layout
 from relscope.study.config import StudyConfig
-from relscope.study.layout import (
-    ABLATIONS,
-    ATTENTION,
-    BASE,
-    BASE_VS_TUNED,
-    BASE_VS_TUNED_HEADS,
-    CHECKPOINTS,
-    DYNAMICS,
-    HEAD_ANALYSIS,
-    HEADS,
-    KEEP,
-    KNOCKOUT,
-    PATCHING,
-    PROBE,
-    REPORT,
-    REPRESENTATIONS,
-    STATS,
-    TRAIN,
-    TUNED,
-    ZERO_SHOT,
-)
 
 
 @dataclass(frozen=True)
@@ -51,7 +31,7 @@ class StudyContext:
     @property
     def train_dir(self) -> Path:
         """The train stage's folder, which the later stages read the fine-tuned run from."""
-        return self.folder(TRAIN)
+        return self.folder(layout.TRAIN)
 
     def last_checkpoint(self) -> str:
         """The train stage's last complete checkpoint, the adapter the analyses load; a ConfigError when none."""
@@ -81,7 +61,7 @@ def _zero_shot(ctx: StudyContext) -> None:
     template = "pairwise" if c.train.objective == "pairwise" else "yes_no"
     run_rerank_job(RerankConfig(model=c.model, data=c.dev.data, top_k=c.dev.top_k, max_queries=c.dev.max_queries,
                                 template=template, measures=c.dev.measures, max_length=c.train.max_length),
-                   ctx.folder(ZERO_SHOT), ctx.progress)  # the checkpoints' prompt length: step 0 is scored alike
+                   ctx.folder(layout.ZERO_SHOT), ctx.progress)  # the checkpoints' prompt length: step 0 is scored alike
 
 
 def _train(ctx: StudyContext) -> None:
@@ -97,9 +77,9 @@ def _checkpoints(ctx: StudyContext) -> None:
 
     # Step 0 is the zero-shot stage's judge on the same dev run: measured once, and in the table and figure.
     # (A dev run without qrels has no "reranked" metrics; evaluate_checkpoints then names the missing file.)
-    base = zero_shot_metrics(ctx.folder(ZERO_SHOT) / METRICS_FILE, ctx.config.dev.measures)
+    base = zero_shot_metrics(ctx.folder(layout.ZERO_SHOT) / METRICS_FILE, ctx.config.dev.measures)
     settings = CheckpointsSettings(run_dir=str(ctx.train_dir), **dev_fields(ctx.config.dev))
-    evaluate_checkpoints(settings, ctx.folder(CHECKPOINTS), base=base)
+    evaluate_checkpoints(settings, ctx.folder(layout.CHECKPOINTS), base=base)
 
 
 def zero_shot_metrics(path: Path, measures: tuple[str, ...]) -> dict[str, float] | None:
@@ -133,10 +113,10 @@ def _ablations(ctx: StudyContext) -> None:
     from relscope.analysis.anatomy import ablate, adapter_stats
     from relscope.analysis.settings import AblateSettings, StatsSettings, dev_fields
 
-    c, adapter, out = ctx.config, ctx.last_checkpoint(), ctx.folder(ABLATIONS)
-    adapter_stats(StatsSettings(adapter=adapter), out / STATS)
+    c, adapter, out = ctx.config, ctx.last_checkpoint(), ctx.folder(layout.ABLATIONS)
+    adapter_stats(StatsSettings(adapter=adapter), out / layout.STATS)
     dev = {**dev_fields(c.dev), "max_queries": c.ablation.max_queries}  # each variant is one rerank
-    ablate(AblateSettings(adapter=adapter, variants=c.ablation.variants, **dev), out / KEEP)
+    ablate(AblateSettings(adapter=adapter, variants=c.ablation.variants, **dev), out / layout.KEEP)
 
 
 def _representations(ctx: StudyContext) -> None:
@@ -145,13 +125,14 @@ def _representations(ctx: StudyContext) -> None:
     from relscope.analysis.probe import probe_job
     from relscope.analysis.settings import AttentionSettings, DynamicsSettings, ProbeSettings
 
-    c, r, out, adapter = ctx.config, ctx.config.representations, ctx.folder(REPRESENTATIONS), ctx.last_checkpoint()
-    analyse_dynamics(DynamicsSettings(run_dir=str(ctx.train_dir), window=r.window), out / DYNAMICS)
+    c, r, adapter = ctx.config, ctx.config.representations, ctx.last_checkpoint()
+    out = ctx.folder(layout.REPRESENTATIONS)
+    analyse_dynamics(DynamicsSettings(run_dir=str(ctx.train_dir), window=r.window), out / layout.DYNAMICS)
     length = r.max_length or c.train.max_length  # one prompt length for base and fine-tuned
     attention_job(AttentionSettings(model=c.model, adapter=adapter, groups=r.groups, max_groups=r.attention_groups,
-                                    max_length=length), out / ATTENTION)
+                                    max_length=length), out / layout.ATTENTION)
     probe_job(ProbeSettings(model=c.model, adapter=adapter, groups=r.groups, max_groups=r.probe_groups,
-                            max_length=length, folds=r.folds), out / PROBE)
+                            max_length=length, folds=r.folds), out / layout.PROBE)
 
 
 def _patch_settings(ctx: StudyContext, adapter: str | None):
@@ -169,12 +150,12 @@ def _patching(ctx: StudyContext) -> None:
     from relscope.analysis.patching.job import patch_job
     from relscope.analysis.settings import CompareSettings
 
-    out = ctx.folder(PATCHING)
-    patch_job(_patch_settings(ctx, ctx.last_checkpoint()), out / TUNED, ctx.progress)
-    patch_job(_patch_settings(ctx, None), out / BASE, ctx.progress)
-    runs = {"run_a": str(out / BASE), "run_b": str(out / TUNED)}
-    compare_job(CompareSettings(**runs), out / BASE_VS_TUNED)
-    compare_job(CompareSettings(**runs, heads=True), out / BASE_VS_TUNED_HEADS)
+    out = ctx.folder(layout.PATCHING)
+    patch_job(_patch_settings(ctx, ctx.last_checkpoint()), out / layout.TUNED, ctx.progress)
+    patch_job(_patch_settings(ctx, None), out / layout.BASE, ctx.progress)
+    runs = {"run_a": str(out / layout.BASE), "run_b": str(out / layout.TUNED)}
+    compare_job(CompareSettings(**runs), out / layout.BASE_VS_TUNED)
+    compare_job(CompareSettings(**runs, heads=True), out / layout.BASE_VS_TUNED_HEADS)
 
 
 def _heads(ctx: StudyContext) -> None:
@@ -184,14 +165,14 @@ def _heads(ctx: StudyContext) -> None:
     from relscope.analysis.patching.settings import HeadsSettings, KnockoutSettings
     from relscope.analysis.settings import dev_fields
 
-    c, m, out = ctx.config, ctx.config.mechanisms, ctx.folder(HEADS)
+    c, m, out = ctx.config, ctx.config.mechanisms, ctx.folder(layout.HEADS)
     model = {"groups": m.groups, "model": c.model, "adapter": ctx.last_checkpoint(), "negative_kind": "hard",
              "max_length": m.max_length or c.train.max_length,
-             "ie_heads": str(ctx.folder(PATCHING) / TUNED / IE_HEADS_FILE)}
-    heads_job(HeadsSettings(**model, max_pairs=m.heads_pairs), out / HEAD_ANALYSIS, ctx.progress)
+             "ie_heads": str(ctx.folder(layout.PATCHING) / layout.TUNED / IE_HEADS_FILE)}
+    heads_job(HeadsSettings(**model, max_pairs=m.heads_pairs), out / layout.HEAD_ANALYSIS, ctx.progress)
     dev = {**dev_fields(c.dev), "max_queries": m.knockout_queries}  # dev queries reranked under each knockout
     knockout_job(KnockoutSettings(**model, **dev, size=m.knockout_size, random_draws=m.random_draws,
-                                  max_groups=m.knockout_groups), out / KNOCKOUT, ctx.progress)
+                                  max_groups=m.knockout_groups), out / layout.KNOCKOUT, ctx.progress)
 
 
 def _report(ctx: StudyContext) -> None:
@@ -201,18 +182,20 @@ def _report(ctx: StudyContext) -> None:
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage(ZERO_SHOT, "zero-shot baseline", (), lambda c: (c.model, to_mapping(c.dev), c.train.objective,
-                                                          c.train.template, c.train.max_length), _zero_shot),
-    Stage(TRAIN, "LoRA training", (), lambda c: to_mapping(c.train), _train),
-    Stage(CHECKPOINTS, "checkpoint table", (ZERO_SHOT, TRAIN), lambda c: to_mapping(c.dev), _checkpoints),
-    Stage(ABLATIONS, "LoRA ablations", (TRAIN,), lambda c: (to_mapping(c.dev), to_mapping(c.ablation)),
+    Stage(layout.ZERO_SHOT, "zero-shot baseline", (), lambda c: (c.model, to_mapping(c.dev), c.train.objective,
+                                                                 c.train.template, c.train.max_length), _zero_shot),
+    Stage(layout.TRAIN, "LoRA training", (), lambda c: to_mapping(c.train), _train),
+    Stage(layout.CHECKPOINTS, "checkpoint table", (layout.ZERO_SHOT, layout.TRAIN), lambda c: to_mapping(c.dev),
+          _checkpoints),
+    Stage(layout.ABLATIONS, "LoRA ablations", (layout.TRAIN,), lambda c: (to_mapping(c.dev), to_mapping(c.ablation)),
           _ablations),
-    Stage(REPRESENTATIONS, "dynamics, attention, probes", (TRAIN,), lambda c: to_mapping(c.representations),
-          _representations),
-    Stage(PATCHING, "activation patching", (TRAIN,), lambda c: to_mapping(c.mechanisms), _patching),
-    Stage(HEADS, "heads and knockouts", (TRAIN, PATCHING), lambda c: (to_mapping(c.dev), to_mapping(c.mechanisms)),
-          _heads),
-    Stage(REPORT, "report", (ZERO_SHOT, TRAIN, CHECKPOINTS, ABLATIONS, REPRESENTATIONS, PATCHING, HEADS),
+    Stage(layout.REPRESENTATIONS, "dynamics, attention, probes", (layout.TRAIN,),
+          lambda c: to_mapping(c.representations), _representations),
+    Stage(layout.PATCHING, "activation patching", (layout.TRAIN,), lambda c: to_mapping(c.mechanisms), _patching),
+    Stage(layout.HEADS, "heads and knockouts", (layout.TRAIN, layout.PATCHING),
+          lambda c: (to_mapping(c.dev), to_mapping(c.mechanisms)), _heads),
+    Stage(layout.REPORT, "report", (layout.ZERO_SHOT, layout.TRAIN, layout.CHECKPOINTS, layout.ABLATIONS,
+                                    layout.REPRESENTATIONS, layout.PATCHING, layout.HEADS),
           lambda c: (c.name, c.budget_minutes), _report),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
