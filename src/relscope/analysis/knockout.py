@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -142,8 +142,9 @@ def reference_means(engine: PatchingEngine, prompts: Sequence[TokenizedPrompt], 
     return {key: sums[key] / max(counts[key], 1) for key in sums}
 
 
-def relative_drop_ci(full: np.ndarray, ablated: np.ndarray, statistic: Callable[[np.ndarray, np.ndarray], float],
-                     resamples: int = 1000, seed: int = 0) -> tuple[float, float, float]:
+def relative_drop_ci(full: Sequence[Any], ablated: Sequence[Any],
+                     statistic: Callable[[Sequence[Any], np.ndarray], float], resamples: int = 1000,
+                     seed: int = 0) -> tuple[float, float, float]:
     """The relative change statistic(ablated)/statistic(full) - 1 over queries, and its 95% percentile bootstrap
     interval (queries resampled, the same resample for both: paired).
 
