@@ -37,7 +37,7 @@ def test_the_logit_lens_of_the_final_residual_is_the_models_prediction(family, t
     analysis = HeadAnalysis(engine)
     _, last = analysis._forward(pairs[0].clean)
     residual = last[("resid_post", analysis.depth - 1)].float().numpy()
-    ids, _ = analysis.logit_lens(residual[None, None], top=1)
+    ids, _ = analysis.logit_lens(residual[None, None], top=1, final_norm=True)  # as the model reads its residual
     with torch.no_grad():
         logits = engine.model(input_ids=engine.ids(pairs[0].clean)).logits[0, -1]
     assert ids[0, 0, 0] == int(logits.argmax())
@@ -87,3 +87,22 @@ def test_heads_command_writes_its_tables_and_marks_top_ie_heads(tiny_family_dir,
         assert (out / name).is_file()
     assert "top-1 is yes/A" in (out / "heads.csv").read_text()
     assert main(["heads", model, "--ie-heads", str(tmp_path / "missing.npz"), "--out", str(out)]) == 2
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3_text"])
+def test_the_logit_lens_is_the_studys_unembedding_of_the_write_and_the_normed_one_is_labelled(family, tiny_groups):
+    """Study 002's logit lens is W_U a + b on a head's output, no final norm; through the norm is the other lens."""
+    loaded, engine, pairs, _ = _setup(family, tiny_groups)
+    analysis = HeadAnalysis(engine)
+    writes = analysis.readout(pairs[0]).writes  # (layers, heads, d_model)
+    ids, values = analysis.logit_lens(writes, top=3)
+    unembedding = engine.model.get_output_embeddings()
+    a = torch.from_numpy(writes[1, 0]).float()
+    with torch.no_grad():
+        by_hand = a @ unembedding.weight.float().T + (unembedding.bias.float() if unembedding.bias is not None else 0)
+    assert list(ids[1, 0]) == by_hand.topk(3).indices.tolist()
+    np.testing.assert_allclose(values[1, 0], by_hand.topk(3).values.numpy(), rtol=1e-5, atol=1e-5)
+    normed_ids, _ = analysis.logit_lens(writes, top=3, final_norm=True)
+    with torch.no_grad():
+        through_norm = unembedding(analysis.final_norm(a[None]))[0].float()
+    assert list(normed_ids[1, 0]) == through_norm.topk(3).indices.tolist()

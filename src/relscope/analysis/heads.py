@@ -6,12 +6,14 @@ The causal mask lets only the later segment attend to the earlier one, so the bl
 template puts the passage first and document>query when it puts the query first (ours do). Pointwise: d+ and d-
 are the two prompts of a patching pair; pairwise: documents A (relevant) and B of the clean prompt.
 
-Logit lens (per head, at the last token): the head's write into the residual stream, o_h = W_O[:, h] z_h, projected
-through the final norm and the unembedding: its top tokens, and whether the first is an answer token ("yes"/"A" or
-"no"/"B"). Its direct contribution to the answer logit difference is LD(final residual) - LD(final residual - o_h),
-both through the model's own final norm and head (no frozen-scale approximation at the final norm). Gemma 2/3 also
-normalise the attention output before adding it; there the normed output is split among the heads with that norm's
-scale frozen (`head_writes`), so the writes still add up to what the layer adds.
+Logit lens (per head, at the last token): the head's write into the residual stream, o_h = W_O[:, h] z_h, read by the
+unembedding as study 002 defines it, W_U o_h + b (no final norm): its top tokens, and whether the first is an answer
+token ("yes"/"A" or "no"/"B"). The same read through the model's final norm first sits beside it, labelled "final
+norm" (a head's write alone is not what the norm sees, so the study's linear read is the default). Its direct
+contribution to the answer logit difference is LD(final residual) - LD(final residual - o_h), both through the
+model's own final norm and head (no frozen-scale approximation at the final norm). Gemma 2/3 also normalise the
+attention output before adding it; there the normed output is split among the heads with that norm's scale frozen
+(`head_writes`), so the writes still add up to what the layer adds.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
 HEADS, TOP_HEADS = "heads", "top_heads"  # the tables written (.csv and .md)
 INTERACTION_FIGURE, DIRECT_FIGURE = "interaction.png", "direct.png"
 DIRECT = "direct contribution"  # the column the top heads are ranked by
+LENSES = {"study": False, "final norm": True}  # the logit lens as 002 defines it (W_U a + b), and through the norm
 
 
 @dataclass(frozen=True)
@@ -134,11 +137,13 @@ class HeadAnalysis:
         return torch.stack([interaction(weights[layer], rows, columns) for layer in range(self.depth)]).numpy()
 
     @torch.inference_mode()
-    def logit_lens(self, writes: np.ndarray, top: int = 5) -> tuple[np.ndarray, np.ndarray]:
-        """Top token ids (layers, heads, top) and their logits of each head's write through norm and unembedding."""
+    def logit_lens(self, writes: np.ndarray, top: int = 5, final_norm: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Top token ids (layers, heads, top) and their logits of each head's write: W_U a + b as study 002 defines
+        the logit lens, or through the model's final norm first (`final_norm=True`)."""
         flat = torch.from_numpy(writes.reshape(-1, writes.shape[-1]))
         weight = self.unembedding.weight
-        logits = self.unembedding(self.final_norm(flat.to(weight.device, weight.dtype))).float()
+        flat = flat.to(weight.device, weight.dtype)
+        logits = self.unembedding(self.final_norm(flat) if final_norm else flat).float()
         values, ids = logits.topk(top, dim=-1)
         shape = writes.shape[:2] + (top,)
         return ids.view(shape).cpu().numpy(), values.view(shape).cpu().numpy()
@@ -167,13 +172,17 @@ def heads_job(settings: HeadsSettings, out: str | Path, progress: bool = True) -
     interaction_change = np.stack([r.interaction for r in readouts])
     direct = np.stack([r.direct for r in readouts])
     mean_write = np.mean([r.writes for r in readouts], axis=0)
-    top_ids, _ = analysis.logit_lens(mean_write)
-    first_ids = np.stack([analysis.logit_lens(r.writes, top=1)[0][..., 0] for r in readouts])
+    top_ids, first_ids = {}, {}
+    for lens, normed in LENSES.items():
+        top_ids[lens], _ = analysis.logit_lens(mean_write, final_norm=normed)
+        first_ids[lens] = np.stack([analysis.logit_lens(r.writes, top=1, final_norm=normed)[0][..., 0]
+                                    for r in readouts])
     answers = [int(i) for i in getattr(head, "answer_ids", [])]
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "heads.npz") as tmp, tmp.open("wb") as f:
-        np.savez(f, interaction=interaction_change, direct=direct, top_ids=top_ids, first_ids=first_ids,
-                 qids=np.array([p.qid for p in pairs]))
+        np.savez(f, interaction=interaction_change, direct=direct, top_ids=top_ids["study"],
+                 first_ids=first_ids["study"], top_ids_final_norm=top_ids["final norm"],
+                 first_ids_final_norm=first_ids["final norm"], qids=np.array([p.qid for p in pairs]))
     rows = _head_rows(interaction_change, direct, top_ids, first_ids, answers, loaded.tokenizer)
     write_table(sorted(rows, key=lambda r: -abs(r[DIRECT]))[:20], out / TOP_HEADS,
                 f"Heads by |direct contribution| to the answer logit difference ({len(pairs)} pairs)")
@@ -194,21 +203,26 @@ def heads_job(settings: HeadsSettings, out: str | Path, progress: bool = True) -
         {"model": loaded.source, "adapter": settings.adapter, "template": builder.template.name,
          "groups": settings.groups, "max_pairs": settings.max_pairs, "ie_heads": ie_heads, "ie_group": ie_group},
         {}, pairs=report.pairs, interaction_block=block, forwards=analysis.engine.forwards,
+        logit_lens="W_U a + b on each head's write (study 002); the columns marked 'final norm' read it through the "
+                   "model's final norm first",
         head_writes=("split through the post-attention norm with its scale frozen (Gemma-style sandwich norms)"
                      if analysis.sandwich_norms else "o_proj slices, which add into the residual as they are")))
     return rows
 
 
 def _head_rows(interaction_change, direct, top_ids, first_ids, answers, tokenizer) -> list[dict]:
+    """One row per head; the logit-lens columns once per lens (the study's W_U a + b, then through the final norm)."""
     rows = []
     for layer in range(direct.shape[1]):
         for h in range(direct.shape[2]):
-            firsts = first_ids[:, layer, h]
             row = {"layer": layer, "head": h, "interaction S": float(interaction_change[:, layer, h].mean()),
-                   DIRECT: float(direct[:, layer, h].mean()),
-                   "logit lens top tokens": " ".join(repr(tokenizer.decode([int(i)])) for i in top_ids[layer, h])}
-            for name, token in zip(("yes/A", "no/B"), answers):
-                row[f"top-1 is {name}"] = float(np.mean(firsts == token))
+                   DIRECT: float(direct[:, layer, h].mean())}
+            for lens in LENSES:
+                label = "" if lens == "study" else f" ({lens})"
+                tokens = " ".join(repr(tokenizer.decode([int(i)])) for i in top_ids[lens][layer, h])
+                row[f"logit lens top tokens{label}"] = tokens
+                for name, token in zip(("yes/A", "no/B"), answers):
+                    row[f"top-1 is {name}{label}"] = float(np.mean(first_ids[lens][:, layer, h] == token))
             rows.append(row)
     return rows
 
