@@ -18,6 +18,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
@@ -233,7 +234,11 @@ def load_trained(checkpoint: str | Path, dtype: str = "auto", device: str | None
     builder = PromptBuilder(loaded.tokenizer, get_template(meta["template"]), meta.get("max_length", 512))
     check_answer_ids(folder, meta, builder)
     head_module = build_head(meta.get("head") or default_head(builder.template), loaded.model, builder)
-    load_head(head_module, folder, str(loaded.device))
+    classifier = external_classifier(folder, str(loaded.device)) if meta.get("external") else None
+    if classifier is not None and meta.get("head", "linear") == "linear":
+        load_classifier(head_module, classifier, folder)
+    else:
+        load_head(head_module, folder, str(loaded.device))
     return loaded, head_module, meta
 
 
@@ -270,4 +275,53 @@ def _external_meta(folder: Path, model: str | None, template: str | None, head: 
     base = model or _adapter_base(folder)
     if not base:
         raise ModelError(f"{folder}/adapter_config.json names no base model; pass the base model explicitly")
+    if _classifier_keys(folder):  # a trained score head (Tevatron, RankLLaMA): read with it, not with answer words
+        return {"model": base, "template": template or "score", "head": head or "linear", "external": True}
     return {"model": base, "template": template or "yes_no", "head": head, "external": True}
+
+
+# A sequence-classification head saved with a PEFT adapter (`modules_to_save`: score, classifier), as Tevatron and
+# RankLLaMA ship their rerankers; older PEFT versions keep the wrapper's `modules_to_save.<adapter>` in the key.
+_CLASSIFIER_KEY = re.compile(r"base_model\.model\.(score|classifier)(?:\.modules_to_save\.[^.]+)?\.(weight|bias)")
+
+
+def _classifier_keys(folder: Path) -> dict[str, str]:
+    """{"weight": key, "bias": key} of a classification head in the adapter's weights; empty when it has none."""
+    from safetensors import safe_open
+
+    path = folder / ADAPTER_FILE
+    if not path.is_file():
+        return {}
+    try:
+        with safe_open(str(path), framework="pt") as weights:
+            keys = list(weights.keys())
+    except (SafetensorError, OSError) as err:
+        raise ModelError(_damaged(path, err)) from None
+    return {m[2]: key for key in keys if (m := _CLASSIFIER_KEY.fullmatch(key))}
+
+
+def external_classifier(folder: Path, device: str) -> dict[str, torch.Tensor] | None:
+    """The weight (num_labels, d_model) and bias of a PEFT adapter's trained classification head, or None."""
+    keys = _classifier_keys(folder)
+    if not keys:
+        return None
+    tensors = read_tensors(folder / ADAPTER_FILE, device)
+    return {name: tensors[key] for name, key in keys.items()}
+
+
+def load_classifier(head: nn.Module, classifier: dict[str, torch.Tensor], folder: Path) -> None:
+    """Load a sequence-classification head into relscope's linear score head. One label: its logit is the score.
+    Two labels: logit(label 1) - logit(label 0), label 1 being "relevant" (the transformers convention for binary
+    classifiers); the ranking is the same as by P(relevant). A head without a bias (Llama's `score`) gets 0."""
+    weight = classifier["weight"]
+    bias = classifier.get("bias", torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device))
+    if weight.dim() != 2 or weight.shape[1] != head.score.in_features or weight.shape[0] not in (1, 2):
+        raise ModelError(f"{folder / ADAPTER_FILE}: its classification head has shape {tuple(weight.shape)}; relscope "
+                         f"reads one or two labels over the model's {head.score.in_features} hidden units")
+    if weight.shape[0] == 2:
+        weight, bias = weight[1:] - weight[:1], bias[1:] - bias[:1]
+    if not bool(weight.isfinite().all()) or not bool(bias.isfinite().all()):
+        raise ModelError(f"{folder / ADAPTER_FILE}: its classification head holds non-finite weights")
+    with torch.no_grad():
+        head.score.weight.copy_(weight.reshape(1, -1))
+        head.score.bias.copy_(bias.reshape(1))
