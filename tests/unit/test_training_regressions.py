@@ -108,8 +108,8 @@ def test_groups_cli_still_writes_tevatron_jsonl_with_every_hard_negative(tmp_pat
 def _train_tiny(tmp: Path, model: Path, groups: Path, max_length: int = 96, **extra) -> Path:
     from relscope.training.job import run_train_job
 
-    values = dict(model=str(model), train=[str(groups)], negatives=2, max_length=max_length, max_steps=2,
-                  batch_size=2, save_steps=2, report_to=[], lora={"rank": 4}, **extra)
+    values = {**dict(model=str(model), train=[str(groups)], negatives=2, max_length=max_length, max_steps=2,
+                     batch_size=2, save_steps=2, report_to=[], lora={"rank": 4}), **extra}
     run_train_job(from_mapping(TrainConfig, values), tmp / "run", progress=False)
     return tmp / "run" / "checkpoint-2"
 
@@ -321,3 +321,18 @@ def test_a_checkpoint_read_at_other_answer_tokens_than_it_was_trained_on_is_refu
     (folder / "relscope.json").write_text(json.dumps(meta))
     with pytest.raises(ModelError, match="answer tokens"):
         load_trained(folder)
+
+
+def test_checkpoints_at_an_explicit_list_of_steps(tmp_path, tiny_family_dir):
+    """Study 000's Table 1 is read at steps 5, 10, 100 and 300: `save_at` saves exactly there, and at the end."""
+    from relscope.training.checkpoint import complete_checkpoints
+
+    _train_tiny(tmp_path, tiny_family_dir("llama"), tiny_group_file(tmp_path), max_steps=5, save_at=[3, 1])
+    assert [p.name for p in complete_checkpoints(tmp_path / "run")] == ["checkpoint-1", "checkpoint-3",
+                                                                          "checkpoint-5"]
+
+
+@pytest.mark.parametrize("save_at", [[], [0], [6], [True]])
+def test_save_at_steps_outside_the_run_are_refused(save_at):
+    with pytest.raises(ConfigError, match="save_at"):
+        from_mapping(TrainConfig, {"max_steps": 5, "save_at": save_at})

@@ -159,6 +159,19 @@ def _grad_norms_problem(norms: np.ndarray, steps: np.ndarray, labels: np.ndarray
 LOG_FILE = "log.jsonl"  # one JSON record per logged step, in the run folder
 
 
+class SaveAtSteps(TrainerCallback):
+    """Checkpoints at exactly the steps given (and at the last step), where the Trainer's save_steps is a period."""
+
+    def __init__(self, steps: tuple[int, ...], last: int) -> None:
+        self.steps = {*steps, last}
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                    **kwargs: object) -> TrainerControl:
+        """Ask for a save at the listed steps (the Trainer's own schedule is off: save_strategy "no")."""
+        control.should_save = state.global_step in self.steps
+        return control
+
+
 class JsonlLogger(TrainerCallback):
     """Every Trainer log record as one JSON line in log.jsonl (main process only, flushed at once)."""
 

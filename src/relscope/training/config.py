@@ -50,6 +50,9 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     scheduler: str = "linear"
     save_steps: int = 50
+    # Checkpoints at exactly these steps instead of every save_steps (and at max_steps), e.g. [5, 10, 100, 300]: the
+    # steps of study 000's Table 1.
+    save_at: tuple[int, ...] | None = None
     save_total_limit: int | None = None
     logging_steps: int = 1
     seed: int = 42
@@ -72,6 +75,12 @@ class TrainConfig:
             raise ValueError(f"negatives must be at most 1000, got {self.negatives}")
         if self.max_length < 8:
             raise ValueError(f"max_length must be at least 8 tokens, got {self.max_length}")
+        if self.save_at is not None:
+            wrong = [s for s in self.save_at if isinstance(s, bool) or not 1 <= s <= self.max_steps]
+            if not self.save_at or wrong:
+                raise ValueError(f"save_at: steps from 1 to max_steps ({self.max_steps}), got "
+                                 f"{wrong[0] if wrong else 'an empty list'}")
+            object.__setattr__(self, "save_at", tuple(sorted(set(self.save_at))))
         if self.save_total_limit is not None and self.save_total_limit <= 0:
             raise ValueError(f"save_total_limit must be >= 1 (or unset to keep all), got {self.save_total_limit}")
         if self.warmup_steps < 0:

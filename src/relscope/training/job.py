@@ -35,7 +35,7 @@ from relscope.models.scoring import Scorer, ScoringOptions
 from relscope.models.specs.base import num_layers
 from relscope.prompts.templates import get_template
 from relscope.prompts.tokenize import PromptBuilder
-from relscope.training.callbacks import LOG_FILE, DevEvaluator, GradNormRecorder, JsonlLogger, trim_log
+from relscope.training.callbacks import LOG_FILE, DevEvaluator, GradNormRecorder, JsonlLogger, SaveAtSteps, trim_log
 from relscope.training.checkpoint import GRAD_NORMS_FILE, checkpoint_step, latest_checkpoint
 from relscope.training.config import TrainConfig
 from relscope.training.data import GroupCollator, GroupDataset
@@ -88,7 +88,8 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool) -> dict
         train_dataset=GroupDataset(groups),
         data_collator=GroupCollator(groups, objective, builder, config.negatives, loaded.tokenizer.pad_token_id,
                                     config.seed, config.hard_fraction),
-        callbacks=[JsonlLogger(out / LOG_FILE), recorder],
+        callbacks=[JsonlLogger(out / LOG_FILE), recorder,
+                   *([SaveAtSteps(config.save_at, config.max_steps)] if config.save_at else [])],
         objective=objective,
         prompts_per_group=objective.prompts_per_group(config.negatives),
         meta=meta,
@@ -244,7 +245,7 @@ def _training_arguments(config: TrainConfig, out: Path, loaded: LoadedModel, pro
         weight_decay=config.weight_decay,
         max_grad_norm=config.max_grad_norm,
         lr_scheduler_type=config.scheduler,
-        save_strategy="steps",
+        save_strategy="no" if config.save_at else "steps",  # save_at: SaveAtSteps asks for each save
         save_steps=config.save_steps,
         save_total_limit=config.save_total_limit,
         logging_steps=config.logging_steps,
