@@ -29,10 +29,10 @@ def test_ablating_a_head_with_its_own_value_changes_nothing(family, tiny_groups)
     loaded, engine, pairs, _ = _setup(family, tiny_groups)
     prompt = pairs[0].clean
     means = reference_means(engine, [prompt], [1], ["last"])  # one position: the mean is the value itself
-    ablation = HeadAblation(loaded.model, loaded.spec, [(1, 0), (1, engine.n_heads - 1)], ["last"], engine.head_dim,
+    ablation = HeadAblation.at(loaded.model, loaded.spec, [(1, 0), (1, engine.n_heads - 1)], ["last"], engine.head_dim,
                             means)
     assert _scores(engine, loaded, [prompt], ablation) == pytest.approx(_scores(engine, loaded, [prompt]), abs=1e-5)
-    nothing = HeadAblation(loaded.model, loaded.spec, [], ["all"], engine.head_dim, None)
+    nothing = HeadAblation.at(loaded.model, loaded.spec, [], ["all"], engine.head_dim, None)
     assert _scores(engine, loaded, [prompt], nothing) == pytest.approx(_scores(engine, loaded, [prompt]), abs=1e-6)
 
 
@@ -47,7 +47,7 @@ def test_batched_ablation_equals_one_prompt_at_a_time(padding, tiny_groups):
     prompts = [e.prompt for e in labelled_prompts(read_groups(tiny_groups), builder, 4)]
     assert len({len(p) for p in prompts}) > 1  # padding is exercised
     means = reference_means(engine, prompts, [0, 2], ["document", "query"])
-    ablation = HeadAblation(loaded.model, loaded.spec, [(0, 1), (2, 0), (2, 3)], ["document", "query"],
+    ablation = HeadAblation.at(loaded.model, loaded.spec, [(0, 1), (2, 0), (2, 3)], ["document", "query"],
                             engine.head_dim, means)
     batched = _scores(engine, loaded, prompts, ablation, padding)
     alone = np.array([_scores(engine, loaded, [p], ablation)[0] for p in prompts])
@@ -59,7 +59,7 @@ def test_batched_ablation_equals_one_prompt_at_a_time(padding, tiny_groups):
 def test_zeroing_every_head_removes_the_attention_output(family, tiny_groups):
     loaded, engine, pairs, _ = _setup(family, tiny_groups)
     prompt = pairs[0].clean
-    ablation = HeadAblation(loaded.model, loaded.spec, [(1, h) for h in range(engine.n_heads)], ["all"],
+    ablation = HeadAblation.at(loaded.model, loaded.spec, [(1, h) for h in range(engine.n_heads)], ["all"],
                             engine.head_dim, None)
     o_proj = engine.spec.projection_of(engine.model, 1, "o")
     bias = o_proj.bias.detach() if o_proj.bias is not None else torch.zeros(o_proj.out_features)
@@ -70,18 +70,32 @@ def test_zeroing_every_head_removes_the_attention_output(family, tiny_groups):
     assert _scores(engine, loaded, [prompt], ablation)[0] == pytest.approx(expected, abs=1e-5)
 
 
-def test_head_sets_rank_by_magnitude_per_group(tmp_path):
+def test_head_sets_are_table_1_of_study_002(tmp_path):
+    """Doc-N, Query-N, Inst-N, Last-N: the N heads of highest (signed) mean IE at that group, each ablated at its own
+    positions; Mixed: their union, each at its own set's positions; Random: as many heads at every position."""
     ie = np.zeros((2, 4, 3, 2))  # pairs, groups, layers, heads
     ie[:, 0, 2, 1] = -5.0  # document: layer 2 head 1, negative but the largest in magnitude
-    ie[:, 0, 0, 0] = 1.0
+    ie[:, 0, 0, 0] = 1.0  # document: the highest effect
     ie[:, 3, 1, 0] = 3.0  # last: layer 1 head 0
     path = tmp_path / "ie_heads.npz"
     np.savez(path, ie=ie, groups=np.array(["document", "query", "instruction", "last"]), layers=np.array([0, 1, 2]))
-    sets = {s.name: s.heads for s in head_sets(str(path), 1, random_draws=2)}
-    assert sets["top-1 document"] == ((2, 1),) and sets["top-1 last"] == ((1, 0),)
-    assert sets["mixed-1"] == ((2, 1),)
-    assert "top-1 query" not in sets and "top-1 instruction" not in sets  # no effect there: no top heads
-    assert sets["random-1 #1"] != sets["random-1 #2"] or len({sets["random-1 #1"]}) == 1
+    sets = {s.name: s for s in head_sets(str(path), 1, random_draws=2)}
+    assert sets["Doc-1"].targets == ((0, 0, "document"),) and sets["Last-1"].targets == ((1, 0, "last"),)
+    assert "Query-1" not in sets and "Inst-1" not in sets  # no effect there: no top heads
+    assert sets["Mixed-2"].targets == ((0, 0, "document"), (1, 0, "last"))  # each at its own positions
+    random = [s for name, s in sets.items() if name.startswith("Random-2 #")]
+    assert len(random) == 2 and all(len(s.heads) == 2 and {g for *_, g in s.targets} == {"all"} for s in random)
+    by_size = {s.name: s for s in head_sets(str(path), 1, random_draws=0, by_magnitude=True)}
+    assert by_size["Doc-1"].targets == ((2, 1, "document"),)  # |IE| ranks the negative head first
+    everywhere = {s.name: s for s in head_sets(str(path), 1, random_draws=0, positions=("all",))}
+    assert everywhere["Doc-1"].targets == ((0, 0, "all"),)
+
+
+def test_the_default_set_size_is_the_studys_share_of_heads():
+    from relscope.analysis.knockout import study_size
+
+    assert study_size(32 * 32) == 20  # Llama-3.1-8B: 002's N
+    assert study_size(30 * 9) == 5 and study_size(2 * 4) == 1  # SmolLM2-135M; a tiny model
 
 
 def test_pair_accuracy_is_the_share_of_pairs_in_order_and_ignores_the_threshold():
@@ -128,9 +142,9 @@ def test_knockout_command_reports_f1_and_ndcg_changes(tiny_family_dir, tiny_grou
                  str(tiny_groups), "--size", "2", "--random-draws", "1", "--data", str(trec_dir), "--top-k", "3",
                  "--out", str(out)]) == 0
     table = (out / "knockout.md").read_text()
-    for name in ("full model", "top-2 document", "top-2 last", "mixed-2", "random-2 #1", "nDCG@10 change",
-                 "pair accuracy change"):
+    for name in ("full model", "Mixed-", "Random-", "nDCG@10 change", "pair accuracy change"):
         assert name in table
+    assert any(f"{label}-2 " in table for label in ("Doc", "Query", "Inst", "Last"))
     assert (out / "knockout.png").is_file()
     assert main(["knockout", model, "--ie-heads", str(tmp_path / "none.npz"), "--out", str(out)]) == 2
 
@@ -148,7 +162,8 @@ def test_pairwise_knockout_scores_judgments_of_both_orders_and_reranks(tiny_fami
                  "--groups", str(tiny_groups), "--max-groups", "4", "--size", "2", "--random-draws", "1",
                  "--data", str(trec_dir), "--top-k", "3", "--out", str(out)]) == 0
     rows = {r["head set"]: r for r in __import__("csv").DictReader((out / "knockout.csv").open())}
-    assert set(rows) == {"full model", "top-2 document", "top-2 last", "mixed-2", "random-2 #1"}
+    tops = {name for name in rows if name.split("-")[0] in ("Doc", "Last")}
+    assert tops and set(rows) == {"full model", *tops, f"Mixed-{2 * len(tops)}", f"Random-{2 * len(tops)} #1"}
     assert 0.0 <= float(rows["full model"]["pair accuracy"]) <= 1.0
     # The dev run is reranked pairwise (every ordered pair of the top 3) under each knockout.
     assert 0.0 <= float(rows["full model"]["nDCG@10"]) <= 1.0 and float(rows["full model"]["nDCG@10 change"]) == 0

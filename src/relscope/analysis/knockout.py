@@ -2,10 +2,15 @@
 
 Chosen heads' outputs (their slices of the o_proj input) at chosen position groups are replaced by their mean over a
 reference set of prompts (or by zero), and the model is scored as a relevance judge (F1 over labelled prompts:
-pointwise relevant vs not, pairwise A vs B) and as a reranker (nDCG@10 on a dev run). Head sets: top-N by |mean IE|
-at each position group of a head-patching run, Mixed (top-N by the largest |mean IE| over the groups) and Random-N
-(seeded draws), each reported with its relative drop from the full model and a bootstrap confidence interval over
-queries (the shape of the source study's Table 1).
+pointwise relevant vs not, pairwise A vs B; and pair accuracy) and as a reranker (nDCG@10 on a dev run).
+
+The head sets are study 002's Table 1: Doc-N, Query-N, Inst-N and Last-N are the N heads with the highest mean IE at
+that position group of a head-patching run, each ablated at its own positions; Mixed-4N is their union, each head at
+its own set's positions; Random-4N are 4N heads drawn at random (seeded), ablated at every position. N is 20 of the
+1,024 heads of a 32-layer, 32-head model, and by default the same share of a smaller model's heads. Heads are ranked
+by signed IE (the study's "highest indirect effect"); `rank: magnitude` ranks by |IE|, and `positions` ablates every
+set at the positions given instead of its own. Each set is reported with its relative change from the full model and
+a paired bootstrap confidence interval over queries.
 """
 
 from __future__ import annotations
@@ -34,48 +39,76 @@ KNOCKOUT, KNOCKOUT_FIGURE = "knockout", "knockout.png"  # the table written (.cs
 HEAD_SET, FULL_MODEL = "head set", "full model"  # the table's first column, and its first row's name there
 F1, PAIR_ACCURACY, NDCG10 = "F1", "pair accuracy", "nDCG@10"  # the metrics, each a column
 CHANGE, CI_LOW, CI_HIGH = "change", "CI low", "CI high"  # per metric, the columns f"{metric} {CHANGE}" etc.
-HEAD_SET_GROUPS = ("document", "query", "instruction", "last")
+HEAD_SET_GROUPS = {"document": "Doc", "query": "Query", "instruction": "Inst", "last": "Last"}  # 002's set names
+STUDY_SHARE = 20 / 1024  # 002: 20 heads per set of Llama-3.1-8B's 32 x 32
 NO_EFFECT = 1e-6  # |mean IE| at or below this is no effect
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class HeadSet:
+    """A knockout: each (layer, head) ablated at the positions of its group."""
+
     name: str
-    heads: tuple[tuple[int, int], ...]  # (layer, head)
+    targets: tuple[tuple[int, int, str], ...]  # (layer, head, position group)
+
+    @property
+    def heads(self) -> tuple[tuple[int, int], ...]:
+        """The distinct (layer, head) pairs knocked out, in order."""
+        return tuple(sorted({(layer, head) for layer, head, _ in self.targets}))
 
 
-def head_sets(ie_heads: str, size: int, random_draws: int = 3, seed: int = 0) -> list[HeadSet]:
-    """Top-`size` heads by |mean IE| at each position group the patch run has, Mixed, and Random draws."""
+def study_size(n_heads_total: int) -> int:
+    """N of 002's Table 1 for a model of this many heads: 20 of 1,024, the same share here (at least 1)."""
+    return max(1, round(STUDY_SHARE * n_heads_total))
+
+
+def head_sets(ie_heads: str, size: int | None = None, random_draws: int = 3, seed: int = 0,
+              by_magnitude: bool = False, positions: Sequence[str] | None = None) -> list[HeadSet]:
+    """002's Table 1 sets from a head-patching run: the top-`size` heads by mean IE (signed, or |IE| with
+    `by_magnitude`) at each position group the run has, each at its own positions; Mixed, their union; Random draws
+    of as many heads at every position. `positions` ablates every set there instead."""
     from relscope.analysis.patching.artefacts import load_ie_heads
 
     saved = load_ie_heads(ie_heads)
     groups, layers = saved.groups, saved.layers
-    magnitude = np.abs(saved.ie.mean(axis=0))  # (groups, layers, heads)
-    n_heads = magnitude.shape[2]
+    mean = saved.ie.mean(axis=0)  # (groups, layers, heads)
+    rank = np.abs(mean) if by_magnitude else mean
+    n_heads = mean.shape[2]
+    size = study_size(len(layers) * n_heads) if size is None else size
     if size > len(layers) * n_heads:
         raise ConfigError(f"--size {size} is more than the {len(layers) * n_heads} heads patched")
-    if magnitude.max() <= NO_EFFECT:  # every set but the random ones would be heads in storage order
-        raise DataError(f"{ie_heads}: no head has an effect (every |mean IE| is 0) at {', '.join(groups)}; patch "
-                        "with --heads at other --head-positions (document, last) or over other pairs")
-
-    def top(values: np.ndarray) -> tuple[tuple[int, int], ...]:
-        order = np.argsort(-values, axis=None, kind="stable")[:size]
-        return tuple(sorted((layers[i // n_heads], int(i % n_heads)) for i in order))
-
     if not any(g in groups for g in HEAD_SET_GROUPS):
         raise ConfigError(f"{ie_heads}: its head patching has none of the groups {', '.join(HEAD_SET_GROUPS)}; "
                           "run `relscope patch --heads` with them")
-    # A group where no head has any effect (the query in pointwise prompts: it precedes the first token that
-    # differs) has no top heads; ranking its zeros would pick the first heads in storage order.
-    sets = [HeadSet(f"top-{size} {g}", top(magnitude[groups.index(g)])) for g in HEAD_SET_GROUPS
-            if g in groups and magnitude[groups.index(g)].max() > NO_EFFECT]
-    for g in (g for g in HEAD_SET_GROUPS if g in groups and magnitude[groups.index(g)].max() <= NO_EFFECT):
-        log.info("no head has an effect at the %s positions: no top-%d %s set", g, size, g)
-    sets.append(HeadSet(f"mixed-{size}", top(magnitude.max(axis=0))))
+
+    def top(values: np.ndarray) -> list[tuple[int, int]]:
+        order = np.argsort(-values, axis=None, kind="stable")[:size]
+        return sorted((layers[i // n_heads], int(i % n_heads)) for i in order)
+
+    def at(heads: Sequence[tuple[int, int]], group: str) -> tuple[tuple[int, int, str], ...]:
+        return tuple((layer, head, g) for layer, head in heads for g in (positions or (group,)))
+
+    # A group where no head has an effect (the query when it precedes the first token that differs) has no top
+    # heads: ranking its zeros would pick the first heads in storage order.
+    sets = []
+    for group, label in HEAD_SET_GROUPS.items():
+        if group not in groups:
+            continue
+        if rank[groups.index(group)].max() <= NO_EFFECT:
+            log.info("no head has a positive effect at the %s positions: no %s-%d set", group, label, size)
+            continue
+        sets.append(HeadSet(f"{label}-{size}", at(top(rank[groups.index(group)]), group)))
+    if not sets:  # every set but the random ones would be heads in storage order
+        raise DataError(f"{ie_heads}: no head has an effect at {', '.join(groups)}; patch with --heads at other "
+                        "--head-positions (document, query, instruction, last) or over other pairs")
+    mixed = tuple(dict.fromkeys(target for s in sets for target in s.targets))
+    sets.append(HeadSet(f"Mixed-{len(sets) * size}", mixed))
     every = [(layer, h) for layer in layers for h in range(n_heads)]
+    count = min(len(sets[:-1]) * size, len(every))
     rng = random.Random(seed)
-    sets += [HeadSet(f"random-{size} #{i + 1}", tuple(sorted(rng.sample(every, size)))) for i in range(random_draws)]
+    sets += [HeadSet(f"Random-{count} #{i + 1}", at(sorted(rng.sample(every, count)), "all"))
+             for i in range(random_draws)]
     return sets
 
 
@@ -91,16 +124,23 @@ def group_masks(prompts: Sequence, groups: Sequence[str], left: bool) -> dict[st
 
 
 class HeadAblation:
-    """Inside `active()`, the heads' outputs at the groups' positions are their reference means (zero when `means`
+    """Inside `active()`, each target head's output at its group's positions is its reference mean (zero when `means`
     is None). `set_batch` (the Scorer's on_batch) tells each row's positions; a single prompt needs none."""
 
-    def __init__(self, model, spec, heads: Sequence[tuple[int, int]], groups: Sequence[str], head_dim: int,
+    def __init__(self, model, spec, targets: Sequence[tuple[int, int, str]], head_dim: int,
                  means: dict[tuple[int, str], torch.Tensor] | None = None) -> None:
-        self.model, self.spec, self.groups, self.head_dim, self.means = model, spec, list(groups), head_dim, means
-        self.by_layer: dict[int, list[int]] = defaultdict(list)
-        for layer, head in heads:
-            self.by_layer[layer].append(head)
+        self.model, self.spec, self.head_dim, self.means = model, spec, head_dim, means
+        self.groups = list(dict.fromkeys(group for _, _, group in targets))
+        self.by_layer: dict[int, list[tuple[int, str]]] = defaultdict(list)
+        for layer, head, group in targets:
+            self.by_layer[layer].append((head, group))
         self.masks: dict[str, torch.Tensor] | None = None
+
+    @classmethod
+    def at(cls, model, spec, heads: Sequence[tuple[int, int]], groups: Sequence[str], head_dim: int,
+           means: dict[tuple[int, str], torch.Tensor] | None = None) -> HeadAblation:
+        """Every one of `heads` ablated at every one of `groups`."""
+        return cls(model, spec, [(layer, head, g) for layer, head in heads for g in groups], head_dim, means)
 
     def set_batch(self, prompts: Sequence, left: bool = False) -> None:
         """Take the next batch's prompts (padded on the `left` or right) so the hooks know each row's positions."""
@@ -109,12 +149,11 @@ class HeadAblation:
     def _ablate(self, layer: int):
         def fn(z: torch.Tensor) -> torch.Tensor:
             z = z.clone()
-            for group in self.groups:
+            for head, group in self.by_layer[layer]:
                 mask = self.masks[group].to(z.device)
-                for head in self.by_layer[layer]:
-                    columns = slice(head * self.head_dim, (head + 1) * self.head_dim)
-                    value = 0.0 if self.means is None else self.means[layer, group][columns].to(z.dtype)
-                    z[..., columns][mask] = value
+                columns = slice(head * self.head_dim, (head + 1) * self.head_dim)
+                value = 0.0 if self.means is None else self.means[layer, group][columns].to(z.dtype)
+                z[..., columns][mask] = value
             return z
         return fn
 
@@ -209,16 +248,19 @@ def knockout_job(settings: KnockoutSettings, out: str | Path, progress: bool = T
     from relscope.reports import plots
     from relscope.reports.tables import write_table
 
-    ie_heads, size, positions, zero = settings.ie_heads, settings.size, settings.positions, settings.zero
+    ie_heads, positions, zero = settings.ie_heads, settings.positions, settings.zero
     random_draws, max_groups, dev = settings.random_draws, settings.max_groups, settings.dev_settings()
-    sets = head_sets(ie_heads, size, random_draws)
+    sets = head_sets(ie_heads, settings.size, random_draws, by_magnitude=settings.rank == "magnitude",
+                     positions=positions)
+    size = len(sets[0].heads)
     loaded, head, builder = load_patch_model(settings.patch_settings(), process_device())
     examples = labelled_prompts(pair_groups(settings.groups), builder, max_groups, settings.negative_kind)
     prompts, labels, qids = [e.prompt for e in examples], np.array([e.label for e in examples]), [e.qid for e in
                                                                                                   examples]
     engine = PatchingEngine(loaded.model, loaded.spec, head)
     layers = sorted({layer for s in sets for layer, _ in s.heads})
-    means = None if zero else reference_means(engine, prompts, layers, positions)
+    groups = sorted({group for s in sets for _, _, group in s.targets})
+    means = None if zero else reference_means(engine, prompts, layers, groups)
     options = ScoringOptions(prefix_cache=False)  # the ablation hooks need each row's own positions
     scorer = Scorer(loaded.model, loaded.spec, head, loaded.tokenizer.pad_token_id, options, progress=False)
     dataset = load_dev_run(dev) if dev else None
@@ -239,12 +281,13 @@ def knockout_job(settings: KnockoutSettings, out: str | Path, progress: bool = T
     full = measure(None)
     rows = [_row(FULL_MODEL, (), full, full)]
     for head_set in sets:
-        ablation = HeadAblation(loaded.model, loaded.spec, head_set.heads, positions, engine.head_dim, means)
+        ablation = HeadAblation(loaded.model, loaded.spec, head_set.targets, engine.head_dim, means)
         rows.append(_row(head_set.name, head_set.heads, measure(ablation), full))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     kind = "zero" if zero else "mean"
-    write_table(rows, out / KNOCKOUT, f"{kind}-ablation of head sets at {'+'.join(positions)} positions: judgment "
+    where = "+".join(positions) if positions else "their own (Random: all)"
+    write_table(rows, out / KNOCKOUT, f"{kind}-ablation of head sets at {where} positions: judgment "
                 f"F1 and pair accuracy over {len(prompts)} prompts"
                 + (f", nDCG@10 on {dev.data} top-{dev.top_k}" if dev else "")
                 + "; drops relative to the full model, 95% bootstrap CI over queries")
@@ -257,9 +300,10 @@ def knockout_job(settings: KnockoutSettings, out: str | Path, progress: bool = T
                           "relative change", errors), out / KNOCKOUT_FIGURE)
     atomic_write_json(out / "manifest.json", build_manifest(
         {"model": loaded.source, "adapter": settings.adapter, "template": builder.template.name,
-         "ie_heads": ie_heads, "size": size, "positions": list(positions), "ablation": kind,
+         "ie_heads": ie_heads, "size": size, "rank": settings.rank,
+         "positions": list(positions) if positions else "each set at its own group (Random: all)", "ablation": kind,
          "random_draws": random_draws, "max_groups": max_groups, "dev": dev and vars(dev)},
-        {}, head_sets={s.name: [list(h) for h in s.heads] for s in sets}))
+        {}, head_sets={s.name: [list(t) for t in s.targets] for s in sets}))
     return rows
 
 

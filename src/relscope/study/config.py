@@ -89,7 +89,7 @@ class MechanismSettings:
     max_pairs: int = 10
     head_positions: tuple[str, ...] = ("document", "query", "instruction", "last")
     heads_pairs: int = 20
-    knockout_size: int = 10  # heads per knocked-out set
+    knockout_size: int | None = None  # heads per top set; None: study 002's share (20 of 1,024) of the model's heads
     knockout_groups: int = 30  # groups judged (two prompts each) for judgment F1
     knockout_queries: int | None = 8  # dev queries reranked for nDCG@10 under each knockout
     random_draws: int = 2
@@ -102,6 +102,8 @@ class MechanismSettings:
         _groups_path(self, "a group .jsonl file or a TREC folder")
         for key in ("max_pairs", "heads_pairs", "knockout_size", "knockout_groups", "random_draws"):
             value = getattr(self, key)
+            if key == "knockout_size" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{key} must be a positive integer, got {value!r}")
         _whole(self, "knockout_queries", optional=True)

@@ -321,7 +321,7 @@ def knockout_verdict(knockout: Table | Missing) -> Table | Missing:
     rows = [r for r in knockout.rows if r[ko.HEAD_SET] != ko.FULL_MODEL]
     out = []
     for r in rows:
-        kind = "random" if r[ko.HEAD_SET].startswith("random") else "top-IE"
+        kind = "random" if r[ko.HEAD_SET].lower().startswith("random") else "top-IE"
         for metric in (ko.F1, ko.PAIR_ACCURACY, ko.NDCG10):
             if f"{metric} {ko.CHANGE}" in r:
                 change, low, high = (float(r[f"{metric} {k}"]) for k in (ko.CHANGE, ko.CI_LOW, ko.CI_HIGH))

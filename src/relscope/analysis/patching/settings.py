@@ -14,7 +14,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from numbers import Integral, Real
-from typing import Any
+from typing import Any, Literal
 
 from relscope.analysis.patching.sites import COMPONENTS, HEAD_GROUPS, NEGATIVE_KINDS, PERTURBATIONS, POSITION_GROUPS
 from relscope.analysis.settings import RELEVANCE_GROUPS
@@ -156,9 +156,13 @@ class KnockoutSettings:
     negative_kind: str = _negative_kind()
     max_length: int | None = _max_length()
     max_groups: int = field(default=100, metadata=option("groups judged, two prompts each"))
-    size: int = field(default=10, metadata=option("heads per set"))
-    positions: tuple[str, ...] = field(default=("all",), metadata=option("where the heads are ablated",
-                                                                         choices=POSITION_GROUPS))
+    size: int | None = field(default=None, metadata=option(
+        "heads per top set, N (unset: study 002's share, 20 of 1,024 heads, of this model's heads)"))
+    rank: Literal["signed", "magnitude"] = field(default="signed", metadata=option(
+        "rank heads by their mean IE (signed: the study's highest effect) or by |mean IE|"))
+    positions: tuple[str, ...] | None = field(default=None, metadata=option(
+        "ablate every set at these positions (unset: each top set at its own group, Mixed likewise, Random at all)",
+        choices=POSITION_GROUPS))
     zero: bool = field(default=False, metadata=option("zero-ablate instead of mean-ablate"))
     random_draws: int = field(default=3, metadata=option("random head sets"))
     data: str | None = field(default=None, metadata=option(
@@ -170,14 +174,19 @@ class KnockoutSettings:
     def __post_init__(self) -> None:
         """The knockout's options, range-checked before any file is read or model loaded; --ie-heads must exist."""
         _check_model_and_groups(self)
-        for key, least in (("size", 1), ("random_draws", 0), ("max_groups", 1)):
+        for key, least in (("random_draws", 0), ("max_groups", 1)):
             _whole(self, key, least)
+        if self.size is not None:
+            _whole(self, "size", 1)
+        if self.rank not in ("signed", "magnitude"):
+            _bad(self, "rank", self.rank, "is not one of signed, magnitude")
         positions = self.positions
-        if isinstance(positions, str) or not isinstance(positions, Sequence) or not positions or any(
-                p not in POSITION_GROUPS for p in positions):
-            shown = " ".join(map(str, positions)) if isinstance(positions, Sequence) else str(positions)
-            raise ConfigError(f"--positions {shown[:60]}: give one or more of {', '.join(POSITION_GROUPS)}")
-        object.__setattr__(self, "positions", tuple(positions))
+        if positions is not None:
+            if isinstance(positions, str) or not isinstance(positions, Sequence) or not positions or any(
+                    p not in POSITION_GROUPS for p in positions):
+                shown = " ".join(map(str, positions)) if isinstance(positions, Sequence) else str(positions)
+                raise ConfigError(f"--positions {shown[:60]}: give one or more of {', '.join(POSITION_GROUPS)}")
+            object.__setattr__(self, "positions", tuple(positions))
         if not isinstance(self.zero, bool):
             _bad(self, "zero", self.zero, "must be true or false")
         if self.data is not None:
