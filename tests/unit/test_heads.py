@@ -15,7 +15,7 @@ from relscope.analysis.patching.hooks import capturing
 @pytest.mark.parametrize("family", FAMILIES)
 def test_the_heads_writes_add_up_to_what_the_attention_adds_to_the_residual(family, tiny_groups):
     loaded, engine, pairs, _ = _setup(family, tiny_groups)
-    analysis = HeadAnalysis(engine)
+    analysis = HeadAnalysis(engine, "document>query")  # _setup's prompts put the query first
     _, last = analysis._forward(pairs[0].clean)
     writes = analysis.head_writes(last)
     store: dict = {}
@@ -34,7 +34,7 @@ def test_the_heads_writes_add_up_to_what_the_attention_adds_to_the_residual(fami
 @pytest.mark.parametrize("family", FAMILIES)
 def test_the_logit_lens_of_the_final_residual_is_the_models_prediction(family, tiny_groups):
     loaded, engine, pairs, _ = _setup(family, tiny_groups)
-    analysis = HeadAnalysis(engine)
+    analysis = HeadAnalysis(engine, "document>query")  # _setup's prompts put the query first
     _, last = analysis._forward(pairs[0].clean)
     residual = last[("resid_post", analysis.depth - 1)].float().numpy()
     ids, _ = analysis.logit_lens(residual[None, None], top=1, final_norm=True)  # as the model reads its residual
@@ -45,7 +45,7 @@ def test_the_logit_lens_of_the_final_residual_is_the_models_prediction(family, t
 
 def test_direct_contributions_are_the_logit_difference_lost_without_the_head(tiny_groups):
     loaded, engine, pairs, _ = _setup("llama", tiny_groups)
-    analysis = HeadAnalysis(engine)
+    analysis = HeadAnalysis(engine, "document>query")  # _setup's prompts put the query first
     readout = analysis.readout(pairs[0])
     _, last = analysis._forward(pairs[0].clean)
     residual = last[("resid_post", analysis.depth - 1)]
@@ -65,10 +65,25 @@ def test_interaction_is_the_sum_of_row_maxima_over_the_block():
 
 
 @pytest.mark.parametrize("template", ["yes_no", "pairwise"])
-def test_the_query_first_templates_read_the_documents_attention_to_the_query(template, tiny_groups):
-    _, engine, pairs, _ = _setup("llama", tiny_groups, template)
-    assert interaction_block(pairs[0].clean) == ("document", "query")
-    readout = HeadAnalysis(engine).readout(pairs[0])
+def test_the_interaction_score_reads_the_query_attending_to_the_document_as_the_study_does(template, tiny_groups):
+    """Study 002: s = sum over query tokens of the max attention on document tokens. It needs the document first; in
+    a query-first prompt that block is empty under the causal mask and is refused, naming the fix."""
+    from relscope.analysis.patching.engine import PatchingEngine
+    from relscope.analysis.patching.pairs import build_pairs
+    from relscope.analysis.patching.settings import STUDY_LAYOUT
+    from relscope.data.groups import read_groups
+    from relscope.errors import ConfigError
+    from relscope.prompts.templates import get_template
+    from relscope.prompts.tokenize import PromptBuilder
+
+    loaded, engine, query_first, _ = _setup("llama", tiny_groups, template)
+    with pytest.raises(ConfigError, match="document-query-instruction"):
+        interaction_block(query_first[0].clean, "query>document")
+    assert interaction_block(query_first[0].clean, "document>query") == ("document", "query")  # the named option
+    builder = PromptBuilder(loaded.tokenizer, get_template(template, STUDY_LAYOUT), 128)
+    pairs, _ = build_pairs(read_groups(tiny_groups), builder, max_pairs=1)
+    assert interaction_block(pairs[0].clean, "query>document") == ("query", "document")
+    readout = HeadAnalysis(PatchingEngine(loaded.model, loaded.spec, engine.head), "query>document").readout(pairs[0])
     assert np.abs(readout.interaction).max() > 0
 
 
@@ -93,7 +108,7 @@ def test_heads_command_writes_its_tables_and_marks_top_ie_heads(tiny_family_dir,
 def test_the_logit_lens_is_the_studys_unembedding_of_the_write_and_the_normed_one_is_labelled(family, tiny_groups):
     """Study 002's logit lens is W_U a + b on a head's output, no final norm; through the norm is the other lens."""
     loaded, engine, pairs, _ = _setup(family, tiny_groups)
-    analysis = HeadAnalysis(engine)
+    analysis = HeadAnalysis(engine, "document>query")  # _setup's prompts put the query first
     writes = analysis.readout(pairs[0]).writes  # (layers, heads, d_model)
     ids, values = analysis.logit_lens(writes, top=3)
     unembedding = engine.model.get_output_embeddings()

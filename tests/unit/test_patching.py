@@ -9,6 +9,7 @@ import torch
 from tiny import tiny_loaded
 
 from relscope.analysis.patching.engine import PairResult, PatchingEngine, indirect_effects
+from relscope.analysis.patching.settings import STUDY_LAYOUT
 from relscope.analysis.patching.sites import Site, all_sites
 from relscope.analysis.patching.hooks import Edit, patching
 from relscope.analysis.patching.pairs import PatchPair, build_pairs, same_layout
@@ -99,7 +100,7 @@ def test_patch_command_writes_the_ie_grid_equal_to_the_engine(tiny_family_dir, t
     saved = np.load(out / "ie.npz")
     assert saved["ie"].shape == (2, 2, 3, 5)  # pairs, components, layers, position groups
     loaded = load_model(model)
-    builder = PromptBuilder(loaded.tokenizer, get_template("yes_no"), 256)
+    builder = PromptBuilder(loaded.tokenizer, get_template("yes_no", STUDY_LAYOUT), 256)  # the command's default
     pairs, _ = build_pairs(read_groups(tiny_groups), builder, max_pairs=2)
     engine = PatchingEngine(loaded.model, loaded.spec, build_head("yes_no", loaded.model, builder))
     direct = engine.sweep(pairs[1], [Site("mlp", 2, "last")]).indirect_effects()[0]

@@ -259,7 +259,9 @@ def test_compare_refuses_runs_with_nothing_to_rank(extra, tiny_family_dir, tmp_p
     """A patch run whose components all have the same IE (or only one component): compare is one error, exit 2."""
     groups = _groups(tmp_path / "groups.jsonl", ["q1", "q2"])
     run = tmp_path / "run"
-    assert main(_patch(tiny_family_dir("llama"), groups, run, "--min-gap", "0", *extra)) == 0  # last --positions wins
+    # query-first: the query precedes every token that differs, so nothing there has an effect (last --positions wins)
+    assert main(_patch(tiny_family_dir("llama"), groups, run, "--min-gap", "0", "--layout",
+                       "query-document-instruction", *extra)) == 0
     code = main(["compare", str(run), str(run), "--out", str(tmp_path / "cmp")])
     assert code == 2 and "ie.npz" in _error_line(capsys)
     assert not (tmp_path / "cmp" / "summary.md").exists()

@@ -112,6 +112,7 @@ def test_patch_command_writes_score_and_inject_outputs(tiny_family_dir, tiny_gro
     from relscope.data.groups import read_groups
     from relscope.models.heads import build_head
     from relscope.models.load import load_model
+    from relscope.analysis.patching.settings import STUDY_LAYOUT
     from relscope.prompts import PromptBuilder, get_template
 
     model, out = str(tiny_family_dir("llama")), tmp_path / "patch"
@@ -119,7 +120,7 @@ def test_patch_command_writes_score_and_inject_outputs(tiny_family_dir, tiny_gro
                  "attn", "--perturbation", "inject", "--scores", "--out", str(out), "--quiet"]) == 0
     saved = np.load(out / "ie_scores.npz")
     loaded = load_model(model)
-    builder = PromptBuilder(loaded.tokenizer, get_template("yes_no"), 256)
+    builder = PromptBuilder(loaded.tokenizer, get_template("yes_no", STUDY_LAYOUT), 256)  # the command's default
     pairs, _ = build_pairs(read_groups(tiny_groups), builder, max_pairs=2, perturbation="inject")
     def text(prompt, group):
         return loaded.tokenizer.decode([prompt.input_ids[i] for i in prompt.positions(group)]).split()
@@ -133,4 +134,15 @@ def test_patch_command_writes_score_and_inject_outputs(tiny_family_dir, tiny_gro
     assert saved["ie"].shape == (2, len(SCORE_BLOCKS), 3, n_heads)  # pairs, blocks, layers, heads
     direct = engine.sweep(pairs[1], [Site("scores", 2, "last>document", 1)]).indirect_effects()[0]
     assert saved["ie"][1, 1, 2, 1] == pytest.approx(direct, abs=1e-5)
-    assert (out / "ie_scores_document_to_query.png").is_file()
+    assert (out / "ie_scores_query_to_document.png").is_file()  # the study's block: the query attending to the document
+
+
+def test_a_score_block_the_causal_mask_leaves_empty_is_refused():
+    """--scores patches the query attending to the document (study 002): a query-first layout cannot have it."""
+    from relscope.analysis.patching.settings import PatchSettings
+    from relscope.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--query-block query>document: with --layout query-document-instruction"):
+        PatchSettings(scores=True, layout="query-document-instruction")
+    assert PatchSettings(scores=True, layout="query-document-instruction", query_block="document>query").scores
+    assert PatchSettings(scores=True).query_block == "query>document"  # the default layout puts the document first

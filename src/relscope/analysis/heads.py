@@ -1,10 +1,11 @@
 """What each attention head reads and writes (`relscope heads MODEL [ADAPTER]`).
 
-Attention interaction score (per head): s(q, d) = sum over the attending positions i of the max over the attended
-positions k of A[i, k], between the query and the document tokens; S = s(q, d+) - s(q, d-) averaged over pairs.
-The causal mask lets only the later segment attend to the earlier one, so the block is query>document when the
-template puts the passage first and document>query when it puts the query first (ours do). Pointwise: d+ and d-
-are the two prompts of a patching pair; pairwise: documents A (relevant) and B of the clean prompt.
+Attention interaction score (per head), as study 002 defines it: s(q, d) = sum over the query positions i of the
+max over the document positions k of A[i, k] (the query attending to the document); S = s(q, d+) - s(q, d-)
+averaged over pairs. The causal mask allows that block when the document comes first (the analyses' default
+layout); `query_block: document>query` is the option for a layout with the query first (a layout that leaves the
+chosen block empty is refused by the settings). Pointwise: d+ and d- are the two prompts of a patching pair;
+pairwise: documents A (relevant) and B of the clean prompt.
 
 Logit lens (per head, at the last token): the head's write into the residual stream, o_h = W_O[:, h] z_h, read by the
 unembedding as study 002 defines it, W_U o_h + b (no final norm): its top tokens, and whether the first is an answer
@@ -30,6 +31,7 @@ from relscope.analysis.patching.hooks import capturing
 from relscope.analysis.patching.pairs import PatchPair
 from relscope.analysis.patching.scores import recording_attention
 from relscope.analysis.patching.settings import HeadsSettings
+from relscope.errors import ConfigError
 
 if TYPE_CHECKING:
     from relscope.prompts.tokenize import TokenizedPrompt
@@ -55,11 +57,15 @@ def interaction(weights: torch.Tensor, rows: list[int], columns: list[int]) -> t
     return block.max(dim=-1).values.sum(dim=-1)
 
 
-def interaction_block(prompt: TokenizedPrompt) -> tuple[str, str]:
-    """(attending group, attended group): the later of query and document attends to the earlier."""
-    first_query = min(prompt.positions("query"))
-    first_document = min(prompt.positions("document"))
-    return ("document", "query") if first_query < first_document else ("query", "document")
+def interaction_block(prompt: TokenizedPrompt, query_block: str) -> tuple[str, str]:
+    """(attending group, attended group) of `query_block`, checked against the prompt: the attending group must come
+    after the attended one, or the causal mask leaves the block empty."""
+    rows, columns = query_block.split(">")
+    if min(prompt.positions(rows)) < min(prompt.positions(columns)):
+        raise ConfigError(f"--query-block {query_block}: in these prompts the {rows} comes before the {columns}, so "
+                          "the causal mask leaves the block empty; put the document first (--layout "
+                          "document-query-instruction) or use the other block")
+    return rows, columns
 
 
 def _document_positions(prompt, index: int) -> list[int]:
@@ -67,8 +73,10 @@ def _document_positions(prompt, index: int) -> list[int]:
 
 
 class HeadAnalysis:
-    def __init__(self, engine: PatchingEngine) -> None:
-        self.engine = engine
+    """Per-head readouts over patching pairs: interaction scores on `query_block`, writes, direct contributions."""
+
+    def __init__(self, engine: PatchingEngine, query_block: str = "query>document") -> None:
+        self.engine, self.query_block = engine, query_block
         model, spec = engine.model, engine.spec
         self.depth = len(spec.layer_list(model))
         self.final_norm = spec.resolve(model, spec.final_norm)
@@ -133,7 +141,7 @@ class HeadAnalysis:
     def _interaction(self, weights: dict[int, torch.Tensor], prompt, document: int) -> np.ndarray:
         """(layers, heads): s(q, d) for document `document` of the prompt."""
         query, docs = prompt.positions("query"), _document_positions(prompt, document)
-        rows, columns = (docs, query) if interaction_block(prompt)[0] == "document" else (query, docs)
+        rows, columns = (docs, query) if interaction_block(prompt, self.query_block)[0] == "document" else (query, docs)
         return torch.stack([interaction(weights[layer], rows, columns) for layer in range(self.depth)]).numpy()
 
     @torch.inference_mode()
@@ -165,7 +173,7 @@ def heads_job(settings: HeadsSettings, out: str | Path, progress: bool = True) -
     marks = _top_ie_heads(ie_heads, ie_group, marked) if ie_heads else []  # a bad file fails before the model loads
     loaded, head, builder = load_patch_model(patch, process_device())
     pairs, report = build_pairs(pair_groups(patch.groups), builder, patch.max_pairs, patch.negative_kind)
-    analysis = HeadAnalysis(PatchingEngine(loaded.model, loaded.spec, head))
+    analysis = HeadAnalysis(PatchingEngine(loaded.model, loaded.spec, head), settings.query_block)
     readouts = over_items(analysis.readout, pairs, "pairs", progress)
     if not process_state().is_main_process:
         return []
@@ -188,7 +196,7 @@ def heads_job(settings: HeadsSettings, out: str | Path, progress: bool = True) -
                 f"Heads by |direct contribution| to the answer logit difference ({len(pairs)} pairs)")
     write_table(rows, out / HEADS, "Every head: interaction score, direct contribution, logit lens")
     layers, heads = [str(i) for i in range(analysis.depth)], [str(h) for h in range(analysis.engine.n_heads)]
-    block = ">".join(interaction_block(pairs[0].clean))
+    block = ">".join(interaction_block(pairs[0].clean, settings.query_block))
     plots.save(plots.heatmap(interaction_change.mean(0), layers, heads,
                              f"{loaded.name}: attention interaction S = s(q,d+) - s(q,d-), {block} "
                              f"({len(pairs)} pairs)" + (f"; boxes: top-{marked} IE heads ({ie_group})"
@@ -230,7 +238,6 @@ def _head_rows(interaction_change, direct, top_ids, first_ids, answers, tokenize
 def _top_ie_heads(path: str, group: str, count: int) -> list[tuple[int, int]]:
     """(layer, head) of the `count` heads with the largest |mean IE| at `group` in a patch run's ie_heads.npz."""
     from relscope.analysis.patching.artefacts import load_ie_heads
-    from relscope.errors import ConfigError
 
     saved = load_ie_heads(path)
     groups = saved.groups

@@ -32,7 +32,10 @@ from relscope.analysis.patching.settings import KnockoutSettings
 from relscope.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from relscope.analysis.patching.engine import PatchingEngine
+    from relscope.models.specs import ModelSpec
     from relscope.prompts.tokenize import TokenizedPrompt
 
 KNOCKOUT, KNOCKOUT_FIGURE = "knockout", "knockout.png"  # the table written (.csv and .md) and its bar chart
@@ -127,7 +130,7 @@ class HeadAblation:
     """Inside `active()`, each target head's output at its group's positions is its reference mean (zero when `means`
     is None). `set_batch` (the Scorer's on_batch) tells each row's positions; a single prompt needs none."""
 
-    def __init__(self, model, spec, targets: Sequence[tuple[int, int, str]], head_dim: int,
+    def __init__(self, model: nn.Module, spec: ModelSpec, targets: Sequence[tuple[int, int, str]], head_dim: int,
                  means: dict[tuple[int, str], torch.Tensor] | None = None) -> None:
         self.model, self.spec, self.head_dim, self.means = model, spec, head_dim, means
         self.groups = list(dict.fromkeys(group for _, _, group in targets))
@@ -137,7 +140,8 @@ class HeadAblation:
         self.masks: dict[str, torch.Tensor] | None = None
 
     @classmethod
-    def at(cls, model, spec, heads: Sequence[tuple[int, int]], groups: Sequence[str], head_dim: int,
+    def at(cls, model: nn.Module, spec: ModelSpec, heads: Sequence[tuple[int, int]], groups: Sequence[str],
+           head_dim: int,
            means: dict[tuple[int, str], torch.Tensor] | None = None) -> HeadAblation:
         """Every one of `heads` ablated at every one of `groups`."""
         return cls(model, spec, [(layer, head, g) for layer, head in heads for g in groups], head_dim, means)

@@ -2,21 +2,33 @@
 
 A template is data. The slots are {query} and {document} (pointwise) or
 {document_a} and {document_b} (pairwise); everything else is instruction text.
+
+The registered templates are written as three parts (the query line, the document line(s), the instruction) and a
+layout, the order of those parts: query-document-instruction by default. Study 002 puts the document first, so that
+the query can attend to the document under the causal mask and query positions carry effects; `with_layout` gives the
+same template in another order (the analyses of patching use document-query-instruction by default).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Literal
 
 from relscope.errors import ConfigError
 from relscope.registry import Registry
 
 
+LAYOUTS = ("query-document-instruction", "document-query-instruction", "instruction-document-query")
+DEFAULT_LAYOUT = LAYOUTS[0]
+PART_NAMES = ("query", "document", "instruction")
+
+
 @dataclass(frozen=True)
 class PromptTemplate:
+    """A prompt as data: its user text with slots, how it is wrapped, and the answer words its head reads."""
+
     name: str
     kind: Literal["pointwise", "pairwise"]
     user: str
@@ -29,8 +41,14 @@ class PromptTemplate:
     plain_suffix: str = "\nAnswer:"
     # RankLLaMA-style: read the score at an appended end-of-sequence token.
     append_eos: bool = False
+    # The user text as (part, text) pairs in the default order, for templates that offer other layouts.
+    parts: tuple[tuple[str, str], ...] = ()
+    layout: str = DEFAULT_LAYOUT
 
     def __post_init__(self) -> None:
+        """Every slot is in the user text, and the parts (when given) are the user text in the default layout."""
+        if self.parts and "\n".join(text for _, text in self.parts) != self.user and self.layout == DEFAULT_LAYOUT:
+            raise ConfigError(f"template {self.name!r}: its parts do not make up its user text")
         for slot in self.document_slots + ("query",):
             if "{" + slot + "}" not in self.user:
                 raise ConfigError(f"template {self.name!r}: user text must contain the slot {{{slot}}}")
@@ -39,6 +57,19 @@ class PromptTemplate:
     def document_slots(self) -> tuple[str, ...]:
         """The passage slots the user text must contain: one for pointwise, A and B for pairwise."""
         return ("document",) if self.kind == "pointwise" else ("document_a", "document_b")
+
+    def with_layout(self, layout: str) -> PromptTemplate:
+        """This template with its parts in `layout`'s order (the part a template lacks, e.g. an instruction, is
+        left out); a template written as one text has only its own layout."""
+        if layout not in LAYOUTS:
+            raise ConfigError(f"layout {layout!r} is not one of {', '.join(LAYOUTS)}")
+        if layout == self.layout:
+            return self
+        if not self.parts:
+            raise ConfigError(f"template {self.name!r} is one text, not parts: it has no layout but {self.layout}")
+        texts = dict(self.parts)
+        user = "\n".join(texts[part] for part in layout.split("-") if part in texts)
+        return replace(self, user=user, layout=layout)
 
     def fingerprint(self) -> str:
         """A stable hash recorded in every manifest: same hash, same prompts."""
@@ -55,6 +86,8 @@ TEMPLATES.register(
         system="You judge whether a passage answers a search query.",
         user="Query: {query}\nPassage: {document}\nDoes the passage answer the query? Answer yes or no.",
         answers=("yes", "no"),
+        parts=(("query", "Query: {query}"), ("document", "Passage: {document}"),
+               ("instruction", "Does the passage answer the query? Answer yes or no.")),
     ),
 )
 
@@ -64,6 +97,7 @@ TEMPLATES.register(
         name="score",
         kind="pointwise",
         user="query: {query}\ndocument: {document}",
+        parts=(("query", "query: {query}"), ("document", "document: {document}")),
         answers=None,
         chat=False,
         plain_suffix="",
@@ -82,10 +116,12 @@ TEMPLATES.register(
             "Which document is more relevant to the query? Answer A or B."
         ),
         answers=("A", "B"),
+        parts=(("query", "Query: {query}"), ("document", "Document A: {document_a}\nDocument B: {document_b}"),
+               ("instruction", "Which document is more relevant to the query? Answer A or B.")),
     ),
 )
 
 
-def get_template(name: str) -> PromptTemplate:
-    """The registered template `name`; a ConfigError lists the known ones otherwise."""
-    return TEMPLATES.get(name)
+def get_template(name: str, layout: str = DEFAULT_LAYOUT) -> PromptTemplate:
+    """The registered template `name` in `layout`; a ConfigError lists the known ones otherwise."""
+    return TEMPLATES.get(name).with_layout(layout)

@@ -27,7 +27,7 @@ from relscope.analysis.patching.atp import attribution_patching
 from relscope.analysis.patching.engine import PairResult, PatchingEngine, indirect_effects
 from relscope.analysis.patching.fast import FastPatcher
 from relscope.analysis.patching.pairs import PatchPair, build_pairs
-from relscope.analysis.patching.scores import SCORE_BLOCKS, score_sites
+from relscope.analysis.patching.scores import score_blocks, score_sites
 from relscope.analysis.patching.settings import PatchSettings
 from relscope.analysis.patching.sites import Site, all_sites, head_sites
 from relscope.errors import ConfigError, DataError, ModelError, overflow_hint
@@ -120,7 +120,8 @@ def patch_job(settings: PatchSettings, out: str | Path, progress: bool = True) -
         _head_sweep(sweeper, [s for s in head_sites(depth, n_heads, groups) if s.layer in layers], groups,
                     kept_pairs, layers, out, loaded.name, "heads", show, cache)
     if settings.scores:
-        _head_sweep(sweeper, score_sites(layers, n_heads), SCORE_BLOCKS, kept_pairs, layers, out, loaded.name,
+        blocks = score_blocks(settings.query_block)
+        _head_sweep(sweeper, score_sites(layers, n_heads, blocks), blocks, kept_pairs, layers, out, loaded.name,
                     "scores", show, cache)
     summary["forwards"] = engine.forwards  # this process's
     if state.is_main_process:
@@ -185,9 +186,10 @@ def load_patch_model(settings: PatchSettings, device: str) -> tuple[LoadedModel,
     if settings.adapter:
         loaded, head, meta = load_trained(settings.adapter, dtype=settings.dtype, device=device, merge=True,
                                           model=settings.model, template=settings.template)
-        return loaded, head, PromptBuilder(loaded.tokenizer, get_template(meta["template"]), max_length)
+        template = get_template(meta["template"], settings.layout)
+        return loaded, head, PromptBuilder(loaded.tokenizer, template, max_length)
     loaded = load_model(settings.model, dtype=settings.dtype, device=device)
-    builder = PromptBuilder(loaded.tokenizer, get_template(settings.template or "yes_no"), max_length)
+    builder = PromptBuilder(loaded.tokenizer, get_template(settings.template or "yes_no", settings.layout), max_length)
     return loaded, build_head(default_head(builder.template), loaded.model, builder), builder
 
 

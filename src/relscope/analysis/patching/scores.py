@@ -2,9 +2,10 @@
 document tokens to the query tokens) set to the clean run's, everything else left as in the corrupted run.
 
 A site is Site("scores", layer, "rows>columns", head): rows are the attending positions, columns the attended
-ones (position groups). With a causal mask only a later group attends to an earlier one, so for the query-first
-templates the query/document block is `document>query`; `last>document` and `last>query` are the answer token's
-reading of each.
+ones (position groups). The query/document block is study 002's `query>document`, the query (target) attending to
+the document (source), which the causal mask allows when the document comes first (`--layout
+document-query-instruction`, the analyses' default); `document>query` is the option for a query-first layout.
+`last>document` and `last>query` are the answer token's reading of each.
 
 Exact without touching the attention kernel: head h's output at row i is z_i = sum_k A_ik v_k, and a patch at layer
 l leaves layer l's values as in the corrupted run, so replacing A_ik by the clean A_ik for the columns k changes
@@ -38,7 +39,12 @@ if TYPE_CHECKING:
     from relscope.prompts.tokenize import TokenizedPrompt
 
 RECORDING = "relscope_record"
-SCORE_BLOCKS = ("document>query", "last>document", "last>query")
+SCORE_BLOCKS = ("query>document", "last>document", "last>query")  # the first as study 002 orients it
+
+
+def score_blocks(query_block: str = SCORE_BLOCKS[0]) -> tuple[str, ...]:
+    """The blocks patched per head: the query/document block in the orientation given, then the last token's two."""
+    return (query_block, *SCORE_BLOCKS[1:])
 _store: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None
 
 
@@ -104,7 +110,7 @@ def split_block(group: str) -> tuple[str, str]:
     """(rows, columns) of a block "rows>columns"; a ConfigError shows the form when it is not one."""
     rows, sep, columns = group.partition(">")
     if not sep or not rows or not columns:
-        raise ConfigError(f"attention-score block {group!r} must read 'rows>columns', e.g. 'document>query'")
+        raise ConfigError(f"attention-score block {group!r} must read 'rows>columns', e.g. 'query>document'")
     return rows, columns
 
 

@@ -22,6 +22,7 @@ from relscope.config import DTYPES, option
 from relscope.data.dev import DevSettings
 from relscope.errors import ConfigError, short
 from relscope.measures import DEFAULT_MEASURES, check_measures
+from relscope.prompts.templates import LAYOUTS
 
 # The model, adapter and clean/corrupted groups: the same fields (and flags) in patch, heads and knockout.
 
@@ -39,6 +40,33 @@ def _model() -> Any:
 def _adapter(verb: str) -> Any:
     return field(default=None, metadata=option(f"a checkpoint-<step>/ or PEFT adapter to {verb} instead of the base",
                                                positional=True))
+
+
+STUDY_LAYOUT = "document-query-instruction"  # 002's prompts: the query follows (and can attend to) the document
+QUERY_BLOCKS = ("query>document", "document>query")  # 002's: the query (target) attending to the document (source)
+
+
+def check_block_layout(block: str, layout: str, flag: str) -> None:
+    """Refuse a query/document block that the causal mask leaves empty in `layout` (its rows come first)."""
+    rows, columns = block.split(">")
+    order = layout.split("-")
+    if order.index(rows) < order.index(columns):
+        other = ">".join((columns, rows))
+        raise ConfigError(f"{flag} {block}: with --layout {layout} the {rows} comes before the {columns}, and under "
+                          f"the causal mask it cannot attend to it; use --layout {STUDY_LAYOUT} (the study's), or "
+                          f"{flag} {other}")
+
+
+def _query_block(what: str) -> Any:
+    return field(default=QUERY_BLOCKS[0], metadata=option(
+        f"the query/document block of {what}: query>document, the study's (the query attending to the document), "
+        "or document>query (for a layout with the query first)", choices=QUERY_BLOCKS))
+
+
+def _layout() -> Any:
+    return field(default=STUDY_LAYOUT, metadata=option(
+        "the order of the prompt's parts: study 002 puts the document first, so that query positions come after it "
+        "and can carry effects", choices=LAYOUTS))
 
 
 def _template() -> Any:
@@ -63,6 +91,7 @@ class PatchSettings:
     model: str = _model()
     adapter: str | None = _adapter("patch")
     template: str | None = _template()
+    layout: str = _layout()
     max_pairs: int | None = field(default=20, metadata=option("pairs to patch (0: all)", unset_as=0))  # None: all
     negative_kind: str = _negative_kind()
     perturbation: str = field(default="negative", metadata=option(
@@ -83,8 +112,9 @@ class PatchSettings:
         "position groups of the per-head patching; knockouts use document query instruction last",
         choices=POSITION_GROUPS))
     scores: bool = field(default=False, metadata=option(
-        "also patch every head's attention weights: document tokens to query tokens, last token to document, last "
-        "token to query"))
+        "also patch every head's attention weights on three blocks: the query/document block (--query-block), last "
+        "token to document, last token to query"))
+    query_block: str = _query_block("attention-score patching (--scores)")
     atp: bool = field(default=False, metadata=option(
         "also estimate every site by attribution patching and report its correlation with the exact effects"))
     fast: bool = True
@@ -95,6 +125,9 @@ class PatchSettings:
         before any model is loaded. Lists are normalised once: layers sorted and each once, the others each once in
         the order given, so labels and sites agree everywhere. max_pairs 0 means every pair (None)."""
         _check_model_and_groups(self)
+        _choice(self, "query_block", QUERY_BLOCKS)
+        if self.scores:
+            check_block_layout(self.query_block, self.layout, "--query-block")
         _max_pairs(self)
         _choice(self, "perturbation", PERTURBATIONS)
         _choice(self, "dtype", DTYPES)
@@ -121,6 +154,7 @@ class HeadsSettings:
     model: str = _model()
     adapter: str | None = _adapter("analyse")
     template: str | None = _template()
+    layout: str = _layout()
     max_pairs: int | None = field(default=50, metadata=option("pairs (0: all)", unset_as=0))  # None: all
     negative_kind: str = _negative_kind()
     max_length: int | None = _max_length()
@@ -128,10 +162,13 @@ class HeadsSettings:
         "a patch run's ie_heads.npz: its top heads are outlined in the heatmaps"))
     ie_group: str = field(default="last", metadata=option("the position group of --ie-heads to rank by"))
     marked: int = field(default=10, metadata=option("how many top-IE heads to outline"))
+    query_block: str = _query_block("the attention interaction score")
 
     def __post_init__(self) -> None:
         """Checked before any model loads; max_pairs 0 means every pair (None); --ie-heads must exist."""
         _check_model_and_groups(self)
+        _choice(self, "query_block", QUERY_BLOCKS)
+        check_block_layout(self.query_block, self.layout, "--query-block")
         _max_pairs(self)
         _whole(self, "marked", 0)
         _check_ie_heads(self, required=False)
@@ -139,7 +176,8 @@ class HeadsSettings:
     def patch_settings(self) -> PatchSettings:
         """The model, prompts and pairs to read the heads on, as the patching job has them."""
         return PatchSettings(groups=self.groups, model=self.model, adapter=self.adapter, template=self.template,
-                             max_pairs=self.max_pairs, negative_kind=self.negative_kind, max_length=self.max_length)
+                             layout=self.layout, max_pairs=self.max_pairs, negative_kind=self.negative_kind,
+                             max_length=self.max_length)
 
 
 @dataclass(frozen=True)
@@ -153,6 +191,7 @@ class KnockoutSettings:
     model: str = _model()
     adapter: str | None = _adapter("knock out")
     template: str | None = _template()
+    layout: str = _layout()
     negative_kind: str = _negative_kind()
     max_length: int | None = _max_length()
     max_groups: int = field(default=100, metadata=option("groups judged, two prompts each"))
@@ -201,7 +240,8 @@ class KnockoutSettings:
     def patch_settings(self) -> PatchSettings:
         """The model and prompts to knock heads out of, as the patching job has them."""
         return PatchSettings(groups=self.groups, model=self.model, adapter=self.adapter, template=self.template,
-                             max_pairs=None, negative_kind=self.negative_kind, max_length=self.max_length)
+                             layout=self.layout, max_pairs=None, negative_kind=self.negative_kind,
+                             max_length=self.max_length)
 
     def dev_settings(self) -> DevSettings | None:
         """The development run reranked under each knockout (None without --data)."""
@@ -276,6 +316,7 @@ def _check_model_and_groups(settings: PatchSettings | HeadsSettings | KnockoutSe
         if value is not None and (not isinstance(value, str) or not value.strip()):
             _bad(settings, key, value, "must be a non-empty string, or left out")
     _choice(settings, "negative_kind", NEGATIVE_KINDS)
+    _choice(settings, "layout", LAYOUTS)
     if settings.max_length is not None:
         _whole(settings, "max_length", 8)
 
