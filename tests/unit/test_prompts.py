@@ -107,3 +107,50 @@ def test_answer_words_read_as_the_model_would_emit_them(caplog):
     # "no" is two tokens in the tiny vocabulary: its first token is read, and a warning says so
     assert tok.decode([no]) == "n"
     assert "'no' is 2 tokens" in caplog.text
+
+
+LAYOUTS = ["query-document-instruction", "document-query-instruction", "instruction-document-query"]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("template", ["yes_no", "pairwise", "score"])
+def test_every_layout_keeps_the_contract(template, layout):
+    """Spans partition the prompt in the layout's order, hold their text, and truncation still cuts passages only."""
+    tok = tiny_tokenizer()
+    chosen = get_template(template, layout)
+    n_docs = len(chosen.document_slots)
+    passages = ["first passage", "second passage"][:n_docs]
+    prompt = PromptBuilder(tok, chosen).build(QUERY, passages)
+    assert [p for s in prompt.spans for p in range(s.start, s.end)] == list(range(len(prompt)))
+    assert decode(tok, prompt, "query").strip() == QUERY
+    assert [decode(tok, prompt, "document", i).strip() for i in range(n_docs)] == passages
+    first = {g: min(prompt.positions(g)) for g in ("query", "document")}
+    assert (first["document"] < first["query"]) == (layout != "query-document-instruction")
+    long_passage = " ".join(["mountains rise above the clouds"] * 60)
+    full = PromptBuilder(tok, chosen, max_length=4096).build(QUERY, [long_passage] * n_docs)
+    cut = PromptBuilder(tok, chosen, max_length=96).build(QUERY, [long_passage] * n_docs)
+    assert len(cut) <= 96 < len(full) and decode(tok, cut, "query") == decode(tok, full, "query")
+    assert [cut.input_ids[p] for p in cut.positions("instruction")] == \
+        [full.input_ids[p] for p in full.positions("instruction")]
+
+
+def test_golden_document_first_prompt_for_the_tiny_tokenizer():
+    """Study 002's order: the passage, then the query, then the question; pinned as text and span order."""
+    tok = tiny_tokenizer(chat=True)
+    prompt = PromptBuilder(tok, get_template("yes_no", "document-query-instruction")).build("capital", ["Paris"])
+    assert tok.decode(prompt.input_ids) == (
+        "<|im_start|>system\nYou judge whether a passage answers a search query.<|im_end|>\n"
+        "<|im_start|>user\nPassage: Paris\nQuery: capital\nDoes the passage answer the query? "
+        "Answer yes or no.<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert [s.group for s in prompt.spans] == ["instruction", "document", "instruction", "query", "instruction",
+                                               "last"]
+
+
+def test_the_default_layout_renders_the_templates_as_before():
+    for name in ("yes_no", "pairwise", "score"):
+        template = get_template(name)
+        assert template.layout == "query-document-instruction" and template.user == "\n".join(
+            text for _, text in template.parts)
+    with pytest.raises(ConfigError, match="layout 'sideways'"):
+        get_template("yes_no", "sideways")
