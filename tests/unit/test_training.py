@@ -85,6 +85,31 @@ def test_grad_norm_of_a_site_is_the_norm_of_its_lora_gradients(tiny_family_dir, 
     recorder.record(1)
     assert recorder.rows[0][1, 0] == pytest.approx(np.sqrt(8 * 9 + 8 * 16))
     assert np.isnan(recorder.rows[0][0, 0])
+    # study 001's code: the mean of the per-tensor norms (A's and B's), beside its text's root of summed squares
+    assert recorder.tensor_rows[0][1, 0] == pytest.approx((np.sqrt(8 * 9) + np.sqrt(8 * 16)) / 2)
+    assert np.isnan(recorder.tensor_rows[0][0, 0])
+
+
+def test_the_two_per_layer_gradient_norms_of_study_001(tmp_path):
+    """Text: sqrt of the summed squares over the layer's LoRA gradients; code: the mean of its tensors' norms."""
+    from relscope.analysis.dynamics import layer_norms, layer_tensor_means
+    from relscope.models.lora import LoraSite
+    from relscope.training.callbacks import GradNormRecorder, load_grad_norms
+
+    root, sites = torch.nn.Module(), []
+    for name, value in (("q", 1.0), ("v", 2.0)):
+        module = torch.nn.Module()
+        module.lora_A, module.lora_B = torch.nn.Linear(3, 1, bias=False), torch.nn.Linear(1, 3, bias=False)
+        module.lora_A.weight.grad, module.lora_B.weight.grad = torch.full((1, 3), value), torch.full((3, 1), 2 * value)
+        setattr(root, name, module)
+        sites.append(LoraSite(0, name, name))
+    recorder = GradNormRecorder(root, sites, n_layers=1)
+    recorder.record(1)
+    recorder.save(tmp_path / "grad_norms.npz")
+    saved = load_grad_norms(tmp_path / "grad_norms.npz")
+    tensors = [np.sqrt(3) * v for v in (1.0, 2.0, 2.0, 4.0)]  # the four tensors' norms
+    assert layer_norms(saved["norms"])[0, 0] == pytest.approx(np.sqrt(sum(n * n for n in tensors)))
+    assert layer_tensor_means(saved["tensor_means"])[0, 0] == pytest.approx(np.mean(tensors))
 
 
 def test_frozen_layers_keep_their_initial_adapter(tiny_family_dir, tiny_groups, tmp_path):

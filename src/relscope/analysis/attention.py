@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from relscope.analysis.examples import LabelledPrompt, adapter_state
-from relscope.analysis.settings import ATTENTION_LAYERS, AttentionSettings
+from relscope.analysis.settings import ATTENTION_LAYERS, AttentionSettings, study_layers
 from relscope.io import atomic_path, atomic_write_json
 from relscope.manifest import build_manifest
 from relscope.models.scoring import unwrap
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from relscope.models.specs import ModelSpec
 
 ATTENTION = "attention"  # the table written (.csv, .md) and the arrays (.npz)
+BASE_MEAN, TUNED_MEAN = "base mean", "fine-tuned mean"  # columns: mean document -> query mass per layer
 CHANGE_FIGURE = "attention_change.png"  # fine-tuned - base per head (attention_base.png, attention_fine_tuned.png)
 
 
@@ -92,7 +93,7 @@ def attention_job(settings: AttentionSettings, out: str | Path) -> list[dict]:
     groups, adapter = s.groups, s.adapter
     loaded, builder = load_with_prompts(s.model, adapter, s.template, s.max_length)
     template = builder.template.name
-    layers = list(s.layers) if s.layers else default_layers(num_layers(loaded.model.config))
+    layers = list(s.layers) if s.layers else study_layers(num_layers(loaded.model.config), hidden_states=False)
     examples = labelled_prompts(read_groups(data_path(str(groups))), builder, s.max_groups, "any")
     results = {"base": document_to_query_attention(loaded.model, loaded.spec, examples, layers, adapter=False)}
     if adapter:

@@ -27,6 +27,7 @@ CURVES = ("loss", "accuracy", "p_correct")
 # The files written that the study report reads
 SUMMARY, CURVES_FIGURE = "summary.json", "curves.png"
 GRAD_NORMS_FIGURE, GROUPS_FIGURE = "grad_norms.png", "groups.png"
+TENSOR_MEAN = "mean of tensor norms"  # grad_norm_by_layer's column of study 001's code's per-layer norm
 
 
 @dataclass(frozen=True)
@@ -95,11 +96,18 @@ def steepest_drops(steps: np.ndarray, loss: np.ndarray, window: int, count: int 
 
 
 def layer_norms(norms: np.ndarray) -> np.ndarray:
-    """(steps, layers): the gradient norm of each layer's LoRA parameters (all its modules together).
-    A layer without LoRA parameters (not adapted, or frozen) stays NaN."""
+    """(steps, layers): the gradient norm of each layer's LoRA parameters (all its modules together), as study 001's
+    text defines it: the root of the summed squares. A layer without LoRA parameters (not adapted, or frozen) stays
+    NaN."""
     squares = np.nansum(np.square(norms), axis=2)
     squares[np.all(np.isnan(norms), axis=2)] = np.nan
     return np.sqrt(squares)
+
+
+def layer_tensor_means(tensor_means: np.ndarray) -> np.ndarray:
+    """(steps, layers): the mean of the per-tensor gradient norms of each layer's LoRA tensors, as study 001's code
+    computes it (every site holds as many tensors, A and B, so the mean of the sites' means is the layer's mean)."""
+    return _nanmean(tensor_means, axis=2)
 
 
 def group_means(per_layer: np.ndarray) -> dict[str, np.ndarray]:
@@ -163,10 +171,21 @@ def _gradient_outputs(grads: dict[str, np.ndarray], out: Path, name: str) -> dic
     plots.save(plots.lines(steps, means, f"{name}: mean LoRA gradient norm by layer group", "step",
                            "gradient norm", log_y=True), out / GROUPS_FIGURE)
     per_module = _nanmean(grads["norms"], axis=0)  # (layers, modules), mean over steps
+    per_tensor = layer_tensor_means(grads["tensor_means"]) if "tensor_means" in grads else None
     table = [{"layer": i, "all modules": float(_nanmean(per_layer[:, i])),
+              **({TENSOR_MEAN: float(_nanmean(per_tensor[:, i]))} if per_tensor is not None else {}),
               **{str(label): float(per_module[i, j]) for j, label in enumerate(grads["labels"])}}
              for i in range(per_layer.shape[1])]
-    write_table(table, out / "grad_norm_by_layer", f"{name}: mean LoRA gradient norm over {len(steps)} steps")
-    return {"steps": len(steps), "mean_by_group": {k: _finite_or_none(_nanmean(v)) for k, v in means.items()},
-            "layer0_mean": _finite_or_none(_nanmean(per_layer[:, 0])),
-            "last_layer_mean": _finite_or_none(_nanmean(per_layer[:, -1]))}
+    write_table(table, out / "grad_norm_by_layer", f"{name}: mean LoRA gradient norm over {len(steps)} steps; "
+                "'all modules' is the root of the summed squares of the layer's LoRA gradients (study 001's text), "
+                f"'{TENSOR_MEAN}' the mean of its tensors' norms (001's code)")
+    summary = {"steps": len(steps), "definition": "root of the summed squares of each layer's LoRA gradients "
+               "(study 001's text)", "mean_by_group": {k: _finite_or_none(_nanmean(v)) for k, v in means.items()},
+               "layer0_mean": _finite_or_none(_nanmean(per_layer[:, 0])),
+               "last_layer_mean": _finite_or_none(_nanmean(per_layer[:, -1]))}
+    if per_tensor is not None:
+        code = group_means(per_tensor)
+        summary["per_tensor_mean"] = {  # 001's code: the mean of the per-tensor norms of each layer
+            "mean_by_group": {k: _finite_or_none(_nanmean(v)) for k, v in code.items()},
+            "layer0_mean": _finite_or_none(_nanmean(per_tensor[:, 0]))}
+    return summary

@@ -27,7 +27,7 @@ from relscope.analysis.examples import (
     last_token_states,
     load_with_prompts,
 )
-from relscope.analysis.settings import ProbeSettings
+from relscope.analysis.settings import ProbeSettings, study_layers
 from relscope.io import atomic_path, atomic_write_json
 from relscope.manifest import build_manifest, cache_identity
 from relscope.models.scoring import unwrap
@@ -101,7 +101,7 @@ def run_probe(states: dict[str, np.ndarray], examples: list[LabelledPrompt], out
     labels = np.array([e.label for e in examples])
     queries = np.array([e.qid for e in examples])
     depth = next(iter(states.values())).shape[0]
-    layers = layers or list(range(depth))
+    layers = layers or study_layers(depth - 1, hidden_states=True)
     results = {name: probe_layers(s, labels, queries, layers, folds) for name, s in states.items()}
     rows = [{LAYER: layer, **{f"{name} accuracy": r[i].accuracy for name, r in results.items()},
              **{f"{name} std": r[i].std for name, r in results.items()}} for i, layer in enumerate(layers)]

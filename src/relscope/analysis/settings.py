@@ -173,7 +173,8 @@ class DynamicsSettings:
             raise ConfigError(f"--after {self.after!r}: must be a step number >= 0")
 
 
-DEFAULT_FREEZE_VARIANTS = ("early", "middle", "late", "early+middle", "all")
+# 001 Part 5: only layers 10-19, 20-31, 0-19, or all of Phi-3's 32 trainable, as the same fractions of any depth
+DEFAULT_FREEZE_VARIANTS = ("0.3125-0.625", "0.625-1.0", "0.0-0.625", "all")
 
 
 @dataclass(frozen=True)
@@ -181,12 +182,23 @@ class FreezeSettings(_DevRun, _TrainRuns):
     """`relscope freeze --config C`: train with only some layer groups trainable; compare them."""
 
     variants: tuple[str, ...] = field(default=DEFAULT_FREEZE_VARIANTS, metadata=option(
-        "trainable layers: early, middle, late (thirds), joined by '+', all, or ranges like 0-9 or 0.25-0.75"))
+        "trainable layers: early, middle, late (thirds), joined by '+', all, or ranges like 0-9 or 0.25-0.75; by "
+        "default study 001's 10-19, 20-31, 0-19 and all of 32 layers, as fractions of depth"))
 
 
 # -- relscope probe, relscope attention --------------------------------------------------------
 
-ATTENTION_LAYERS = 5  # layers spread evenly from the first to the last, when none are given
+ATTENTION_LAYERS = 5  # layers spread evenly from the first to the last (the --layers of an older relscope)
+STUDY_001_LAYERS = (0, 8, 16, 24, 31)  # 001: its attention maps, probes and PCA at these of Phi-3's 32 layers
+
+
+def study_layers(depth: int, hidden_states: bool) -> list[int]:
+    """001's layers 0, 8, 16, 24, 31 as the same fractions of this model's depth. For hidden states (0: the
+    embeddings, `depth` + 1 of them) 001's index k of 33 states maps to k / 32 of the depth; for attention layers
+    (0 to depth - 1), k / 31 of the last layer."""
+    if hidden_states:
+        return sorted({round(k / 32 * depth) for k in STUDY_001_LAYERS})
+    return sorted({round(k / 31 * (depth - 1)) for k in STUDY_001_LAYERS})
 
 
 def _check_layers(layers: tuple[int, ...] | None) -> None:
@@ -212,7 +224,9 @@ class ProbeSettings(_StatesOf):
     """`relscope probe MODEL [ADAPTER]`: linear probes and PCA on each layer's last-token state."""
 
     max_groups: int = field(default=100, metadata=option("groups to use; two prompts each"))
-    layers: tuple[int, ...] | None = field(default=None, metadata=option("layers to analyse (unset: all)"))
+    layers: tuple[int, ...] | None = field(default=None, metadata=option(
+        "hidden states to probe, 0 the embeddings (unset: study 001's 0, 8, 16, 24, 31 of 32 layers, as the same "
+        "fractions of this model's depth)"))
     max_length: int | None = field(default=None, metadata=option(
         "prompt tokens (unset: the adapter's, else 256)"))
     negatives: Literal["hard", "random", "any"] = field(default="hard", metadata=option("negative kind"))
@@ -230,7 +244,7 @@ class AttentionSettings(_StatesOf):
 
     max_groups: int = field(default=25, metadata=option("groups to use; two prompts each"))
     layers: tuple[int, ...] | None = field(default=None, metadata=option(
-        f"layers to analyse (unset: {ATTENTION_LAYERS} spread evenly from the first to the last)"))
+        "layers to analyse (unset: study 001's 0, 8, 16, 24, 31 of 32, as the same fractions of this model's depth)"))
     max_length: int | None = field(default=None, metadata=option(
         "prompt tokens (unset: the adapter's, else 256)"))
 

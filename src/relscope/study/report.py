@@ -241,14 +241,18 @@ def side_by_side_dynamics(folder: Path) -> Table:
                              f"{cliff['loss_after']:.3f}"})
     probe_csv = folder / layout.PROBE / f"{probe.PROBE}.csv"
     probes = read_csv(probe_csv) if probe_csv.is_file() else []
-    if probes and probe.TUNED_ACCURACY in probes[0]:
-        best = max(probes, key=lambda r: float(r[probe.TUNED_ACCURACY]))
-        rows.append({"quantity": "probe accuracy by layer (fine-tuned)",
+    if probes and probe.TUNED_ACCURACY in probes[0]:  # 001 gives each layer before -> after training: so do we
+        rows.append({"quantity": "probe accuracy, before -> after training",
                      "source": SOURCE[("representations", "probe")],
-                     "ours": f"{float(probes[1][probe.TUNED_ACCURACY]):.3f} (layer 1) -> "
-                             f"{float(best[probe.TUNED_ACCURACY]):.3f} "
-                             f"at layer {best[probe.LAYER]} of {len(probes)}; base best "
-                             f"{max(float(r[probe.BASE_ACCURACY]) for r in probes):.3f}"})
+                     "ours": "; ".join(f"layer {r[probe.LAYER]}: {float(r[probe.BASE_ACCURACY]):.3f} -> "
+                                       f"{float(r[probe.TUNED_ACCURACY]):.3f}" for r in probes)})
+    attention_csv = folder / layout.ATTENTION / f"{attention.ATTENTION}.csv"
+    masses = read_csv(attention_csv) if attention_csv.is_file() else []
+    if masses and attention.TUNED_MEAN in masses[0]:
+        rows.append({"quantity": "document -> query attention, before -> after training",
+                     "source": SOURCE[("representations", "attention")],
+                     "ours": "; ".join(f"layer {r['layer']}: {float(r[attention.BASE_MEAN]):.4f} -> "
+                                       f"{float(r[attention.TUNED_MEAN]):.4f}" for r in masses)})
     return Table("Our dynamics and representations beside the source study's", rows or [{"quantity": "none"}])
 
 

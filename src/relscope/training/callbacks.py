@@ -47,6 +47,8 @@ class GradNormRecorder(TrainerCallback, CheckpointFiles):
     Stored as `norms[step_index, layer, label]` with `steps` and `labels` alongside, where a
     label is a projection (q, k, v, o, gate, up, down) or a fused module (q+k+v). The norm of
     a site is that of its A and B gradients together; NaN marks sites without LoRA or frozen.
+    `tensor_means[step_index, layer, label]` is the mean of the site's per-tensor norms (A's, B's): study 001's code
+    averages those per layer, where its text defines the layer's norm as the root of the summed squares.
     The trainer calls `record` before it clips (see RelscopeTrainer._clip_grad_norm).
     """
 
@@ -58,6 +60,7 @@ class GradNormRecorder(TrainerCallback, CheckpointFiles):
         self.slots = [(s.layer, self.labels.index(s.label), lora_parameters(base, s)) for s in sites]
         self.steps: list[int] = []
         self.rows: list[np.ndarray] = []
+        self.tensor_rows: list[np.ndarray] = []
 
     @torch.no_grad()
     def record(self, step: int) -> None:
@@ -65,21 +68,25 @@ class GradNormRecorder(TrainerCallback, CheckpointFiles):
         if self.steps and self.steps[-1] == step:
             return
         row = np.full((self.n_layers, len(self.labels)), np.nan, dtype=np.float32)
+        tensor_row = row.copy()
         squares = []
         for layer, col, params in self.slots:
             grads = [p.grad for p in params if p.grad is not None]
             if grads:
-                squares.append(((layer, col), torch.stack([g.float().pow(2).sum() for g in grads]).sum()))
+                per_tensor = torch.stack([g.float().pow(2).sum() for g in grads])
+                squares.append(((layer, col), torch.stack([per_tensor.sum(), per_tensor.sqrt().mean()])))
         if squares:  # one device->host copy for the whole step
-            values = torch.stack([s for _, s in squares]).sqrt().cpu().numpy()
-            for ((layer, col), _), value in zip(squares, values):
-                row[layer, col] = value
+            values = torch.stack([s for _, s in squares]).cpu().numpy()
+            for ((layer, col), _), (square, tensor_mean) in zip(squares, values):
+                value = np.sqrt(square)
+                row[layer, col], tensor_row[layer, col] = value, tensor_mean
                 if not np.isfinite(value):
                     raise TrainingError(f"step {step}: the gradient of layer {layer}'s {self.labels[col]} LoRA is "
                                         f"{value}; lower learning_rate or check the inputs (the last checkpoint is "
                                         "intact)")
         self.steps.append(step)
         self.rows.append(row)
+        self.tensor_rows.append(tensor_row)
 
     def on_pre_optimizer_step(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                               **kwargs: Any) -> None:
@@ -99,9 +106,12 @@ class GradNormRecorder(TrainerCallback, CheckpointFiles):
 
     def save(self, path: Path) -> None:
         """The norms, steps and labels as one .npz that `load_grad_norms` reads back."""
-        norms = np.stack(self.rows) if self.rows else np.zeros((0, self.n_layers, len(self.labels)), np.float32)
+        empty = np.zeros((0, self.n_layers, len(self.labels)), np.float32)
+        norms = np.stack(self.rows) if self.rows else empty
+        tensor_means = np.stack(self.tensor_rows) if self.tensor_rows else empty
         with atomic_path(path) as tmp, tmp.open("wb") as f:
-            np.savez(f, norms=norms, steps=np.array(self.steps, dtype=np.int64), labels=np.array(self.labels))
+            np.savez(f, norms=norms, steps=np.array(self.steps, dtype=np.int64), labels=np.array(self.labels),
+                     tensor_means=tensor_means)
 
     def resume_from(self, checkpoint: Path, step: int) -> None:
         """Continue the array of an interrupted run: the checkpoint's rows up to its step."""
@@ -116,6 +126,8 @@ class GradNormRecorder(TrainerCallback, CheckpointFiles):
             keep = saved["steps"] <= step
             self.steps = saved["steps"][keep].tolist()
             self.rows = list(saved["norms"][keep])
+            # an older run's file has no per-tensor means: NaN rows, so the two arrays stay aligned
+            self.tensor_rows = list(saved.get("tensor_means", np.full_like(saved["norms"], np.nan))[keep])
 
 
 def load_grad_norms(path: str | Path) -> dict[str, np.ndarray]:
@@ -131,12 +143,16 @@ def load_grad_norms(path: str | Path) -> dict[str, np.ndarray]:
                 raise DataError(f"{path}: holds one array, not the .npz of relscope train; {fix}")
             with data:
                 arrays = {key: data[key] for key in ("norms", "steps", "labels")}
+                if "tensor_means" in data.files:  # written since issue 18
+                    arrays["tensor_means"] = data["tensor_means"]
     except KeyError as err:
         raise DataError(f"{path}: has no array {err}; {fix}") from None
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError) as err:
         raise DataError(f"{path}: damaged or not an .npz file ({type(err).__name__}: "
                         f"{str(err).splitlines()[0][:120] if str(err) else 'truncated'}); {fix}") from None
-    problem = _grad_norms_problem(**arrays)
+    problem = _grad_norms_problem(arrays["norms"], arrays["steps"], arrays["labels"])
+    if problem is None and "tensor_means" in arrays:
+        problem = _grad_norms_problem(arrays["tensor_means"], arrays["steps"], arrays["labels"])
     if problem:
         raise DataError(f"{path}: {problem}; {fix}")
     return arrays
