@@ -333,3 +333,47 @@ def test_dev_run_is_scored_at_each_checkpoint_into_the_log(tiny_family_dir, tiny
     first_query = dict(zip(per_query[0].split(","), per_query[1].split(",")))
     assert saved["nDCG@10"] == pytest.approx(float(first_query["reranked:nDCG@10"]), abs=1e-4)
     assert direct["queries"] == 2
+
+
+@pytest.mark.parametrize("objective", ["pairwise", "listwise"])
+def test_held_out_accuracy_is_logged_from_step_0_on_groups_never_trained_on(objective, tiny_family_dir, tiny_groups,
+                                                                            tmp_path):
+    """Study 001's eval-accuracy curve: held-out whole queries, scored at step 0 and every eval_steps."""
+    from relscope.data.groups import read_groups
+    from relscope.data.training import hold_out
+
+    config = _config(tiny_family_dir("llama"), tiny_groups, objective=objective, eval_groups=2, eval_steps=2)
+    run_train_job(config, tmp_path, progress=False)
+    records = [r for r in _log(tmp_path) if "eval_accuracy" in r]
+    assert [r["step"] for r in records] == [0, 2, 4]
+    assert all(0.0 <= r["eval_accuracy"] <= 1.0 for r in records)
+    train, held = hold_out(read_groups(tiny_groups), 2, config.seed)
+    assert len(held) >= 2 and not {g.qid for g in train} & {g.qid for g in held}
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["held_out_groups"] == len(held) and manifest["groups"] == len(train)
+
+
+def test_the_held_out_accuracy_is_the_models_own(tiny_family_dir, tiny_groups, tmp_path):
+    """The step-0 point equals the untrained model scored by hand on the same held-out prompts (not a constant)."""
+    from relscope.data.groups import read_groups
+    from relscope.data.training import hold_out
+    from relscope.training.data import Draw, GroupCollator
+    from relscope.training.job import _build_module, _resolve_objective
+
+    config = _config(tiny_family_dir("llama"), tiny_groups, objective="pairwise", eval_groups=2, max_steps=1)
+    run_train_job(config, tmp_path, progress=False)
+    logged = next(r["eval_accuracy"] for r in _log(tmp_path) if r.get("step") == 0 and "eval_accuracy" in r)
+    objective, template, head_name = _resolve_objective(config)
+    from relscope.models.load import load_model
+    from transformers import set_seed
+
+    set_seed(config.seed)
+    loaded = load_model(config.model)
+    module, _, builder = _build_module(config, loaded, template, head_name)
+    _, held = hold_out(read_groups(tiny_groups), 2, config.seed)
+    batch = GroupCollator(held, objective, builder, config.negatives, loaded.tokenizer.pad_token_id, config.seed,
+                          config.hard_fraction)([Draw(i, 0) for i in range(len(held))])
+    module.eval()
+    with torch.no_grad():
+        scores = module(**batch).view(-1, objective.prompts_per_group(config.negatives))
+    assert logged == pytest.approx(float(objective.loss(scores).correct.float().mean()), abs=1e-4)

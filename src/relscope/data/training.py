@@ -170,6 +170,26 @@ class GroupsSettings:
                               "non-relevant passages; default 2)")
 
 
+def hold_out(groups: list[TrainingGroup], count: int, seed: int = 0) -> tuple[list[TrainingGroup], list[TrainingGroup]]:
+    """(training groups, held-out groups): whole queries, drawn in a seeded order, until at least `count` groups are
+    held out, so that no held-out query is also trained on (a query has one group per positive)."""
+    if count <= 0:
+        return groups, []
+    queries = sorted({g.qid for g in groups}, key=natural_key)
+    random.Random(f"hold-out:{seed}").shuffle(queries)
+    held_queries: set[str] = set()
+    for qid in queries:
+        if sum(g.qid in held_queries for g in groups) >= count:
+            break
+        held_queries.add(qid)
+    held = [g for g in groups if g.qid in held_queries]
+    train = [g for g in groups if g.qid not in held_queries]
+    if not train or len(held) < count:
+        raise DataError(f"eval_groups {count}: the training data has {len(groups)} groups of {len(queries)} queries; "
+                        "hold out fewer groups so that some are left to train on")
+    return train, held
+
+
 TREC_INPUTS = ("queries.tsv", "qrels.txt", "collection.tsv", "run.bm25.txt")
 
 

@@ -26,8 +26,8 @@ if TYPE_CHECKING:
     from relscope.data.dataset import RerankDataset
     from relscope.evaluation.rerank import Reranker
 
-__all__ = ["CheckpointFiles", "DevEvaluator", "GRAD_NORMS_FILE", "GradNormRecorder", "JsonlLogger",
-           "load_grad_norms", "read_log", "trim_log"]
+__all__ = ["CheckpointFiles", "DevEvaluator", "GRAD_NORMS_FILE", "GradNormRecorder", "HeldOutAccuracy",
+           "JsonlLogger", "load_grad_norms", "read_log", "SaveAtSteps", "trim_log"]
 
 
 class CheckpointFiles:
@@ -175,6 +175,45 @@ def _grad_norms_problem(norms: np.ndarray, steps: np.ndarray, labels: np.ndarray
 LOG_FILE = "log.jsonl"  # one JSON record per logged step, in the run folder
 
 
+class HeldOutAccuracy(TrainerCallback):
+    """Study 001's eval accuracy: the share of held-out groups the model ranks right (the positive above the
+    negatives; pairwise, each order of a pair), at step 0 and every `every` steps, logged as eval_accuracy. The
+    held-out groups' draws are fixed (epoch 0), so every point of the curve scores the same prompts."""
+
+    def __init__(self, trainer: Trainer, batches: list[dict[str, torch.Tensor]], prompts_per_group: int,
+                 every: int) -> None:
+        self.trainer, self.batches, self.prompts_per_group, self.every = trainer, batches, prompts_per_group, every
+
+    @torch.no_grad()
+    def accuracy(self) -> float:
+        """The held-out group accuracy of the model as it is now (dropout off, the training's autocast)."""
+        model = self.trainer.model
+        was_training = model.training
+        model.eval()
+        correct = groups = 0
+        try:
+            for batch in self.batches:
+                with self.trainer.autocast_smart_context_manager():
+                    scores = model(**{k: v.to(self.trainer.args.device) for k, v in batch.items()})
+                stats = self.trainer.objective.loss(scores.float().view(-1, self.prompts_per_group))
+                correct, groups = correct + float(stats.correct.sum()), groups + len(stats.correct)
+        finally:
+            model.train(was_training)
+        return correct / groups
+
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                       **kwargs: object) -> None:
+        """Step 0: the untrained model's accuracy (not again on a resume)."""
+        if state.global_step == 0:
+            self.trainer.log({"eval_accuracy": round(self.accuracy(), 4)})
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                    **kwargs: object) -> None:
+        """Every `every` steps and at the last."""
+        if state.global_step % self.every == 0 or state.global_step == state.max_steps:
+            self.trainer.log({"eval_accuracy": round(self.accuracy(), 4)})
+
+
 class SaveAtSteps(TrainerCallback):
     """Checkpoints at exactly the steps given (and at the last step), where the Trainer's save_steps is a period."""
 
@@ -211,7 +250,7 @@ def trim_log(path: Path, step: int) -> None:
     atomic_write_text(path, "".join(json.dumps(record) + "\n" for record in keep))
 
 
-LOG_NUMBERS = ("loss", "accuracy", "p_correct", "learning_rate", "grad_norm", "epoch")
+LOG_NUMBERS = ("loss", "accuracy", "p_correct", "learning_rate", "grad_norm", "epoch", "eval_accuracy")
 
 
 def read_log(path: Path, drop_cut_last: bool = False) -> list[dict]:

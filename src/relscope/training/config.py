@@ -53,6 +53,11 @@ class TrainConfig:
     # Checkpoints at exactly these steps instead of every save_steps (and at max_steps), e.g. [5, 10, 100, 300]: the
     # steps of study 000's Table 1.
     save_at: tuple[int, ...] | None = None
+    # Held-out evaluation, as study 001's eval accuracy: the groups of this many queries' worth (at least) are kept out
+    # of training, and the share of them the model ranks right is logged (eval_accuracy) at step 0 and every
+    # eval_steps (unset: every save_steps). 0: none.
+    eval_groups: int = 0
+    eval_steps: int | None = None
     save_total_limit: int | None = None
     logging_steps: int = 1
     seed: int = 42
@@ -75,6 +80,10 @@ class TrainConfig:
             raise ValueError(f"negatives must be at most 1000, got {self.negatives}")
         if self.max_length < 8:
             raise ValueError(f"max_length must be at least 8 tokens, got {self.max_length}")
+        if isinstance(self.eval_groups, bool) or self.eval_groups < 0:
+            raise ValueError(f"eval_groups must be 0 (none) or a positive number of groups, got {self.eval_groups}")
+        if self.eval_steps is not None and self.eval_steps <= 0:
+            raise ValueError(f"eval_steps must be a positive integer (or unset: save_steps), got {self.eval_steps}")
         if self.save_at is not None:
             wrong = [s for s in self.save_at if isinstance(s, bool) or not 1 <= s <= self.max_steps]
             if not self.save_at or wrong:

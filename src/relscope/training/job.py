@@ -23,7 +23,7 @@ from transformers import TrainingArguments, set_seed
 
 from relscope.config import dump_yaml, load_yaml, to_mapping
 from relscope.data.dev import load_dev_run
-from relscope.data.training import load_training_groups
+from relscope.data.training import hold_out, load_training_groups
 from relscope.errors import ConfigError
 from relscope.io import atomic_write_json, atomic_write_text, output_lock
 from relscope.manifest import CONFIG_FILE, MANIFEST_FILE, build_manifest
@@ -35,10 +35,18 @@ from relscope.models.scoring import Scorer, ScoringOptions
 from relscope.models.specs.base import num_layers
 from relscope.prompts.templates import get_template
 from relscope.prompts.tokenize import PromptBuilder
-from relscope.training.callbacks import LOG_FILE, DevEvaluator, GradNormRecorder, JsonlLogger, SaveAtSteps, trim_log
+from relscope.training.callbacks import (
+    LOG_FILE,
+    DevEvaluator,
+    GradNormRecorder,
+    HeldOutAccuracy,
+    JsonlLogger,
+    SaveAtSteps,
+    trim_log,
+)
 from relscope.training.checkpoint import GRAD_NORMS_FILE, checkpoint_step, latest_checkpoint
 from relscope.training.config import TrainConfig
-from relscope.training.data import GroupCollator, GroupDataset
+from relscope.training.data import Draw, GroupCollator, GroupDataset
 from relscope.training.module import RerankerModule
 from relscope.training.objectives import OBJECTIVES
 from relscope.training.trainer import RelscopeTrainer
@@ -71,6 +79,7 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool) -> dict
         return _already_trained(out, checkpoint)
     dev = load_dev_run(config.dev) if config.dev else None  # bad dev data fails here, before the model loads
     groups = load_training_groups(config.train, config.negatives, config.hard_fraction, config.min_grade, config.seed)
+    groups, held_out = hold_out(groups, config.eval_groups, config.seed)
 
     set_seed(config.seed)  # LoRA and linear-head initialisation
     loaded = load_model(config.model, dtype=config.dtype, device=config.device,
@@ -96,6 +105,13 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool) -> dict
         grad_recorder=recorder,
     )
     _add_tensorboard(trainer, config, out)
+    if held_out:
+        collate = GroupCollator(held_out, objective, builder, config.negatives, loaded.tokenizer.pad_token_id,
+                                config.seed, config.hard_fraction)
+        batches = [collate([Draw(i, 0) for i in range(start, min(start + config.batch_size, len(held_out)))])
+                   for start in range(0, len(held_out), config.batch_size)]
+        trainer.add_callback(HeldOutAccuracy(trainer, batches, objective.prompts_per_group(config.negatives),
+                                             config.eval_steps or config.save_steps))
     if dev is not None:
         reranker = _dev_reranker(loaded, module, builder)
         trainer.add_callback(DevEvaluator(trainer, reranker, dev, config.dev.top_k, config.dev.measures))
@@ -107,7 +123,7 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool) -> dict
         atomic_write_text(out / CONFIG_FILE, dump_yaml(config))
         atomic_write_json(out / MANIFEST_FILE, build_manifest(
             to_mapping(config), {}, template_hash=template.fingerprint(), model_source=loaded.source,
-            groups=len(groups), lora_sites=len(sites)))
+            groups=len(groups), held_out_groups=len(held_out), lora_sites=len(sites)))
     step = checkpoint_step(checkpoint) if checkpoint is not None else 0
     if trainer.is_world_process_zero():
         trim_log(out / LOG_FILE, step)  # records a killed run wrote after its last checkpoint (or before any)
