@@ -355,8 +355,11 @@ def test_held_out_accuracy_is_logged_from_step_0_on_groups_never_trained_on(obje
 
 def test_the_held_out_accuracy_is_the_models_own(tiny_family_dir, tiny_groups, tmp_path):
     """The step-0 point equals the untrained model scored by hand on the same held-out prompts (not a constant)."""
+    from transformers import set_seed
+
     from relscope.data.groups import read_groups
     from relscope.data.training import hold_out
+    from relscope.models.load import load_model
     from relscope.training.data import Draw, GroupCollator
     from relscope.training.job import _build_module, _resolve_objective
 
@@ -364,9 +367,6 @@ def test_the_held_out_accuracy_is_the_models_own(tiny_family_dir, tiny_groups, t
     run_train_job(config, tmp_path, progress=False)
     logged = next(r["eval_accuracy"] for r in _log(tmp_path) if r.get("step") == 0 and "eval_accuracy" in r)
     objective, template, head_name = _resolve_objective(config)
-    from relscope.models.load import load_model
-    from transformers import set_seed
-
     set_seed(config.seed)
     loaded = load_model(config.model)
     module, _, builder = _build_module(config, loaded, template, head_name)
