@@ -377,3 +377,20 @@ def test_the_held_out_accuracy_is_the_models_own(tiny_family_dir, tiny_groups, t
     with torch.no_grad():
         scores = module(**batch).view(-1, objective.prompts_per_group(config.negatives))
     assert logged == pytest.approx(float(objective.loss(scores).correct.float().mean()), abs=1e-4)
+
+
+def test_study_001s_two_logit_head_trains_logs_its_gradient_norm_and_reloads(tiny_family_dir, tiny_groups, tmp_path):
+    """001: the last token projected to two trained logits (A, B); its gradient norm is logged beside the layers'."""
+    from relscope.models.adapters import load_trained
+    from relscope.models.heads import TwoLogitHead
+    from relscope.training.callbacks import load_grad_norms
+
+    run_train_job(_config(tiny_family_dir("llama"), tiny_groups, objective="pairwise", head="two_logit",
+                          max_steps=2), tmp_path, progress=False)
+    norms = load_grad_norms(tmp_path / "grad_norms.npz")
+    assert norms["head_norms"].shape == (2,) and np.isfinite(norms["head_norms"]).all()
+    assert (norms["head_norms"] > 0).all()
+    loaded, head, meta = load_trained(tmp_path / "checkpoint-2")
+    assert isinstance(head, TwoLogitHead) and meta["head"] == "two_logit"
+    saved = load_file(tmp_path / "checkpoint-2" / "head.safetensors")
+    torch.testing.assert_close(head.score.weight.detach().float(), saved["score.weight"].float())

@@ -183,6 +183,8 @@ def _gradient_outputs(grads: dict[str, np.ndarray], out: Path, name: str) -> dic
                "(study 001's text)", "mean_by_group": {k: _finite_or_none(_nanmean(v)) for k, v in means.items()},
                "layer0_mean": _finite_or_none(_nanmean(per_layer[:, 0])),
                "last_layer_mean": _finite_or_none(_nanmean(per_layer[:, -1]))}
+    if "head_norms" in grads and np.isfinite(grads["head_norms"]).any():  # a trained head (linear, two-logit)
+        summary["head_mean"] = _finite_or_none(_nanmean(grads["head_norms"]))
     if per_tensor is not None:
         code = group_means(per_tensor)
         summary["per_tensor_mean"] = {  # 001's code: the mean of the per-tensor norms of each layer

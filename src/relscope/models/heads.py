@@ -3,6 +3,7 @@
     yes_no  logit("yes") - logit("no") through the model's own unembedding (zero-shot)
     linear  a trained Linear(d_model, 1) on the last token (RankLLaMA / Tevatron)
     ab      logit("A") - logit("B") for pairwise prompts (positive: A is more relevant)
+    two_logit  a trained Linear(d_model, 2) on the last token, logit A - logit B (study 001's classifier head)
 
 Answer heads compute only the two unembedding rows they need, not the full vocabulary.
 """
@@ -73,6 +74,21 @@ class LinearScoreHead(Head):
         return self.score(hidden.to(self.score.weight.dtype)).squeeze(-1)
 
 
+class TwoLogitHead(Head):
+    """Study 001's pairwise head: the last token's hidden state projected to two trained logits, A and B."""
+
+    kind = "pairwise"
+
+    def __init__(self, d_model: int) -> None:
+        super().__init__()
+        self.score = nn.Linear(d_model, 2)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(batch, d_model) -> (batch,): logit A - logit B (softmax over the two is P(A))."""
+        logits = self.score(hidden.to(self.score.weight.dtype))
+        return logits[:, 0] - logits[:, 1]
+
+
 HeadFactory = Callable[..., Head]
 HEADS: Registry[HeadFactory] = Registry("head")
 
@@ -90,6 +106,15 @@ def _answer_head(kind: str) -> HeadFactory:
 HEADS.register("yes_no", _answer_head("pointwise"))
 HEADS.register("ab", _answer_head("pairwise"))
 HEADS.register("linear", lambda model, builder: LinearScoreHead(model.config.get_text_config().hidden_size))
+
+
+def _two_logit_head(model: PreTrainedModel | PeftModel, builder: PromptBuilder) -> Head:
+    if builder.template.kind != "pairwise":
+        raise ConfigError(f"the two_logit head reads pairwise prompts (A or B), not {builder.template.name!r}")
+    return TwoLogitHead(model.config.get_text_config().hidden_size)
+
+
+HEADS.register("two_logit", _two_logit_head)
 
 def default_head(template: PromptTemplate) -> str:
     """The head a template is read with unless the user picks another: its answer words, else a trained score."""

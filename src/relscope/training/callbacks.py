@@ -49,12 +49,17 @@ class GradNormRecorder(TrainerCallback, CheckpointFiles):
     a site is that of its A and B gradients together; NaN marks sites without LoRA or frozen.
     `tensor_means[step_index, layer, label]` is the mean of the site's per-tensor norms (A's, B's): study 001's code
     averages those per layer, where its text defines the layer's norm as the root of the summed squares.
+    `head_norms[step_index]` is the gradient norm of a trained head (the linear or two-logit head; NaN for answer
+    heads), beside the layers' as study 001 reports its classifier head's.
     The trainer calls `record` before it clips (see RelscopeTrainer._clip_grad_norm).
     """
 
     files = (GRAD_NORMS_FILE,)
 
-    def __init__(self, base: torch.nn.Module, sites: list[LoraSite], n_layers: int) -> None:
+    def __init__(self, base: torch.nn.Module, sites: list[LoraSite], n_layers: int,
+                 head: torch.nn.Module | None = None) -> None:
+        self.head_params = [p for p in head.parameters() if p.requires_grad] if head is not None else []
+        self.head_rows: list[float] = []
         self.labels = list(dict.fromkeys(s.label for s in sites))
         self.n_layers = n_layers
         self.slots = [(s.layer, self.labels.index(s.label), lora_parameters(base, s)) for s in sites]
@@ -84,6 +89,9 @@ class GradNormRecorder(TrainerCallback, CheckpointFiles):
                     raise TrainingError(f"step {step}: the gradient of layer {layer}'s {self.labels[col]} LoRA is "
                                         f"{value}; lower learning_rate or check the inputs (the last checkpoint is "
                                         "intact)")
+        head = [p.grad for p in self.head_params if p.grad is not None]
+        self.head_rows.append(float(torch.stack([g.float().pow(2).sum() for g in head]).sum().sqrt()) if head
+                              else float("nan"))
         self.steps.append(step)
         self.rows.append(row)
         self.tensor_rows.append(tensor_row)
@@ -111,7 +119,7 @@ class GradNormRecorder(TrainerCallback, CheckpointFiles):
         tensor_means = np.stack(self.tensor_rows) if self.tensor_rows else empty
         with atomic_path(path) as tmp, tmp.open("wb") as f:
             np.savez(f, norms=norms, steps=np.array(self.steps, dtype=np.int64), labels=np.array(self.labels),
-                     tensor_means=tensor_means)
+                     tensor_means=tensor_means, head_norms=np.array(self.head_rows, dtype=np.float32))
 
     def resume_from(self, checkpoint: Path, step: int) -> None:
         """Continue the array of an interrupted run: the checkpoint's rows up to its step."""
@@ -128,6 +136,7 @@ class GradNormRecorder(TrainerCallback, CheckpointFiles):
             self.rows = list(saved["norms"][keep])
             # an older run's file has no per-tensor means: NaN rows, so the two arrays stay aligned
             self.tensor_rows = list(saved.get("tensor_means", np.full_like(saved["norms"], np.nan))[keep])
+            self.head_rows = saved.get("head_norms", np.full(len(saved["steps"]), np.nan))[keep].tolist()
 
 
 def load_grad_norms(path: str | Path) -> dict[str, np.ndarray]:
@@ -143,8 +152,9 @@ def load_grad_norms(path: str | Path) -> dict[str, np.ndarray]:
                 raise DataError(f"{path}: holds one array, not the .npz of relscope train; {fix}")
             with data:
                 arrays = {key: data[key] for key in ("norms", "steps", "labels")}
-                if "tensor_means" in data.files:  # written since issue 18
-                    arrays["tensor_means"] = data["tensor_means"]
+                for key in ("tensor_means", "head_norms"):  # written since issue 18
+                    if key in data.files:
+                        arrays[key] = data[key]
     except KeyError as err:
         raise DataError(f"{path}: has no array {err}; {fix}") from None
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError) as err:
@@ -153,6 +163,8 @@ def load_grad_norms(path: str | Path) -> dict[str, np.ndarray]:
     problem = _grad_norms_problem(arrays["norms"], arrays["steps"], arrays["labels"])
     if problem is None and "tensor_means" in arrays:
         problem = _grad_norms_problem(arrays["tensor_means"], arrays["steps"], arrays["labels"])
+    if problem is None and "head_norms" in arrays and arrays["head_norms"].shape != arrays["steps"].shape:
+        problem = f"head_norms must hold one number per step ({arrays['steps'].shape[0]})"
     if problem:
         raise DataError(f"{path}: {problem}; {fix}")
     return arrays

@@ -85,7 +85,7 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool) -> dict
     loaded = load_model(config.model, dtype=config.dtype, device=config.device,
                         quantize_4bit=config.lora.quantize_4bit)
     module, sites, builder = _build_module(config, loaded, template, head_name)
-    recorder = GradNormRecorder(module.base, sites, num_layers(loaded.model.config))
+    recorder = GradNormRecorder(module.base, sites, num_layers(loaded.model.config), module.head)
     meta = {"model": config.model, "base": base_fingerprint(loaded.model.config), "objective": objective.name,
             "template": template.name, "head": head_name, "max_length": config.max_length,
             "lora": to_mapping(config.lora),
