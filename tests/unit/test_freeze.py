@@ -41,3 +41,19 @@ def test_freeze_sweep_trains_each_variant_and_measures_it(tiny_family_dir, tiny_
     lines = (out / "freeze.csv").read_text().splitlines()
     assert lines[0].startswith("trainable,layers,train accuracy (last 10%),nDCG@10") and len(lines) == 3
     assert (out / "freeze.png").is_file()
+
+
+def test_freeze_variants_are_scored_by_held_out_accuracy_when_groups_are_held_out(tiny_family_dir, tiny_groups,
+                                                                                  trec_dir, tmp_path):
+    """Study 001 scores each freezing variant by its eval accuracy on held-out pairs: the table leads with it."""
+    config = tmp_path / "train.yaml"
+    config.write_text(f"model: {tiny_family_dir('llama')}\ntrain: [{tiny_groups}]\nobjective: pairwise\n"
+                      "negatives: 1\nmax_length: 96\nmax_steps: 2\nbatch_size: 2\nsave_steps: 2\neval_groups: 2\n"
+                      "report_to: []\nlora: {rank: 4}\n")
+    out = tmp_path / "freeze"
+    assert main(["freeze", "--config", str(config), "--variants", "all", "--data", str(trec_dir), "--top-k", "3",
+                 "--out", str(out)]) == 0
+    header, row = (out / "freeze.csv").read_text().splitlines()
+    assert header.startswith("trainable,layers,held-out accuracy,")
+    logged = [r for r in (out / "train-all" / "log.jsonl").read_text().splitlines() if "eval_accuracy" in r]
+    assert float(row.split(",")[2]) == __import__("json").loads(logged[-1])["eval_accuracy"]

@@ -20,6 +20,7 @@ from relscope.models.lora import LAYER_GROUPS, layer_groups
 
 FREEZE = "freeze"  # the table (.csv, .md) and figure (.png) written
 TRAINABLE, TRAIN_ACCURACY = "trainable", "train accuracy (last 10%)"  # its columns: the variant, the late accuracy
+HELD_OUT_ACCURACY = "held-out accuracy"  # 001's score of a freezing variant: the last eval_accuracy (eval_groups)
 
 
 def trainable_layers(variant: str, n_layers: int) -> set[int]:
@@ -40,6 +41,15 @@ def freeze_list(variant: str, n_layers: int) -> tuple[str, ...]:
     whole = [g for g in LAYER_GROUPS if set(groups[g]) <= set(frozen)]
     rest = sorted(set(frozen) - {layer for g in whole for layer in groups[g]})
     return tuple(whole) + tuple(str(layer) for layer in rest)
+
+
+def held_out_accuracy(run_dir: Path) -> float | None:
+    """The last eval_accuracy a run logged (study 001 scores its freezing variants so), or None without held-out
+    groups (train config eval_groups)."""
+    from relscope.training.callbacks import read_log
+
+    values = [record["eval_accuracy"] for record in read_log(run_dir / "log.jsonl") if "eval_accuracy" in record]
+    return values[-1] if values else None
 
 
 def late_accuracy(run_dir: Path, fraction: float = 0.1) -> float:
@@ -75,9 +85,12 @@ def freeze_sweep(settings: FreezeSettings, out: str | Path, progress: bool = Tru
         checkpoint = latest_checkpoint(run_dir)
         loaded, head, meta = load_trained(checkpoint, merge=True)
         metrics = _measure(_reranker(loaded, head, meta, checkpoint), dataset, dev)
+        held_out = held_out_accuracy(run_dir)
         rows.append({TRAINABLE: variant, "layers": len(trainable_layers(variant, depth)),
+                     **({HELD_OUT_ACCURACY: held_out} if held_out is not None else {}),
                      TRAIN_ACCURACY: late_accuracy(run_dir), **metrics})
-    fig = plots.bars([r[TRAINABLE] for r in rows], {NDCG: [r[NDCG] for r in rows],
+    scored = {HELD_OUT_ACCURACY: [r[HELD_OUT_ACCURACY] for r in rows]} if HELD_OUT_ACCURACY in rows[0] else {}
+    fig = plots.bars([r[TRAINABLE] for r in rows], {**scored, NDCG: [r[NDCG] for r in rows],
                                                     "train accuracy": [r[TRAIN_ACCURACY] for r in rows]},
                      f"{Path(config.model).name}: training only some layers ({config.max_steps} steps each)")
     return _finish(out, FREEZE, rows, f"Layer-group training, {config.max_steps} steps each", fig,
