@@ -78,3 +78,25 @@ def test_two_cliffs_are_both_listed_and_after_skips_the_first():
     early_only = np.where(steps < 30, 0.9, 0.7) - np.where(steps < 200, 0.0, 0.1)
     assert phase_transition(steps, early_only, 10).step < 40
     assert phase_transition(steps, early_only, 10, after=100).step > 190
+
+
+def test_the_held_out_accuracy_curve_is_summarised_and_drawn(tiny_family_dir, tiny_groups, tmp_path):
+    """Study 001's eval-accuracy curve: what training logged at step 0 and every eval_steps, read back by dynamics."""
+    import json
+
+    from relscope.analysis.dynamics import analyse_dynamics
+    from relscope.analysis.settings import DynamicsSettings
+    from relscope.config import from_mapping
+    from relscope.training.config import TrainConfig
+    from relscope.training.job import run_train_job
+
+    config = from_mapping(TrainConfig, dict(model=str(tiny_family_dir("llama")), train=[str(tiny_groups)],
+                                            objective="pairwise", negatives=1, max_length=96, max_steps=4,
+                                            batch_size=2, save_steps=2, eval_groups=2, report_to=[],
+                                            lora={"rank": 4}))
+    run_train_job(config, tmp_path / "run", progress=False)
+    summary = analyse_dynamics(DynamicsSettings(run_dir=str(tmp_path / "run"), window=1), tmp_path / "dyn")
+    logged = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    expected = [(r["step"], r["eval_accuracy"]) for r in logged if "eval_accuracy" in r]
+    assert list(zip(summary["eval_accuracy"]["steps"], summary["eval_accuracy"]["accuracy"])) == expected
+    assert expected[0][0] == 0 and (tmp_path / "dyn" / "curves.png").is_file()

@@ -116,8 +116,9 @@ class LossDrop(Protocol):
 
 
 def training_curves(curves: Mapping[str, np.ndarray], smoothed_loss: np.ndarray, cliff: LossDrop,
-                    name: str) -> Figure:
-    """Loss (raw and smoothed, the phase transition shaded) above accuracy and mean P(correct)."""
+                    name: str, held_out: tuple[np.ndarray, np.ndarray] | None = None) -> Figure:
+    """Loss (raw and smoothed, the phase transition shaded) above accuracy and mean P(correct), and the held-out
+    accuracy at its steps when the run logged one."""
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(6.4, 5.2), sharex=True)
     steps = curves["step"]
     top.plot(steps, curves["loss"], color="lightgrey", linewidth=0.8, label="loss")
@@ -130,6 +131,8 @@ def training_curves(curves: Mapping[str, np.ndarray], smoothed_loss: np.ndarray,
     top.legend(fontsize=8)
     for key, label in (("accuracy", "group accuracy"), ("p_correct", "mean P(correct)")):
         bottom.plot(steps, curves[key], linewidth=0.8, alpha=0.8, label=label)
+    if held_out is not None and len(held_out[0]):
+        bottom.plot(*held_out, marker="o", color="black", linewidth=1.2, label="held-out accuracy")
     bottom.axvline(cliff.step, color="tab:red", linewidth=1)
     bottom.set_ylim(0, 1)
     bottom.set_xlabel("optimizer step")
