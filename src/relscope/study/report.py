@@ -1,6 +1,10 @@
 """The study report: every table and figure of a `relscope study` folder, each captioned in one line, the
 source studies' findings beside ours, as report.md and as one self-contained report.html (figures embedded).
 
+It opens with the findings (relscope.study.findings: each claim of the source studies, quoted, beside ours, with a
+verdict and its rule), then a table of contents, then one section per stage. Raw listings (per head, per site, per
+module, the full knockout table) are linked as their CSVs instead of shown.
+
 The report reads only the files the stages wrote. A file that is missing shows up as a visible
 "not produced" line, never as a broken image.
 """
@@ -24,7 +28,7 @@ from relscope.evaluation.job import METRICS_FILE
 from relscope.io import atomic_write_text
 from relscope.manifest import MANIFEST_FILE
 from relscope.reports.tables import to_markdown
-from relscope.study import layout
+from relscope.study import findings, layout
 from relscope.study.sources import SOURCE, STUDIES
 from relscope.training.job import SUMMARY_FILE
 
@@ -32,6 +36,9 @@ if TYPE_CHECKING:
     from relscope.study.config import StudyConfig
 
 MAX_ROWS = 30  # longer tables are cut in the report (the CSV beside it has them all)
+SHORT_ROWS = 10  # listings (per head, per site) show their first rows and link the CSV
+LISTING_ROWS, LISTING_COLUMNS = 12, 8  # a leftover table longer or wider than this is linked, not shown
+FINDINGS, CONTENTS = "Findings", "Contents"  # the report opens with these, in this order
 
 
 @dataclass
@@ -40,6 +47,7 @@ class Table:
     rows: list[dict]
     source: str = ""  # the CSV the rows came from, when cut
     csv: Path | None = None  # the file the rows came from
+    notes: list[str] = field(default_factory=list)  # stated under the table (the findings' verdict rules)
 
 
 @dataclass
@@ -53,7 +61,15 @@ class Missing:
     path: Path
 
 
-Item = Table | Figure | Missing  # what a section lists, in order
+@dataclass
+class Link:
+    """A raw listing left out of the page: what it holds, and the CSV that has it all."""
+
+    caption: str
+    path: Path
+
+
+Item = Table | Figure | Missing | Link  # what a section lists, in order
 
 
 @dataclass
@@ -80,13 +96,26 @@ def table_item(stem: Path, caption: str | None = None, limit: int = MAX_ROWS,
     rows = read_csv(path)
     if columns:
         rows = [{c: r[c] for c in columns if c in r} for r in rows]
-    if caption is None:
-        md = stem.with_suffix(".md")
-        first = md.read_text(encoding="utf-8").splitlines()[0] if md.is_file() else stem.name
-        caption = first.lstrip("# ").strip()
+    caption = table_title(stem) if caption is None else caption
     cut = len(rows) > limit
     return Table(caption + (f" (first {limit} of {len(rows)} rows)" if cut else ""), rows[:limit],
                  str(path) if cut else "", path)
+
+
+def table_title(stem: Path) -> str:
+    """The title line `write_table` put above the table in stem.md (the file's name without one)."""
+    md = stem.with_suffix(".md")
+    first = md.read_text(encoding="utf-8").splitlines()[0] if md.is_file() else stem.name
+    return first.lstrip("# ").strip()
+
+
+def link_item(table: Table | Missing, what: str) -> Link | Missing:
+    """A link to the CSV of a table too long or wide for the page, saying what it holds and how big it is."""
+    if not isinstance(table, Table) or table.csv is None:
+        return table
+    rows = read_csv(table.csv)
+    size = f"{len(rows)} rows × {len(rows[0]) if rows else 0} columns"
+    return Link(f"{what} ({size})", table.csv)
 
 
 def figure_item(path: Path, caption: str) -> Figure | Missing:
@@ -116,6 +145,12 @@ def _num(value) -> float | None:
 
 
 # -- sections --------------------------------------------------------------------------------------------
+
+def findings_section(root: Path, config: StudyConfig) -> Section:
+    """What a reader came for: each claim of the source studies beside ours, with a verdict and its rule."""
+    return Section(FINDINGS, "", [Table(findings.CAPTION, findings.findings_rows(root, config),
+                                        notes=findings.rules(root, config))])
+
 
 def overview(root: Path, config: StudyConfig) -> Section:
     """What was studied, on what, and each stage's time and memory (the study's manifest)."""
@@ -261,9 +296,9 @@ def patching(root: Path) -> Section:
     folder = root / layout.PATCHING
     tuned = folder / layout.TUNED
     items = [stage_table(tuned / patching_job.IE_MEAN),
-             table_item(tuned / patching_job.TOP_SITES, columns=[patching_job.COMPONENT, patching_job.LAYER,
-                                                                 patching_job.POSITIONS, patching_job.MEAN_IE,
-                                                                 patching_job.STD])]
+             table_item(tuned / patching_job.TOP_SITES, limit=SHORT_ROWS,
+                        columns=[patching_job.COMPONENT, patching_job.LAYER, patching_job.POSITIONS,
+                                 patching_job.MEAN_IE, patching_job.STD])]
     for component, what in (("resid_post", "residual stream after"), ("attn", "attention output of"),
                             ("mlp", "MLP output of")):
         items.append(figure_item(tuned / patching_job.component_figure(component),
@@ -304,7 +339,7 @@ def heads(root: Path) -> Section:
     folder = root / layout.HEADS
     knockout = table_item(folder / layout.KNOCKOUT / ko.KNOCKOUT)
     return Section("Heads and knockouts", "", [
-        table_item(folder / layout.HEAD_ANALYSIS / head_analysis.TOP_HEADS),
+        table_item(folder / layout.HEAD_ANALYSIS / head_analysis.TOP_HEADS, limit=SHORT_ROWS),
         figure_item(folder / layout.HEAD_ANALYSIS / head_analysis.INTERACTION_FIGURE,
                     "Attention interaction score per head, S = s(q, d+) − "
                     "s(q, d−); top-IE heads outlined"),
@@ -312,7 +347,8 @@ def heads(root: Path) -> Section:
                     "Each head's direct contribution to the answer logit "
                     "difference"),
         knockout_verdict(knockout),
-        knockout,
+        *([link_item(knockout, "Every head set knocked out: each metric, its relative change and 95% CI")]
+          if isinstance(knockout, Table) else []),
         figure_item(folder / layout.KNOCKOUT / ko.KNOCKOUT_FIGURE,
                     "Relative change of judgment F1 and nDCG@10 when each head set is mean-ablated, 95% bootstrap CIs"),
     ])
@@ -366,18 +402,28 @@ def add_the_rest(section: Section, root: Path, folders: list[str], shown: set[Pa
     for folder in folders:
         for md in sorted((root / folder).rglob("*.md")):
             if md.with_suffix(".csv").is_file() and md.with_suffix(".csv") not in shown:
-                item = table_item(md.with_suffix(""))
-                item.caption += f" ({md.parent.name})"
-                section.items.append(item)
+                section.items.append(rest_table(md.with_suffix("")))
         for png in sorted((root / folder).rglob("*.png")):
             if png not in shown:
                 section.items.append(Figure(_caption(png), png))
 
 
+def rest_table(stem: Path) -> Table | Link:
+    """A stage's table not placed by hand: shown when short and narrow, else a raw listing linked as its CSV."""
+    caption = f"{table_title(stem)} ({stem.parent.name})"
+    item = table_item(stem, caption)
+    assert isinstance(item, Table)  # add_the_rest found its CSV
+    rows = read_csv(stem.with_suffix(".csv"))
+    if len(rows) <= LISTING_ROWS and (not rows or len(rows[0]) <= LISTING_COLUMNS):
+        return item
+    link = link_item(item, caption)
+    return link if isinstance(link, Link) else item
+
+
 def _shown(parts: list[Section]) -> set[Path]:
     paths = set()
     for item in (i for s in parts for i in s.items):
-        if isinstance(item, (Figure, Missing)):
+        if isinstance(item, (Figure, Missing, Link)):
             paths.add(item.path)
         elif isinstance(item, Table) and item.csv:
             paths.add(item.csv)
@@ -391,13 +437,13 @@ STAGE_SECTIONS = {"LoRA training": ["train", "checkpoints"], "LoRA anatomy": ["a
 
 def sections(root: Path, config: StudyConfig) -> list[Section]:
     """Every section of the report, each stage folder's remaining tables and figures appended to its own."""
-    parts = [overview(root, config), zero_shot(root), training(root), ablations(root), representations(root),
-             patching(root), heads(root)]
+    parts = [findings_section(root, config), overview(root, config), zero_shot(root), training(root),
+             ablations(root), representations(root), patching(root), heads(root)]
     shown = _shown(parts)
     for section in parts:
         add_the_rest(section, root, STAGE_SECTIONS.get(section.title, []), shown)
         for item in section.items:  # captions written by the jobs name their folders in full
-            if isinstance(item, (Table, Figure)):
+            if isinstance(item, (Table, Figure, Link)):
                 item.caption = item.caption.replace(f"{root.resolve()}/", "").replace(f"{root}/", "")
     return parts
 
@@ -414,39 +460,75 @@ def _cells(rows: list[dict]) -> list[dict]:
     return [{k: cell(v) for k, v in row.items()} for row in rows]
 
 
+def opening(parts: list[Section]) -> int:
+    """How many sections come before the table of contents: the findings, when the report has them."""
+    return 1 if parts and parts[0].title == FINDINGS else 0
+
+
+def anchor(title: str) -> str:
+    """A section's HTML id, from its title: 'LoRA anatomy' -> 'lora-anatomy'."""
+    return "-".join("".join(c if c.isalnum() else " " for c in title.lower()).split())
+
+
 def render_markdown(parts: list[Section], root: Path) -> str:
-    """report.md: the sections as Markdown, figures linked by paths relative to `root`."""
+    """report.md: the findings, the contents (a list), then the sections; figures and CSVs linked relative to
+    `root`."""
     lines = ["# relscope study report", ""]
-    for section in parts:
+    first = opening(parts)
+    for index, section in enumerate(parts):
+        if index == first:
+            lines += [f"## {CONTENTS}", ""] + [f"- {s.title}" for s in parts[first:]] + [""]
         lines += [f"## {section.title}", ""] + ([section.intro, ""] if section.intro else [])
         for item in section.items:
-            if isinstance(item, Table):
-                lines += [f"**{item.caption}**", "", to_markdown(_cells(item.rows))]
-                lines += [f"All rows: `{Path(item.source).relative_to(root)}`", ""] if item.source else []
-            elif isinstance(item, Figure):
-                lines += [f"![{item.caption}]({item.path.relative_to(root)})", "", f"*{item.caption}*", ""]
-            else:
-                lines += [f"*Not produced: `{item.path.relative_to(root)}`*", ""]
+            lines += _markdown_item(item, root)
     return "\n".join(lines)
+
+
+def _markdown_item(item: Item, root: Path) -> list[str]:
+    if isinstance(item, Table):
+        lines = [f"**{item.caption}**", "", to_markdown(_cells(item.rows))]
+        lines += [f"- {note}" for note in item.notes] + ([""] if item.notes else [])
+        return lines + ([f"All rows: {_markdown_link(Path(item.source), root)}", ""] if item.source else [])
+    if isinstance(item, Figure):
+        return [f"![{item.caption}]({item.path.relative_to(root)})", "", f"*{item.caption}*", ""]
+    if isinstance(item, Link):
+        return [f"{item.caption}: {_markdown_link(item.path, root)}", ""]
+    return [f"*Not produced: `{item.path.relative_to(root)}`*", ""]
+
+
+def _markdown_link(path: Path, root: Path) -> str:
+    relative = path.relative_to(root)
+    return f"[{relative}]({relative})"
 
 
 STYLE = ("body{font-family:system-ui,sans-serif;max-width:70em;margin:2em auto;padding:0 1em;color:#222}"
          "table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:.9em}td,th{border:1px solid #ccc;"
-         "padding:.25em .6em;text-align:left}th{background:#f3f3f3}figure{margin:1em 0 2em}"
-         "img{max-width:100%;width:46em}"
+         "padding:.25em .6em;text-align:left;vertical-align:top}th{background:#f3f3f3}figure{margin:1em 0 2em}"
+         "img{max-width:100%;width:46em}.notes{font-size:.85em;margin-top:-1em}"
          "figcaption,.caption{font-style:italic;margin:.3em 0}.missing{color:#a00}")
 
 
 def render_html(parts: list[Section], root: Path) -> str:
-    """report.html: the sections as one self-contained page (figures embedded, no script)."""
+    """report.html: the findings, the contents (linked), then the sections, as one self-contained page (figures
+    embedded, no script)."""
     body = ["<h1>relscope study report</h1>"]
-    for section in parts:
-        body.append(f"<h2>{html.escape(section.title)}</h2>")
+    first = opening(parts)
+    for index, section in enumerate(parts):
+        if index == first:
+            body.append(f"<h2 id={anchor(CONTENTS)}>{CONTENTS}</h2><ul>" + "".join(
+                f"<li><a href=\"#{anchor(s.title)}\">{html.escape(s.title)}</a></li>" for s in parts[first:])
+                + "</ul>")
+        body.append(f"<h2 id={anchor(section.title)}>{html.escape(section.title)}</h2>")
         if section.intro:
             body.append(f"<p>{html.escape(section.intro)}</p>")
         body += [_html_item(item, root) for item in section.items]
     return ("<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>relscope study report</title>"
             f"<style>{STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+def _html_link(path: Path, root: Path) -> str:
+    relative = html.escape(str(path.relative_to(root)))
+    return f"<a href=\"{relative}\">{relative}</a>"
 
 
 def _html_item(item: Item, root: Path) -> str:
@@ -455,11 +537,16 @@ def _html_item(item: Item, root: Path) -> str:
         head = "".join(f"<th>{html.escape(str(c))}</th>" for c in rows[0])
         body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row.values()) + "</tr>"
                        for row in rows)
-        return f"<p class=caption>{html.escape(item.caption)}</p><table><tr>{head}</tr>{body}</table>"
+        notes = ("<ul class=notes>" + "".join(f"<li>{html.escape(n)}</li>" for n in item.notes) + "</ul>"
+                 if item.notes else "")
+        source = f"<p>All rows: {_html_link(Path(item.source), root)}</p>" if item.source else ""
+        return f"<p class=caption>{html.escape(item.caption)}</p><table><tr>{head}</tr>{body}</table>{notes}{source}"
     if isinstance(item, Figure):
         data = base64.b64encode(item.path.read_bytes()).decode("ascii")
         return (f"<figure><img alt=\"{html.escape(item.caption)}\" src=\"data:image/png;base64,{data}\">"
                 f"<figcaption>{html.escape(item.caption)}</figcaption></figure>")
+    if isinstance(item, Link):
+        return f"<p>{html.escape(item.caption)}: {_html_link(item.path, root)}</p>"
     return f"<p class=missing>Not produced: {html.escape(str(item.path.relative_to(root)))}</p>"
 
 
@@ -472,4 +559,5 @@ def write_report(root: str | Path, config: StudyConfig) -> dict[str, Any]:
     items = [i for s in parts for i in s.items]
     return {"html": str(root / layout.REPORT_HTML), "markdown": str(root / layout.REPORT_MD),
             "figures": sum(isinstance(i, Figure) for i in items), "tables": sum(isinstance(i, Table) for i in items),
+            "links": sum(isinstance(i, Link) for i in items),
             "missing": [str(i.path) for i in items if isinstance(i, Missing)]}
