@@ -70,3 +70,14 @@ def test_prompts_put_the_positive_where_the_loss_expects_it(name, per_group):
 def test_unknown_objective_names_the_choices():
     with pytest.raises(Exception, match="listwise, pairwise, yes_no"):
         OBJECTIVES.get("pointwise")
+
+
+def test_the_held_out_accuracy_counts_pairs_so_that_chance_is_one_half():
+    """Study 001's eval accuracy is over A-or-B pairs: a group with three negatives is three pairs, not one race."""
+    from relscope.training.objectives import OBJECTIVES
+
+    pointwise = torch.tensor([[3.0, 1.0, 4.0, 0.0]])  # the positive beats two of its three negatives
+    assert OBJECTIVES.get("listwise").pair_accuracy(pointwise).tolist() == pytest.approx([2 / 3])
+    assert OBJECTIVES.get("yes_no").pair_accuracy(pointwise).tolist() == pytest.approx([2 / 3])
+    pairwise = torch.tensor([[2.0, -1.0, -0.5, 0.5]])  # (pos, neg1) A right, (neg1, pos) B right; neg2: both wrong
+    assert OBJECTIVES.get("pairwise").pair_accuracy(pairwise).tolist() == pytest.approx([0.5])

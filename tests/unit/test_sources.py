@@ -62,6 +62,9 @@ WRONG_CLAIMS = [
     "close to all",
     "far more nDCG@10 than random",  # 002 Table 1: Doc-20 costs what Random-80 costs
     "far more than random",
+    "far more than knocking out as many random heads",
+    "the source's contrast shows",
+    "Two runs do show the source's direction",
     "183 queries)",  # 002 used 100 queries
     "(183 queries)",
     "the 183-query\nMS MARCO set):",
@@ -72,6 +75,6 @@ WRONG_CLAIMS = [
                                   "src/relscope/study/report.py", "src/relscope/study/sources.py",
                                   "src/relscope/study/findings.py"])
 def test_the_docs_carry_none_of_the_claims_found_wrong(path):
-    text = (ROOT / path).read_text(encoding="utf-8")
-    found = [claim for claim in WRONG_CLAIMS if claim in text]
+    text = " ".join((ROOT / path).read_text(encoding="utf-8").split())  # a claim broken over lines is still found
+    found = [claim for claim in WRONG_CLAIMS if " ".join(claim.split()) in text]
     assert not found, f"{path}: {found}"

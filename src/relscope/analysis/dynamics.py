@@ -28,6 +28,7 @@ CURVES = ("loss", "accuracy", "p_correct")
 SUMMARY, CURVES_FIGURE = "summary.json", "curves.png"
 GRAD_NORMS_FIGURE, GROUPS_FIGURE = "grad_norms.png", "groups.png"
 TENSOR_MEAN = "mean of tensor norms"  # grad_norm_by_layer's column of study 001's code's per-layer norm
+PER_TENSOR = "per_tensor_mean"  # summary.json: the gradient norms as 001 computes and groups them
 EVAL_ACCURACY = "eval_accuracy"  # summary.json: the held-out accuracy by step, when the run logged one
 
 
@@ -117,9 +118,15 @@ def layer_tensor_means(tensor_means: np.ndarray) -> np.ndarray:
     return _nanmean(tensor_means, axis=2)
 
 
-def group_means(per_layer: np.ndarray) -> dict[str, np.ndarray]:
-    """early / middle / late: the mean over each third of the layers, per step; and late/early."""
-    groups = layer_groups(per_layer.shape[1])
+def study_001_groups(n_layers: int) -> dict[str, list[int]]:
+    """001's early (0-9), middle (10-20) and late (21-31) layers of 32, as the same fractions of this depth."""
+    middle, late = round(10 / 32 * n_layers), round(21 / 32 * n_layers)
+    return {"early": list(range(middle)), "middle": list(range(middle, late)), "late": list(range(late, n_layers))}
+
+
+def group_means(per_layer: np.ndarray, groups: dict[str, list[int]] | None = None) -> dict[str, np.ndarray]:
+    """early / middle / late: the mean over each third of the layers (or over `groups`), per step; and late/early."""
+    groups = groups or layer_groups(per_layer.shape[1])
     means = {name: _nanmean(per_layer[:, groups[name]], axis=1) for name in LAYER_GROUPS}
     with np.errstate(divide="ignore", invalid="ignore"):
         means["late/early"] = means["late"] / means["early"]
@@ -195,9 +202,11 @@ def _gradient_outputs(grads: dict[str, np.ndarray], out: Path, name: str) -> dic
                "last_layer_mean": _finite_or_none(_nanmean(per_layer[:, -1]))}
     if "head_norms" in grads and np.isfinite(grads["head_norms"]).any():  # a trained head (linear, two-logit)
         summary["head_mean"] = _finite_or_none(_nanmean(grads["head_norms"]))
-    if per_tensor is not None:
-        code = group_means(per_tensor)
-        summary["per_tensor_mean"] = {  # 001's code: the mean of the per-tensor norms of each layer
+    if per_tensor is not None:  # as 001 prints its numbers: its code's per-tensor mean, over its layer groups
+        code = group_means(per_tensor, study_001_groups(per_tensor.shape[1]))
+        summary[PER_TENSOR] = {
+            "definition": "mean of each layer's LoRA tensor norms (study 001's code), groups 0-9 / 10-20 / 21-31 of 32 "
+                          "as fractions of depth",
             "mean_by_group": {k: _finite_or_none(_nanmean(v)) for k, v in code.items()},
             "layer0_mean": _finite_or_none(_nanmean(per_tensor[:, 0]))}
     return summary

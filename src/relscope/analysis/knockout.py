@@ -291,7 +291,8 @@ def knockout_job(settings: KnockoutSettings, out: str | Path, progress: bool = T
     out.mkdir(parents=True, exist_ok=True)
     kind = "zero" if zero else "mean"
     where = "+".join(positions) if positions else "their own (Random: all)"
-    write_table(rows, out / KNOCKOUT, f"{kind}-ablation of head sets at {where} positions: judgment "
+    write_table(rows, out / KNOCKOUT, f"{kind}-ablation of head sets at {where} positions ({settings.layout} "
+                f"prompts): judgment "
                 f"F1 and pair accuracy over {len(prompts)} prompts"
                 + (f", nDCG@10 on {dev.data} top-{dev.top_k}" if dev else "")
                 + "; drops relative to the full model, 95% bootstrap CI over queries")
@@ -304,7 +305,7 @@ def knockout_job(settings: KnockoutSettings, out: str | Path, progress: bool = T
                           "relative change", errors), out / KNOCKOUT_FIGURE)
     atomic_write_json(out / "manifest.json", build_manifest(
         {"model": loaded.source, "adapter": settings.adapter, "template": builder.template.name,
-         "ie_heads": ie_heads, "size": size, "rank": settings.rank,
+         "layout": settings.layout, "ie_heads": ie_heads, "size": size, "rank": settings.rank,
          "positions": list(positions) if positions else "each set at its own group (Random: all)", "ablation": kind,
          "random_draws": random_draws, "max_groups": max_groups, "dev": dev and vars(dev)},
         {}, head_sets={s.name: [list(t) for t in s.targets] for s in sets}))

@@ -19,7 +19,6 @@ from typing import Literal
 from relscope.errors import ConfigError
 from relscope.registry import Registry
 
-
 LAYOUTS = ("query-document-instruction", "document-query-instruction", "instruction-document-query")
 DEFAULT_LAYOUT = LAYOUTS[0]
 PART_NAMES = ("query", "document", "instruction")

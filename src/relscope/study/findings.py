@@ -30,10 +30,13 @@ if TYPE_CHECKING:
     from relscope.study.config import StudyConfig
 
 AGREES, DISAGREES, WEAK, NOT_MEASURED = "agrees", "disagrees", "too weak to tell", "not measured"
+# Without an interval a gap between means can give a direction, never a verdict.
+SAME_WAY, OTHER_WAY = "same direction (no interval)", "opposite direction (no interval)"
+NOT_SETTING = "not the study's setting"
 GAP = 0.05  # nDCG@10: ablation and checkpoint means closer than this are too weak to tell apart (no intervals)
 GRAD_AGREES, GRAD_DISAGREES = 0.1, 1.0  # late/early gradient norm: at most 0.1 agrees (001: 0.25/53.1), 1+ disagrees
 ATTENTION_SAME, ATTENTION_CHANGED = 0.01, 0.05  # |relative change| of document -> query attention in any layer
-NARROW = 0.10  # knockout: intervals wider than this cannot tell "costs the same" from a real gap
+NARROW = 0.05  # knockout: intervals wider than this cannot tell "costs the same" from a gap like 002's -3.2% vs -6.5%
 Z95 = 1.96  # patching: the peak mean IE's 95% interval, mean ± Z95 · std / sqrt(pairs)
 STAGE_COMPONENT = "resid_post"  # patching: the three stages are read off the residual stream after each layer
 STAGE_GROUPS = ("document", "instruction", "last")  # 002's early, middle and late position groups, in order
@@ -111,10 +114,11 @@ def words(*quotes: Quote) -> str:
 # -- verdict rules --------------------------------------------------------------------------------------
 
 def gap_verdict(difference: float, gap: float = GAP) -> str:
-    """Agrees when the difference is at least `gap` in the study's direction, disagrees at `gap` the other way."""
+    """A direction, not a verdict (means without intervals): the study's way when the difference is at least `gap`,
+    the other way at `gap` below zero, else too weak to tell."""
     if difference >= gap:
-        return AGREES
-    return DISAGREES if difference <= -gap else WEAK
+        return SAME_WAY
+    return OTHER_WAY if difference <= -gap else WEAK
 
 
 def overlap(a: tuple[float, float], b: tuple[float, float]) -> bool:
@@ -165,12 +169,17 @@ def both_best(root: Path, queries: str) -> Finding:
                              lambda m: m["all"] - max(m["attn-only"], m["mlp-only"]), queries)
 
 
-def up_gate_beats_down(root: Path, queries: str) -> Finding:
-    """000 Section 2 and Table 4: the up and gate projections matter more than the down projection."""
+def up_gate_beats_down(root: Path, queries: str, mlp_only: bool = False) -> Finding:
+    """000 Section 2 and Table 4: the up and gate projections matter more than the down projection. Table 4 ablates
+    MLP-only-trained models: an adapter trained on every projection is not its setting, and the row says so."""
     study = (f"{WORDS['000 projections']}; " + quoted([TABLE_000_4["All Layers Up & gate_proj"],
                                                       TABLE_000_4["All Layers"]], "LLaMA") + " (MLP-only-trained)")
-    return _ablation_finding(root, "000: the up and gate projections matter more than the down projection", study,
-                             ("up+gate", "down"), lambda m: m["up+gate"] - m["down"], queries)
+    found = _ablation_finding(root, "000: the up and gate projections matter more than the down projection", study,
+                              ("up+gate", "down"), lambda m: m["up+gate"] - m["down"], queries)
+    if mlp_only or found.verdict == NOT_MEASURED:
+        return found
+    return Finding(found.claim, found.study, f"{found.ours}; trained on every projection, not MLP-only",
+                   NOT_SETTING)
 
 
 def early_gain(root: Path) -> Finding:
@@ -206,13 +215,16 @@ def early_gradients(root: Path) -> Finding:
     study = str(WORDS["001 grad groups"])
     path = root / layout.REPRESENTATIONS / layout.DYNAMICS / dynamics.SUMMARY
     grads = read_json(path).get("grad_norms", {})
-    groups = grads.get("mean_by_group", {}) if isinstance(grads, dict) else {}
+    grads = grads if isinstance(grads, dict) else {}
+    as_001 = grads.get(dynamics.PER_TENSOR)  # 001's numbers are its code's: the mean of tensor norms, its groups
+    definition = "mean of tensor norms, 001's groups" if isinstance(as_001, dict) else "root of summed squares, thirds"
+    groups = (as_001 if isinstance(as_001, dict) else grads).get("mean_by_group", {})
     ratio = number(groups.get("late/early"))
     if math.isnan(ratio):
         return missing(claim, study, path, root) if not path.is_file() else \
             Finding(claim, study, "no late/early gradient norm in the dynamics summary", NOT_MEASURED)
-    ours = (f"mean gradient norm early {number(groups.get('early')):.3g}, middle {number(groups.get('middle')):.3g}, "
-            f"late {number(groups.get('late')):.3g}: late/early {ratio:.3g}")
+    ours = (f"mean gradient norm ({definition}) early {number(groups.get('early')):.3g}, middle "
+            f"{number(groups.get('middle')):.3g}, late {number(groups.get('late')):.3g}: late/early {ratio:.3g}")
     verdict = AGREES if ratio <= GRAD_AGREES else DISAGREES if ratio >= GRAD_DISAGREES else WEAK
     return Finding(claim, study, ours, verdict)
 
@@ -403,15 +415,17 @@ def _count(n: int | None) -> str:
 def findings(root: Path, config: StudyConfig) -> list[Finding]:
     """Every claim the study measures, in the studies' order (000, 001, 002)."""
     queries = _count(ablation_queries(root, config))
-    return [mha_beats_mlp(root, queries), both_best(root, queries), up_gate_beats_down(root, queries),
+    mlp_only = set(config.train.lora.targets) <= {"mlp", "gate", "up", "down"}
+    return [mha_beats_mlp(root, queries), both_best(root, queries), up_gate_beats_down(root, queries, mlp_only),
             early_gain(root), early_gradients(root), late_probes(root), attention_unchanged(root), three_stages(root),
             *(last_costs_most(root, m) for m in (ko.F1, ko.NDCG10)),
             *(doc_costs_like_random(root, m) for m in (ko.F1, ko.NDCG10))]
 
 
 CAPTION = ("Findings: each claim of the source studies that this study measures, the study's own words or numbers "
-           "(quoted), ours, and a verdict: agrees, disagrees, too weak to tell, or not measured (its stage output "
-           "or ablation variant is missing); how each verdict is decided is listed under the table")
+           "(quoted), ours, and a verdict: agrees, disagrees, too weak to tell, a direction where there is no "
+           "interval, not the study's setting, or not measured (its stage output or ablation variant is missing); how "
+           "each verdict is decided is listed under the table")
 
 
 def rules(root: Path, config: StudyConfig) -> list[str]:
@@ -419,8 +433,10 @@ def rules(root: Path, config: StudyConfig) -> list[str]:
     return [
         f"000 ablations and checkpoints: nDCG@10 means with no interval (ablations over "
         f"{_count(ablation_queries(root, config))}, checkpoints over {_count(dev_queries(root))}): a gap under {GAP} "
-        "is too weak to tell. Checkpoints compare the gain up to the checkpoint nearest half the last step with the "
-        f"gain after it, when the whole gain is at least {GAP}.",
+        "is too weak to tell; a larger one gives a direction, not a verdict, since one query can move a mean over "
+        "few queries by more. Table 4's projection claim on an adapter trained on every projection is not the "
+        "study's setting (it ablates MLP-only-trained models). Checkpoints compare the gain up to the checkpoint "
+        f"nearest half the last step with the gain after it, when the whole gain is at least {GAP}.",
         f"001 gradient norms: late/early mean norm at most {GRAD_AGREES} agrees, {GRAD_DISAGREES} or more disagrees.",
         "001 probes: a layer rises (falls) only when its fine-tuned accuracy ± fold std lies wholly above (below) the "
         "base accuracy ± std. Agrees when every layer of the later half rises and no earlier one does; disagrees "

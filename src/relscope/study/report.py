@@ -235,7 +235,8 @@ def module_means(path: Path) -> Table | Missing:
                                                                                   anatomy.EFFECTIVE_RANK)}
         out.append({"module": module, "mean ‖ΔW‖_F": mean[anatomy.FROBENIUS],
                     "mean effective rank": mean[anatomy.EFFECTIVE_RANK]})
-    return Table("ΔW per projection, mean over layers (source: the MLP's up and gate change most)", out)
+    return Table("ΔW per projection, mean over layers (000 reports up and gate as the most impactful when ablated; "
+                 "it gives no ΔW sizes)", out)
 
 
 def representations(root: Path) -> Section:
@@ -264,8 +265,15 @@ def side_by_side_dynamics(folder: Path) -> Table:
     rows = []
     grads = summary.get("grad_norms", {})
     groups = grads.get("mean_by_group", {})
-    if "layer0_mean" in grads:
-        rows.append({"quantity": "LoRA gradient norm, layer 0 vs late third",
+    as_001 = grads.get(dynamics.PER_TENSOR)  # 001 prints its code's per-tensor mean over its own layer groups
+    if isinstance(as_001, dict) and "layer0_mean" in as_001:
+        late = as_001.get("mean_by_group", {})
+        rows.append({"quantity": "LoRA gradient norm (mean of tensor norms, 001's code), layer 0 vs late",
+                     "source": SOURCE[("representations", "grad norm layer 0 vs late")],
+                     "ours": f"{as_001['layer0_mean']:.3g} vs {late.get('late', float('nan')):.3g} "
+                             f"(late/early {late.get('late/early', float('nan')):.2f})"})
+    elif "layer0_mean" in grads:
+        rows.append({"quantity": "LoRA gradient norm (root of summed squares), layer 0 vs late third",
                      "source": SOURCE[("representations", "grad norm layer 0 vs late")],
                      "ours": f"{grads['layer0_mean']:.3g} vs {groups.get('late', float('nan')):.3g} "
                              f"(late/early {groups.get('late/early', float('nan')):.2f})"})

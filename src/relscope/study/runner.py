@@ -38,11 +38,18 @@ log = logging.getLogger(__name__)
 STAGE_FILE = "stage.json"
 
 
+# What the stages compute, beyond their config: raised when a release changes a definition or default a stage uses,
+# so a study folder made before it reruns those stages instead of reporting old-definition outputs (issue 18: the
+# study-faithful layouts, knockout sets, logit lens, probe/attention layers, gradient norms and held-out accuracy).
+DEFINITIONS = 18
+
+
 def stage_keys(config: StudyConfig) -> dict[str, str]:
-    """Each stage's key: its own config slice plus the keys of the stages it reads."""
+    """Each stage's key: its own config slice, relscope's definitions version and the keys of the stages it reads."""
     keys: dict[str, str] = {}
     for stage in STAGES:
-        text = json.dumps([to_mapping(stage.settings(config)), [keys[n] for n in stage.needs]], sort_keys=True)
+        text = json.dumps([to_mapping(stage.settings(config)), DEFINITIONS, [keys[n] for n in stage.needs]],
+                          sort_keys=True)
         keys[stage.name] = hashlib.sha256(text.encode()).hexdigest()[:16]
     return keys
 

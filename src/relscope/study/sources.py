@@ -106,7 +106,7 @@ WORDS = {
                           "the relevance modeling performance achieved by updating both MHA and MLP components"),
     "000 layers": Quote("000", "Section 2", "Our results (Table 4) show that layers 5–15 contribute most to relevance "
                         "prediction"),
-    "001 eval accuracy": Quote("001", "Parts 1-2", "At step 200, the eval accuracy was 53%. Indistinguishable from the "
+    "001 eval accuracy": Quote("001", "Part 2", "At step 200, the eval accuracy was 53%. Indistinguishable from the "
                                "untrained model. Then, somewhere around step 400, the accuracy jumped to 71%. By step "
                                "600 it was 72.5%. By step 1600 it hit 86%."),
     "001 baseline": Quote("001", "Part 1", "Before starting training, I checked the baseline and the model’s eval "

@@ -188,9 +188,10 @@ LOG_FILE = "log.jsonl"  # one JSON record per logged step, in the run folder
 
 
 class HeldOutAccuracy(TrainerCallback):
-    """Study 001's eval accuracy: the share of held-out groups the model ranks right (the positive above the
-    negatives; pairwise, each order of a pair), at step 0 and every `every` steps, logged as eval_accuracy. The
-    held-out groups' draws are fixed (epoch 0), so every point of the curve scores the same prompts."""
+    """Study 001's eval accuracy: the share of held-out (positive, negative) pairs the model orders right (pairwise
+    prompts: the share of A-or-B questions answered right), chance 1/2 whatever the number of negatives, at step 0
+    and every `every` steps, logged as eval_accuracy. The held-out groups' draws are fixed (epoch 0), so every point
+    of the curve scores the same prompts."""
 
     def __init__(self, trainer: Trainer, batches: list[dict[str, torch.Tensor]], prompts_per_group: int,
                  every: int) -> None:
@@ -207,8 +208,8 @@ class HeldOutAccuracy(TrainerCallback):
             for batch in self.batches:
                 with self.trainer.autocast_smart_context_manager():
                     scores = model(**{k: v.to(self.trainer.args.device) for k, v in batch.items()})
-                stats = self.trainer.objective.loss(scores.float().view(-1, self.prompts_per_group))
-                correct, groups = correct + float(stats.correct.sum()), groups + len(stats.correct)
+                per_group = self.trainer.objective.pair_accuracy(scores.float().view(-1, self.prompts_per_group))
+                correct, groups = correct + float(per_group.sum()), groups + len(per_group)
         finally:
             model.train(was_training)
         return correct / groups

@@ -46,6 +46,11 @@ class Objective:
         """scores: (groups, prompts_per_group), in the order `prompts` made them."""
         raise NotImplementedError
 
+    def pair_accuracy(self, scores: torch.Tensor) -> torch.Tensor:
+        """(groups,) the share of each group's (positive, negative) pairs ordered right: chance 1/2 whatever the
+        number of negatives (the held-out accuracy of study 001)."""
+        return _pairs_in_order(scores)
+
 
 class _OnePassagePerPrompt(Objective):
     """The positive first, then the negatives, one prompt each."""
@@ -57,6 +62,11 @@ class _OnePassagePerPrompt(Objective):
     def prompts_per_group(self, negatives: int) -> int:
         """One prompt per passage: the positive and each negative."""
         return negatives + 1
+
+
+def _pairs_in_order(scores: torch.Tensor) -> torch.Tensor:
+    """(groups,) the share of each group's (positive, negative) pairs whose positive scores higher: chance 1/2."""
+    return (scores[:, 0:1] > scores[:, 1:]).float().mean(-1).detach()
 
 
 class Listwise(_OnePassagePerPrompt):
@@ -115,6 +125,12 @@ class Pairwise(Objective):
         # The positive wins a comparison when its two-order average probability exceeds 1/2 (duoT5 SYM-SUM).
         pair_wins = (p_right[:, : scores.shape[1] // 2] + p_right[:, scores.shape[1] // 2:]) > 1.0
         return GroupStats(loss, pair_wins.all(-1).float(), p_right.mean(-1).detach())
+
+    def pair_accuracy(self, scores: torch.Tensor) -> torch.Tensor:
+        """(groups,) the share of a group's prompts answered right (A when the positive comes first, B when second):
+        each prompt is one A-or-B question, as in study 001's eval accuracy; chance 1/2."""
+        scores = scores.float()
+        return torch.cat([scores[:, 0::2] > 0, scores[:, 1::2] < 0], dim=-1).float().mean(-1).detach()
 
 
 def _positive_wins(scores: torch.Tensor) -> torch.Tensor:
