@@ -19,7 +19,8 @@ from relscope.reports.tables import to_csv, write_table
 from relscope.study import findings, layout
 from relscope.study.config import AblationSettings, StudyConfig
 from relscope.study.findings import AGREES, DISAGREES, NOT_MEASURED, NOT_SETTING, OTHER_WAY, SAME_WAY, WEAK
-from relscope.study.report import anchor, render_html, render_markdown, sections
+from relscope.study.page import anchor, render_html, render_markdown
+from relscope.study.report import sections
 from relscope.study.sources import TABLE_000_3, TABLE_002_1
 from relscope.training.config import TrainConfig
 
