@@ -9,7 +9,7 @@ import pytest
 import torch
 from tiny import tiny_loaded
 
-from relscope.analysis.attention import default_layers, document_to_query_attention, eager_attention, mass_to_query
+from relscope.analysis.attention import document_to_query_attention, eager_attention, mass_to_query
 from relscope.analysis.examples import labelled_prompts, last_token_states
 from relscope.analysis.probe import cached_states, probe_accuracy
 from relscope.cli import main
@@ -91,9 +91,14 @@ def test_eager_attention_is_switched_on_inside_only_and_scores_do_not_change(tin
     torch.testing.assert_close(fast, eager, atol=1e-5, rtol=1e-5)
 
 
-def test_default_layers_spread_over_depth():
-    assert default_layers(30) == [0, 7, 14, 22, 29]
-    assert default_layers(3) == [0, 1, 2]
+def test_default_layers_are_study_001s_as_fractions_of_depth():
+    """001 reads layers 0, 8, 16, 24, 31 of Phi-3's 32: the same fractions of any depth."""
+    from relscope.analysis.settings import study_layers
+
+    assert study_layers(32, hidden_states=True) == study_layers(32, hidden_states=False) == [0, 8, 16, 24, 31]
+    assert study_layers(30, hidden_states=True) == [0, 8, 15, 22, 29]  # hidden states: 0 is the embeddings
+    assert study_layers(30, hidden_states=False) == [0, 7, 15, 22, 29]  # attention layers 0..29
+    assert study_layers(3, hidden_states=False) == [0, 1, 2]
 
 
 def test_probe_and_attention_commands_base_vs_fine_tuned(tiny_family_dir, tiny_groups, tmp_path, capsys):

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from relscope.analysis.examples import LabelledPrompt, adapter_state
-from relscope.analysis.settings import ATTENTION_LAYERS, AttentionSettings, study_layers
+from relscope.analysis.settings import AttentionSettings, study_layers
 from relscope.io import atomic_path, atomic_write_json
 from relscope.manifest import build_manifest
 from relscope.models.scoring import unwrap
@@ -33,11 +33,6 @@ if TYPE_CHECKING:
 ATTENTION = "attention"  # the table written (.csv, .md) and the arrays (.npz)
 BASE_MEAN, TUNED_MEAN = "base mean", "fine-tuned mean"  # columns: mean document -> query mass per layer
 CHANGE_FIGURE = "attention_change.png"  # fine-tuned - base per head (attention_base.png, attention_fine_tuned.png)
-
-
-def default_layers(n_layers: int, count: int = ATTENTION_LAYERS) -> list[int]:
-    """`count` layers spread evenly from the first to the last."""
-    return sorted({round(i * (n_layers - 1) / (count - 1)) for i in range(count)}) if count > 1 else [n_layers - 1]
 
 
 @contextmanager

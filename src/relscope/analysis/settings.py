@@ -188,7 +188,6 @@ class FreezeSettings(_DevRun, _TrainRuns):
 
 # -- relscope probe, relscope attention --------------------------------------------------------
 
-ATTENTION_LAYERS = 5  # layers spread evenly from the first to the last (the --layers of an older relscope)
 STUDY_001_LAYERS = (0, 8, 16, 24, 31)  # 001: its attention maps, probes and PCA at these of Phi-3's 32 layers
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -177,9 +178,10 @@ def hold_out(groups: list[TrainingGroup], count: int, seed: int = 0) -> tuple[li
         return groups, []
     queries = sorted({g.qid for g in groups}, key=natural_key)
     random.Random(f"hold-out:{seed}").shuffle(queries)
+    per_query = Counter(g.qid for g in groups)
     held_queries: set[str] = set()
     for qid in queries:
-        if sum(g.qid in held_queries for g in groups) >= count:
+        if sum(per_query[q] for q in held_queries) >= count:
             break
         held_queries.add(qid)
     held = [g for g in groups if g.qid in held_queries]

@@ -80,18 +80,25 @@ class GradNormRecorder(TrainerCallback, CheckpointFiles):
             if grads:
                 per_tensor = torch.stack([g.float().pow(2).sum() for g in grads])
                 squares.append(((layer, col), torch.stack([per_tensor.sum(), per_tensor.sqrt().mean()])))
+        head = [p.grad for p in self.head_params if p.grad is not None]
+        if head:  # a trained head's norm rides the same copy (its second entry is unused)
+            head_square = torch.stack([g.float().pow(2).sum() for g in head]).sum()
+            squares.append((None, torch.stack([head_square, head_square])))
+        head_norm = float("nan")
         if squares:  # one device->host copy for the whole step
             values = torch.stack([s for _, s in squares]).cpu().numpy()
-            for ((layer, col), _), (square, tensor_mean) in zip(squares, values):
+            for (site, _), (square, tensor_mean) in zip(squares, values):
+                if site is None:
+                    head_norm = float(np.sqrt(square))
+                    continue
+                layer, col = site
                 value = np.sqrt(square)
                 row[layer, col], tensor_row[layer, col] = value, tensor_mean
                 if not np.isfinite(value):
                     raise TrainingError(f"step {step}: the gradient of layer {layer}'s {self.labels[col]} LoRA is "
                                         f"{value}; lower learning_rate or check the inputs (the last checkpoint is "
                                         "intact)")
-        head = [p.grad for p in self.head_params if p.grad is not None]
-        self.head_rows.append(float(torch.stack([g.float().pow(2).sum() for g in head]).sum().sqrt()) if head
-                              else float("nan"))
+        self.head_rows.append(head_norm)
         self.steps.append(step)
         self.rows.append(row)
         self.tensor_rows.append(tensor_row)
