@@ -61,6 +61,41 @@ def test_checkpoints_table_matches_reranking_each_checkpoint(trained, trec_dir, 
     _outputs(tmp_path / "ck", "checkpoints")
 
 
+def _read_csv(path: Path) -> list[dict]:
+    import csv
+
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_checkpoints_per_query_file_is_each_checkpoints_own_reranking(trained, trec_dir, tmp_path):
+    rows = _checkpoints(trained, tmp_path / "ck", trec_dir)
+    long = _read_csv(tmp_path / "ck" / "checkpoints.per_query.csv")
+    assert sorted({int(r["step"]) for r in long}) == [r["step"] for r in rows]
+    run_rerank_job(RerankConfig(adapter=str(trained / "checkpoint-4"), data=str(trec_dir), top_k=4),
+                   tmp_path / "rr", progress=False)
+    direct = {r["qid"]: float(r["reranked:nDCG@10"]) for r in _read_csv(tmp_path / "rr" / "per_query.csv")}
+    last = {r["qid"]: float(r["nDCG@10"]) for r in long if r["step"] == "4"}
+    assert last == pytest.approx(direct, abs=1e-4)
+    assert sum(last.values()) / len(last) == pytest.approx(rows[-1]["nDCG@10"], abs=1e-4)
+
+
+def test_ablation_share_of_all_is_each_variants_ndcg_over_alls_with_a_paired_interval(trained, trec_dir, tmp_path):
+    rows = _ablate(trained / "checkpoint-4", tmp_path / "ab", ["none", "all", "down"], trec_dir)
+    by_name = {r["keep LoRA in"]: r for r in rows}
+    assert (by_name["all"]["share of all"], by_name["all"]["share 95% low"],
+            by_name["all"]["share 95% high"]) == (1.0, 1.0, 1.0)
+    for name in ("none", "down"):
+        row = by_name[name]
+        assert row["share of all"] == pytest.approx(row["nDCG@10"] / by_name["all"]["nDCG@10"])
+        assert row["share 95% low"] <= row["share of all"] <= row["share 95% high"]
+    long = _read_csv(tmp_path / "ab" / "ablation.per_query.csv")
+    assert {r["keep LoRA in"] for r in long} == {"none", "all", "down"}
+    # without an "all" row there is nothing to take a share of: no such column
+    rows = _ablate(trained / "checkpoint-4", tmp_path / "ab2", ["none", "down"], trec_dir)
+    assert "share of all" not in rows[0]
+
+
 def test_convergence_step_is_the_first_within_epsilon():
     assert anatomy.convergence_step([0, 100, 200, 300], [0.30, 0.49, 0.51, 0.50], 0.02) == 100
     assert anatomy.convergence_step([0, 100, 200, 300], [0.30, 0.49, 0.51, 0.50], 0.0) == 200

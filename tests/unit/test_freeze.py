@@ -41,6 +41,9 @@ def test_freeze_sweep_trains_each_variant_and_measures_it(tiny_family_dir, tiny_
     lines = (out / "freeze.csv").read_text().splitlines()
     assert lines[0].startswith("trainable,layers,train accuracy (last 10%),nDCG@10") and len(lines) == 3
     assert (out / "freeze.png").is_file()
+    per_query = (out / "freeze.per_query.csv").read_text().splitlines()
+    assert per_query[0].startswith("trainable,qid,nDCG@10")
+    assert {line.split(",")[0] for line in per_query[1:]} == {"late", "all"}
 
 
 def test_freeze_variants_are_scored_by_held_out_accuracy_when_groups_are_held_out(tiny_family_dir, tiny_groups,

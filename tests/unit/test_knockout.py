@@ -9,7 +9,8 @@ import pytest
 import torch
 from test_patching import FAMILIES, _setup
 
-from relscope.analysis.knockout import HeadAblation, head_sets, reference_means, relative_drop_ci
+from relscope.analysis.intervals import relative_drop_ci
+from relscope.analysis.knockout import HeadAblation, head_sets, reference_means
 from relscope.analysis.patching.hooks import Edit, patching
 from relscope.models.scoring import Scorer, ScoringOptions
 

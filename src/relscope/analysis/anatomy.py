@@ -1,7 +1,9 @@
 """LoRA anatomy (`relscope lora ...`): metrics across checkpoints, rank sweeps, ablations, delta statistics.
 
 Each job writes <name>.csv, <name>.md (shaped like the source study's table), <name>.png and
-manifest.json into its output folder; the names are the constants below.
+manifest.json into its output folder, and the jobs that rerank write <name>.per_query.csv (every dev measure of
+every query, one row per checkpoint or variant) so any two rows can be compared with a paired interval; the names are
+the constants below.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from relscope.analysis.intervals import mean_of, relative_drop_ci
 from relscope.analysis.lora_surgery import MODULE_PRESETS, adapted_sites, delta_stats, keep_only, parse_layers, select
 from relscope.analysis.settings import (
     AblateSettings,
@@ -26,13 +29,13 @@ from relscope.data.dev import DevSettings, load_dev_run
 from relscope.errors import ConfigError
 from relscope.evaluation.metrics import evaluate_run
 from relscope.evaluation.rerank import Reranker, rerank
-from relscope.io import atomic_write_json
+from relscope.io import atomic_write_json, atomic_write_text
 from relscope.manifest import build_manifest
 from relscope.models.adapters import load_trained, load_weights, resolve_max_length
 from relscope.models.scoring import ScoringOptions
 from relscope.models.specs.base import PROJECTIONS, num_layers
 from relscope.reports import plots
-from relscope.reports.tables import write_table
+from relscope.reports.tables import to_csv, write_table
 from relscope.training.checkpoint import checkpoint_step, complete_checkpoints
 
 NDCG = "nDCG@10"
@@ -40,11 +43,20 @@ NDCG = "nDCG@10"
 CHECKPOINTS, RANK_SWEEP, ABLATION, DELTA_STATS = "checkpoints", "rank_sweep", "ablation", "delta_stats"
 EFFECTIVE_RANK_FIGURE, SPECTRA_FIGURE = "effective_rank.png", "spectra.png"  # adapter_stats' other figures
 KEPT_IN = "keep LoRA in"  # ablation: the variant
+# ablation, beside "all" (every update kept): nDCG@10 as a share of all's and its paired bootstrap 95% interval over
+# queries, the shape of 000's Table 4 comparisons (a layer range against all layers) and of its "98% recovery"
+SHARE_OF_ALL, SHARE_LOW, SHARE_HIGH = "share of all", "share 95% low", "share 95% high"
+PER_QUERY = "per_query"  # <name>.per_query.csv
+QUERY = "qid"  # its query-id column, as in the rerank job's per_query.csv
 MODULE, FROBENIUS, EFFECTIVE_RANK = "module", "frobenius", "effective_rank"  # delta_stats
 
 
-def _measure(reranker: Reranker, dataset: RerankDataset, dev: DevSettings) -> dict[str, float]:
-    return evaluate_run(dataset.qrels, rerank(reranker, dataset, dev.top_k).run, dev.measures)[0]
+PerQuery = dict[str, dict[str, float]]  # query id -> measure -> value
+
+
+def _measure(reranker: Reranker, dataset: RerankDataset, dev: DevSettings) -> tuple[dict[str, float], PerQuery]:
+    """(mean, per query) of the dev measures for the reranker as it is now."""
+    return evaluate_run(dataset.qrels, rerank(reranker, dataset, dev.top_k).run, dev.measures)
 
 
 def _reranker(loaded, head, meta, adapter: str | Path) -> Reranker:
@@ -53,10 +65,19 @@ def _reranker(loaded, head, meta, adapter: str | Path) -> Reranker:
     return Reranker.build(loaded, meta["template"], head, max_length, ScoringOptions(), progress=False)
 
 
-def _finish(out: str | Path, name: str, rows: list[dict], title: str, fig, config: dict, files=None) -> list[dict]:
+def _finish(out: str | Path, name: str, rows: list[dict], title: str, fig, config: dict, files=None,
+            per_query: tuple[str, dict[object, PerQuery]] | None = None) -> list[dict]:
+    """Write the table, its figure and manifest, and with `per_query` = (key column, {key: per-query values}) the
+    per-query table beside them."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_table(rows, out / name, title, bold_best=NDCG if NDCG in rows[0] else None)
+    if per_query is not None:
+        key, values = per_query
+        long = [{key: k, QUERY: qid, **measures}
+                for k, by_query in values.items() for qid, measures in by_query.items()]
+        if long:
+            atomic_write_text(out / f"{name}.{PER_QUERY}.csv", to_csv(long))
     plots.save(fig, out / f"{name}.png")
     atomic_write_json(out / "manifest.json", build_manifest(config, files or {}))
     return rows
@@ -89,15 +110,18 @@ def evaluate_checkpoints(settings: CheckpointsSettings, out: str | Path, *, incl
     run_dir, out = Path(settings.run_dir), Path(out)
     dataset = load_dev_run(dev)
     rows = [] if base is None else [{"step": 0, **{m: base[m] for m in dev.measures}}]
+    per_query: dict[object, PerQuery] = {}
     checkpoints = checkpoint_steps(run_dir)
     loaded, head, meta = load_trained(checkpoints[0][1])  # the base loads once; later adapters load into it
     reranker = _reranker(loaded, head, meta, checkpoints[0][1])  # one run: one max_length for every checkpoint
     if base is None and include_base and meta["head"] != "linear":  # step 0: the untrained judge
         with loaded.model.disable_adapter():
-            rows.append({"step": 0, **_measure(reranker, dataset, dev)})
+            means, per_query[0] = _measure(reranker, dataset, dev)
+        rows.append({"step": 0, **means})
     for step, folder in checkpoints:
         load_weights(loaded.model, head, folder)
-        rows.append({"step": step, **_measure(reranker, dataset, dev)})
+        means, per_query[step] = _measure(reranker, dataset, dev)
+        rows.append({"step": step, **means})
     steps = [r["step"] for r in rows]
     converged = convergence_step(steps, [r[NDCG] for r in rows], epsilon)
     for row in rows:
@@ -106,7 +130,7 @@ def evaluate_checkpoints(settings: CheckpointsSettings, out: str | Path, *, incl
                               f"{run_dir.name}: dev metrics by checkpoint", converged)
     return _finish(out, CHECKPOINTS, rows, f"{run_dir.name}: metrics by checkpoint (converged at step "
                    f"{converged}, epsilon {epsilon})", fig, {"run": str(run_dir), "dev": to_mapping(dev),
-                                                            "epsilon": epsilon})
+                                                            "epsilon": epsilon}, per_query=("step", per_query))
 
 
 # -- 2. rank sweep -----------------------------------------------------------------------------
@@ -165,16 +189,30 @@ def ablate(settings: AblateSettings, out: str | Path) -> list[dict]:
     sites = adapted_sites(base, loaded.spec)
     reranker = _reranker(loaded, head, meta, adapter)
     dataset = load_dev_run(dev)
-    rows = []
+    rows, per_query = [], {}
     for name, modules, layers in parsed:
         kept = select(sites, modules, layers) if modules else []
         with keep_only(base, kept):
-            rows.append({KEPT_IN: name, "sites kept": f"{len(kept)}/{len(sites)}",
-                         **_measure(reranker, dataset, dev)})
+            means, per_query[name] = _measure(reranker, dataset, dev)
+        rows.append({KEPT_IN: name, "sites kept": f"{len(kept)}/{len(sites)}", **means})
+    if "all" in per_query and NDCG in dev.measures:
+        _add_share_of_all(rows, per_query)
     fig = _bar(rows, KEPT_IN, f"{Path(adapter).name}: LoRA kept in")
     return _finish(out, ABLATION, rows, f"{adapter}: LoRA update kept only in", fig,
                    {"adapter": str(adapter), "variants": list(variants), "dev": to_mapping(dev)},
-                   {"adapter": Path(adapter) / "adapter_model.safetensors"})
+                   {"adapter": Path(adapter) / "adapter_model.safetensors"}, per_query=(KEPT_IN, per_query))
+
+
+def _add_share_of_all(rows: list[dict], per_query: dict[object, PerQuery]) -> None:
+    """Each variant's nDCG@10 over all's (every update kept), with a paired bootstrap 95% interval over queries: how
+    000's Table 4 sets a layer range against all layers. A query missing from either side is left out of both."""
+    every = per_query["all"]
+    for row in rows:
+        ours = per_query[row[KEPT_IN]]
+        queries = sorted(set(every) & set(ours))
+        full, kept = ([side[q][NDCG] for q in queries] for side in (every, ours))
+        change, low, high = relative_drop_ci(full, kept, mean_of)
+        row.update({SHARE_OF_ALL: 1.0 + change, SHARE_LOW: 1.0 + low, SHARE_HIGH: 1.0 + high})
 
 
 def _bar(rows: list[dict], key: str, title: str):

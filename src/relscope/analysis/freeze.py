@@ -75,7 +75,7 @@ def freeze_sweep(settings: FreezeSettings, out: str | Path, progress: bool = Tru
     depth = model_depth(config.model)
     plans = {v: freeze_list(v, depth) for v in variants}  # a bad variant fails here, before any training
     dataset = load_dev_run(dev)
-    rows = []
+    rows, per_query = [], {}
     for variant, frozen in plans.items():
         run_dir = out / f"train-{variant.replace('+', '_')}"
         variant_config = replace(config, lora=replace(config.lora, freeze=frozen))
@@ -84,7 +84,7 @@ def freeze_sweep(settings: FreezeSettings, out: str | Path, progress: bool = Tru
         run_train_job(variant_config, run_dir, progress=progress)
         checkpoint = latest_checkpoint(run_dir)
         loaded, head, meta = load_trained(checkpoint, merge=True)
-        metrics = _measure(_reranker(loaded, head, meta, checkpoint), dataset, dev)
+        metrics, per_query[variant] = _measure(_reranker(loaded, head, meta, checkpoint), dataset, dev)
         held_out = held_out_accuracy(run_dir)
         rows.append({TRAINABLE: variant, "layers": len(trainable_layers(variant, depth)),
                      **({HELD_OUT_ACCURACY: held_out} if held_out is not None else {}),
@@ -94,4 +94,5 @@ def freeze_sweep(settings: FreezeSettings, out: str | Path, progress: bool = Tru
                                                     "train accuracy": [r[TRAIN_ACCURACY] for r in rows]},
                      f"{Path(config.model).name}: training only some layers ({config.max_steps} steps each)")
     return _finish(out, FREEZE, rows, f"Layer-group training, {config.max_steps} steps each", fig,
-                   {"config": to_mapping(config), "variants": list(variants), "dev": to_mapping(dev)})
+                   {"config": to_mapping(config), "variants": list(variants), "dev": to_mapping(dev)},
+                   per_query=(TRAINABLE, per_query))

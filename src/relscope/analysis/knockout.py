@@ -18,15 +18,16 @@ from __future__ import annotations
 import logging
 import random
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from relscope.analysis.intervals import mean_of, relative_drop_ci
 from relscope.analysis.patching.hooks import site_hooks
 from relscope.analysis.patching.settings import KnockoutSettings
 from relscope.errors import ConfigError, DataError
@@ -185,38 +186,12 @@ def reference_means(engine: PatchingEngine, prompts: Sequence[TokenizedPrompt], 
     return {key: sums[key] / max(counts[key], 1) for key in sums}
 
 
-def relative_drop_ci(full: Sequence[Any], ablated: Sequence[Any],
-                     statistic: Callable[[Sequence[Any], np.ndarray], float], resamples: int = 1000,
-                     seed: int = 0) -> tuple[float, float, float]:
-    """The relative change statistic(ablated)/statistic(full) - 1 over queries, and its 95% percentile bootstrap
-    interval (queries resampled, the same resample for both: paired).
-
-    Undefined (NaN) where the full model's statistic is 0 — F1 of a judge that says "no" to everything — and a
-    resample whose full statistic is 0 is left out of the interval. scipy.stats.bootstrap cannot leave a
-    resample out, so the resampling is done here."""
-    def change(index: np.ndarray) -> float:
-        base = statistic(full, index)
-        return statistic(ablated, index) / base - 1.0 if base else float("nan")
-
-    point = change(np.arange(len(full)))
-    if np.isnan(point):
-        return point, point, point
-    rng = np.random.default_rng(seed)
-    draws = np.array([change(rng.integers(0, len(full), len(full))) for _ in range(resamples)])
-    low, high = np.nanpercentile(draws, [2.5, 97.5])
-    return float(point), float(low), float(high)
-
-
 def _f1(per_query: Sequence[tuple[np.ndarray, np.ndarray]], index: np.ndarray) -> float:
     from sklearn.metrics import f1_score
 
     labels = np.concatenate([per_query[i][0] for i in index])
     predicted = np.concatenate([per_query[i][1] for i in index])
     return float(f1_score(labels, predicted, zero_division=0.0))
-
-
-def _mean(per_query: np.ndarray, index: np.ndarray) -> float:
-    return float(np.mean(per_query[index]))
 
 
 def _pair_accuracy(per_query: Sequence[tuple[np.ndarray, ...]], index: np.ndarray) -> float:
@@ -324,7 +299,7 @@ def _row(name: str, heads, result: dict, full: dict) -> dict:
         row.update({metric: statistic(result["judgments"], every), f"{metric} {CHANGE}": change,
                     f"{metric} {CI_LOW}": low, f"{metric} {CI_HIGH}": high})
     if "ndcg" in result:
-        change, low, high = change_ci("ndcg", _mean)
+        change, low, high = change_ci("ndcg", mean_of)
         row.update({NDCG10: float(result["ndcg"].mean()), f"{NDCG10} {CHANGE}": change,
                     f"{NDCG10} {CI_LOW}": low, f"{NDCG10} {CI_HIGH}": high})
     return row
