@@ -47,6 +47,11 @@ def test_each_objective_trains_and_writes_its_checkpoints(objective, tiny_family
     assert len(losses) == 6 and np.mean(losses[-2:]) < np.mean(losses[:2])  # it learns this easy set
     records = [r for r in _log(out) if "loss" in r]
     assert all(0.0 <= r["accuracy"] <= 1.0 and 0.0 < r["p_correct"] < 1.0 for r in records)
+    # a step's rows: 2 groups of 3 prompts (pairwise: the positive against each of 2 negatives, in both orders)
+    prompts = 2 * (4 if objective == "pairwise" else 3)
+    for r in records:  # each step's wall time, and its real and padded tokens (rows x the longest row)
+        assert r["step_seconds"] > 0
+        assert 0 < r["tokens"] <= r["padded_tokens"] <= prompts * 96 and r["padded_tokens"] % prompts == 0
     for step in (3, 6):
         names = {p.name for p in (out / f"checkpoint-{step}").iterdir()}
         assert {"adapter_model.safetensors", "relscope.json", "trainer_state.json", "optimizer.pt",
@@ -139,6 +144,8 @@ def test_resume_after_an_interruption_gives_the_uninterrupted_result(tiny_family
     run_train_job(config, broken, progress=False)
 
     assert _losses(broken) == pytest.approx(_losses(full), rel=1e-6)
+    tokens = [[(r["tokens"], r["padded_tokens"]) for r in _log(run) if "loss" in r] for run in (full, broken)]
+    assert tokens[0] == tokens[1]  # counted per step, the resumed steps' own batches
     a = load_file(full / "checkpoint-6" / "adapter_model.safetensors")
     b = load_file(broken / "checkpoint-6" / "adapter_model.safetensors")
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)

@@ -270,7 +270,8 @@ def trim_log(path: Path, step: int) -> None:
     atomic_write_text(path, "".join(json.dumps(record) + "\n" for record in keep))
 
 
-LOG_NUMBERS = ("loss", "accuracy", "p_correct", "learning_rate", "grad_norm", "epoch", "eval_accuracy")
+LOG_NUMBERS = ("loss", "accuracy", "p_correct", "learning_rate", "grad_norm", "epoch", "eval_accuracy",
+               "step_seconds", "tokens", "padded_tokens")
 
 
 def read_log(path: Path, drop_cut_last: bool = False) -> list[dict]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,6 +31,8 @@ class RelscopeTrainer(Trainer):
         self.meta = meta
         self.grad_recorder = grad_recorder
         self._sums = torch.zeros(3, dtype=torch.float64)  # groups, correct, p_correct since the last log
+        self._tokens = [0, 0]  # real (attention-mask) and padded tokens fed since the last log, this process
+        self._last_log: tuple[float, int] | None = None  # (wall time, optimizer step) of the last training record
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
@@ -40,6 +43,10 @@ class RelscopeTrainer(Trainer):
                      ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """The objective's loss over the batch's groups (and the scores); a non-finite loss stops training."""
         scores = model(**inputs).view(-1, self.prompts_per_group)
+        mask = inputs.get("attention_mask")
+        if mask is not None:
+            self._tokens[0] += int(mask.sum())
+            self._tokens[1] += mask.numel()
         stats = self.objective.loss(scores)
         if not torch.isfinite(stats.loss):
             raise TrainingError(f"step {self.state.global_step + 1}: the loss is {stats.loss.item()}"
@@ -55,14 +62,32 @@ class RelscopeTrainer(Trainer):
         return super()._clip_grad_norm(model)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Log `logs`, a training record with the group accuracy and mean P(correct) since the last one added."""
+        """Log `logs`; a training record gets the group accuracy and mean P(correct) since the last one, and the wall
+        seconds per optimizer step and the real and padded tokens per step (this process's) since then."""
         if "loss" in logs:  # a training record: add group accuracy and mean P(correct), over all processes
             sums = self.accelerator.reduce(self._sums.to(self.args.device), reduction="sum").cpu()
             if sums[0] > 0:
                 logs["accuracy"] = round(float(sums[1] / sums[0]), 4)
                 logs["p_correct"] = round(float(sums[2] / sums[0]), 4)
             self._sums.zero_()
+            logs.update(self._step_timing(start_time))
         super().log(logs, start_time)
+
+    def _step_timing(self, start_time: float | None) -> dict[str, float]:
+        """step_seconds: wall time per step since the last record (or the start of training: held-out and dev
+        evaluations and checkpoint writes in between count, as they cost the run); tokens and padded_tokens: the
+        real and padded prompt tokens per step (the gap is padding waste)."""
+        now, step = time.time(), self.state.global_step
+        # before the first record: training's start, at the step it resumed from (the Trainer's own attribute)
+        since, since_step = self._last_log or (start_time, getattr(self, "_initial_global_step", 0))
+        self._last_log = (now, step)
+        steps = step - since_step
+        if since is None or steps <= 0:
+            return {}
+        real, padded = self._tokens
+        self._tokens = [0, 0]
+        return {"step_seconds": round((now - since) / steps, 3), "tokens": round(real / steps),
+                "padded_tokens": round(padded / steps)}
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         """Adapter, head, meta and the callbacks' per-checkpoint files (the base model is never copied). The Trainer
