@@ -78,3 +78,48 @@ def test_the_docs_carry_none_of_the_claims_found_wrong(path):
     text = " ".join((ROOT / path).read_text(encoding="utf-8").split())  # a claim broken over lines is still found
     found = [claim for claim in WRONG_CLAIMS if " ".join(claim.split()) in text]
     assert not found, f"{path}: {found}"
+
+
+DOC_PATHS = ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))]
+
+
+def _markdown_tables(text: str) -> list[tuple[list[str], list[list[str]]]]:
+    """(header cells, body rows) of each GitHub table in `text`."""
+    tables, lines = [], text.splitlines()
+    for i, line in enumerate(lines[:-1]):
+        if line.startswith("|") and re.fullmatch(r"\|(\s*:?-+:?\s*\|)+", lines[i + 1].strip()):
+            header = [c.strip() for c in line.strip().strip("|").split("|")]
+            body = []
+            for row in lines[i + 2:]:
+                if not row.startswith("|"):
+                    break
+                body.append([c.strip() for c in row.strip().strip("|").split("|")])
+            tables.append((header, body))
+    return tables
+
+
+@needs_seeds
+@pytest.mark.parametrize("path", DOC_PATHS)
+def test_a_docs_table_column_headed_by_a_study_holds_only_that_studys_numbers(path):
+    """A column whose header names a study (000, 001, 002) quotes it: each of its decimal numbers and percentages is
+    in that study's text (or in a study its cell names). A column of numbers derived from a study's says so in its
+    header ("share", "computed") and is left out."""
+    texts = {study: seed_text(study) for study in SEEDS}
+    wrong = []
+    for header, body in _markdown_tables((ROOT / path).read_text(encoding="utf-8")):
+        for col, name in enumerate(header):
+            studies = re.findall(r"\b(00[012])\b", name)
+            if not studies or "share" in name or "computed" in name:
+                continue
+            for row in body:
+                cell = row[col] if col < len(row) else ""
+                cited = set(studies) | set(re.findall(r"\b(00[012])\b", cell))
+                for number in re.findall(r"\d+\.\d{2,}|\d+(?:\.\d+)?%", cell.replace("*", "")):
+                    if not any(number in texts[s] for s in cited):
+                        wrong.append(f"{name!r}: {number} (row {row[0]!r})")
+    assert not wrong, f"{path}: {wrong}"
+
+
+def test_the_docs_table_check_reads_a_column_headed_by_a_study():
+    table = "| step | 000 Table 1 |\n|---|---|\n| 5 | 0.1855 / 0.4220 |\n\nafter"
+    assert _markdown_tables(table) == [(["step", "000 Table 1"], [["5", "0.1855 / 0.4220"]])]
