@@ -81,16 +81,26 @@ def test_checkpoints_per_query_file_is_each_checkpoints_own_reranking(trained, t
 
 
 def test_ablation_share_of_all_is_each_variants_ndcg_over_alls_with_a_paired_interval(trained, trec_dir, tmp_path):
-    rows = _ablate(trained / "checkpoint-4", tmp_path / "ab", ["none", "all", "down"], trec_dir)
+    rows = _ablate(trained / "checkpoint-4", tmp_path / "ab", ["none", "all", "down", "all@0.0-1.0"], trec_dir)
     by_name = {r["keep LoRA in"]: r for r in rows}
-    assert (by_name["all"]["share of all"], by_name["all"]["share 95% low"],
-            by_name["all"]["share 95% high"]) == (1.0, 1.0, 1.0)
+    for same in ("all", "all@0.0-1.0"):  # the same sites as all: exactly 1 only when the resample is paired
+        assert (by_name[same]["share of all"], by_name[same]["share 95% low"],
+                by_name[same]["share 95% high"]) == (1.0, 1.0, 1.0)
     for name in ("none", "down"):
         row = by_name[name]
         assert row["share of all"] == pytest.approx(row["nDCG@10"] / by_name["all"]["nDCG@10"])
         assert row["share 95% low"] <= row["share of all"] <= row["share 95% high"]
     long = _read_csv(tmp_path / "ab" / "ablation.per_query.csv")
-    assert {r["keep LoRA in"] for r in long} == {"none", "all", "down"}
+    assert {r["keep LoRA in"] for r in long} == {"none", "all", "down", "all@0.0-1.0"}
+    # 000's claims whose two variants ran, as paired differences: here up+gate was not run, so none
+    assert not (tmp_path / "ab" / "ablation_contrasts.csv").exists()
+    _ablate(trained / "checkpoint-4", tmp_path / "ab3", ["up+gate", "down"], trec_dir)
+    (contrast,) = _read_csv(tmp_path / "ab3" / "ablation_contrasts.csv")
+    assert (contrast["first"], contrast["second"]) == ("up+gate", "down")
+    long = _read_csv(tmp_path / "ab3" / "ablation.per_query.csv")
+    gaps = [float(a["nDCG@10"]) - float(b["nDCG@10"]) for a, b in zip(long[:len(long) // 2], long[len(long) // 2:])]
+    assert float(contrast["difference"]) == pytest.approx(sum(gaps) / len(gaps), abs=1e-3)
+    assert float(contrast["95% low"]) <= float(contrast["difference"]) <= float(contrast["95% high"])
     # without an "all" row there is nothing to take a share of: no such column
     rows = _ablate(trained / "checkpoint-4", tmp_path / "ab2", ["none", "down"], trec_dir)
     assert "share of all" not in rows[0]

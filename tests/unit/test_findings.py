@@ -114,6 +114,23 @@ def test_mha_only_against_mlp_only(tmp_path, attn, mlp, verdict):
     assert TABLE_000_3["MHA updates only"].cells[1] in found.study  # the study's own LLaMA NDCG, quoted
 
 
+@pytest.mark.parametrize(("shift", "noise", "verdict"), [(0.03, 0.01, AGREES), (-0.03, 0.01, DISAGREES),
+                                                          (0.03, 0.3, WEAK)])
+def test_a_contrast_with_a_paired_interval_gives_a_verdict_where_means_alone_could_not(tmp_path, shift, noise,
+                                                                                         verdict):
+    """The gap (0.03) is under GAP: means alone say too weak; 40 queries that all move the same way say more."""
+    rng = np.random.default_rng(1)
+    down = rng.uniform(0.3, 0.7, 40)
+    up_gate = down + shift + rng.normal(0.0, noise, 40)
+    per_query = {name: {f"q{i}": {anatomy.NDCG: float(v)} for i, v in enumerate(values)}
+                 for name, values in (("up+gate", up_gate), ("down", down))}
+    _ablation(tmp_path, {"up+gate": float(up_gate.mean()), "down": float(down.mean())})
+    anatomy._write_contrasts(tmp_path / layout.ABLATIONS / layout.KEEP, per_query)
+    found = findings.up_gate_beats_down(tmp_path, "40 dev queries", mlp_only=True)
+    assert found.verdict == verdict and "paired difference" in found.ours
+    assert findings.gap_verdict(float((up_gate - down).mean())) == WEAK  # what the means alone would say
+
+
 @pytest.mark.parametrize(("every", "verdict"), [(0.60, SAME_WAY), (0.40, OTHER_WAY), (0.52, WEAK)])
 def test_both_updates_together_against_the_best_alone(tmp_path, every, verdict):
     _ablation(tmp_path, {"attn-only": 0.50, "mlp-only": 0.45, "all": every})

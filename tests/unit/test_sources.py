@@ -105,7 +105,7 @@ def test_a_docs_table_column_headed_by_a_study_holds_only_that_studys_numbers(pa
     in that study's text (or in a study its cell names). A column of numbers derived from a study's says so in its
     header ("share", "computed") and is left out."""
     texts = {study: seed_text(study) for study in SEEDS}
-    wrong = []
+    wrong, checked = [], []
     for header, body in _markdown_tables((ROOT / path).read_text(encoding="utf-8")):
         for col, name in enumerate(header):
             studies = re.findall(r"\b(00[012])\b", name)
@@ -115,9 +115,13 @@ def test_a_docs_table_column_headed_by_a_study_holds_only_that_studys_numbers(pa
                 cell = row[col] if col < len(row) else ""
                 cited = set(studies) | set(re.findall(r"\b(00[012])\b", cell))
                 for number in re.findall(r"\d+\.\d{2,}|\d+(?:\.\d+)?%", cell.replace("*", "")):
-                    if not any(number in texts[s] for s in cited):
+                    whole = re.compile(rf"(?<![\d.]){re.escape(number)}(?!\d)")  # 0.72 is not in 0.7225
+                    checked.append(number)
+                    if not any(whole.search(texts[s]) for s in cited):
                         wrong.append(f"{name!r}: {number} (row {row[0]!r})")
     assert not wrong, f"{path}: {wrong}"
+    if path == "docs/lora-anatomy.md":  # the parser found its study columns: the check is not passing on nothing
+        assert {"0.1855", "0.7620", "0.6678"} <= set(checked)
 
 
 def test_the_docs_table_check_reads_a_column_headed_by_a_study():

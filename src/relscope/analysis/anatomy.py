@@ -2,8 +2,9 @@
 
 Each job writes <name>.csv, <name>.md (shaped like the source study's table), <name>.png and
 manifest.json into its output folder, and the jobs that rerank write <name>.per_query.csv (every dev measure of
-every query, one row per checkpoint or variant) so any two rows can be compared with a paired interval; the names are
-the constants below.
+every query, one row per checkpoint or variant they measured; a step 0 whose means the study's zero-shot stage passed
+in is not there) so any two rows can be compared with a paired interval; the ablation also writes
+ablation_contrasts.csv, study 000's claims as paired differences. The names are the constants below.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from relscope.analysis.intervals import mean_of, relative_drop_ci
+from relscope.analysis.intervals import difference_ci, mean_of, relative_drop_ci
 from relscope.analysis.lora_surgery import MODULE_PRESETS, adapted_sites, delta_stats, keep_only, parse_layers, select
 from relscope.analysis.settings import (
     AblateSettings,
@@ -47,6 +48,16 @@ KEPT_IN = "keep LoRA in"  # ablation: the variant
 # queries, the shape of 000's Table 4 comparisons (a layer range against all layers) and of its "98% recovery"
 SHARE_OF_ALL, SHARE_LOW, SHARE_HIGH = "share of all", "share 95% low", "share 95% high"
 PER_QUERY = "per_query"  # <name>.per_query.csv
+# ablation_contrasts.csv (.md): study 000's claims as paired nDCG@10 differences (first minus second variant) over
+# queries, each written when both its variants ran
+CONTRASTS = "ablation_contrasts"
+CONTRAST, DIFFERENCE, DIFFERENCE_LOW, DIFFERENCE_HIGH = "contrast", "difference", "95% low", "95% high"
+STUDY_CONTRASTS = (
+    ("000 Table 3: MHA-only beats MLP-only", "attn-only", "mlp-only"),
+    ("000 Table 3: both beat MHA-only", "all", "attn-only"),
+    ("000 Table 4: up and gate beat down", "up+gate", "down"),
+    ("000 Table 4: layers 5-15 beat the rest", "all@0.15625-0.5", "all@0.0-0.15625+0.5-1.0"),
+)
 QUERY = "qid"  # its query-id column, as in the rerank job's per_query.csv
 MODULE, FROBENIUS, EFFECTIVE_RANK = "module", "frobenius", "effective_rank"  # delta_stats
 
@@ -195,24 +206,50 @@ def ablate(settings: AblateSettings, out: str | Path) -> list[dict]:
         with keep_only(base, kept):
             means, per_query[name] = _measure(reranker, dataset, dev)
         rows.append({KEPT_IN: name, "sites kept": f"{len(kept)}/{len(sites)}", **means})
+    _check_same_queries(per_query)
     if "all" in per_query and NDCG in dev.measures:
         _add_share_of_all(rows, per_query)
+    if NDCG in dev.measures:
+        _write_contrasts(Path(out), per_query)
     fig = _bar(rows, KEPT_IN, f"{Path(adapter).name}: LoRA kept in")
     return _finish(out, ABLATION, rows, f"{adapter}: LoRA update kept only in", fig,
                    {"adapter": str(adapter), "variants": list(variants), "dev": to_mapping(dev)},
                    {"adapter": Path(adapter) / "adapter_model.safetensors"}, per_query=(KEPT_IN, per_query))
 
 
+def _check_same_queries(per_query: dict[object, PerQuery]) -> None:
+    """Every variant reranks the same dev run: a pairing over queries is only sound if each scored the same ones."""
+    sets = {name: frozenset(values) for name, values in per_query.items()}
+    if len(set(sets.values())) > 1:
+        raise AssertionError(f"ablation variants scored different queries: { {k: len(v) for k, v in sets.items()} }")
+
+
 def _add_share_of_all(rows: list[dict], per_query: dict[object, PerQuery]) -> None:
     """Each variant's nDCG@10 over all's (every update kept), with a paired bootstrap 95% interval over queries: how
-    000's Table 4 sets a layer range against all layers. A query missing from either side is left out of both."""
+    000's Table 4 sets a layer range against all layers."""
     every = per_query["all"]
+    queries = sorted(every)
     for row in rows:
         ours = per_query[row[KEPT_IN]]
-        queries = sorted(set(every) & set(ours))
         full, kept = ([side[q][NDCG] for q in queries] for side in (every, ours))
         change, low, high = relative_drop_ci(full, kept, mean_of)
         row.update({SHARE_OF_ALL: 1.0 + change, SHARE_LOW: 1.0 + low, SHARE_HIGH: 1.0 + high})
+
+
+def _write_contrasts(out: Path, per_query: dict[object, PerQuery]) -> None:
+    """ablation_contrasts.csv: each of 000's claims whose two variants ran, as the paired nDCG@10 difference."""
+    rows = []
+    for claim, first, second in STUDY_CONTRASTS:
+        if first in per_query and second in per_query:
+            queries = sorted(per_query[first])
+            difference, low, high = difference_ci([per_query[first][q][NDCG] for q in queries],
+                                                  [per_query[second][q][NDCG] for q in queries])
+            rows.append({CONTRAST: claim, "first": first, "second": second, DIFFERENCE: difference,
+                         DIFFERENCE_LOW: low, DIFFERENCE_HIGH: high, "queries": len(queries)})
+    if rows:
+        out.mkdir(parents=True, exist_ok=True)
+        write_table(rows, out / CONTRASTS, "Study 000's claims as paired nDCG@10 differences "
+                    "(first minus second variant; 95% bootstrap interval over queries)")
 
 
 def _bar(rows: list[dict], key: str, title: str):

@@ -34,3 +34,14 @@ def relative_drop_ci(full: Sequence[Any], ablated: Sequence[Any],
 def mean_of(per_query: Sequence[float] | np.ndarray, index: np.ndarray) -> float:
     """The mean of the per-query values at `index` (a bootstrap resample, or every query)."""
     return float(np.mean(np.asarray(per_query, dtype=float)[index]))
+
+
+def difference_ci(first: Sequence[float], second: Sequence[float], resamples: int = 1000,
+                  seed: int = 0) -> tuple[float, float, float]:
+    """mean(first - second) over queries (the two measured on the same queries, in the same order) and its 95%
+    percentile bootstrap interval, queries resampled in pairs."""
+    gaps = np.asarray(first, dtype=float) - np.asarray(second, dtype=float)
+    rng = np.random.default_rng(seed)
+    draws = np.array([gaps[rng.integers(0, len(gaps), len(gaps))].mean() for _ in range(resamples)])
+    low, high = np.percentile(draws, [2.5, 97.5])
+    return float(gaps.mean()), float(low), float(high)

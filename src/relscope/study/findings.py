@@ -139,9 +139,29 @@ def ablation_means(root: Path) -> dict[str, float]:
     return {r[anatomy.KEPT_IN]: number(r.get(anatomy.NDCG)) for r in rows}
 
 
+def interval_verdict(low: float, high: float) -> str:
+    """The study's way when the whole 95% interval of (ours - the contrast) is above 0, the other way when below."""
+    if low > 0:
+        return AGREES
+    return DISAGREES if high < 0 else WEAK
+
+
+def ablation_contrast(root: Path, contrast: str) -> tuple[float, float, float] | None:
+    """(difference, low, high) of one of 000's claims from ablation_contrasts.csv; None when it was not written
+    (an older run, or a variant of the pair not run)."""
+    path = root / layout.ABLATIONS / layout.KEEP / f"{anatomy.CONTRASTS}.csv"
+    for row in read_rows(path):
+        if row[anatomy.CONTRAST] == contrast:
+            return tuple(number(row[k]) for k in (anatomy.DIFFERENCE, anatomy.DIFFERENCE_LOW,  # type: ignore[return-value]
+                                                  anatomy.DIFFERENCE_HIGH))
+    return None
+
+
 def _ablation_finding(root: Path, claim: str, study: str, wanted: Sequence[str],
-                      difference: Callable[[dict[str, float]], float], queries: str) -> Finding:
-    """A claim decided by a gap between ablation means: not measured when a variant it needs was not run."""
+                      difference: Callable[[dict[str, float]], float], queries: str,
+                      contrast: str | None = None) -> Finding:
+    """A claim decided by the paired interval of its contrast where the ablation wrote one, else a direction from
+    the gap between means; not measured when a variant it needs was not run."""
     path = root / layout.ABLATIONS / layout.KEEP / f"{anatomy.ABLATION}.csv"
     means = ablation_means(root)
     if not means:
@@ -150,6 +170,11 @@ def _ablation_finding(root: Path, claim: str, study: str, wanted: Sequence[str],
     if absent:
         return Finding(claim, study, f"not run: add {', '.join(absent)} to ablation.variants", NOT_MEASURED)
     shown = ", ".join(f"{v} {means[v]:.4f}" for v in wanted)
+    paired = ablation_contrast(root, contrast) if contrast else None
+    if paired is not None:
+        gap, low, high = paired
+        return Finding(claim, study, f"nDCG@10 {shown} (paired difference {gap:+.4f} [{low:+.4f}, {high:+.4f}], "
+                                     f"{queries})", interval_verdict(low, high))
     gap = difference(means)
     return Finding(claim, study, f"nDCG@10 {shown} (gap {gap:+.4f}, {queries})", gap_verdict(gap))
 
@@ -158,7 +183,8 @@ def mha_beats_mlp(root: Path, queries: str) -> Finding:
     """000 Table 3: keeping only the attention (MHA) update beats keeping only the MLP update."""
     study = quoted([TABLE_000_3["MHA updates only"], TABLE_000_3["MLP updates only"]], "NDCG")
     return _ablation_finding(root, "000 Table 3: MHA-only updates beat MLP-only updates", study,
-                             ("attn-only", "mlp-only"), lambda m: m["attn-only"] - m["mlp-only"], queries)
+                             ("attn-only", "mlp-only"), lambda m: m["attn-only"] - m["mlp-only"], queries,
+                             anatomy.STUDY_CONTRASTS[0][0])
 
 
 def both_best(root: Path, queries: str) -> Finding:
@@ -175,7 +201,8 @@ def up_gate_beats_down(root: Path, queries: str, mlp_only: bool = False) -> Find
     study = (f"{WORDS['000 projections']}; " + quoted([TABLE_000_4["All Layers Up & gate_proj"],
                                                       TABLE_000_4["All Layers"]], "LLaMA") + " (MLP-only-trained)")
     found = _ablation_finding(root, "000: the up and gate projections matter more than the down projection", study,
-                              ("up+gate", "down"), lambda m: m["up+gate"] - m["down"], queries)
+                              ("up+gate", "down"), lambda m: m["up+gate"] - m["down"], queries,
+                              anatomy.STUDY_CONTRASTS[2][0])
     if mlp_only or found.verdict == NOT_MEASURED:
         return found
     return Finding(found.claim, found.study, f"{found.ours}; trained on every projection, not MLP-only",
@@ -431,11 +458,13 @@ CAPTION = ("Findings: each claim of the source studies that this study measures,
 def rules(root: Path, config: StudyConfig) -> list[str]:
     """The verdict rules, one per kind of evidence, stated under the findings table."""
     return [
-        f"000 ablations and checkpoints: nDCG@10 means with no interval (ablations over "
-        f"{_count(ablation_queries(root, config))}, checkpoints over {_count(dev_queries(root))}): a gap under {GAP} "
-        "is too weak to tell; a larger one gives a direction, not a verdict, since one query can move a mean over "
-        "few queries by more. Table 4's projection claim on an adapter trained on every projection is not the "
-        "study's setting (it ablates MLP-only-trained models). Checkpoints compare the gain up to the checkpoint "
+        f"000 ablations: the paired bootstrap 95% interval of the nDCG@10 difference over queries (ablations over "
+        f"{_count(ablation_queries(root, config))}) agrees when wholly above zero, disagrees when wholly below. "
+        f"Without one (both-together against the better single update; checkpoints over "
+        f"{_count(dev_queries(root))}) means only: a gap under {GAP} is too weak to tell; a larger one gives a "
+        "direction, not a verdict, since one query can move a mean over few queries by more. Table 4's projection "
+        "claim on an adapter trained on every projection is not the study's setting (it ablates MLP-only-trained "
+        "models). Checkpoints compare the gain up to the checkpoint "
         f"nearest half the last step with the gain after it, when the whole gain is at least {GAP}.",
         f"001 gradient norms: late/early mean norm at most {GRAD_AGREES} agrees, {GRAD_DISAGREES} or more disagrees.",
         "001 probes: a layer rises (falls) only when its fine-tuned accuracy ± fold std lies wholly above (below) the "

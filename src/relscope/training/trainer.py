@@ -44,7 +44,7 @@ class RelscopeTrainer(Trainer):
         """The objective's loss over the batch's groups (and the scores); a non-finite loss stops training."""
         scores = model(**inputs).view(-1, self.prompts_per_group)
         mask = inputs.get("attention_mask")
-        if mask is not None:
+        if mask is not None and model.training:  # training steps only, never an evaluation's batches
             self._tokens[0] += int(mask.sum())
             self._tokens[1] += mask.numel()
         stats = self.objective.loss(scores)
@@ -63,7 +63,8 @@ class RelscopeTrainer(Trainer):
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Log `logs`; a training record gets the group accuracy and mean P(correct) since the last one, and the wall
-        seconds per optimizer step and the real and padded tokens per step (this process's) since then."""
+        seconds per optimizer step and the real and padded tokens per step since then (this process's batches: with
+        several processes, multiply by their number for the global step)."""
         if "loss" in logs:  # a training record: add group accuracy and mean P(correct), over all processes
             sums = self.accelerator.reduce(self._sums.to(self.args.device), reduction="sum").cpu()
             if sums[0] > 0:
