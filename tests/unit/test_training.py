@@ -61,6 +61,21 @@ def test_each_objective_trains_and_writes_its_checkpoints(objective, tiny_family
     assert (out / "tensorboard").exists() is False  # report_to=[] turns it off
 
 
+def test_a_record_over_several_steps_gives_the_per_step_mean_of_tokens(tiny_family_dir, tiny_groups, tmp_path):
+    """With gradient accumulation, a record every 2 steps holds the mean of the two steps' own records."""
+    records = {}
+    for every in (1, 2):
+        out = tmp_path / f"every-{every}"
+        run_train_job(_config(tiny_family_dir("llama"), tiny_groups, grad_accum=2, logging_steps=every), out,
+                      progress=False)
+        records[every] = [r for r in _log(out) if "loss" in r]
+    assert [r["step"] for r in records[2]] == [2, 4]
+    for key in ("tokens", "padded_tokens"):
+        per_step = [r[key] for r in records[1]]
+        halves = [(per_step[0] + per_step[1]) / 2, (per_step[2] + per_step[3]) / 2]
+        assert [r[key] for r in records[2]] == pytest.approx(halves, abs=1)  # rounded to whole tokens
+
+
 def test_grad_norms_cover_every_step_layer_and_module(tiny_family_dir, tiny_groups, tmp_path):
     run_train_job(_config(tiny_family_dir("llama"), tiny_groups, lora={"rank": 4, "freeze": ["late"]},
                           report_to=["tensorboard"]), tmp_path, progress=False)
