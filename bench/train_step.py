@@ -6,6 +6,8 @@ relscope: the backbone only, the two answer rows at the last token (RerankerModu
 in fp32 and under bf16 autocast (`bf16: "yes"` in a train config).
 All three see the same LoRA (rank 16, every projection), the same prompts (a batch of
 4 real DL21 groups x 4 passages, yes/no template, max_length 192) and the same loss.
+Then the cost of per-layer gradient-norm logging (GradNormRecorder.record, what `relscope train` runs every
+optimizer step) against the bf16 step, timed alone on the gradients that step left.
 
     python bench/train_step.py [--steps 3] [--groups 4]
 """
@@ -23,8 +25,10 @@ from relscope.data.training import load_training_groups
 from relscope.models.heads import build_head
 from relscope.models.load import load_model
 from relscope.models.lora import LoraSettings, apply_lora
+from relscope.models.specs.base import num_layers
 from relscope.prompts.templates import get_template
 from relscope.prompts.tokenize import PromptBuilder
+from relscope.training.callbacks import GradNormRecorder
 from relscope.training.data import Draw, GroupCollator
 from relscope.training.module import RerankerModule
 from relscope.training.objectives import OBJECTIVES
@@ -50,7 +54,7 @@ def main() -> None:
     builder = PromptBuilder(loaded.tokenizer, get_template("yes_no"), 192)
     batch = GroupCollator(groups, objective, builder, 3, loaded.tokenizer.pad_token_id)(
         [Draw(i, 0) for i in range(args.groups)])
-    peft_model, _ = apply_lora(loaded.model, loaded.spec, LoraSettings(rank=16, alpha=32, dropout=0.0))
+    peft_model, sites = apply_lora(loaded.model, loaded.spec, LoraSettings(rank=16, alpha=32, dropout=0.0))
     module = RerankerModule(peft_model, loaded.spec, build_head("yes_no", peft_model, builder)).train()
     yes, no = builder.answer_ids
     rows = torch.arange(len(batch["last"]))
@@ -76,6 +80,13 @@ def main() -> None:
     base = results["naive full-logits fp32"]
     for name, seconds in results.items():
         print(f"{name:<24} {seconds:6.2f} s/step  {tokens / seconds:7.1f} tokens/s  {base / seconds:5.2f}x")
+
+    recorder = GradNormRecorder(module.base, sites, num_layers(loaded.model.config), module.head)
+    counter = iter(range(1, 10**6))
+    logging = time_steps(lambda: recorder.record(next(counter)), max(args.steps, 20))  # the step's grads are there
+    step = results["relscope bf16 autocast"]
+    print(f"gradient-norm logging    {logging * 1000:6.1f} ms/step  = {logging / step:.2%} of the bf16 step "
+          f"({len(sites)} LoRA sites)")
 
 
 if __name__ == "__main__":
