@@ -336,3 +336,22 @@ def test_checkpoints_at_an_explicit_list_of_steps(tmp_path, tiny_family_dir):
 def test_save_at_steps_outside_the_run_are_refused(save_at):
     with pytest.raises(ConfigError, match="save_at"):
         from_mapping(TrainConfig, {"max_steps": 5, "save_at": save_at})
+
+
+def test_bf16_auto_leaves_a_float16_model_on_a_cpu_in_float16(monkeypatch, tmp_path, tiny_family_dir, tiny_groups):
+    """On a CPU with native bf16, `auto` autocast a model loaded in float16 to bf16, so its float16 overflow never
+    showed (tests/reliability/test_numerics.py failed on such hosts); float32 and auto models still get bf16."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from relscope.config import from_mapping
+    from relscope.training import job
+    from relscope.training.config import TrainConfig
+
+    monkeypatch.setattr(job, "cpu_has_native_bf16", lambda: True)
+    loaded = SimpleNamespace(device=torch.device("cpu"))
+    for dtype, expected in (("float16", False), ("float32", True), ("auto", True)):
+        config = from_mapping(TrainConfig, dict(model=str(tiny_family_dir("llama")), train=[str(tiny_groups)],
+                                                dtype=dtype, report_to=[]))
+        assert job._training_arguments(config, tmp_path, loaded, False).bf16 is expected, dtype

@@ -246,9 +246,10 @@ def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
 def _training_arguments(config: TrainConfig, out: Path, loaded: LoadedModel, progress: bool) -> TrainingArguments:
     on_cuda = loaded.device.type == "cuda"
     native = torch.cuda.is_bf16_supported() if on_cuda else cpu_has_native_bf16()
-    # auto never autocasts a float16 model to bf16: the user chose float16, and its overflow must show as one
-    float16 = getattr(loaded.model, "dtype", None) == torch.float16
-    bf16 = config.bf16 == "yes" or (config.bf16 == "auto" and native and not float16)
+    # On a CPU, auto never autocasts a model the user asked for in float16 to bf16: float16 is what they chose, and its
+    # overflow must show as one. (On CUDA it still does, as before: pure float16 there would need loss scaling.)
+    float16_on_cpu = config.dtype == "float16" and not on_cuda
+    bf16 = config.bf16 == "yes" or (config.bf16 == "auto" and native and not float16_on_cpu)
     if bf16 and not native:
         log.warning("bf16 on a %s without native bf16 instructions: matrix products run far slower than in "
                     "float32 (0.8 vs 70 GFLOP/s measured on an AVX2-only CPU); set bf16: auto or no",
