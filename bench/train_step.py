@@ -72,7 +72,8 @@ def main() -> None:
         return step
 
     tokens = int(batch["attention_mask"].sum())
-    print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
+    machine = platform.processor() or platform.machine()
+    print(f"{machine}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"{len(rows)} prompts, {tokens} tokens ({batch['input_ids'].numel()} padded) per step")
     results = {"naive full-logits fp32": time_steps(naive, args.steps),
                "relscope fp32": time_steps(relscope(False), args.steps),

@@ -52,10 +52,11 @@ PER_QUERY = "per_query"  # <name>.per_query.csv
 # queries, each written when both its variants ran
 CONTRASTS = "ablation_contrasts"
 CONTRAST, DIFFERENCE, DIFFERENCE_LOW, DIFFERENCE_HIGH = "contrast", "difference", "95% low", "95% high"
+MHA_OVER_MLP, UP_GATE_OVER_DOWN = "000 Table 3: MHA-only beats MLP-only", "000 Table 4: up and gate beat down"
 STUDY_CONTRASTS = (
-    ("000 Table 3: MHA-only beats MLP-only", "attn-only", "mlp-only"),
+    (MHA_OVER_MLP, "attn-only", "mlp-only"),
     ("000 Table 3: both beat MHA-only", "all", "attn-only"),
-    ("000 Table 4: up and gate beat down", "up+gate", "down"),
+    (UP_GATE_OVER_DOWN, "up+gate", "down"),
     ("000 Table 4: layers 5-15 beat the rest", "all@0.15625-0.5", "all@0.0-0.15625+0.5-1.0"),
 )
 QUERY = "qid"  # its query-id column, as in the rerank job's per_query.csv

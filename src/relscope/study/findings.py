@@ -184,7 +184,7 @@ def mha_beats_mlp(root: Path, queries: str) -> Finding:
     study = quoted([TABLE_000_3["MHA updates only"], TABLE_000_3["MLP updates only"]], "NDCG")
     return _ablation_finding(root, "000 Table 3: MHA-only updates beat MLP-only updates", study,
                              ("attn-only", "mlp-only"), lambda m: m["attn-only"] - m["mlp-only"], queries,
-                             anatomy.STUDY_CONTRASTS[0][0])
+                             anatomy.MHA_OVER_MLP)
 
 
 def both_best(root: Path, queries: str) -> Finding:
@@ -202,7 +202,7 @@ def up_gate_beats_down(root: Path, queries: str, mlp_only: bool = False) -> Find
                                                       TABLE_000_4["All Layers"]], "LLaMA") + " (MLP-only-trained)")
     found = _ablation_finding(root, "000: the up and gate projections matter more than the down projection", study,
                               ("up+gate", "down"), lambda m: m["up+gate"] - m["down"], queries,
-                              anatomy.STUDY_CONTRASTS[2][0])
+                              anatomy.UP_GATE_OVER_DOWN)
     if mlp_only or found.verdict == NOT_MEASURED:
         return found
     return Finding(found.claim, found.study, f"{found.ours}; trained on every projection, not MLP-only",

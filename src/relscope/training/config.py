@@ -62,7 +62,8 @@ class TrainConfig:
     logging_steps: int = 1
     seed: int = 42
     # auto: bf16 where the hardware computes it natively (CUDA with bf16; a CPU with AVX-512 BF16 or AMX, unless
-    # dtype is float16 there), else the model's own dtype; "yes" forces it (on a CPU without those instructions it is ~100x slower than float32)
+    # dtype is float16 there), else the model's own dtype; "yes" forces it (on a CPU without those instructions it is
+    # ~100x slower than float32)
     bf16: Literal["auto", "yes", "no"] = "auto"
     gradient_checkpointing: bool = False  # recompute activations in backward: 7-8B models on one GPU
     dtype: str = "auto"
