@@ -81,3 +81,32 @@ def test_the_held_out_accuracy_counts_pairs_so_that_chance_is_one_half():
     assert OBJECTIVES.get("yes_no").pair_accuracy(pointwise).tolist() == pytest.approx([2 / 3])
     pairwise = torch.tensor([[2.0, -1.0, -0.5, 0.5]])  # (pos, neg1) A right, (neg1, pos) B right; neg2: both wrong
     assert OBJECTIVES.get("pairwise").pair_accuracy(pairwise).tolist() == pytest.approx([0.5])
+
+
+def test_graded_listwise_with_only_irrelevant_negatives_is_listwise():
+    grades = torch.tensor([[2.0, 0.0, 0.0], [3.0, 0.0, 0.0]])  # the positive's grade scales no one-hot target
+    graded = OBJECTIVES.get("graded_listwise").loss(SCORES, grades)
+    plain = OBJECTIVES.get("listwise").loss(SCORES)
+    assert graded.loss.item() == pytest.approx(plain.loss.item(), rel=1e-6)
+    assert graded.correct.tolist() == plain.correct.tolist()
+
+
+def test_graded_listwise_is_smallest_where_the_softmax_is_the_gain_distribution():
+    """ListNet's top-one loss is the cross-entropy to gains 2^g - 1 made a distribution: at scores = log(gain) it
+    equals that distribution's entropy, and no other scores do better."""
+    objective = OBJECTIVES.get("graded_listwise")
+    grades = torch.tensor([[3.0, 2.0, 1.0, 1.0]])
+    gains = [7.0, 3.0, 1.0, 1.0]
+    entropy = -sum(g / 12 * math.log(g / 12) for g in gains)
+    best = torch.tensor([[math.log(g) for g in gains]], requires_grad=True)
+    stats = objective.loss(best, grades)
+    assert stats.loss.item() == pytest.approx(entropy, rel=1e-6)
+    stats.loss.backward()
+    assert best.grad.abs().max().item() < 1e-6
+    for other in ([2.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0], [5.0, 0.0, -1.0, -1.0]):
+        assert objective.loss(torch.tensor([other]), grades).loss.item() > entropy + 1e-3
+
+
+def test_graded_listwise_needs_grades():
+    with pytest.raises(ValueError, match="grade"):
+        OBJECTIVES.get("graded_listwise").loss(SCORES)

@@ -37,7 +37,7 @@ def _losses(out: Path) -> list[float]:
     return [r["loss"] for r in _log(out) if "loss" in r]
 
 
-@pytest.mark.parametrize("objective", ["listwise", "yes_no", "pairwise"])
+@pytest.mark.parametrize("objective", ["listwise", "graded_listwise", "yes_no", "pairwise"])
 def test_each_objective_trains_and_writes_its_checkpoints(objective, tiny_family_dir, tiny_groups, tmp_path):
     out = tmp_path / objective
     summary = run_train_job(_config(tiny_family_dir("llama"), tiny_groups, objective=objective, max_steps=6,
@@ -57,7 +57,7 @@ def test_each_objective_trains_and_writes_its_checkpoints(objective, tiny_family
         assert {"adapter_model.safetensors", "relscope.json", "trainer_state.json", "optimizer.pt",
                 "grad_norms.npz"} <= names
         assert "model.safetensors" not in names  # the base model is never copied
-        assert ("head.safetensors" in names) == (objective == "listwise")
+        assert ("head.safetensors" in names) == (objective in ("listwise", "graded_listwise"))
     assert (out / "tensorboard").exists() is False  # report_to=[] turns it off
 
 

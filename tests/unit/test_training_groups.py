@@ -80,3 +80,40 @@ def test_cli_groups_writes_tevatron_jsonl(trec_dir, tmp_path, capsys):
                                   "seed": 0}
     assert manifest["groups"] == 2 and manifest["reports"][str(trec_dir)]["groups"] == 2
     assert manifest["data"][f"{trec_dir}/qrels.txt"]["sha256"]
+
+
+def test_graded_groups_take_the_lower_graded_passages_as_negatives_with_their_grades():
+    groups, _ = build_groups(QUERIES, QRELS, PASSAGES, RUN, negatives=3, seed=1, graded=True)
+    by_positive = {g.positives[0]: g for g in groups}
+    top = by_positive["passage number 0"]  # grade 3: grades 2 and 1 of its query are partly relevant negatives
+    assert top.positive_grades == (3,)
+    assert {(n.pid, n.grade) for n in top.negatives if n.grade} == {("p1", 2), ("p2", 1)}
+    second = by_positive["passage number 1"]  # grade 2: only the grade-1 passage, never an equal or better one
+    assert second.positive_grades == (2,)
+    assert {(n.pid, n.grade) for n in second.negatives if n.grade} == {("p2", 1)}
+    for g in groups:  # every other negative is judged 0 or unjudged, and says so
+        assert all(n.grade == QRELS[g.qid].get(n.pid, 0) for n in g.negatives)
+        assert all(n.grade < g.positive_grades[0] for n in g.negatives)
+
+
+def test_ungraded_groups_are_as_before():
+    plain, _ = build_groups(QUERIES, QRELS, PASSAGES, RUN, negatives=3, seed=1)
+    assert all(not g.positive_grades and all(n.grade == 0 for n in g.negatives) for g in plain)
+
+
+def test_graded_groups_round_trip_through_jsonl_and_a_bad_grade_names_its_line(tmp_path):
+    from relscope.data.groups import read_groups, write_groups
+
+    groups, _ = build_groups(QUERIES, QRELS, PASSAGES, RUN, negatives=3, seed=1, graded=True)
+    path = tmp_path / "groups.jsonl"
+    write_groups(groups, path)
+    assert read_groups(path) == groups
+    record = json.loads(path.read_text().splitlines()[0])
+    record["negative_passages"][0]["grade"] = 3  # as relevant as the positive: not a negative
+    path.write_text(json.dumps(record) + "\n")
+    with pytest.raises(DataError, match=r"groups.jsonl:1: .*grade 3"):
+        read_groups(path)
+    record["negative_passages"][0]["grade"] = "high"
+    path.write_text(json.dumps(record) + "\n")
+    with pytest.raises(DataError, match=r"groups.jsonl:1: negative_passages\[0\].grade: 'high'"):
+        read_groups(path)

@@ -1,7 +1,10 @@
 """Tevatron-style training groups in JSON lines.
 
-`{"query_id", "query", "positive_passages": [{"text", "docid"?}],
-  "negative_passages": [{"text", "docid"?, "kind"?}]}`
+`{"query_id", "query", "positive_passages": [{"text", "docid"?, "grade"?}],
+  "negative_passages": [{"text", "docid"?, "kind"?, "grade"?}]}`
+
+`grade` (relscope's addition, optional) is the passage's judged grade: graded objectives weigh passages by it. A
+positive without one counts as relevant (grade 1), a negative as not (grade 0).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 from relscope.data.lines import iter_lines
 from relscope.errors import DataError, where
 from relscope.io import atomic_write_text
+from relscope.measures import MAX_GRADE
 
 
 @dataclass(frozen=True)
@@ -22,6 +26,7 @@ class NegativePassage:
     text: str
     kind: str = "hard"  # "hard" (from a first-stage run) or "random" (from the collection)
     pid: str = ""
+    grade: int = 0  # a judged grade below the group's positive's (graded groups); 0: not relevant
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,11 @@ class TrainingGroup:
     query: str
     positives: tuple[str, ...]
     negatives: tuple[NegativePassage, ...] = field(default_factory=tuple)
+    positive_grades: tuple[int, ...] = ()  # one per positive in graded groups; empty: each positive counts 1
+
+    def positive_grade(self, index: int) -> int:
+        """The judged grade of positive `index` (1 where the group has no grades)."""
+        return self.positive_grades[index] if self.positive_grades else 1
 
 
 def first_negative(group: TrainingGroup, kind: str = "hard") -> str | None:
@@ -49,9 +59,11 @@ def write_groups(groups: Iterable[TrainingGroup], path: str | Path) -> None:
         record = {
             "query_id": g.qid,
             "query": g.query,
-            "positive_passages": [{"text": t} for t in g.positives],
+            "positive_passages": [{"text": t, **({"grade": g.positive_grades[i]} if g.positive_grades else {})}
+                                  for i, t in enumerate(g.positives)],
             "negative_passages": [
-                {"text": n.text, "kind": n.kind, **({"docid": n.pid} if n.pid else {})} for n in g.negatives
+                {"text": n.text, "kind": n.kind, **({"docid": n.pid} if n.pid else {}),
+                 **({"grade": n.grade} if n.grade else {})} for n in g.negatives
             ],
         }
         rows.append(json.dumps(record, ensure_ascii=False) + "\n")
@@ -68,22 +80,41 @@ def _parse_group(text: str, path: str | Path, line: int) -> TrainingGroup:
         raise DataError(f"{loc}: expected a JSON object with query_id, query, positive_passages")
     qid = str(_required(record, "query_id", loc))
     query = _text(_required(record, "query", loc), f"{loc}: key 'query'")
-    positives = tuple(
-        _text(_passage(p, loc, "positive_passages", i).get("text"), f"{loc}: positive_passages[{i}].text")
-        for i, p in enumerate(_list(record, "positive_passages", loc))
-    )
+    items = [_passage(p, loc, "positive_passages", i) for i, p in enumerate(_list(record, "positive_passages", loc))]
+    positives = tuple(_text(p.get("text"), f"{loc}: positive_passages[{i}].text") for i, p in enumerate(items))
     if not positives:
         raise DataError(f"{loc}: query {qid} has no positive_passages; every group needs at least one")
+    graded = [_grade(p, f"{loc}: positive_passages[{i}]", low=1) for i, p in enumerate(items)]
+    if any(g is not None for g in graded) and None in graded:
+        raise DataError(f"{loc}: positive_passages[{graded.index(None)}] has no grade where others have; give every "
+                        "positive a grade or none")
     negatives = tuple(
         _negative(p, loc, i) for i, p in enumerate(_list(record, "negative_passages", loc, required=False))
     )
-    return TrainingGroup(qid, query, positives, negatives)
+    group = TrainingGroup(qid, query, positives, negatives, tuple(g for g in graded if g is not None))
+    top = max((n.grade for n in negatives), default=0)
+    if group.positive_grades and top >= min(group.positive_grades):
+        raise DataError(f"{loc}: a negative has grade {top}, not below every positive's; a negative must be less "
+                        "relevant than the positives")
+    return group
 
 
 def _negative(item: Any, loc: str, index: int) -> NegativePassage:
     p = _passage(item, loc, "negative_passages", index)
     text = _text(p.get("text"), f"{loc}: negative_passages[{index}].text")
-    return NegativePassage(text, str(p.get("kind", "hard")), str(p.get("docid", "")))
+    grade = _grade(p, f"{loc}: negative_passages[{index}]", low=0)
+    return NegativePassage(text, str(p.get("kind", "hard")), str(p.get("docid", "")), grade or 0)
+
+
+def _grade(passage: dict, what: str, low: int) -> int | None:
+    """The passage's optional judged grade, a whole number from `low` to MAX_GRADE."""
+    if "grade" not in passage:
+        return None
+    grade = passage["grade"]
+    if isinstance(grade, bool) or not isinstance(grade, int) or not low <= grade <= MAX_GRADE:
+        raise DataError(f"{what}.grade: {grade!r} is not a grade from {low} to {MAX_GRADE}; give a whole number "
+                        "or leave it out")
+    return grade
 
 
 def _required(record: dict, key: str, loc: str) -> Any:

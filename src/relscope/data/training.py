@@ -8,6 +8,10 @@ do, in a seeded order: training draws `negatives` of them anew in each epoch (re
 negatives from the collection are added only where a draw needs them (hard_fraction < 1, or
 too few hard ones): as many as the hard ones, and at least that share of a draw.
 Pairs whose passage has no text are skipped and counted, never silently dropped.
+
+Graded groups (`graded=True`) keep each passage's judged grade: a positive of grade g also takes the query's judged
+passages of grades 1 to g - 1 as (partly relevant) negatives, so that a graded objective learns 3 over 2 over 1 over 0,
+as nDCG rewards, not only relevant over not.
 """
 
 from __future__ import annotations
@@ -51,9 +55,11 @@ def build_groups(
     min_grade: int = 2,
     hard_depth: int = 100,
     seed: int = 0,
+    graded: bool = False,
 ) -> tuple[list[TrainingGroup], GroupReport]:
     """One group per positive passage: every hard negative first, then random ones where a draw of `negatives`
-    with `hard_fraction` of them hard needs them."""
+    with `hard_fraction` of them hard needs them; graded, the query's lower-graded judged passages count as hard
+    negatives too, each with its grade."""
     if negatives < 1 or not 0.0 <= hard_fraction <= 1.0:
         raise DataError(f"need negatives >= 1 and 0 <= hard_fraction <= 1, got {negatives}, {hard_fraction}")
     report = GroupReport()
@@ -72,11 +78,15 @@ def build_groups(
         hard_pool = _hard_pool(qid, judged, passages, run, hard_depth)
         for pid in positives:
             rng = random.Random(f"{seed}:{qid}:{pid}")  # str seeds are stable across runs and processes
-            chosen = _negatives(rng, hard_pool, pool, judged, negatives, hard_fraction)
+            lower = _lower_graded(judged, passages, judged[pid]) if graded else []
+            chosen = _negatives(rng, hard_pool + lower, pool, judged, negatives, hard_fraction)
             report.hard_negatives += sum(n.kind == "hard" for n in chosen)
             report.random_negatives += sum(n.kind == "random" for n in chosen)
-            groups.append(TrainingGroup(qid, queries[qid], (passages[pid],),
-                                        tuple(NegativePassage(passages[n.pid], n.kind, n.pid) for n in chosen)))
+            grades = (judged[pid],) if graded else ()
+            groups.append(TrainingGroup(
+                qid, queries[qid], (passages[pid],),
+                tuple(NegativePassage(passages[n.pid], n.kind, n.pid, judged.get(n.pid, 0) if graded else 0)
+                      for n in chosen), grades))
     report.groups = len(groups)
     if not groups:
         raise DataError(f"no training groups: no judged passage with text has grade >= {min_grade}; "
@@ -85,7 +95,7 @@ def build_groups(
 
 
 def groups_from_trec_folder(folder: Path, negatives: int = 7, hard_fraction: float = 1.0, min_grade: int = 2,
-                            seed: int = 0) -> tuple[list[TrainingGroup], GroupReport]:
+                            seed: int = 0, graded: bool = False) -> tuple[list[TrainingGroup], GroupReport]:
     """build_groups over a TREC folder's queries.tsv, qrels.txt, collection.tsv (and run.bm25.txt if present)."""
     run_file = folder / "run.bm25.txt"
     return build_groups(
@@ -93,8 +103,13 @@ def groups_from_trec_folder(folder: Path, negatives: int = 7, hard_fraction: flo
         read_qrels(require_file(folder / "qrels.txt", "qrels")),
         read_texts(require_file(folder / "collection.tsv", "collection"), "passage"),
         read_run(run_file) if is_input_file(run_file) else None,
-        negatives=negatives, hard_fraction=hard_fraction, min_grade=min_grade, seed=seed,
+        negatives=negatives, hard_fraction=hard_fraction, min_grade=min_grade, seed=seed, graded=graded,
     )
+
+
+def _lower_graded(judged: dict[str, int], passages: dict[str, str], grade: int) -> list[str]:
+    """The query's judged passages with text graded from 1 to `grade` - 1, in a fixed order."""
+    return sorted((p for p, g in judged.items() if 0 < g < grade and p in passages), key=natural_key)
 
 
 def _hard_pool(qid: str, judged: dict[str, int], passages: dict[str, str], run: Run | None, depth: int) -> list[str]:
@@ -121,13 +136,13 @@ def _negatives(rng: random.Random, hard_pool: list[str], pool: list[str], judged
 
 
 def load_training_groups(sources: tuple[str, ...], negatives: int, hard_fraction: float = 1.0,
-                         min_grade: int = 2, seed: int = 0) -> list[TrainingGroup]:
+                         min_grade: int = 2, seed: int = 0, graded: bool = False) -> list[TrainingGroup]:
     """Read every source: a .jsonl of groups, or a TREC folder whose judgments are turned into groups (each with
     every hard negative: the collator draws `negatives` of them anew in every epoch)."""
     groups: list[TrainingGroup] = []
     for source in map(data_path, sources):
         if source.is_dir():
-            built, report = groups_from_trec_folder(source, negatives, hard_fraction, min_grade, seed)
+            built, report = groups_from_trec_folder(source, negatives, hard_fraction, min_grade, seed, graded)
             log.info("%s: %d groups from %d queries (%d hard, %d random negatives); %d judged pairs skipped "
                      "(no text)", source, report.groups, report.queries, report.hard_negatives,
                      report.random_negatives, report.skipped_missing_text)

@@ -214,7 +214,7 @@ class HeldOutAccuracy(TrainerCallback):
         try:
             for batch in self.batches:
                 with self.trainer.autocast_smart_context_manager():
-                    scores = model(**{k: v.to(self.trainer.args.device) for k, v in batch.items()})
+                    scores = model(**{k: v.to(self.trainer.args.device) for k, v in batch.items() if k != "grades"})
                 per_group = self.trainer.objective.pair_accuracy(scores.float().view(-1, self.prompts_per_group))
                 correct, groups = correct + float(per_group.sum()), groups + len(per_group)
         finally:

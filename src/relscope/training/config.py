@@ -31,7 +31,7 @@ class TrainConfig:
     model: str = "smollm2-135m-instruct"
     # Training data: Tevatron group .jsonl files and/or TREC folders (groups are built from their judgments).
     train: tuple[str, ...] = ()
-    objective: str = "yes_no"  # listwise | yes_no | pairwise (relscope.training.objectives)
+    objective: str = "yes_no"  # listwise | graded_listwise | yes_no | pairwise (relscope.training.objectives)
     template: str | None = None  # default: the objective's
     head: str | None = None  # default: the template's (linear for score, yes_no, ab)
     negatives: int = 3  # negatives per group in each step (drawn anew each epoch from all of the group's negatives)
@@ -66,6 +66,9 @@ class TrainConfig:
     # ~100x slower than float32)
     bf16: Literal["auto", "yes", "no"] = "auto"
     gradient_checkpointing: bool = False  # recompute activations in backward: 7-8B models on one GPU
+    # A step's prompts run as length-sorted chunks of this many rows, each padded to its own longest (0: one padded
+    # batch): the same scores with less padding computed and kept for backward (relscope.training.module)
+    chunk_rows: int = 0
     dtype: str = "auto"
     device: str | None = None
     # Bit-identical reruns on GPU too (deterministic cuBLAS/cuDNN kernels, slower); CPU runs are deterministic anyway.
@@ -79,6 +82,9 @@ class TrainConfig:
                 raise ValueError(f"{key} must be a positive integer (>= 1), got {getattr(self, key)}")
         if self.negatives > 1000:  # prompts per group per step: more is a typo, and would not fit in memory
             raise ValueError(f"negatives must be at most 1000, got {self.negatives}")
+        if isinstance(self.chunk_rows, bool) or self.chunk_rows < 0:
+            raise ValueError(f"chunk_rows must be 0 (one padded batch) or a positive number of rows, got "
+                             f"{self.chunk_rows}")
         if self.max_length < 8:
             raise ValueError(f"max_length must be at least 8 tokens, got {self.max_length}")
         if isinstance(self.eval_groups, bool) or self.eval_groups < 0:

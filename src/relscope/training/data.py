@@ -10,7 +10,7 @@ from typing import NamedTuple
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from relscope.data.groups import TrainingGroup
+from relscope.data.groups import NegativePassage, TrainingGroup
 from relscope.models.scoring import pad_sequences
 from relscope.prompts.tokenize import PromptBuilder
 from relscope.training.objectives import Objective
@@ -64,13 +64,20 @@ class EpochSeededSampler(Sampler[Draw]):
 
 
 def draw_group(group: TrainingGroup, negatives: int, hard_fraction: float, rng: random.Random) -> tuple[str, list[str]]:
-    """(positive, negatives) for one step, as Tevatron samples a group each epoch: one of its positives, and
-    `negatives` of its negatives without repeats, hard ones (kind "hard") making up `hard_fraction` of them and the
+    """(positive, negatives) texts for one step: see draw_passages."""
+    positive, chosen = draw_passages(group, negatives, hard_fraction, rng)
+    return group.positives[positive], [n.text for n in chosen]
+
+
+def draw_passages(group: TrainingGroup, negatives: int, hard_fraction: float,
+                  rng: random.Random) -> tuple[int, list[NegativePassage]]:
+    """(index of the positive, negatives) for one step, as Tevatron samples a group each epoch: one of its positives,
+    and `negatives` of its negatives without repeats, hard ones (kind "hard") making up `hard_fraction` of them and the
     others random ones; a kind that runs short is made up by the other, and a group with fewer negatives than
     asked repeats them."""
-    positive = rng.choice(group.positives)
-    hard = [n.text for n in group.negatives if n.kind == "hard"]
-    other = [n.text for n in group.negatives if n.kind != "hard"]
+    positive = rng.choice(range(len(group.positives)))  # the same draw as rng.choice(group.positives)
+    hard = [n for n in group.negatives if n.kind == "hard"]
+    other = [n for n in group.negatives if n.kind != "hard"]
     n_other = min(negatives - min(int(negatives * hard_fraction + 0.5), len(hard)), len(other))
     n_hard = min(negatives - n_other, len(hard))
     chosen = rng.sample(hard, n_hard) + rng.sample(other, n_other)
@@ -94,11 +101,16 @@ class GroupCollator:
     hard_fraction: float = 1.0
 
     def __call__(self, draws: list[Draw]) -> dict[str, torch.Tensor]:
-        prompts = []
+        prompts, grades = [], []
         for index, epoch in draws:
             group = self.groups[index]
             rng = random.Random(f"{self.seed}:{epoch}:{index}")  # str seeds hash alike in every process and run
-            positive, chosen = draw_group(group, self.negatives, self.hard_fraction, rng)
-            prompts += self.objective.prompts(self.builder, group.query, positive, chosen)
+            positive, chosen = draw_passages(group, self.negatives, self.hard_fraction, rng)
+            prompts += self.objective.prompts(self.builder, group.query, group.positives[positive],
+                                              [n.text for n in chosen])
+            grades.append([group.positive_grade(positive), *(n.grade for n in chosen)])
         ids, mask, last = pad_sequences([p.input_ids for p in prompts], self.pad_id)
-        return {"input_ids": ids, "attention_mask": mask, "last": last}
+        batch = {"input_ids": ids, "attention_mask": mask, "last": last}
+        if self.objective.graded:  # (groups, passages): the graded loss's targets, in the prompts' order
+            batch["grades"] = torch.tensor(grades, dtype=torch.float32)
+        return batch

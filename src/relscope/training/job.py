@@ -78,7 +78,8 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool) -> dict
     if checkpoint is not None and checkpoint_step(checkpoint) >= config.max_steps:
         return _already_trained(out, checkpoint)
     dev = load_dev_run(config.dev) if config.dev else None  # bad dev data fails here, before the model loads
-    groups = load_training_groups(config.train, config.negatives, config.hard_fraction, config.min_grade, config.seed)
+    groups = load_training_groups(config.train, config.negatives, config.hard_fraction, config.min_grade, config.seed,
+                                  graded=objective.graded)
     groups, held_out = hold_out(groups, config.eval_groups, config.seed)
 
     set_seed(config.seed)  # LoRA and linear-head initialisation
@@ -196,7 +197,7 @@ def _build_module(config: TrainConfig, loaded: LoadedModel, template: PromptTemp
     head = build_head(head_name, peft_model, builder)
     if any(p.requires_grad for p in head.parameters()):
         head.float()  # a trained head keeps fp32 master weights, as LoRA does
-    return RerankerModule(peft_model, loaded.spec, head), sites, builder
+    return RerankerModule(peft_model, loaded.spec, head, config.chunk_rows), sites, builder
 
 
 def _set_aside(out: Path) -> None:

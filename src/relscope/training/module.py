@@ -15,14 +15,29 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
 
-class RerankerModule(nn.Module):
-    """forward(input_ids, attention_mask, last) -> (rows,) scores. Only the backbone runs: no vocabulary logits."""
+def length_chunks(lengths: list[int], rows: int) -> list[list[int]]:
+    """Row indices sorted by length and cut into runs of `rows` (0: one run of all, in their order): each run is
+    padded only to its own longest prompt. A step's prompts vary in length by passage, so one padded batch spends
+    about a third of its tokens on padding (measured on the DL21+DL23 groups: 1,314 real of 1,892 padded)."""
+    if rows <= 0 or rows >= len(lengths):
+        return [list(range(len(lengths)))]
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    return [order[start:start + rows] for start in range(0, len(order), rows)]
 
-    def __init__(self, peft_model: PeftModel, spec: ModelSpec, head: Head) -> None:
+
+class RerankerModule(nn.Module):
+    """forward(input_ids, attention_mask, last) -> (rows,) scores. Only the backbone runs: no vocabulary logits.
+
+    With `chunk_rows` > 0 the rows of a right-padded batch run as length-sorted chunks, each cut to its own longest
+    prompt: the same scores (causal attention: pads never touch real tokens), less padding computed and kept for
+    backward."""
+
+    def __init__(self, peft_model: PeftModel, spec: ModelSpec, head: Head, chunk_rows: int = 0) -> None:
         super().__init__()
         self.peft_model = peft_model
         self.head = head
         self.spec = spec
+        self.chunk_rows = chunk_rows
 
     @property
     def base(self) -> PreTrainedModel:
@@ -31,10 +46,34 @@ class RerankerModule(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
         """(rows, length) right- or left-padded prompts -> (rows,) scores read at each row's `last` token."""
+        chunks = self.chunks(attention_mask, last)
+        if len(chunks) == 1:
+            return self.head(self._last_hidden(input_ids, attention_mask, last))
+        picked = []
+        for rows in chunks:
+            index = torch.tensor(rows, device=input_ids.device)
+            width = int(last[index].max()) + 1  # right padding: a chunk's columns past its longest prompt are pads
+            picked.append(self._last_hidden(input_ids[index, :width], attention_mask[index, :width], last[index]))
+        order = torch.tensor([row for rows in chunks for row in rows], device=input_ids.device)
+        return self.head(torch.cat(picked)[torch.argsort(order)])
+
+    def chunks(self, attention_mask: torch.Tensor, last: torch.Tensor) -> list[list[int]]:
+        """The row chunks `forward` runs: length-sorted ones for right-padded rows, else one of all rows."""
+        right_padded = bool((last + 1 == attention_mask.sum(-1)).all())  # left padding: every last is the end
+        return length_chunks((last + 1).tolist() if right_padded else [0] * len(last),
+                             self.chunk_rows if right_padded else 0)
+
+    def padded_tokens(self, attention_mask: torch.Tensor, last: torch.Tensor) -> int:
+        """Tokens `forward` runs for this batch, pads included."""
+        chunks = self.chunks(attention_mask, last)
+        if len(chunks) == 1:
+            return attention_mask.numel()
+        return sum(len(rows) * (int(last[rows].max()) + 1) for rows in chunks)
+
+    def _last_hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
         backbone = self.spec.backbone_of(self.base)
         hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-        picked = hidden[torch.arange(len(last), device=hidden.device), last]
-        return self.head(picked)
+        return hidden[torch.arange(len(last), device=hidden.device), last]
 
     def trainable_head_state(self) -> dict[str, torch.Tensor]:
         """The head's own trained weights (a linear head); answer heads reuse the frozen unembedding."""

@@ -6,6 +6,8 @@ scores of those prompts into a loss plus two per-group figures for the logs:
 the right answer, averaged over the group's decisions).
 
     listwise  score template + linear head; softmax cross-entropy over the group (Tevatron/RankLLaMA)
+    graded_listwise  the same prompts and head; cross-entropy against the group's grades as a distribution
+              (ListNet's top-one loss, gains 2^grade - 1): a group whose negatives are all grade 0 gives listwise's loss
     yes_no    yes/no template + answer head; binary cross-entropy on logit(yes) - logit(no) per passage
     pairwise  A/B template + answer head; every (positive, negative) pair shown in both orders
 """
@@ -33,6 +35,7 @@ class Objective:
 
     name: str
     template: str  # the default prompt template (its head follows from it: models.heads.default_head)
+    graded = False  # whether loss() reads the passages' judged grades (and training groups keep them)
 
     def prompts(self, builder: PromptBuilder, query: str, positive: str, negatives: list[str]) -> list[TokenizedPrompt]:
         """The prompts of one training group (a query, its positive and negatives), in the order `loss` expects."""
@@ -42,8 +45,9 @@ class Objective:
         """How many prompts a group with `negatives` negatives makes (the rows of one group's scores)."""
         raise NotImplementedError
 
-    def loss(self, scores: torch.Tensor) -> GroupStats:
-        """scores: (groups, prompts_per_group), in the order `prompts` made them."""
+    def loss(self, scores: torch.Tensor, grades: torch.Tensor | None = None) -> GroupStats:
+        """scores: (groups, prompts_per_group), in the order `prompts` made them; grades (graded objectives): the
+        judged grade of each group's positive and negatives, (groups, 1 + negatives)."""
         raise NotImplementedError
 
     def pair_accuracy(self, scores: torch.Tensor) -> torch.Tensor:
@@ -74,7 +78,7 @@ class Listwise(_OnePassagePerPrompt):
 
     name, template = "listwise", "score"
 
-    def loss(self, scores: torch.Tensor) -> GroupStats:
+    def loss(self, scores: torch.Tensor, grades: torch.Tensor | None = None) -> GroupStats:
         """Cross-entropy of the positive (column 0) against the whole group."""
         scores = scores.float()
         target = torch.zeros(len(scores), dtype=torch.long, device=scores.device)
@@ -82,12 +86,31 @@ class Listwise(_OnePassagePerPrompt):
         return GroupStats(F.cross_entropy(scores, target), _positive_wins(scores), p_positive.detach())
 
 
+class GradedListwise(_OnePassagePerPrompt):
+    """Cross-entropy against the group's grades made a distribution: target_i = gain_i / sum(gain), gain = 2^grade - 1
+    (ListNet's top-one probability with nDCG's exponential gains, Cao et al. 2007; Burges et al. 2005). A negative
+    graded 1 or 2 is then partly right, not as wrong as an irrelevant one. With every negative at grade 0 the target
+    is one-hot on the positive: listwise's loss exactly."""
+
+    name, template, graded = "graded_listwise", "score", True
+
+    def loss(self, scores: torch.Tensor, grades: torch.Tensor | None = None) -> GroupStats:
+        """Cross-entropy of the scores' softmax against the grades' gain distribution (column 0: the positive)."""
+        if grades is None:
+            raise ValueError("graded_listwise needs each passage's grade (the collator's 'grades')")
+        scores = scores.float()
+        gains = torch.exp2(grades.to(scores.device, torch.float32)) - 1
+        target = gains / gains.sum(-1, keepdim=True)
+        loss = -(target * scores.log_softmax(-1)).sum(-1).mean()
+        return GroupStats(loss, _positive_wins(scores), scores.softmax(-1)[:, 0].detach())
+
+
 class YesNo(_OnePassagePerPrompt):
     """Each passage judged on its own: 'yes' for the positive, 'no' for every negative."""
 
     name, template = "yes_no", "yes_no"
 
-    def loss(self, scores: torch.Tensor) -> GroupStats:
+    def loss(self, scores: torch.Tensor, grades: torch.Tensor | None = None) -> GroupStats:
         """Binary cross-entropy of each passage's yes/no score: yes for column 0, no for the rest."""
         scores = scores.float()
         labels = torch.zeros_like(scores)
@@ -116,7 +139,7 @@ class Pairwise(Objective):
         """Two prompts per negative, one in each order."""
         return 2 * negatives
 
-    def loss(self, scores: torch.Tensor) -> GroupStats:
+    def loss(self, scores: torch.Tensor, grades: torch.Tensor | None = None) -> GroupStats:
         """Binary cross-entropy of each comparison: A where the positive comes first, B where it comes second."""
         scores = scores.float()  # logit(A) - logit(B); even columns want A, odd columns want B
         signed = torch.cat([scores[:, 0::2], -scores[:, 1::2]], dim=-1)
@@ -138,6 +161,6 @@ def _positive_wins(scores: torch.Tensor) -> torch.Tensor:
 
 
 OBJECTIVES: Registry[Objective] = Registry("training objective")
-for _objective in (Listwise(), YesNo(), Pairwise()):
+for _objective in (Listwise(), GradedListwise(), YesNo(), Pairwise()):
     OBJECTIVES.register(_objective.name, _objective)
 

@@ -42,12 +42,13 @@ class RelscopeTrainer(Trainer):
                      num_items_in_batch: int | torch.Tensor | None = None
                      ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """The objective's loss over the batch's groups (and the scores); a non-finite loss stops training."""
-        scores = model(**inputs).view(-1, self.prompts_per_group)
+        grades = inputs.get("grades")  # the graded objectives' targets: not a model input
+        scores = model(**{k: v for k, v in inputs.items() if k != "grades"}).view(-1, self.prompts_per_group)
         mask = inputs.get("attention_mask")
         if mask is not None and model.training:  # training steps only, never an evaluation's batches
             self._tokens[0] += int(mask.sum())
-            self._tokens[1] += mask.numel()
-        stats = self.objective.loss(scores)
+            self._tokens[1] += self.model.padded_tokens(mask, inputs["last"])
+        stats = self.objective.loss(scores, grades)
         if not torch.isfinite(stats.loss):
             raise TrainingError(f"step {self.state.global_step + 1}: the loss is {stats.loss.item()}"
                                 f"{overflow_hint(next(model.parameters()).dtype)}"

@@ -1,0 +1,116 @@
+"""What a training step feeds the model: the collator's graded targets, and length-sorted chunks that change no
+score or gradient."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from tiny import tiny_loaded
+
+from relscope.data import ScoredDoc
+from relscope.data.training import build_groups
+from relscope.models.heads import build_head
+from relscope.models.lora import LoraSettings, apply_lora
+from relscope.prompts.templates import get_template
+from relscope.prompts.tokenize import PromptBuilder
+from relscope.training.data import Draw, GroupCollator, draw_group, draw_passages
+from relscope.training.module import RerankerModule, length_chunks
+from relscope.training.objectives import OBJECTIVES
+
+QUERIES = {"1": "capital of france", "2": "yellow bananas"}
+PASSAGES = {f"p{i}": " ".join(["word"] * (3 + 5 * i)) + f" passage {i}" for i in range(12)}  # lengths differ
+QRELS = {"1": {"p0": 3, "p1": 2, "p2": 1, "p3": 0, "p4": 0}, "2": {"p5": 2, "p6": 1, "p7": 0}}
+RUN = {"1": [ScoredDoc(p, 10 - i) for i, p in enumerate(["p3", "p0", "p8", "p2", "p9"])]}
+
+
+def _module(chunk_rows: int) -> tuple[RerankerModule, PromptBuilder, int]:
+    loaded = tiny_loaded("llama")
+    loaded.model.float()
+    builder = PromptBuilder(loaded.tokenizer, get_template("score"), 96)
+    torch.manual_seed(0)
+    peft_model, _ = apply_lora(loaded.model, loaded.spec, LoraSettings(rank=4, dropout=0.0))
+    for name, param in peft_model.named_parameters():  # B starts at zero: make the adapters do something
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.05)
+    head = build_head("linear", peft_model, builder)
+    return RerankerModule(peft_model, loaded.spec, head, chunk_rows), builder, loaded.tokenizer.pad_token_id
+
+
+def test_the_collator_gives_each_prompt_the_grade_of_its_passage():
+    groups, _ = build_groups(QUERIES, QRELS, PASSAGES, RUN, negatives=3, seed=1, graded=True)
+    loaded = tiny_loaded("llama")
+    builder = PromptBuilder(loaded.tokenizer, get_template("score"), 96)
+    objective = OBJECTIVES.get("graded_listwise")
+    collate = GroupCollator(groups, objective, builder, 3, loaded.tokenizer.pad_token_id, seed=7)
+    draws = [Draw(i, 2) for i in range(len(groups))]
+    batch = collate(draws)
+    text_grade = {PASSAGES[pid]: grade for judged in QRELS.values() for pid, grade in judged.items()}
+    for row, (index, epoch) in enumerate(draws):  # the same draw again, as texts: each text's judged grade
+        positive, negatives = draw_group(groups[index], 3, 1.0, random.Random(f"7:{epoch}:{index}"))
+        assert batch["grades"][row].tolist() == [text_grade.get(t, 0) for t in [positive, *negatives]]
+    assert "grades" not in GroupCollator(groups, OBJECTIVES.get("listwise"), builder, 3, 0)(draws)
+
+
+def test_draw_passages_draws_what_draw_group_always_drew():
+    groups, _ = build_groups(QUERIES, QRELS, PASSAGES, RUN, negatives=3, hard_fraction=0.67, seed=1)
+    for group in groups:
+        index, chosen = draw_passages(group, 3, 0.67, random.Random("a"))
+        rng = random.Random("a")  # the texts-only draw, as the collator made it before grades
+        positive = rng.choice(group.positives)
+        hard = [n.text for n in group.negatives if n.kind == "hard"]
+        other = [n.text for n in group.negatives if n.kind != "hard"]
+        n_other = min(3 - min(2, len(hard)), len(other))
+        texts = rng.sample(hard, min(3 - n_other, len(hard))) + rng.sample(other, n_other)
+        assert (group.positives[index], [n.text for n in chosen]) == (positive, [texts[i % len(texts)]
+                                                                                 for i in range(3)])
+
+
+def test_length_chunks_sort_rows_and_cover_each_once():
+    assert length_chunks([5, 1, 4, 2, 3], 2) == [[1, 3], [4, 2], [0]]
+    assert length_chunks([5, 1, 4], 0) == [[0, 1, 2]]
+    assert length_chunks([5, 1, 4], 3) == [[0, 1, 2]]
+
+
+def test_chunked_forward_gives_the_scores_and_gradients_of_one_padded_batch():
+    groups, _ = build_groups(QUERIES, QRELS, PASSAGES, RUN, negatives=3, seed=1)
+    plain, builder, pad = _module(0)
+    batch = GroupCollator(groups, OBJECTIVES.get("listwise"), builder, 3, pad)([Draw(i, 0) for i in range(3)])
+    results = {}
+    for rows in (0, 3):
+        plain.chunk_rows = rows
+        plain.zero_grad()
+        scores = plain(batch["input_ids"], batch["attention_mask"], batch["last"])
+        OBJECTIVES.get("listwise").loss(scores.view(-1, 4)).loss.backward()
+        grads = {n: p.grad.clone() for n, p in plain.named_parameters() if p.grad is not None}
+        results[rows] = scores.detach(), grads, plain.padded_tokens(batch["attention_mask"], batch["last"])
+    (scores0, grads0, padded0), (scores3, grads3, padded3) = results[0], results[3]
+    assert len(plain.chunks(batch["attention_mask"], batch["last"])) == 4  # 12 rows in chunks of 3
+    torch.testing.assert_close(scores3, scores0, rtol=1e-5, atol=1e-5)
+    assert grads3.keys() == grads0.keys() and len(grads0) > 2
+    for name in grads0:
+        torch.testing.assert_close(grads3[name], grads0[name], rtol=1e-4, atol=1e-6)
+    lengths = sorted((batch["last"] + 1).tolist())
+    assert padded0 == batch["input_ids"].numel()
+    assert padded3 == sum(3 * lengths[i + 2] for i in range(0, 12, 3)) < padded0
+
+
+def test_left_padded_rows_are_never_cut():
+    module, builder, pad = _module(2)
+    from relscope.models.scoring import pad_sequences
+
+    prompts = [builder.build("q", [PASSAGES[f"p{i}"]]).input_ids for i in (0, 3, 6)]
+    ids, mask, last = pad_sequences(prompts, pad, left=True)
+    assert module.chunks(mask, last) == [[0, 1, 2]]
+    assert module.padded_tokens(mask, last) == ids.numel()
+
+
+@pytest.mark.parametrize("rows", [0, 4])
+def test_chunk_rows_is_validated_where_it_enters(rows, tmp_path):
+    from relscope.config import from_mapping
+    from relscope.training.config import TrainConfig
+
+    assert from_mapping(TrainConfig, {"train": ["x.jsonl"], "chunk_rows": rows}).chunk_rows == rows
+    with pytest.raises(Exception, match="chunk_rows"):
+        from_mapping(TrainConfig, {"train": ["x.jsonl"], "chunk_rows": -1})
