@@ -64,6 +64,14 @@ def test_real_dl21_and_dl23_groups(real_data):
         groups, report = build_groups(read_texts(folder / "queries.tsv"), read_qrels(folder / "qrels.txt"),
                                       read_texts(folder / "collection.tsv"), run, negatives=7)
         assert report.groups == len(groups) > 100 and report.skipped_missing_text > 0
+        graded, _ = build_groups(read_texts(folder / "queries.tsv"), read_qrels(folder / "qrels.txt"),
+                                 read_texts(folder / "collection.tsv"), run, negatives=7, graded=True)
+        assert [g.positives for g in graded] == [g.positives for g in groups]  # the same positives, one group each
+        qrels = read_qrels(folder / "qrels.txt")
+        for g in graded:  # each negative's grade is its judged one, below the positive's
+            assert all(n.grade == qrels[g.qid].get(n.pid, 0) < g.positive_grades[0] for n in g.negatives)
+        top = [g for g in graded if g.positive_grades == (3,)]
+        assert sum(any(n.grade == 2 for n in g.negatives) for g in top) > len(top) / 2
 
 
 def test_cli_groups_writes_tevatron_jsonl(trec_dir, tmp_path, capsys):
@@ -77,7 +85,7 @@ def test_cli_groups_writes_tevatron_jsonl(trec_dir, tmp_path, capsys):
     assert "2 groups" in capsys.readouterr().out
     manifest = json.loads((tmp_path / "g.jsonl.manifest.json").read_text())  # settings, inputs, each folder's report
     assert manifest["config"] == {"data": [str(trec_dir)], "negatives": 2, "hard_fraction": 1.0, "min_grade": 2,
-                                  "seed": 0}
+                                  "seed": 0, "graded": False}
     assert manifest["groups"] == 2 and manifest["reports"][str(trec_dir)]["groups"] == 2
     assert manifest["data"][f"{trec_dir}/qrels.txt"]["sha256"]
 
@@ -117,3 +125,14 @@ def test_graded_groups_round_trip_through_jsonl_and_a_bad_grade_names_its_line(t
     path.write_text(json.dumps(record) + "\n")
     with pytest.raises(DataError, match=r"groups.jsonl:1: negative_passages\[0\].grade: 'high'"):
         read_groups(path)
+
+
+def test_cli_groups_graded_writes_each_passages_grade(trec_dir, tmp_path):
+    from relscope.cli import main
+    from relscope.data import read_groups
+
+    assert main(["groups", "--data", str(trec_dir), "--graded", "--min-grade", "1", "--out",
+                 str(tmp_path / "g.jsonl")]) == 0
+    groups = read_groups(tmp_path / "g.jsonl")  # the tiny qrels: p1 grade 3 (query 1), p2 grade 2 (query 2)
+    assert sorted(g.positive_grades for g in groups) == [(2,), (3,)]
+    assert all(n.grade == 0 for g in groups for n in g.negatives)  # no lower-graded passage above 0 in these qrels

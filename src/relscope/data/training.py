@@ -174,6 +174,9 @@ class GroupsSettings:
     hard_fraction: float = field(default=1.0, metadata=option("share of hard negatives"))
     min_grade: int = field(default=2, metadata=option("lowest grade counted as positive"))
     seed: int = field(default=0, metadata=option("seed of the negatives' order and of the random negatives"))
+    graded: bool = field(default=False, metadata=option(
+        "keep each passage's judged grade, and give each positive its query's lower-graded passages as negatives "
+        "(for objective graded_listwise)"))
 
     def __post_init__(self) -> None:
         """The options before any file is read (a collection takes minutes)."""
@@ -222,7 +225,7 @@ def groups_job(settings: GroupsSettings, out: str | Path) -> list[tuple[Path, Gr
     reports = []
     for folder in map(Path, settings.data):
         built, report = groups_from_trec_folder(folder, settings.negatives, settings.hard_fraction,
-                                                settings.min_grade, settings.seed)
+                                                settings.min_grade, settings.seed, settings.graded)
         groups += built
         reports.append((folder, report))
     write_groups(groups, out)

@@ -1,0 +1,64 @@
+"""Peak memory and seconds a step of real `relscope train` runs: the old listwise recipe beside each memory lever.
+
+Each variant is a fresh `relscope train` process on the DL21 + DL23 groups for --steps steps (no checkpoint
+before the end); its peak RSS comes from the kernel (os.wait4), its seconds a step from the run's log.jsonl
+(`step_seconds`, the records after the first three). Baseline: configs/train-smollm2-listwise.yaml as it stands.
+
+    python bench/train_memory.py [--steps 16] [--out runs/bench-train-memory]
+
+Run it alone: two torch jobs on two cores slow each other many times over.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+LISTWISE = "configs/train-smollm2-listwise.yaml"
+VARIANTS = {  # name -> (config, --set overrides)
+    "listwise recipe (baseline)": (LISTWISE, []),
+    "+ LoRA dropout 0": (LISTWISE, ["lora.dropout=0.0"]),
+    "+ dropout 0, length-sorted chunks of 4": (LISTWISE, ["lora.dropout=0.0", "chunk_rows=4"]),
+    "+ dropout 0, gradient checkpointing": (LISTWISE, ["lora.dropout=0.0", "gradient_checkpointing=true"]),
+    "graded recipe (configs/train-smollm2-graded.yaml)": ("configs/train-smollm2-graded.yaml", []),
+}
+
+
+def run(config: str, overrides: list[str], out: Path, steps: int) -> tuple[float, float, int, int]:
+    """(peak RSS GiB, seconds a step, real tokens a step, padded tokens a step) of one short training run."""
+    shutil.rmtree(out, ignore_errors=True)
+    sets = [f"max_steps={steps}", f"save_steps={steps}", "warmup_steps=2", *overrides]
+    command = [str(Path(sys.executable).parent / "relscope"), "train", "--config", config, "--out", str(out),
+               "--no-resume", "--quiet", *(arg for item in sets for arg in ("--set", item))]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(process.pid, 0)
+    if status != 0:
+        raise SystemExit(f"{' '.join(command)} failed (status {status})")
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    records = [r for r in records if "step_seconds" in r][3:]
+    mean = lambda key: sum(r[key] for r in records) / len(records)  # noqa: E731
+    return usage.ru_maxrss / 2**20, mean("step_seconds"), round(mean("tokens")), round(mean("padded_tokens"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=16)
+    parser.add_argument("--out", default="runs/bench-train-memory")
+    args = parser.parse_args()
+    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; {args.steps} steps each")
+    base = None
+    for name, (config, overrides) in VARIANTS.items():
+        rss, seconds, tokens, padded = run(config, overrides, Path(args.out) / str(len(name)), args.steps)
+        base = base or (rss, seconds)
+        print(f"{name:<52} peak RSS {rss:5.2f} GiB ({rss / base[0]:4.2f}x)  {seconds:5.2f} s/step "
+              f"({base[1] / seconds:4.2f}x speed)  {tokens} tokens, {padded} padded a step", flush=True)
+
+
+if __name__ == "__main__":
+    main()
