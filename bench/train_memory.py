@@ -48,13 +48,15 @@ def run(config: str, overrides: list[str], out: Path, steps: int) -> tuple[float
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=16, help="at least 5: the first three steps are not timed")
     parser.add_argument("--out", default="runs/bench-train-memory")
     args = parser.parse_args()
+    if args.steps < 5:
+        parser.error("--steps must be at least 5 (the first three steps warm up and are not timed)")
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; {args.steps} steps each")
     base = None
-    for name, (config, overrides) in VARIANTS.items():
-        rss, seconds, tokens, padded = run(config, overrides, Path(args.out) / str(len(name)), args.steps)
+    for index, (name, (config, overrides)) in enumerate(VARIANTS.items()):
+        rss, seconds, tokens, padded = run(config, overrides, Path(args.out) / f"variant-{index}", args.steps)
         base = base or (rss, seconds)
         print(f"{name:<52} peak RSS {rss:5.2f} GiB ({rss / base[0]:4.2f}x)  {seconds:5.2f} s/step "
               f"({base[1] / seconds:4.2f}x speed)  {tokens} tokens, {padded} padded a step", flush=True)

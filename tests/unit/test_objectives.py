@@ -110,3 +110,13 @@ def test_graded_listwise_is_smallest_where_the_softmax_is_the_gain_distribution(
 def test_graded_listwise_needs_grades():
     with pytest.raises(ValueError, match="grade"):
         OBJECTIVES.get("graded_listwise").loss(SCORES)
+
+
+def test_a_repeated_negative_shares_its_gain():
+    """A short group repeats its one grade-2 negative three times: the target is the group's (7 : 3), not the
+    draw's (7 : 3 : 3 : 3)."""
+    objective = OBJECTIVES.get("graded_listwise")
+    scores = torch.tensor([[1.0, 0.0, 0.0, 0.0]])
+    repeated = objective.loss(scores, torch.tensor([[3.0, 2.0, 2.0, 2.0]]), torch.tensor([[1.0, 3.0, 3.0, 3.0]]))
+    p = scores.softmax(-1)[0]
+    assert repeated.loss.item() == pytest.approx(-(0.7 * math.log(p[0]) + 0.1 * 3 * math.log(p[1])), rel=1e-6)

@@ -50,7 +50,11 @@ def test_the_collator_gives_each_prompt_the_grade_of_its_passage():
     for row, (index, epoch) in enumerate(draws):  # the same draw again, as texts: each text's judged grade
         positive, negatives = draw_group(groups[index], 3, 1.0, random.Random(f"7:{epoch}:{index}"))
         assert batch["grades"][row].tolist() == [text_grade.get(t, 0) for t in [positive, *negatives]]
-    assert "grades" not in GroupCollator(groups, OBJECTIVES.get("listwise"), builder, 3, 0)(draws)
+        assert batch["copies"][row].tolist() == [1.0] + [negatives.count(t) for t in negatives]
+    short = GroupCollator([groups[-1]], objective, builder, 9, 0, seed=7)([Draw(0, 0)])  # 9 asked, fewer there
+    distinct = len(groups[-1].negatives)  # each distinct negative's copies add up to one passage's weight
+    assert (1 / short["copies"][0, 1:]).sum().item() == pytest.approx(distinct) and distinct < 9
+    assert not {"grades", "copies"} & set(GroupCollator(groups, OBJECTIVES.get("listwise"), builder, 3, 0)(draws))
 
 
 def test_draw_passages_draws_what_draw_group_always_drew():

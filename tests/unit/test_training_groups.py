@@ -136,3 +136,40 @@ def test_cli_groups_graded_writes_each_passages_grade(trec_dir, tmp_path):
     groups = read_groups(tmp_path / "g.jsonl")  # the tiny qrels: p1 grade 3 (query 1), p2 grade 2 (query 2)
     assert sorted(g.positive_grades for g in groups) == [(2,), (3,)]
     assert all(n.grade == 0 for g in groups for n in g.negatives)  # no lower-graded passage above 0 in these qrels
+
+
+def test_graded_negatives_are_refused_where_they_would_be_trained_as_irrelevant(tmp_path):
+    from relscope.data.groups import read_groups, write_groups
+    from relscope.data.training import load_training_groups
+
+    groups, _ = build_groups(QUERIES, QRELS, PASSAGES, RUN, negatives=3, seed=1, graded=True)
+    path = tmp_path / "graded.jsonl"
+    write_groups(groups, path)
+    with pytest.raises(DataError, match=r"graded.jsonl: holds partly relevant negatives .* graded_listwise"):
+        load_training_groups((str(path),), negatives=3)
+    assert load_training_groups((str(path),), negatives=3, graded=True) == groups
+    record = json.loads(path.read_text().splitlines()[0])  # positives without grades, a negative with one
+    for passage in record["positive_passages"]:
+        passage.pop("grade")
+    record["negative_passages"][0]["grade"] = 2
+    path.write_text(json.dumps(record) + "\n")
+    with pytest.raises(DataError, match=r"graded.jsonl:1: a negative has grade 2 but the positives have none"):
+        read_groups(path)
+
+
+def test_analyses_never_take_a_partly_relevant_passage_as_the_negative():
+    from relscope.data.groups import NegativePassage, TrainingGroup, first_negative
+
+    group = TrainingGroup("1", "q", ("best",), (NegativePassage("related", "hard", "a", 2),
+                                                 NegativePassage("unrelated", "hard", "b", 0)), (3,))
+    assert first_negative(group) == "unrelated" and first_negative(group, "any") == "unrelated"
+
+
+def test_graded_listwise_needs_hard_negatives():
+    from relscope.config import from_mapping
+    from relscope.training.config import TrainConfig
+
+    from relscope.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="hard_fraction 0 with objective graded_listwise"):
+        from_mapping(TrainConfig, {"train": ["x.jsonl"], "objective": "graded_listwise", "hard_fraction": 0})

@@ -43,8 +43,9 @@ class TrainingGroup:
 
 
 def first_negative(group: TrainingGroup, kind: str = "hard") -> str | None:
-    """The text of the group's first negative of `kind` (hard, random, or any)."""
-    return next((n.text for n in group.negatives if kind == "any" or n.kind == kind), None)
+    """The text of the group's first non-relevant negative of `kind` (hard, random, or any): a graded group's
+    partly relevant passages (grade > 0) are never taken as the negative of a comparison."""
+    return next((n.text for n in group.negatives if (kind == "any" or n.kind == kind) and not n.grade), None)
 
 
 def read_groups(path: str | Path) -> list[TrainingGroup]:
@@ -93,6 +94,9 @@ def _parse_group(text: str, path: str | Path, line: int) -> TrainingGroup:
     )
     group = TrainingGroup(qid, query, positives, negatives, tuple(g for g in graded if g is not None))
     top = max((n.grade for n in negatives), default=0)
+    if top and not group.positive_grades:
+        raise DataError(f"{loc}: a negative has grade {top} but the positives have none; give every positive its "
+                        "grade (a positive without one counts as grade 1)")
     if group.positive_grades and top >= min(group.positive_grades):
         raise DataError(f"{loc}: a negative has grade {top}, not below every positive's; a negative must be less "
                         "relevant than the positives")

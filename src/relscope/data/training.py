@@ -40,7 +40,8 @@ class GroupReport:
     queries: int = 0
     queries_without_positive: int = 0
     groups: int = 0
-    hard_negatives: int = 0
+    hard_negatives: int = 0  # not relevant (judged 0 or unjudged), from the run or the judged-0 passages
+    graded_negatives: int = 0  # graded groups: lower-graded judged passages (grade 1 .. positive's - 1)
     random_negatives: int = 0
     skipped_missing_text: int = 0  # judged pairs whose passage has no text
 
@@ -80,9 +81,10 @@ def build_groups(
             rng = random.Random(f"{seed}:{qid}:{pid}")  # str seeds are stable across runs and processes
             lower = _lower_graded(judged, passages, judged[pid]) if graded else []
             chosen = _negatives(rng, hard_pool + lower, pool, judged, negatives, hard_fraction)
-            report.hard_negatives += sum(n.kind == "hard" for n in chosen)
-            report.random_negatives += sum(n.kind == "random" for n in chosen)
             grades = (judged[pid],) if graded else ()
+            report.graded_negatives += sum(judged.get(n.pid, 0) > 0 for n in chosen)
+            report.hard_negatives += sum(n.kind == "hard" and judged.get(n.pid, 0) == 0 for n in chosen)
+            report.random_negatives += sum(n.kind == "random" for n in chosen)
             groups.append(TrainingGroup(
                 qid, queries[qid], (passages[pid],),
                 tuple(NegativePassage(passages[n.pid], n.kind, n.pid, judged.get(n.pid, 0) if graded else 0)
@@ -143,12 +145,17 @@ def load_training_groups(sources: tuple[str, ...], negatives: int, hard_fraction
     for source in map(data_path, sources):
         if source.is_dir():
             built, report = groups_from_trec_folder(source, negatives, hard_fraction, min_grade, seed, graded)
-            log.info("%s: %d groups from %d queries (%d hard, %d random negatives); %d judged pairs skipped "
-                     "(no text)", source, report.groups, report.queries, report.hard_negatives,
-                     report.random_negatives, report.skipped_missing_text)
+            log.info("%s: %d groups from %d queries (%d hard, %d lower-graded, %d random negatives); %d judged "
+                     "pairs skipped (no text)", source, report.groups, report.queries, report.hard_negatives,
+                     report.graded_negatives, report.random_negatives, report.skipped_missing_text)
             groups += built
         elif is_input_file(source):
-            groups += read_groups(source)
+            read = read_groups(source)
+            if not graded and any(n.grade for g in read for n in g.negatives):
+                raise DataError(f"{source}: holds partly relevant negatives (grade > 0), which this objective would "
+                                "train as irrelevant; train it with objective graded_listwise, or rebuild the groups "
+                                "without --graded")
+            groups += read
         else:
             raise DataError(f"{source}: training data not found; give a group .jsonl file or a TREC folder")
     without = [g.qid for g in groups if not g.negatives]

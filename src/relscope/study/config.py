@@ -182,7 +182,10 @@ def check_study_inputs(config: StudyConfig, source: str | Path = "study config")
                 dev.check_paths()
                 load_dev_run(dev)  # judgments required: the checkpoint table measures against them
     with _naming(source, "train.train"):
-        load_training_groups(t.train, t.negatives, t.hard_fraction, t.min_grade, t.seed)
+        from relscope.training.objectives import OBJECTIVES
+
+        load_training_groups(t.train, t.negatives, t.hard_fraction, t.min_grade, t.seed,
+                             graded=OBJECTIVES.get(t.objective).graded)
     with _naming(source, "representations.groups"):
         queries = len({g.qid for g in read_groups(data_path(r.groups))[: r.probe_groups]})
     with _naming(source, "representations.folds"):

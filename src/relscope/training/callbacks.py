@@ -19,6 +19,7 @@ from relscope.errors import DataError, TrainingError
 from relscope.io import atomic_path, atomic_write_json, atomic_write_text, open_input, read_input_bytes
 from relscope.models.lora import LoraSite, lora_parameters
 from relscope.training.checkpoint import DEV_METRICS_FILE, GRAD_NORMS_FILE
+from relscope.training.data import TARGETS
 
 if TYPE_CHECKING:
     from transformers import Trainer, TrainerControl, TrainerState, TrainingArguments
@@ -214,7 +215,8 @@ class HeldOutAccuracy(TrainerCallback):
         try:
             for batch in self.batches:
                 with self.trainer.autocast_smart_context_manager():
-                    scores = model(**{k: v.to(self.trainer.args.device) for k, v in batch.items() if k != "grades"})
+                    scores = model(**{k: v.to(self.trainer.args.device) for k, v in batch.items()
+                                     if k not in TARGETS})
                 per_group = self.trainer.objective.pair_accuracy(scores.float().view(-1, self.prompts_per_group))
                 correct, groups = correct + float(per_group.sum()), groups + len(per_group)
         finally:

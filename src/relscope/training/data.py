@@ -18,6 +18,9 @@ from relscope.training.objectives import Objective
 log = logging.getLogger(__name__)
 
 
+TARGETS = ("grades", "copies")  # batch keys the loss reads and the model does not
+
+
 class Draw(NamedTuple):
     """One group in one epoch: the sampler says which, the collator draws its positive and negatives."""
 
@@ -101,7 +104,7 @@ class GroupCollator:
     hard_fraction: float = 1.0
 
     def __call__(self, draws: list[Draw]) -> dict[str, torch.Tensor]:
-        prompts, grades = [], []
+        prompts, grades, copies = [], [], []
         for index, epoch in draws:
             group = self.groups[index]
             rng = random.Random(f"{self.seed}:{epoch}:{index}")  # str seeds hash alike in every process and run
@@ -109,8 +112,10 @@ class GroupCollator:
             prompts += self.objective.prompts(self.builder, group.query, group.positives[positive],
                                               [n.text for n in chosen])
             grades.append([group.positive_grade(positive), *(n.grade for n in chosen)])
+            copies.append([1, *(sum(other is n for other in chosen) for n in chosen)])  # repeats of a short group
         ids, mask, last = pad_sequences([p.input_ids for p in prompts], self.pad_id)
         batch = {"input_ids": ids, "attention_mask": mask, "last": last}
         if self.objective.graded:  # (groups, passages): the graded loss's targets, in the prompts' order
             batch["grades"] = torch.tensor(grades, dtype=torch.float32)
+            batch["copies"] = torch.tensor(copies, dtype=torch.float32)
         return batch

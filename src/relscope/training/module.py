@@ -29,8 +29,8 @@ class RerankerModule(nn.Module):
     """forward(input_ids, attention_mask, last) -> (rows,) scores. Only the backbone runs: no vocabulary logits.
 
     With `chunk_rows` > 0 the rows of a right-padded batch run as length-sorted chunks, each cut to its own longest
-    prompt: the same scores (causal attention: pads never touch real tokens), less padding computed and kept for
-    backward."""
+    prompt: the same scores up to rounding (causal attention: pads never touch real tokens; other shapes may pick
+    other kernels), less padding computed and kept for backward."""
 
     def __init__(self, peft_model: PeftModel, spec: ModelSpec, head: Head, chunk_rows: int = 0) -> None:
         super().__init__()
@@ -59,6 +59,8 @@ class RerankerModule(nn.Module):
 
     def chunks(self, attention_mask: torch.Tensor, last: torch.Tensor) -> list[list[int]]:
         """The row chunks `forward` runs: length-sorted ones for right-padded rows, else one of all rows."""
+        if self.chunk_rows <= 0 or self.chunk_rows >= len(last):  # no device sync when chunks are off
+            return [list(range(len(last)))]
         right_padded = bool((last + 1 == attention_mask.sum(-1)).all())  # left padding: every last is the end
         return length_chunks((last + 1).tolist() if right_padded else [0] * len(last),
                              self.chunk_rows if right_padded else 0)

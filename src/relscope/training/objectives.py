@@ -45,9 +45,11 @@ class Objective:
         """How many prompts a group with `negatives` negatives makes (the rows of one group's scores)."""
         raise NotImplementedError
 
-    def loss(self, scores: torch.Tensor, grades: torch.Tensor | None = None) -> GroupStats:
+    def loss(self, scores: torch.Tensor, grades: torch.Tensor | None = None,
+             copies: torch.Tensor | None = None) -> GroupStats:
         """scores: (groups, prompts_per_group), in the order `prompts` made them; grades (graded objectives): the
-        judged grade of each group's positive and negatives, (groups, 1 + negatives)."""
+        judged grade of each group's positive and negatives, (groups, 1 + negatives); copies: how often each passage
+        stands in its group (a group with fewer negatives than asked repeats them), so that a repeat adds no gain."""
         raise NotImplementedError
 
     def pair_accuracy(self, scores: torch.Tensor) -> torch.Tensor:
@@ -78,7 +80,8 @@ class Listwise(_OnePassagePerPrompt):
 
     name, template = "listwise", "score"
 
-    def loss(self, scores: torch.Tensor, grades: torch.Tensor | None = None) -> GroupStats:
+    def loss(self, scores: torch.Tensor, grades: torch.Tensor | None = None,
+             copies: torch.Tensor | None = None) -> GroupStats:
         """Cross-entropy of the positive (column 0) against the whole group."""
         scores = scores.float()
         target = torch.zeros(len(scores), dtype=torch.long, device=scores.device)
@@ -94,12 +97,15 @@ class GradedListwise(_OnePassagePerPrompt):
 
     name, template, graded = "graded_listwise", "score", True
 
-    def loss(self, scores: torch.Tensor, grades: torch.Tensor | None = None) -> GroupStats:
+    def loss(self, scores: torch.Tensor, grades: torch.Tensor | None = None,
+             copies: torch.Tensor | None = None) -> GroupStats:
         """Cross-entropy of the scores' softmax against the grades' gain distribution (column 0: the positive)."""
         if grades is None:
             raise ValueError("graded_listwise needs each passage's grade (the collator's 'grades')")
         scores = scores.float()
         gains = torch.exp2(grades.to(scores.device, torch.float32)) - 1
+        if copies is not None:  # a passage drawn k times shares its gain: the target is the group's, not the draw's
+            gains = gains / copies.to(scores.device, torch.float32)
         target = gains / gains.sum(-1, keepdim=True)
         loss = -(target * scores.log_softmax(-1)).sum(-1).mean()
         return GroupStats(loss, _positive_wins(scores), scores.softmax(-1)[:, 0].detach())
@@ -110,7 +116,8 @@ class YesNo(_OnePassagePerPrompt):
 
     name, template = "yes_no", "yes_no"
 
-    def loss(self, scores: torch.Tensor, grades: torch.Tensor | None = None) -> GroupStats:
+    def loss(self, scores: torch.Tensor, grades: torch.Tensor | None = None,
+             copies: torch.Tensor | None = None) -> GroupStats:
         """Binary cross-entropy of each passage's yes/no score: yes for column 0, no for the rest."""
         scores = scores.float()
         labels = torch.zeros_like(scores)
@@ -139,7 +146,8 @@ class Pairwise(Objective):
         """Two prompts per negative, one in each order."""
         return 2 * negatives
 
-    def loss(self, scores: torch.Tensor, grades: torch.Tensor | None = None) -> GroupStats:
+    def loss(self, scores: torch.Tensor, grades: torch.Tensor | None = None,
+             copies: torch.Tensor | None = None) -> GroupStats:
         """Binary cross-entropy of each comparison: A where the positive comes first, B where it comes second."""
         scores = scores.float()  # logit(A) - logit(B); even columns want A, odd columns want B
         signed = torch.cat([scores[:, 0::2], -scores[:, 1::2]], dim=-1)

@@ -13,7 +13,7 @@ from relscope.errors import TrainingError, overflow_hint
 from relscope.models.adapters import load_weights
 from relscope.training.callbacks import CheckpointFiles, GradNormRecorder
 from relscope.training.checkpoint import save_weights
-from relscope.training.data import EpochSeededSampler
+from relscope.training.data import TARGETS, EpochSeededSampler
 from relscope.training.objectives import Objective
 
 if TYPE_CHECKING:
@@ -42,13 +42,13 @@ class RelscopeTrainer(Trainer):
                      num_items_in_batch: int | torch.Tensor | None = None
                      ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """The objective's loss over the batch's groups (and the scores); a non-finite loss stops training."""
-        grades = inputs.get("grades")  # the graded objectives' targets: not a model input
-        scores = model(**{k: v for k, v in inputs.items() if k != "grades"}).view(-1, self.prompts_per_group)
+        grades, copies = inputs.get("grades"), inputs.get("copies")  # the graded objectives' targets: no model inputs
+        scores = model(**{k: v for k, v in inputs.items() if k not in TARGETS}).view(-1, self.prompts_per_group)
         mask = inputs.get("attention_mask")
         if mask is not None and model.training:  # training steps only, never an evaluation's batches
             self._tokens[0] += int(mask.sum())
-            self._tokens[1] += self.model.padded_tokens(mask, inputs["last"])
-        stats = self.objective.loss(scores, grades)
+            self._tokens[1] += self.accelerator.unwrap_model(model).padded_tokens(mask, inputs["last"])
+        stats = self.objective.loss(scores, grades, copies)
         if not torch.isfinite(stats.loss):
             raise TrainingError(f"step {self.state.global_step + 1}: the loss is {stats.loss.item()}"
                                 f"{overflow_hint(next(model.parameters()).dtype)}"

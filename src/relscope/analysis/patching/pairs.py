@@ -119,7 +119,8 @@ def build_pairs(groups: Sequence[TrainingGroup], builder: PromptBuilder, max_pai
     for group in order:
         if max_pairs is not None and len(pairs) >= max_pairs:
             break
-        negatives = [n.text for n in group.negatives if negative_kind == "any" or n.kind == negative_kind]
+        negatives = [n.text for n in group.negatives  # a graded group's partly relevant passages are no negatives
+                     if (negative_kind == "any" or n.kind == negative_kind) and not n.grade]
         if not group.positives or not negatives:
             no_negative += 1
             continue
