@@ -15,7 +15,7 @@ from relscope.models.heads import build_head
 from relscope.models.lora import LoraSettings, apply_lora
 from relscope.prompts.templates import get_template
 from relscope.prompts.tokenize import PromptBuilder
-from relscope.training.data import Draw, GroupCollator, draw_group, draw_passages
+from relscope.training.data import Draw, GroupCollator, draw_passages
 from relscope.training.module import RerankerModule, length_chunks
 from relscope.training.objectives import OBJECTIVES
 
@@ -48,7 +48,8 @@ def test_the_collator_gives_each_prompt_the_grade_of_its_passage():
     batch = collate(draws)
     text_grade = {PASSAGES[pid]: grade for judged in QRELS.values() for pid, grade in judged.items()}
     for row, (index, epoch) in enumerate(draws):  # the same draw again, as texts: each text's judged grade
-        positive, negatives = draw_group(groups[index], 3, 1.0, random.Random(f"7:{epoch}:{index}"))
+        first, chosen = draw_passages(groups[index], 3, 1.0, random.Random(f"7:{epoch}:{index}"))
+        positive, negatives = groups[index].positives[first], [n.text for n in chosen]
         assert batch["grades"][row].tolist() == [text_grade.get(t, 0) for t in [positive, *negatives]]
         assert batch["copies"][row].tolist() == [1.0] + [negatives.count(t) for t in negatives]
     short = GroupCollator([groups[-1]], objective, builder, 9, 0, seed=7)([Draw(0, 0)])  # 9 asked, fewer there
@@ -57,7 +58,7 @@ def test_the_collator_gives_each_prompt_the_grade_of_its_passage():
     assert not {"grades", "copies"} & set(GroupCollator(groups, OBJECTIVES.get("listwise"), builder, 3, 0)(draws))
 
 
-def test_draw_passages_draws_what_draw_group_always_drew():
+def test_draw_passages_draws_what_the_texts_only_draw_always_drew():
     groups, _ = build_groups(QUERIES, QRELS, PASSAGES, RUN, negatives=3, hard_fraction=0.67, seed=1)
     for group in groups:
         index, chosen = draw_passages(group, 3, 0.67, random.Random("a"))

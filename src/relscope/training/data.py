@@ -66,12 +66,6 @@ class EpochSeededSampler(Sampler[Draw]):
         return iter([Draw(index, self.epoch) for index in torch.randperm(self.size, generator=generator).tolist()])
 
 
-def draw_group(group: TrainingGroup, negatives: int, hard_fraction: float, rng: random.Random) -> tuple[str, list[str]]:
-    """(positive, negatives) texts for one step: see draw_passages."""
-    positive, chosen = draw_passages(group, negatives, hard_fraction, rng)
-    return group.positives[positive], [n.text for n in chosen]
-
-
 def draw_passages(group: TrainingGroup, negatives: int, hard_fraction: float,
                   rng: random.Random) -> tuple[int, list[NegativePassage]]:
     """(index of the positive, negatives) for one step, as Tevatron samples a group each epoch: one of its positives,
@@ -92,7 +86,7 @@ class GroupCollator:
     """Draws -> one padded batch of prompts, groups x prompts_per_group rows in draw order.
 
     The positive and the negatives of group i in epoch e are drawn anew from all of the group's
-    (see draw_group), seeded by (seed, epoch, i): the same in every process and on every resume.
+    (see draw_passages), seeded by (seed, epoch, i): the same in every process and on every resume.
     """
 
     groups: list[TrainingGroup]
