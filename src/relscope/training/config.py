@@ -112,9 +112,6 @@ class TrainConfig:
                 raise ValueError(f"{key} must be a finite number >= 0, got {getattr(self, key)}")
         if not is_finite_number(self.hard_fraction) or not 0.0 <= self.hard_fraction <= 1.0:
             raise ValueError(f"hard_fraction must be in [0, 1], got {self.hard_fraction}")
-        if self.objective == "graded_listwise" and self.hard_fraction == 0:
-            raise ValueError("hard_fraction 0 with objective graded_listwise: its lower-graded passages are drawn with "
-                             "the hard negatives, so there would be none; give a share above 0")
         self._check_choices()
         if not self.train:
             raise ValueError("train is empty; give Tevatron .jsonl files or TREC folders with qrels")
@@ -142,6 +139,9 @@ class TrainConfig:
         if (template.kind == "pairwise") != (objective.name == "pairwise"):
             raise ValueError(f"template: the {objective.name} objective cannot use the {template.kind} template "
                              f"{template.name!r}; leave template unset to use {objective.template!r}")
+        if objective.graded and self.hard_fraction == 0:
+            raise ValueError(f"hard_fraction 0 with objective {objective.name}: its lower-graded passages are drawn "
+                             "with the hard negatives, so there would be none; give a share above 0")
 
     def check_paths(self) -> None:
         """Every train: path (and the dev folder) exists and can be read, without reading the data: one error

@@ -61,9 +61,9 @@ class RerankerModule(nn.Module):
         """The row chunks `forward` runs: length-sorted ones for right-padded rows, else one of all rows."""
         if self.chunk_rows <= 0 or self.chunk_rows >= len(last):  # no device sync when chunks are off
             return [list(range(len(last)))]
-        right_padded = bool((last + 1 == attention_mask.sum(-1)).all())  # left padding: every last is the end
-        return length_chunks((last + 1).tolist() if right_padded else [0] * len(last),
-                             self.chunk_rows if right_padded else 0)
+        if not bool((last + 1 == attention_mask.sum(-1)).all()):  # left padding: every last is the end, never cut
+            return [list(range(len(last)))]
+        return length_chunks((last + 1).tolist(), self.chunk_rows)
 
     def padded_tokens(self, attention_mask: torch.Tensor, last: torch.Tensor) -> int:
         """Tokens `forward` runs for this batch, pads included."""
