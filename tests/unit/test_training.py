@@ -52,6 +52,7 @@ def test_each_objective_trains_and_writes_its_checkpoints(objective, tiny_family
     for r in records:  # each step's wall time, and its real and padded tokens (rows x the longest row)
         assert r["step_seconds"] > 0
         assert 0 < r["tokens"] <= r["padded_tokens"] <= prompts * 96 and r["padded_tokens"] % prompts == 0
+        assert 0 < r["rss_gib"] <= r["peak_rss_gib"] <= summary["process_peak_rss_gib"]  # this process's memory
     for step in (3, 6):
         names = {p.name for p in (out / f"checkpoint-{step}").iterdir()}
         assert {"adapter_model.safetensors", "relscope.json", "trainer_state.json", "optimizer.pt",
@@ -59,6 +60,14 @@ def test_each_objective_trains_and_writes_its_checkpoints(objective, tiny_family
         assert "model.safetensors" not in names  # the base model is never copied
         assert ("head.safetensors" in names) == (objective in ("listwise", "graded_listwise"))
     assert (out / "tensorboard").exists() is False  # report_to=[] turns it off
+
+
+def test_pad_to_multiple_of_reaches_every_training_batch(tiny_family_dir, tiny_groups, tmp_path):
+    out = tmp_path / "rounded"
+    run_train_job(_config(tiny_family_dir("llama"), tiny_groups, max_steps=3, pad_to_multiple_of=40), out,
+                  progress=False)  # 40: max_length (96) is no multiple of it, so the longest prompt cannot be one
+    records = [r for r in _log(out) if "loss" in r]
+    assert len(records) == 3 and all(r["padded_tokens"] % (6 * 40) == 0 for r in records)  # 6 rows a step
 
 
 def test_a_record_over_several_steps_gives_the_per_step_mean_of_tokens(tiny_family_dir, tiny_groups, tmp_path):
@@ -242,6 +251,56 @@ def test_gradient_checkpointing_changes_nothing_but_memory(tiny_family_dir, tiny
     run_train_job(_config(tiny_family_dir("llama"), tiny_groups, max_steps=3, gradient_checkpointing=True),
                   checkpointed, progress=False)
     assert _losses(checkpointed) == pytest.approx(_losses(plain), rel=1e-5)
+
+
+def test_checkpointing_runs_no_backward_below_the_lowest_adapted_layer(tiny_family_dir):
+    """transformers' checkpointing makes the embeddings' output require grad (for reentrant checkpointing); with
+    LoRA on the top layer only, backward must stop there: nothing below it may be part of the graph."""
+    from relscope.models.load import load_model
+    from relscope.models.lora import LoraSettings, apply_lora
+    from relscope.training.job import _checkpoint_activations
+
+    grads, below = {}, {}
+    for checkpointed in (False, True):
+        loaded = load_model(str(tiny_family_dir("llama")), dtype="float32")
+        torch.manual_seed(0)
+        peft_model, _ = apply_lora(loaded.model, loaded.spec, LoraSettings(rank=4, dropout=0.0, layers=(-1,)))
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(param, std=0.05)
+        base = peft_model.get_base_model()
+        if checkpointed:
+            _checkpoint_activations(base)
+        base.train()
+        seen = []
+        base.model.layers[0].register_forward_hook(lambda _, __, out: seen.append(out[0] if isinstance(out, tuple)
+                                                                                  else out))
+        ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+        base.model(input_ids=ids).last_hidden_state.sum().backward()
+        below[checkpointed] = seen[0].requires_grad
+        grads[checkpointed] = {n: p.grad for n, p in peft_model.named_parameters() if p.grad is not None}
+    assert below == {False: False, True: False}
+    assert grads[True].keys() == grads[False].keys() and grads[False]
+    for name in grads[False]:
+        torch.testing.assert_close(grads[True][name], grads[False][name], rtol=1e-5, atol=1e-6)
+
+
+def test_a_run_written_before_a_new_config_key_still_resumes(tiny_family_dir, tiny_groups, tmp_path):
+    import yaml
+
+    out = tmp_path / "run"
+    config = _config(tiny_family_dir("llama"), tiny_groups, max_steps=4, save_steps=2)
+    run_train_job(config, out, progress=False)
+    shutil.rmtree(out / "checkpoint-4")  # killed after step 2's checkpoint
+    (out / "summary.json").unlink()
+    written = yaml.safe_load((out / "config.yaml").read_text())
+    written.pop("pad_to_multiple_of")  # as a run from before the key existed wrote it
+    (out / "config.yaml").write_text(yaml.safe_dump(written))
+    assert run_train_job(config, out, progress=False)["steps"] == 4
+    written["max_steps"] = 6  # a real difference is still refused
+    (out / "config.yaml").write_text(yaml.safe_dump(written))
+    with pytest.raises(ConfigError, match="max_steps"):
+        run_train_job(config, out, progress=False)
 
 
 def test_cli_train_with_overrides_then_rerank_the_checkpoint(tiny_family_dir, tiny_groups, trec_dir, tmp_path, capsys):

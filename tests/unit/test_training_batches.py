@@ -1,5 +1,5 @@
-"""What a training step feeds the model: the collator's graded targets, and length-sorted chunks that change no
-score or gradient."""
+"""What a training step feeds the model: the collator's graded targets, and length-sorted chunks and padding to a
+multiple that change no score or gradient."""
 
 from __future__ import annotations
 
@@ -109,6 +109,76 @@ def test_left_padded_rows_are_never_cut():
     ids, mask, last = pad_sequences(prompts, pad, left=True)
     assert module.chunks(mask, last) == [[0, 1, 2]]
     assert module.padded_tokens(mask, last) == ids.numel()
+
+
+def test_padding_to_a_multiple_changes_no_score_or_gradient():
+    groups, _ = build_groups(QUERIES, QRELS, PASSAGES, RUN, negatives=3, seed=1)
+    module, builder, pad = _module(0)
+    draws = [Draw(i, 0) for i in range(3)]
+    results = {}
+    for multiple in (1, 40):  # the prompts are cut at 96 tokens: no multiple of 40
+        batch = GroupCollator(groups, OBJECTIVES.get("listwise"), builder, 3, pad, pad_to_multiple_of=multiple)(draws)
+        module.zero_grad()
+        scores = module(batch["input_ids"], batch["attention_mask"], batch["last"])
+        OBJECTIVES.get("listwise").loss(scores.view(-1, 4)).loss.backward()
+        grads = {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+        results[multiple] = batch, scores.detach(), grads
+    (plain, scores1, grads1), (rounded, scores40, grads40) = results[1], results[40]
+    width, wider = plain["input_ids"].shape[1], rounded["input_ids"].shape[1]
+    assert width % 40 and wider % 40 == 0 and width < wider < width + 40  # a width that had to grow
+    assert torch.equal(rounded["input_ids"][:, :width], plain["input_ids"])
+    assert (rounded["input_ids"][:, width:] == pad).all() and not rounded["attention_mask"][:, width:].any()
+    assert torch.equal(rounded["last"], plain["last"])
+    assert module.padded_tokens(rounded["attention_mask"], rounded["last"]) == rounded["input_ids"].numel()
+    torch.testing.assert_close(scores40, scores1, rtol=1e-5, atol=1e-5)
+    assert grads40.keys() == grads1.keys() and len(grads1) > 2
+    for name in grads1:
+        torch.testing.assert_close(grads40[name], grads1[name], rtol=1e-4, atol=1e-6)
+
+
+def test_padding_to_a_multiple_on_either_side():
+    from relscope.models.scoring import pad_sequences
+
+    ids, mask, last = pad_sequences([[5, 6, 7], [8]], 0, left=True, pad_to_multiple_of=4)
+    assert ids.tolist() == [[0, 5, 6, 7], [0, 0, 0, 8]] and mask.tolist() == [[0, 1, 1, 1], [0, 0, 0, 1]]
+    assert last.tolist() == [3, 3]  # left padding: every row still ends at the last column
+    ids, mask, last = pad_sequences([[5, 6, 7, 1, 2], [8]], 0, pad_to_multiple_of=4)
+    assert ids.tolist() == [[5, 6, 7, 1, 2, 0, 0, 0], [8, 0, 0, 0, 0, 0, 0, 0]]
+    assert last.tolist() == [4, 0] and mask.sum().item() == 6
+    with pytest.raises(ValueError, match="pad_to_multiple_of"):
+        pad_sequences([[1]], 0, pad_to_multiple_of=0)
+
+
+def test_chunks_keep_to_the_multiple_and_change_no_score():
+    groups, _ = build_groups(QUERIES, QRELS, PASSAGES, RUN, negatives=3, seed=1)
+    module, builder, pad = _module(3)
+    module.pad_to_multiple_of = 16  # as relscope train sets it from the config, beside the collator's
+    batch = GroupCollator(groups, OBJECTIVES.get("listwise"), builder, 3, pad, pad_to_multiple_of=16)(
+        [Draw(i, 0) for i in range(3)])
+    chunked = module(batch["input_ids"], batch["attention_mask"], batch["last"])
+    widths = []
+    module.spec.backbone_of(module.base).register_forward_pre_hook(
+        lambda _, args, kwargs: widths.append(kwargs["input_ids"].shape[1]), with_kwargs=True)
+    module(batch["input_ids"], batch["attention_mask"], batch["last"])
+    lengths = sorted((batch["last"] + 1).tolist())
+    assert len(widths) == 4 and all(w % 16 == 0 or w == batch["input_ids"].shape[1] for w in widths)
+    assert sorted(widths) == sorted(min(batch["input_ids"].shape[1], 16 * -(-lengths[i + 2] // 16))
+                                    for i in range(0, 12, 3))
+    assert module.padded_tokens(batch["attention_mask"], batch["last"]) == 3 * sum(widths)
+    module.chunk_rows = 0
+    torch.testing.assert_close(chunked, module(batch["input_ids"], batch["attention_mask"], batch["last"]),
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("value", [0, -1, True, 32.0, 257])
+def test_pad_to_multiple_of_is_validated_where_it_enters(value):
+    from relscope.config import from_mapping
+    from relscope.errors import ConfigError
+    from relscope.training.config import TrainConfig
+
+    assert from_mapping(TrainConfig, {"train": ["x.jsonl"], "pad_to_multiple_of": 32}).pad_to_multiple_of == 32
+    with pytest.raises(ConfigError, match="pad_to_multiple_of"):  # 257: wider than max_length (256)
+        from_mapping(TrainConfig, {"train": ["x.jsonl"], "pad_to_multiple_of": value})
 
 
 @pytest.mark.parametrize("rows", [0, 4])

@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import math
+
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
@@ -146,10 +148,13 @@ class Scorer:
         return next(self.backbone.parameters()).device
 
 
-def pad_sequences(sequences: Sequence[Sequence[int]], pad_id: int,
-                  left: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(ids, mask, index of each row's last real token), padded on the right or the left."""
-    longest = max(len(s) for s in sequences)
+def pad_sequences(sequences: Sequence[Sequence[int]], pad_id: int, left: bool = False,
+                  pad_to_multiple_of: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(ids, mask, index of each row's last real token), padded on the right or the left to the longest sequence
+    rounded up to a multiple of `pad_to_multiple_of` columns."""
+    if pad_to_multiple_of < 1:
+        raise ValueError(f"pad_to_multiple_of must be at least 1, got {pad_to_multiple_of}")
+    longest = math.ceil(max(len(s) for s in sequences) / pad_to_multiple_of) * pad_to_multiple_of
     ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
     mask = torch.zeros((len(sequences), longest), dtype=torch.long)
     for row, seq in enumerate(sequences):

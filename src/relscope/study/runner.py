@@ -17,8 +17,6 @@ import hashlib
 import json
 import logging
 import math
-import os
-import resource
 import sys
 import threading
 import time
@@ -222,9 +220,8 @@ def peak_memory(interval: float = 0.1) -> Iterator[dict]:
 
 
 def _rss_mib() -> float:
-    try:
-        pages = int(Path("/proc/self/statm").read_text().split()[1])
-        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError, IndexError):  # not Linux: the process peak so far (KiB on Linux, bytes on macOS)
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+    """Resident memory now; where /proc is missing (not Linux), the process's peak so far."""
+    from relscope.training.memory import peak_resident_gib, resident_gib
+
+    rss = resident_gib()
+    return (rss if rss is not None else peak_resident_gib()) * 1024

@@ -273,7 +273,7 @@ def trim_log(path: Path, step: int) -> None:
 
 
 LOG_NUMBERS = ("loss", "accuracy", "p_correct", "learning_rate", "grad_norm", "epoch", "eval_accuracy",
-               "step_seconds", "tokens", "padded_tokens")
+               "step_seconds", "tokens", "padded_tokens", "rss_gib", "peak_rss_gib")
 
 
 def read_log(path: Path, drop_cut_last: bool = False) -> list[dict]:

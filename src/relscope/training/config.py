@@ -69,6 +69,10 @@ class TrainConfig:
     # A step's prompts run as length-sorted chunks of this many rows, each padded to its own longest (0: one padded
     # batch): the same scores with less padding computed and kept for backward (relscope.training.module)
     chunk_rows: int = 0
+    # Pad each batch to a multiple of this many tokens (1: to its longest prompt only). A few batch shapes instead of
+    # one per length: on CPU, resident memory then stops climbing with each new shape (oneDNN keeps kernels per shape,
+    # glibc keeps freed blocks per size) and kernels are reused (BENCHMARKS.md, issue 19)
+    pad_to_multiple_of: int = 1
     dtype: str = "auto"
     device: str | None = None
     # Bit-identical reruns on GPU too (deterministic cuBLAS/cuDNN kernels, slower); CPU runs are deterministic anyway.
@@ -87,6 +91,10 @@ class TrainConfig:
                              f"{self.chunk_rows}")
         if self.max_length < 8:
             raise ValueError(f"max_length must be at least 8 tokens, got {self.max_length}")
+        if (type(self.pad_to_multiple_of) is not int
+                or not 1 <= self.pad_to_multiple_of <= self.max_length):  # wider pads every batch past any prompt
+            raise ValueError(f"pad_to_multiple_of must be a whole number of tokens from 1 (no rounding) to max_length "
+                             f"({self.max_length}), got {self.pad_to_multiple_of!r}")
         if isinstance(self.eval_groups, bool) or self.eval_groups < 0:
             raise ValueError(f"eval_groups must be 0 (none) or a positive number of groups, got {self.eval_groups}")
         if self.eval_steps is not None and self.eval_steps <= 0:

@@ -96,6 +96,7 @@ class GroupCollator:
     pad_id: int
     seed: int = 0
     hard_fraction: float = 1.0
+    pad_to_multiple_of: int = 1
 
     def __call__(self, draws: list[Draw]) -> dict[str, torch.Tensor]:
         prompts, grades, copies = [], [], []
@@ -107,7 +108,8 @@ class GroupCollator:
                                               [n.text for n in chosen])
             grades.append([group.positive_grade(positive), *(n.grade for n in chosen)])
             copies.append([1, *(sum(other is n for other in chosen) for n in chosen)])  # repeats of a short group
-        ids, mask, last = pad_sequences([p.input_ids for p in prompts], self.pad_id)
+        ids, mask, last = pad_sequences([p.input_ids for p in prompts], self.pad_id,
+                                        pad_to_multiple_of=self.pad_to_multiple_of)
         batch = {"input_ids": ids, "attention_mask": mask, "last": last}
         if self.objective.graded:  # (groups, passages): the graded loss's targets, in the prompts' order
             batch["grades"] = torch.tensor(grades, dtype=torch.float32)

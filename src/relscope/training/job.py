@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from transformers import TrainingArguments, set_seed
 
-from relscope.config import dump_yaml, load_yaml, to_mapping
+from relscope.config import dump_yaml, from_mapping, load_yaml, to_mapping
 from relscope.data.dev import load_dev_run
 from relscope.data.training import hold_out, load_training_groups
 from relscope.errors import ConfigError
@@ -47,6 +47,7 @@ from relscope.training.callbacks import (
 from relscope.training.checkpoint import GRAD_NORMS_FILE, checkpoint_step, latest_checkpoint
 from relscope.training.config import TrainConfig
 from relscope.training.data import Draw, GroupCollator, GroupDataset
+from relscope.training.memory import peak_resident_gib
 from relscope.training.module import RerankerModule
 from relscope.training.objectives import OBJECTIVES
 from relscope.training.trainer import RelscopeTrainer
@@ -97,7 +98,8 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool) -> dict
         args=_training_arguments(config, out, loaded, progress),
         train_dataset=GroupDataset(groups),
         data_collator=GroupCollator(groups, objective, builder, config.negatives, loaded.tokenizer.pad_token_id,
-                                    config.seed, config.hard_fraction),
+                                    seed=config.seed, hard_fraction=config.hard_fraction,
+                                    pad_to_multiple_of=config.pad_to_multiple_of),
         callbacks=[JsonlLogger(out / LOG_FILE), recorder,
                    *([SaveAtSteps(config.save_at, config.max_steps)] if config.save_at else [])],
         objective=objective,
@@ -108,7 +110,8 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool) -> dict
     _add_tensorboard(trainer, config, out)
     if held_out:
         collate = GroupCollator(held_out, objective, builder, config.negatives, loaded.tokenizer.pad_token_id,
-                                config.seed, config.hard_fraction)
+                                seed=config.seed, hard_fraction=config.hard_fraction,
+                                pad_to_multiple_of=config.pad_to_multiple_of)
         batches = [collate([Draw(i, 0) for i in range(start, min(start + config.batch_size, len(held_out)))])
                    for start in range(0, len(held_out), config.batch_size)]
         trainer.add_callback(HeldOutAccuracy(trainer, batches, objective.prompts_per_group(config.negatives),
@@ -139,6 +142,8 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool) -> dict
         "processes": trainer.args.world_size,
         "train_loss": result.training_loss,
         "seconds_this_session": round(time.perf_counter() - start, 1),
+        # the process's most so far: loading included and, in a study, the stages it ran before training
+        "process_peak_rss_gib": round(peak_resident_gib(), 3),
         "groups": len(groups),
         "trainable_parameters": sum(p.numel() for p in module.parameters() if p.requires_grad),
         "resumed_from": str(checkpoint) if checkpoint else None,
@@ -197,7 +202,8 @@ def _build_module(config: TrainConfig, loaded: LoadedModel, template: PromptTemp
     head = build_head(head_name, peft_model, builder)
     if any(p.requires_grad for p in head.parameters()):
         head.float()  # a trained head keeps fp32 master weights, as LoRA does
-    return RerankerModule(peft_model, loaded.spec, head, config.chunk_rows), sites, builder
+    module = RerankerModule(peft_model, loaded.spec, head, config.chunk_rows, config.pad_to_multiple_of)
+    return module, sites, builder
 
 
 def _set_aside(out: Path) -> None:
@@ -217,6 +223,10 @@ def _check_same_run(out: Path, config: TrainConfig, checkpoint: Path | None) -> 
     if checkpoint is None or not (out / CONFIG_FILE).is_file():
         return
     before = load_yaml(out / CONFIG_FILE)
+    try:  # keys added to TrainConfig since that run was written take their defaults, as that run had them
+        before = to_mapping(from_mapping(TrainConfig, before, str(out / CONFIG_FILE)))
+    except (ConfigError, ValueError):
+        pass  # a key since renamed or removed: compared as written, so it shows as the difference
     now = to_mapping(config)
     changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))  # both plain data
     if changed:
@@ -294,8 +304,11 @@ def _add_tensorboard(trainer: RelscopeTrainer, config: TrainConfig, out: Path) -
 
 
 def _checkpoint_activations(model) -> None:
-    """Non-reentrant activation checkpointing (the frozen inputs need no grad); named per transformers version."""
+    """Non-reentrant activation checkpointing; named per transformers version. transformers also makes the embedding
+    output require grad, which only reentrant checkpointing needs: undone, so backward stops at the lowest layer with
+    trainable weights instead of running input gradients through every frozen layer below it."""
     if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.disable_input_require_grads()

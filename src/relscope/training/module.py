@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import torch
@@ -30,14 +31,17 @@ class RerankerModule(nn.Module):
 
     With `chunk_rows` > 0 the rows of a right-padded batch run as length-sorted chunks, each cut to its own longest
     prompt: the same scores up to rounding (causal attention: pads never touch real tokens; other shapes may pick
-    other kernels), less padding computed and kept for backward."""
+    other kernels), less padding computed and kept for backward. Each chunk's width is rounded up to
+    `pad_to_multiple_of` columns (the batch's own rounding), so chunks keep to the same few shapes."""
 
-    def __init__(self, peft_model: PeftModel, spec: ModelSpec, head: Head, chunk_rows: int = 0) -> None:
+    def __init__(self, peft_model: PeftModel, spec: ModelSpec, head: Head, chunk_rows: int = 0,
+                 pad_to_multiple_of: int = 1) -> None:
         super().__init__()
         self.peft_model = peft_model
         self.head = head
         self.spec = spec
         self.chunk_rows = chunk_rows
+        self.pad_to_multiple_of = pad_to_multiple_of
 
     @property
     def base(self) -> PreTrainedModel:
@@ -52,7 +56,7 @@ class RerankerModule(nn.Module):
         picked = []
         for rows in chunks:
             index = torch.tensor(rows, device=input_ids.device)
-            width = int(last[index].max()) + 1  # right padding: a chunk's columns past its longest prompt are pads
+            width = self._chunk_width(last[index], input_ids.shape[1])
             picked.append(self._last_hidden(input_ids[index, :width], attention_mask[index, :width], last[index]))
         order = torch.tensor([row for rows in chunks for row in rows], device=input_ids.device)
         return self.head(torch.cat(picked)[torch.argsort(order)])
@@ -70,7 +74,11 @@ class RerankerModule(nn.Module):
         chunks = self.chunks(attention_mask, last)
         if len(chunks) == 1:
             return attention_mask.numel()
-        return sum(len(rows) * (int(last[rows].max()) + 1) for rows in chunks)
+        return sum(len(rows) * self._chunk_width(last[rows], attention_mask.shape[1]) for rows in chunks)
+
+    def _chunk_width(self, last: torch.Tensor, batch_width: int) -> int:
+        """Columns a right-padded chunk runs: past its longest prompt all are pads, rounded up to the multiple."""
+        return min(batch_width, math.ceil((int(last.max()) + 1) / self.pad_to_multiple_of) * self.pad_to_multiple_of)
 
     def _last_hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
         backbone = self.spec.backbone_of(self.base)

@@ -14,6 +14,7 @@ from relscope.models.adapters import load_weights
 from relscope.training.callbacks import CheckpointFiles, GradNormRecorder
 from relscope.training.checkpoint import save_weights
 from relscope.training.data import TARGETS, EpochSeededSampler
+from relscope.training.memory import peak_resident_gib, resident_gib
 from relscope.training.objectives import Objective
 
 if TYPE_CHECKING:
@@ -78,7 +79,8 @@ class RelscopeTrainer(Trainer):
     def _step_timing(self, start_time: float | None) -> dict[str, float]:
         """step_seconds: wall time per step since the last record (or the start of training: held-out and dev
         evaluations and checkpoint writes in between count, as they cost the run); tokens and padded_tokens: the
-        real and padded prompt tokens per step (the gap is padding waste)."""
+        real and padded prompt tokens per step (the gap is padding waste); rss_gib and peak_rss_gib: this process's
+        resident memory now and at its most so far."""
         now, step = time.time(), self.state.global_step
         # before the first record: training's start, at the step it resumed from (the Trainer's own attribute)
         since, since_step = self._last_log or (start_time, getattr(self, "_initial_global_step", 0))
@@ -88,8 +90,12 @@ class RelscopeTrainer(Trainer):
             return {}
         real, padded = self._tokens
         self._tokens = [0, 0]
+        rss = resident_gib()
+        memory = {"peak_rss_gib": round(peak_resident_gib(), 3)}  # read after rss: never below it
+        if rss is not None:
+            memory["rss_gib"] = round(rss, 3)
         return {"step_seconds": round((now - since) / steps, 3), "tokens": round(real / steps),
-                "padded_tokens": round(padded / steps)}
+                "padded_tokens": round(padded / steps), **memory}
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         """Adapter, head, meta and the callbacks' per-checkpoint files (the base model is never copied). The Trainer
