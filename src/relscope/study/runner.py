@@ -31,6 +31,7 @@ from relscope.io import atomic_write_json, atomic_write_text, output_lock
 from relscope.manifest import CONFIG_FILE, MANIFEST_FILE, build_manifest
 from relscope.study.config import StudyConfig, check_study_inputs
 from relscope.study.stages import STAGE_NAMES, STAGES, Stage, StudyContext
+from relscope.training.memory import peak_resident_gib, resident_gib
 
 log = logging.getLogger(__name__)
 STAGE_FILE = "stage.json"
@@ -221,7 +222,5 @@ def peak_memory(interval: float = 0.1) -> Iterator[dict]:
 
 def _rss_mib() -> float:
     """Resident memory now; where /proc is missing (not Linux), the process's peak so far."""
-    from relscope.training.memory import peak_resident_gib, resident_gib
-
     rss = resident_gib()
     return (rss if rss is not None else peak_resident_gib()) * 1024
