@@ -26,14 +26,13 @@ from pathlib import Path
 
 LISTWISE = "configs/train-smollm2-listwise.yaml"
 GRADED = "configs/train-smollm2-graded.yaml"
-FIRST_GRADED = ["lora.layers=null", "pad_to_multiple_of=1"]  # the graded recipe as first measured: every layer
-VARIANTS = {  # name -> (config, --set overrides)
+UPPER_LAYERS = "lora.layers=[" + ",".join(map(str, range(10, 30))) + "]"  # SmolLM2's upper two thirds
+VARIANTS = {  # name -> (config, --set overrides); the graded config adapts every layer, padded to a multiple of 32
     "listwise recipe (baseline)": (LISTWISE, []),
     "+ LoRA dropout 0": (LISTWISE, ["lora.dropout=0.0"]),
     "+ dropout 0, gradient checkpointing": (LISTWISE, ["lora.dropout=0.0", "gradient_checkpointing=true"]),
-    "graded, every layer, padded to the longest": (GRADED, FIRST_GRADED),
-    "graded, every layer, padded to a multiple of 32": (GRADED, ["lora.layers=null"]),
-    "graded, layers 10-29, padded to the longest": (GRADED, ["pad_to_multiple_of=1"]),
+    "graded, padded to the longest": (GRADED, ["pad_to_multiple_of=1"]),
+    "graded, layers 10-29 only": (GRADED, [UPPER_LAYERS]),
     "graded recipe (configs/train-smollm2-graded.yaml)": (GRADED, []),
 }
 GROWTH_FROM = 10  # the step after which resident memory is compared: the first batches have each seen a new shape
