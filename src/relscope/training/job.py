@@ -194,7 +194,8 @@ def _build_module(config: TrainConfig, loaded: LoadedModel, template: PromptTemp
     if config.lora.quantize_4bit:
         from peft import prepare_model_for_kbit_training
 
-        loaded.model = prepare_model_for_kbit_training(loaded.model)
+        # no checkpointing or input-grad hook of its own: _checkpoint_activations does it when the config asks
+        loaded.model = prepare_model_for_kbit_training(loaded.model, use_gradient_checkpointing=False)
     peft_model, sites = apply_lora(loaded.model, loaded.spec, config.lora)
     if config.gradient_checkpointing:  # non-reentrant: works although the frozen inputs need no grad
         _checkpoint_activations(peft_model.get_base_model())

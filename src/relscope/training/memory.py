@@ -20,8 +20,10 @@ def resident_gib() -> float | None:
     return pages * os.sysconf("SC_PAGE_SIZE") / GIB
 
 
-def peak_resident_gib() -> float:
+def peak_resident_gib(resident_now: float | None = None) -> float:
     """The most resident memory this process has held so far, in GiB (ru_maxrss: KiB on Linux, bytes on macOS).
-    Linux updates ru_maxrss lazily, so it can trail the resident size now: the larger of the two."""
+    Linux updates ru_maxrss lazily, so it can trail the resident size now: the larger of the two. Pass the reading
+    already made so that the peak is never below it (memory may be returned between two reads)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return max(peak / GIB if sys.platform == "darwin" else peak * 1024 / GIB, resident_gib() or 0.0)
+    now = resident_now if resident_now is not None else resident_gib()
+    return max(peak / GIB if sys.platform == "darwin" else peak * 1024 / GIB, now or 0.0)

@@ -82,7 +82,9 @@ class RerankerModule(nn.Module):
 
     def _last_hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
         backbone = self.spec.backbone_of(self.base)
-        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # real tokens count from 0 on either side, as scoring
+        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
+                          use_cache=False).last_hidden_state
         return hidden[torch.arange(len(last), device=hidden.device), last]
 
     def trainable_head_state(self) -> dict[str, torch.Tensor]:

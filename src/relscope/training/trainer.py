@@ -91,7 +91,7 @@ class RelscopeTrainer(Trainer):
         real, padded = self._tokens
         self._tokens = [0, 0]
         rss = resident_gib()
-        memory = {"peak_rss_gib": round(peak_resident_gib(), 3)}  # read after rss: never below it
+        memory = {"peak_rss_gib": round(peak_resident_gib(rss), 3)}  # never below rss
         if rss is not None:
             memory["rss_gib"] = round(rss, 3)
         return {"step_seconds": round((now - since) / steps, 3), "tokens": round(real / steps),
