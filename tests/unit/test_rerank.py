@@ -30,6 +30,9 @@ def test_rerank_job_writes_every_output(tiny_model_dir, trec_dir, tmp_path):
     assert manifest["template_hash"] and set(manifest["data"]) == {"queries", "collection", "qrels", "run"}
     assert len(manifest["data"]["run"]["sha256"]) == 64
     assert (out / "per_query.csv").read_text().splitlines()[0].startswith("qid,first_stage:nDCG@10")
+    gain = metrics["reranked_minus_first_stage"]["nDCG@10"]  # the paired comparison is written beside the means
+    assert gain["difference"] == pytest.approx(metrics["reranked"]["nDCG@10"] - metrics["first_stage"]["nDCG@10"])
+    assert gain["better"] + gain["worse"] + gain["same"] == gain["queries"] == metrics["queries"]
 
 
 def test_prefix_cache_does_not_change_the_ranking(tiny_model_dir, trec_dir, tmp_path):
@@ -84,7 +87,7 @@ def test_cli_rerank_and_evaluate(tiny_model_dir, trec_dir, tmp_path, capsys):
     assert main(["rerank", "--model", str(tiny_model_dir), "--data", str(trec_dir), "--top-k", "2",
                  "--out", str(out), "--quiet"]) == 0
     printed = capsys.readouterr().out
-    assert "first stage" in printed and "nDCG@10" in printed
+    assert "first stage" in printed and "nDCG@10" in printed and "paired bootstrap" in printed
     assert main(["evaluate", "--qrels", str(trec_dir / "qrels.txt"), "--run", str(out / "run.trec"),
                  "--measures", "nDCG@10", "P@1"]) == 0
     assert "P@1\tall\t" in capsys.readouterr().out
@@ -135,3 +138,44 @@ def test_metrics_average_over_the_queries_the_run_has_only():
     mean, per_query = evaluate_run(qrels, run, ["RR(rel=2)@10"])
     assert per_query == {"1": {"RR(rel=2)@10": 1.0}, "2": {"RR(rel=2)@10": 0.5}}
     assert mean["RR(rel=2)@10"] == pytest.approx(0.75)  # not (1 + 0.5 + 0) / 3
+
+
+def test_a_paired_difference_is_zero_between_a_run_and_itself_and_flips_with_the_order():
+    from relscope.evaluation.metrics import paired_difference
+
+    rng = np.random.default_rng(3)
+    after = {str(q): float(v) for q, v in enumerate(rng.random(30))}
+    before = {str(q): float(v) for q, v in enumerate(rng.random(30))}
+    same = paired_difference(after, after)
+    assert (same["difference"], same["low"], same["high"], same["same"]) == (0.0, 0.0, 0.0, 30)
+    forward, backward = paired_difference(after, before), paired_difference(before, after)
+    assert backward["difference"] == pytest.approx(-forward["difference"])
+    assert (backward["low"], backward["high"]) == pytest.approx((-forward["high"], -forward["low"]))
+    assert forward["low"] < forward["difference"] < forward["high"]
+    assert (forward["better"], forward["worse"]) == (backward["worse"], backward["better"])
+    shifted = paired_difference({q: v + 0.1 for q, v in before.items()}, before)  # one gap everywhere: no spread
+    assert (shifted["low"], shifted["high"]) == pytest.approx((0.1, 0.1))
+
+
+def test_a_paired_difference_counts_only_the_queries_both_runs_score():
+    from relscope.evaluation.metrics import paired_difference
+
+    gain = paired_difference({"1": 1.0, "2": 0.5, "3": 0.0}, {"1": 0.5, "2": 0.5, "4": 1.0})
+    assert (gain["queries"], gain["better"], gain["same"], gain["worse"]) == (2, 1, 1, 0)
+    assert gain["difference"] == pytest.approx(0.25)
+
+
+def test_the_readme_interval_is_what_relscope_rerank_computes_from_the_committed_per_query_file():
+    """README's paired-bootstrap interval for the recipe's first run must come out of paired_difference (the figure
+    was computed before rerank printed it: a different seeding of the same bootstrap gave +0.054, +0.157)."""
+    import csv
+    from pathlib import Path
+
+    from relscope.evaluation.metrics import paired_difference
+
+    root = Path(__file__).resolve().parents[2]
+    rows = list(csv.DictReader((root / "docs/results/smollm2-graded-680-dl19-top100.per_query.csv").open()))
+    gain = paired_difference({r["qid"]: float(r["reranked:nDCG@10"]) for r in rows},
+                             {r["qid"]: float(r["first_stage:nDCG@10"]) for r in rows})
+    stated = f"nDCG@10 {gain['difference']:+.3f} [{gain['low']:+.3f}, {gain['high']:+.3f}]"
+    assert stated in " ".join((root / "README.md").read_text().split())

@@ -25,9 +25,14 @@ def _print_comparison(metrics: dict) -> None:
         print(f"{metrics['passages_missing_text']} run passages had no text and were kept below the reranked ones")
     if "reranked" in metrics:
         width = max(len(m) for m in metrics["reranked"]) + 2
-        print(f"{'measure':<{width}}{'first stage':>12}{'reranked':>12}")
+        gains = metrics.get("reranked_minus_first_stage", {})
+        print(f"{'measure':<{width}}{'first stage':>12}{'reranked':>12}  difference [95% paired bootstrap], "
+              "queries better/worse")
         for name, value in metrics["reranked"].items():
-            print(f"{name:<{width}}{metrics['first_stage'][name]:>12.4f}{value:>12.4f}")
+            gain = gains.get(name)
+            shown = (f"  {gain['difference']:+.4f} [{gain['low']:+.4f}, {gain['high']:+.4f}], "
+                     f"{gain['better']}/{gain['worse']}") if gain else ""
+            print(f"{name:<{width}}{metrics['first_stage'][name]:>12.4f}{value:>12.4f}{shown}")
 
 
 

@@ -21,7 +21,7 @@ from relscope.data.dataset import (
 from relscope.data.trec import write_run
 from relscope.data.types import natural_key
 from relscope.errors import ConfigError
-from relscope.evaluation.metrics import check_evaluable, evaluate_run
+from relscope.evaluation.metrics import check_evaluable, evaluate_run, paired_difference
 from relscope.evaluation.rerank import Reranker, rerank
 from relscope.evaluation.settings import RerankConfig
 from relscope.io import atomic_write_json, atomic_write_text, output_lock
@@ -91,6 +91,9 @@ def _rerank_job(config: RerankConfig, out: Path, progress: bool) -> dict[str, An
         first_mean, first_per_query = evaluate_run(dataset.qrels, dataset.run, config.measures)
         mean, per_query = evaluate_run(dataset.qrels, result.run, config.measures)
         metrics["first_stage"], metrics["reranked"] = first_mean, mean
+        metrics["reranked_minus_first_stage"] = {  # paired bootstrap over queries: is the gain more than noise?
+            m: paired_difference({q: v[m] for q, v in per_query.items()},
+                                 {q: v[m] for q, v in first_per_query.items()}) for m in mean}
         per_query = {"first_stage": first_per_query, "reranked": per_query}
 
     out.mkdir(parents=True, exist_ok=True)
