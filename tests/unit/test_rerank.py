@@ -163,6 +163,9 @@ def test_a_paired_difference_counts_only_the_queries_both_runs_score():
     gain = paired_difference({"1": 1.0, "2": 0.5, "3": 0.0}, {"1": 0.5, "2": 0.5, "4": 1.0})
     assert (gain["queries"], gain["better"], gain["same"], gain["worse"]) == (2, 1, 1, 0)
     assert gain["difference"] == pytest.approx(0.25)
+    gain = paired_difference({"1": 1.0, "2": float("nan"), "3": 0.0}, {"1": 0.5, "2": 0.5, "3": 0.5})
+    assert gain["queries"] == gain["better"] + gain["worse"] + gain["same"] == 2  # the NaN query left out
+    assert np.isfinite([gain["difference"], gain["low"], gain["high"]]).all()
 
 
 def test_the_readme_interval_is_what_relscope_rerank_computes_from_the_committed_per_query_file():

@@ -95,11 +95,13 @@ def paired_difference(after: Mapping[str, float], before: Mapping[str, float], r
     percentile method, scipy.stats.bootstrap) and how many queries went up, down or stayed.
 
     Paired because both runs rank the same queries: per-query differences vary far less than either run, which is
-    what lets 43 queries say anything. Under two queries the interval is NaN (nothing to resample)."""
+    what lets 43 queries say anything. Under two queries the interval is NaN (nothing to resample); a query
+    either run has no finite value for is left out (and not counted in `queries`)."""
     from scipy import stats  # ~0.3 s to import: only where an interval is computed
 
     queries = [q for q in after if q in before]
     gaps = np.array([after[q] - before[q] for q in queries], dtype=float)
+    gaps = gaps[np.isfinite(gaps)]  # a measure ir_measures left out for a query compares nothing there
     low = high = float("nan")
     if len(gaps) >= 2 and np.ptp(gaps) > 0:
         interval = stats.bootstrap((gaps,), np.mean, n_resamples=resamples, method="percentile",
