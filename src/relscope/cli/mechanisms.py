@@ -20,10 +20,16 @@ def _patch(settings: PatchSettings, args: argparse.Namespace) -> int:
     print(f"{summary['pairs']} pairs ({len(summary['excluded_small_gap'])} excluded for a gap below "
           f"{summary['min_gap']}, {summary['skipped_misaligned']} misaligned skipped), {summary['sites']} sites, "
           f"{summary['processes']} process(es)")
-    if "atp_vs_exact" in summary:
-        print(f"attribution patching vs exact: Pearson r {summary['atp_vs_exact']['pearson_per_site']:.3f} per site "
-              f"and pair, {summary['atp_vs_exact']['pearson_of_means']:.3f} of the mean IEs")
-    print(f"outputs: {args.out}/ (ie.npz, ie_mean.csv, top_sites.md, ie_<component>.png)")
+    if summary["method"] != "exact":
+        print(f"indirect effects estimated by {summary['method']}, not patched exactly (--validate measures how well "
+              "they agree)")
+    for row in summary.get("validation", []):
+        print(f"{settings.attribution} vs exact, {row['site type']} ({row['sites']} sites): Pearson r "
+              f"{row['pearson']:.3f}, Spearman {row['spearman']:.3f}, of the means {row['pearson of means']:.3f}, "
+              f"top-20 recall {row['top-20 recall']:.2f}; {row['passes per pair']} passes a pair vs "
+              f"{row['exact passes per pair']}")
+    print(f"outputs: {args.out}/ (ie.npz, ie_mean.csv, top_sites.md, ie_<component>.png"
+          f"{', validation.md, validation_' + settings.attribution + '.png' if settings.validate else ''})")
     return 0
 
 

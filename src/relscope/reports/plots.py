@@ -206,6 +206,26 @@ def bars(names: Sequence[str], series: Mapping[str, Sequence[float]], title: str
     return fig
 
 
+def agreement(exact: np.ndarray, estimated: np.ndarray, types: Sequence[str], title: str, method: str) -> Figure:
+    """One scatter per site type of estimated against exact values ((pairs, sites) arrays, `types` per site), the
+    diagonal drawn: a point on it is a site the estimate gets exactly."""
+    names = list(dict.fromkeys(types))
+    fig, axes = plt.subplots(1, len(names), figsize=(0.6 + 2.7 * len(names), 3.2), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        mask = np.array([t == name for t in types])
+        x, y = exact[:, mask].ravel(), estimated[:, mask].ravel()
+        ax.scatter(x, y, s=6, alpha=0.5)
+        bounds = [min(x.min(), y.min()), max(x.max(), y.max())] if len(x) else [0, 1]
+        ax.plot(bounds, bounds, color="grey", linewidth=0.8)
+        ax.set_title(f"{name} ({int(mask.sum())} sites)", fontsize=9)
+        ax.set_xlabel("exact IE")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(f"{method} estimate")
+    fig.suptitle(wrapped(title, 0.6 + 2.7 * len(names)), fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def save(fig: Figure, path: Path) -> None:
     """PNG, written atomically: a reader never sees half a file."""
     from relscope.io import atomic_path

@@ -16,7 +16,14 @@ from dataclasses import dataclass, field
 from numbers import Integral, Real
 from typing import Any, Literal
 
-from relscope.analysis.patching.sites import COMPONENTS, HEAD_GROUPS, NEGATIVE_KINDS, PERTURBATIONS, POSITION_GROUPS
+from relscope.analysis.patching.sites import (
+    COMPONENTS,
+    ESTIMATORS,
+    HEAD_GROUPS,
+    NEGATIVE_KINDS,
+    PERTURBATIONS,
+    POSITION_GROUPS,
+)
 from relscope.analysis.settings import RELEVANCE_GROUPS
 from relscope.config import DTYPES, option
 from relscope.data.dev import DevSettings
@@ -115,8 +122,14 @@ class PatchSettings:
         "also patch every head's attention weights on three blocks: the query/document block (--query-block), last "
         "token to document, last token to query"))
     query_block: str = _query_block("attention-score patching (--scores)")
-    atp: bool = field(default=False, metadata=option(
-        "also estimate every site by attribution patching and report its correlation with the exact effects"))
+    attribution: str | None = field(default=None, metadata=option(
+        "estimate every site's effect instead of patching it (one backward for all sites): atp (attribution "
+        "patching), ig (integrated gradients along the corrupted -> clean embeddings, EAP-IG's; --ig-steps)",
+        choices=ESTIMATORS))
+    ig_steps: int = field(default=5, metadata=option("points on the path for --attribution ig (EAP-IG's paper: 5)"))
+    validate: bool = field(default=False, metadata=option(
+        "with --attribution: also patch every site exactly and report their agreement per site type (Pearson, "
+        "Spearman, top-20 recall, cost; validation.csv and a figure)"))
     fast: bool = True
     dtype: str = field(default="auto", metadata=option("auto: bf16 on CUDA, fp32 on CPU", choices=DTYPES))
 
@@ -141,9 +154,14 @@ class PatchSettings:
             _bad(self, "min_gap", gap, "must be a finite number >= 0 (e.g. 0.1)")
         _whole(self, "batch_size", 1)
         _whole(self, "top", 1)
-        for key in ("heads", "scores", "atp", "fast"):
+        for key in ("heads", "scores", "validate", "fast"):
             if not isinstance(getattr(self, key), bool):
                 _bad(self, key, getattr(self, key), "must be true or false")
+        if self.attribution is not None:
+            _choice(self, "attribution", ESTIMATORS)
+        _whole(self, "ig_steps", 1)
+        if self.validate and self.attribution is None:
+            _bad(self, "validate", self.validate, "needs an estimator to validate: add --attribution atp (or ig)")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,111 @@
+"""The attribution estimators against their definitions on tiny models of every family: integrated gradients with
+one step is AtP, and its estimate for the whole residual stream at the embeddings converges to the exact patch
+(the completeness of integrated gradients), faster as the steps grow."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from tiny import tiny_loaded
+
+from relscope.analysis.patching.atp import attribution_patching
+from relscope.analysis.patching.engine import PatchingEngine
+from relscope.analysis.patching.ig import integrated_gradients
+from relscope.analysis.patching.pairs import build_pairs
+from relscope.analysis.patching.sites import Site, head_sites
+from relscope.data.groups import read_groups
+from relscope.models.heads import build_head
+from relscope.prompts import PromptBuilder, get_template
+
+FAMILIES = ["llama", "gpt_neox", "phi3", "gemma3_text"]
+
+
+def _setup(family: str, tiny_groups, dtype=torch.float32):
+    loaded = tiny_loaded(family)
+    loaded.model.to(dtype)
+    builder = PromptBuilder(loaded.tokenizer, get_template("yes_no"), 128)
+    head = build_head("yes_no", loaded.model, builder)
+    pairs, _ = build_pairs(read_groups(tiny_groups), builder, max_pairs=2)
+    return PatchingEngine(loaded.model, loaded.spec, head, batch_size=8), pairs
+
+
+def _sites(engine: PatchingEngine) -> list[Site]:
+    return [Site("resid_pre", 1, "document"), Site("mlp", 0, "last"), Site("attn", 1, "all"),
+            Site("resid_post", 2, "query"), *head_sites(3, engine.n_heads, ("document",))[:2]]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_integrated_gradients_with_one_step_is_attribution_patching(family, tiny_groups):
+    engine, pairs = _setup(family, tiny_groups)
+    sites = _sites(engine)
+    for pair in pairs:
+        atp, ig = attribution_patching(engine, pair, sites), integrated_gradients(engine, pair, sites, steps=1)
+        assert (ig.clean, ig.corrupted) == pytest.approx((atp.clean, atp.corrupted), abs=1e-6)
+        np.testing.assert_allclose(ig.patched, atp.patched, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_integrated_gradients_of_the_embeddings_converge_to_the_whole_effect(family, tiny_groups):
+    """Completeness: the residual stream entering layer 0 at every position is the interpolated variable itself, so
+    its estimate tends to LD_clean - LD_corrupted (what patching it does exactly), with a left-Riemann error that
+    halves as the steps double. float64, so that the convergence is not lost in rounding."""
+    engine, pairs = _setup(family, tiny_groups, torch.float64)
+    site = [Site("resid_pre", 0, "all")]
+    for pair in pairs:
+        errors = []
+        for steps in (16, 32, 64):
+            ig = integrated_gradients(engine, pair, site, steps=steps)
+            errors.append(abs(ig.patched[0] - ig.clean))
+        gap = abs(ig.clean - ig.corrupted)
+        assert errors[-1] < 0.05 * gap + 1e-9, (family, errors, gap)
+        assert errors[2] < 0.7 * errors[0] + 1e-12, errors  # ~1/m: 4x the steps, ~4x smaller
+
+
+def test_integrated_gradients_refuse_a_pair_of_two_lengths(tiny_groups):
+    from dataclasses import replace
+
+    from relscope.analysis.patching.pairs import PatchPair
+    from relscope.errors import DataError
+
+    engine, pairs = _setup("llama", tiny_groups)
+    shorter = replace(pairs[0].corrupted, input_ids=pairs[0].corrupted.input_ids[:-1])
+    with pytest.raises(DataError, match="one length"):
+        integrated_gradients(engine, PatchPair(pairs[0].qid, pairs[0].clean, shorter), _sites(engine))
+
+
+def test_validation_rows_split_the_sites_by_type_and_score_agreement():
+    from relscope.analysis.patching.validation import agreement, top_k_recall
+
+    sites = [Site("resid_pre", 0, "all"), Site("resid_post", 1, "last"), Site("mlp", 0, "last"),
+             Site("mlp", 1, "last"), Site("mlp", 2, "all"), Site("z", 0, "last", 1), Site("scores", 0, "last>query", 0)]
+    rng = np.random.default_rng(0)
+    exact = rng.normal(size=(6, len(sites)))
+    rows = {r["site type"]: r for r in agreement(exact, 2 * exact + 1, sites)}  # a monotone, affine estimate
+    assert list(rows) == ["resid", "mlp", "head", "score block"]
+    assert [rows[t]["sites"] for t in rows] == [2, 3, 1, 1]
+    assert rows["mlp"]["pearson"] == pytest.approx(1.0) and rows["mlp"]["spearman"] == pytest.approx(1.0)
+    assert rows["mlp"]["top-20 recall"] == 1.0  # k capped at the 3 mlp sites
+    flipped = {r["site type"]: r for r in agreement(exact, -exact, sites)}
+    assert flipped["mlp"]["pearson"] == pytest.approx(-1.0)
+    assert top_k_recall(np.array([3.0, -2.0, 0.1, 0.0]), np.array([0.0, 5.0, 4.0, -1.0]), k=2) == 0.5
+
+
+def test_estimates_alone_are_written_as_the_grid_and_validate_needs_an_estimator(tiny_family_dir, tiny_groups,
+                                                                                  tmp_path, capsys):
+    from relscope.cli import main
+
+    args = ["patch", str(tiny_family_dir("llama")), "--groups", str(tiny_groups), "--max-pairs", "2", "--min-gap",
+            "0", "--components", "mlp", "--quiet"]
+    assert main([*args, "--validate", "--out", str(tmp_path / "bad")]) == 2
+    assert "--attribution" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    assert main([*args, "--attribution", "ig", "--ig-steps", "3", "--validate", "--out", str(tmp_path / "both")]) == 0
+    assert main([*args, "--attribution", "ig", "--ig-steps", "3", "--out", str(tmp_path / "alone")]) == 0
+    alone, both = np.load(tmp_path / "alone" / "ie.npz"), np.load(tmp_path / "both" / "ie_ig.npz")
+    assert str(alone["method"]) == "ig" and str(np.load(tmp_path / "both" / "ie.npz")["method"]) == "exact"
+    np.testing.assert_array_equal(alone["ie"], both["ie"])  # the estimate is the same, validated or not
+    assert "estimated by ig" in capsys.readouterr().out
+    forwards = [json.loads((tmp_path / name / "manifest.json").read_text())["forwards"] for name in ("alone", "both")]
+    assert forwards[0] < forwards[1]  # no exact sweep when nothing is validated
