@@ -109,3 +109,60 @@ def test_estimates_alone_are_written_as_the_grid_and_validate_needs_an_estimator
     assert "estimated by ig" in capsys.readouterr().out
     forwards = [json.loads((tmp_path / name / "manifest.json").read_text())["forwards"] for name in ("alone", "both")]
     assert forwards[0] < forwards[1]  # no exact sweep when nothing is validated
+
+
+@pytest.mark.parametrize("family", FAMILIES + ["qwen3", "mistral"])
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+def test_the_lrp_rules_leave_every_forward_bit_for_bit_and_change_the_backward(family, attention, tiny_groups):
+    from relscope.analysis.patching.relp import lrp_rules, relevance_patching
+
+    engine, pairs = _setup(family, tiny_groups)
+    engine.model.set_attn_implementation(attention)
+    ids = engine.ids(pairs[0].corrupted)
+    plain = engine.logit_diffs(ids)
+    with lrp_rules(engine.model, engine.spec):
+        ruled = engine.logit_diffs(ids)
+    assert np.array_equal(plain, ruled) and np.array_equal(engine.logit_diffs(ids), plain)
+    assert engine.model.config._attn_implementation == attention  # restored
+    sites = _sites(engine)
+    atp, relp = attribution_patching(engine, pairs[0], sites), relevance_patching(engine, pairs[0], sites)
+    assert (relp.clean, relp.corrupted) == (atp.clean, atp.corrupted)
+    assert not np.allclose(relp.patched, atp.patched)  # the rules are in the backward
+    np.testing.assert_array_equal(attribution_patching(engine, pairs[0], sites).patched, atp.patched)  # removed
+
+
+@pytest.mark.parametrize("family", ["llama", "phi3", "gemma3_text", "qwen3", "mistral"])
+def test_relevance_is_conserved_through_every_layer_of_a_bias_free_model(family, tiny_groups):
+    """LRP's conservation: with the rules on and no biases, sum(h * rho) of the residual stream entering each layer
+    (the embeddings first) is LD itself. A wrong rule (a norm's scale left in the backward, a gate not halved, the
+    softmax differentiated) breaks it by percents: that is what checks the rules. float64, though Hugging Face's
+    RMSNorms compute in float32, which bounds the agreement near 1e-8."""
+    from relscope.analysis.patching.atp import embeddings_output
+    from relscope.analysis.patching.hooks import capturing
+    from relscope.analysis.patching.relp import lrp_rules
+
+    engine, pairs = _setup(family, tiny_groups, torch.float64)
+    keys = [("resid_pre", layer) for layer in range(3)] + [("resid_post", 2)]
+    for pair in pairs:
+        store: dict = {}
+        with lrp_rules(engine.model, engine.spec), torch.enable_grad(), embeddings_output(engine), \
+                capturing(engine.model, engine.spec, keys, store, detach=False):
+            ld = engine.head(engine.backbone(input_ids=engine.ids(pair.corrupted)).last_hidden_state[:, -1])[0]
+            grads = torch.autograd.grad(ld, [store[k] for k in keys])
+        for key, grad in zip(keys, grads):
+            assert float((store[key] * grad).sum()) == pytest.approx(float(ld.detach()), rel=1e-6), (family, key)
+
+
+@pytest.mark.parametrize("family", ["phi3", "gpt_neox"])
+def test_relp_validates_on_every_site_type(family, tiny_family_dir, tiny_groups, tmp_path):
+    from relscope.cli import main
+
+    out = tmp_path / "relp"
+    assert main(["patch", str(tiny_family_dir(family)), "--groups", str(tiny_groups), "--max-pairs", "2",
+                 "--min-gap", "0", "--heads", "--scores", "--attribution", "relp", "--validate", "--out", str(out),
+                 "--quiet"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    rows = {row["site type"]: row for row in manifest["validation"]}
+    assert list(rows) == ["resid", "attn", "mlp", "head", "score block"]
+    assert all(row["passes per pair"] == 3 and -1 <= row["pearson"] <= 1 for row in rows.values())
+    assert str(np.load(out / "ie_scores_relp.npz")["method"]) == "relp"

@@ -30,6 +30,7 @@ from relscope.analysis.patching.ig import integrated_gradients
 from relscope.analysis.patching.engine import PairResult, PatchingEngine, indirect_effects
 from relscope.analysis.patching.fast import FastPatcher
 from relscope.analysis.patching.pairs import PatchPair, build_pairs
+from relscope.analysis.patching.relp import relevance_patching
 from relscope.analysis.patching.scores import score_blocks, score_sites
 from relscope.analysis.patching.settings import PatchSettings
 from relscope.analysis.patching.sites import Site, all_sites, head_sites
@@ -255,6 +256,8 @@ class Effects:
         """The configured estimator's result for one pair."""
         if self.settings.attribution == "ig":
             return integrated_gradients(self.engine, pair, sites, self.settings.ig_steps)
+        if self.settings.attribution == "relp":
+            return relevance_patching(self.engine, pair, sites)
         return attribution_patching(self.engine, pair, sites)
 
     def of(self, sites: Sequence[Site], what: str) -> tuple[list[PairResult] | None, list[PairResult] | None]:
@@ -273,7 +276,7 @@ class Effects:
 def estimator_passes(method: str, ig_steps: int) -> int:
     """Passes of one prompt an estimator runs per pair, a backward counted as one (as RelP and AtP* count "two
     forwards and one backward"; in FLOPs a backward is about two forwards)."""
-    return 3 if method == "atp" else 1 + 2 * ig_steps
+    return 1 + 2 * ig_steps if method == "ig" else 3  # atp, relp: clean forward, corrupted forward + backward
 
 
 def _validate(out: Path, compared: list, settings: PatchSettings, layers: list[int], shape: tuple[int, ...],

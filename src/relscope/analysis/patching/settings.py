@@ -124,7 +124,8 @@ class PatchSettings:
     query_block: str = _query_block("attention-score patching (--scores)")
     attribution: str | None = field(default=None, metadata=option(
         "estimate every site's effect instead of patching it (one backward for all sites): atp (attribution "
-        "patching), ig (integrated gradients along the corrupted -> clean embeddings, EAP-IG's; --ig-steps)",
+        "patching), relp (relevance patching: AtP with LRP's rules in the backward), ig (integrated gradients along "
+        "the corrupted -> clean embeddings, EAP-IG's; --ig-steps)",
         choices=ESTIMATORS))
     ig_steps: int = field(default=5, metadata=option("points on the path for --attribution ig (EAP-IG's paper: 5)"))
     validate: bool = field(default=False, metadata=option(
@@ -161,7 +162,7 @@ class PatchSettings:
             _choice(self, "attribution", ESTIMATORS)
         _whole(self, "ig_steps", 1)
         if self.validate and self.attribution is None:
-            _bad(self, "validate", self.validate, "needs an estimator to validate: add --attribution atp (or ig)")
+            _bad(self, "validate", self.validate, "needs an estimator to validate: add --attribution atp (or relp, ig)")
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ SPECS.register(
         },
         fused_qkv=True,
         fused_gate_up=True,
+        activation="mlp.activation_fn",
     ),
 )
 
@@ -64,5 +65,6 @@ SPECS.register(
         },
         fused_qkv=True,
         qkv_layout="per_head",
+        activation="mlp.act",
     ),
 )
