@@ -166,3 +166,15 @@ def test_relp_validates_on_every_site_type(family, tiny_family_dir, tiny_groups,
     assert list(rows) == ["resid", "attn", "mlp", "head", "score block"]
     assert all(row["passes per pair"] == 3 and -1 <= row["pearson"] <= 1 for row in rows.values())
     assert str(np.load(out / "ie_scores_relp.npz")["method"]) == "relp"
+
+
+def test_relp_with_no_rule_is_attribution_patching_and_each_rule_changes_it(tiny_groups):
+    from relscope.analysis.patching.relp import relevance_patching
+    from relscope.analysis.patching.sites import LRP_RULES
+
+    engine, pairs = _setup("llama", tiny_groups)
+    sites = _sites(engine)
+    atp = attribution_patching(engine, pairs[0], sites)
+    np.testing.assert_array_equal(relevance_patching(engine, pairs[0], sites, ()).patched, atp.patched)
+    for rule in LRP_RULES:
+        assert not np.allclose(relevance_patching(engine, pairs[0], sites, (rule,)).patched, atp.patched), rule

@@ -257,7 +257,7 @@ class Effects:
         if self.settings.attribution == "ig":
             return integrated_gradients(self.engine, pair, sites, self.settings.ig_steps)
         if self.settings.attribution == "relp":
-            return relevance_patching(self.engine, pair, sites)
+            return relevance_patching(self.engine, pair, sites, self.settings.relp_rules)
         return attribution_patching(self.engine, pair, sites)
 
     def of(self, sites: Sequence[Site], what: str) -> tuple[list[PairResult] | None, list[PairResult] | None]:
@@ -267,7 +267,8 @@ class Effects:
             exact = over_items(self.cache.wrap(lambda pair: self.sweeper.sweep(pair, sites), what, sites),
                                self.pairs, f"pairs ({what})", self.progress)
         if self.settings.attribution is not None:
-            key = f"{what}-{self.method}" + (str(self.settings.ig_steps) if self.method == "ig" else "")
+            key = f"{what}-{self.method}" + {"ig": str(self.settings.ig_steps),
+                                              "relp": "-".join(sorted(self.settings.relp_rules))}.get(self.method, "")
             estimated = over_items(self.cache.wrap(lambda pair: self.estimate(pair, sites), key, sites), self.pairs,
                                    f"pairs ({what}, {self.method})", self.progress)
         return exact, estimated

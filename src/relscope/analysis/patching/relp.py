@@ -34,7 +34,7 @@ from transformers.masking_utils import AttentionMaskInterface
 from relscope.analysis.patching.atp import attribution_patching
 from relscope.analysis.patching.engine import PairResult, PatchingEngine
 from relscope.analysis.patching.pairs import PatchPair
-from relscope.analysis.patching.sites import Site
+from relscope.analysis.patching.sites import LRP_RULES, Site
 from relscope.errors import ModelError
 from relscope.models.specs import ModelSpec
 
@@ -122,25 +122,28 @@ def _constant_attention_weights(model: nn.Module) -> Iterator[None]:
 
 
 @contextmanager
-def lrp_rules(model: nn.Module, spec: ModelSpec) -> Iterator[None]:
-    """Inside, backward passes follow RelP's rules (module docstring); forwards are unchanged. Hooks on the model's
-    own modules, all removed (and the attention implementation restored) on exit."""
+def lrp_rules(model: nn.Module, spec: ModelSpec, rules: Sequence[str] = LRP_RULES) -> Iterator[None]:
+    """Inside, backward passes follow the chosen LRP rules (module docstring); forwards are unchanged. Hooks on the
+    model's own modules, all removed (and the attention implementation restored) on exit."""
     with ExitStack() as stack:
-        backbone = spec.backbone_of(model)
-        for module in {id(m): m for m in backbone.modules() if _is_norm(m)}.values():
-            stack.callback(module.register_forward_hook(_norm_hook).remove)
         layers = range(len(spec.layer_list(model)))
-        for module in {id(m): m for m in (spec.activation_of(model, i) for i in layers)}.values():
-            stack.callback(module.register_forward_hook(_activation_hook).remove)
-        if "gate" in spec.projections:  # a gated MLP: act(gate) * up enters the down projection
+        if "norm" in rules:
+            for module in {id(m): m for m in spec.backbone_of(model).modules() if _is_norm(m)}.values():
+                stack.callback(module.register_forward_hook(_norm_hook).remove)
+        if "activation" in rules:
+            for module in {id(m): m for m in (spec.activation_of(model, i) for i in layers)}.values():
+                stack.callback(module.register_forward_hook(_activation_hook).remove)
+        if "gate" in rules and "gate" in spec.projections:  # gated MLP: act(gate) * up enters the down projection
             for layer in layers:
                 down = spec.projection_of(model, layer, "down")
                 stack.callback(down.register_forward_pre_hook(_half_hook).remove)
-        stack.enter_context(_constant_attention_weights(model))
+        if "attention" in rules:
+            stack.enter_context(_constant_attention_weights(model))
         yield
 
 
-def relevance_patching(engine: PatchingEngine, pair: PatchPair, sites: Sequence[Site]) -> PairResult:
+def relevance_patching(engine: PatchingEngine, pair: PatchPair, sites: Sequence[Site],
+                       rules: Sequence[str] = LRP_RULES) -> PairResult:
     """The RelP estimate for every site: attribution patching's passes with the LRP rules on."""
-    with lrp_rules(engine.model, engine.spec):
+    with lrp_rules(engine.model, engine.spec, rules):
         return attribution_patching(engine, pair, sites)

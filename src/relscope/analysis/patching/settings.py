@@ -20,6 +20,7 @@ from relscope.analysis.patching.sites import (
     COMPONENTS,
     ESTIMATORS,
     HEAD_GROUPS,
+    LRP_RULES,
     NEGATIVE_KINDS,
     PERTURBATIONS,
     POSITION_GROUPS,
@@ -128,6 +129,9 @@ class PatchSettings:
         "the corrupted -> clean embeddings, EAP-IG's; --ig-steps)",
         choices=ESTIMATORS))
     ig_steps: int = field(default=5, metadata=option("points on the path for --attribution ig (EAP-IG's paper: 5)"))
+    relp_rules: tuple[str, ...] = field(default=LRP_RULES, metadata=option(
+        "the LRP rules of --attribution relp: norm (LN-rule), activation (Identity), gate (Half), attention (AH); "
+        "RelP's set is all four", choices=LRP_RULES))
     validate: bool = field(default=False, metadata=option(
         "with --attribution: also patch every site exactly and report their agreement per site type (Pearson, "
         "Spearman, top-20 recall, cost; validation.csv and a figure)"))
@@ -161,6 +165,7 @@ class PatchSettings:
         if self.attribution is not None:
             _choice(self, "attribution", ESTIMATORS)
         _whole(self, "ig_steps", 1)
+        _names(self, "relp_rules", LRP_RULES)
         if self.validate and self.attribution is None:
             _bad(self, "validate", self.validate, "needs an estimator to validate: add --attribution atp (or relp, ig)")
 
