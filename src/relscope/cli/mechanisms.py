@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from relscope.analysis.patching.settings import HeadsSettings, KnockoutSettings, PatchSettings
+from relscope.analysis.patching.settings import CircuitSettings, HeadsSettings, KnockoutSettings, PatchSettings
 from relscope.analysis.settings import CompareSettings
 from relscope.cli.commands import Command, add_command, locked, print_table
 
@@ -30,6 +30,22 @@ def _patch(settings: PatchSettings, args: argparse.Namespace) -> int:
               f"{row['exact passes per pair']}")
     print(f"outputs: {args.out}/ (ie.npz, ie_mean.csv, top_sites.md, ie_<component>.png"
           f"{', validation.md, validation_' + settings.attribution + '.png' if settings.validate else ''})")
+    return 0
+
+
+def _circuit(settings: CircuitSettings, args: argparse.Namespace) -> int:
+    from relscope.analysis.patching.circuit import circuit_job
+
+    summary = locked(circuit_job, settings, args.out, progress=not args.quiet)
+    print(f"{summary['pairs kept']} of {summary['pairs']} pairs, {summary['edges']} edges "
+          f"({summary['writers']} writers, {summary['readers']} readers); {summary['ablation']} ablation")
+    for row in summary["curve"]:
+        print(f"top {row['edges']:>6} edges ({100 * row['share of edges']:6.2f} %): {row['recovered']:+.3f} of LD "
+              "recovered")
+    found = summary["circuit_edges"]
+    print(f"circuit: {found} edges recover {summary['target']:.0%}" if found else
+          f"no top-edge circuit recovers {summary['target']:.0%} short of the whole model")
+    print(f"outputs: {args.out}/ (edges.csv, faithfulness.md, circuit.md, faithfulness.png, circuit.png)")
     return 0
 
 
@@ -65,6 +81,8 @@ COMMANDS = (
     Command("heads", "per head: attention interaction score, logit lens, direct effect", HeadsSettings, _heads,
             quiet=True),
     Command("knockout", "mean-ablate head sets; judgment F1 and nDCG@10 drops", KnockoutSettings, _knockout),
+    Command("circuit", "edge attribution (EAP-IG); circuits and their faithfulness by exact ablation",
+            CircuitSettings, _circuit, quiet=True),
     Command("compare", "do two patch runs rely on the same components? RBO, Spearman", CompareSettings, _compare),
 )
 

@@ -75,13 +75,15 @@ def spectra(curves: Mapping[str, Sequence[float]], title: str) -> Figure:
 
 
 def lines(x: Sequence[float], series: Mapping[str, Sequence[float]], title: str, xlabel: str, ylabel: str,
-          log_y: bool = False) -> Figure:
+          log_y: bool = False, log_x: bool = False) -> Figure:
     """One line per series against a shared x."""
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for name, values in series.items():
-        ax.plot(x, values, label=name, linewidth=1.2)
+        ax.plot(x, values, label=name, linewidth=1.2, marker="o" if log_x else None, markersize=3)
     if log_y:
         ax.set_yscale("log")
+    if log_x:
+        ax.set_xscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -222,6 +224,43 @@ def agreement(exact: np.ndarray, estimated: np.ndarray, types: Sequence[str], ti
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel(f"{method} estimate")
     fig.suptitle(wrapped(title, 0.6 + 2.7 * len(names)), fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def circuit(edges: Sequence[Mapping], depth: int, title: str) -> Figure:
+    """A circuit's edges ({"writer", "reader", "mean score"} with relscope's node names: emb, a3.h5 or a3, m3;
+    a3.in, m3.in, logits) drawn on the residual stream: one row per layer's attention and MLP, a head's column its
+    index; each edge a line from its writer to its reader, blue raising the relevance judgment, red lowering it,
+    thicker the larger |score|."""
+    def place(name: str, reading: bool) -> tuple[float, float]:
+        if name == "emb":
+            return 0.0, -1.0
+        if name == "logits":
+            return 0.0, 2.0 * depth
+        part, _, rest = name.partition(".")
+        y = 2.0 * int(part[1:]) + (1.0 if part[0] == "m" else 0.0) - (0.4 if reading else 0.0)
+        x = float(rest[1:]) + 1.0 if rest.startswith("h") else 0.0
+        return x, y
+
+    fig, ax = plt.subplots(figsize=(6.5, 2.0 + 0.25 * depth))
+    largest = max((abs(float(e["mean score"])) for e in edges), default=1.0) or 1.0
+    nodes: dict[str, tuple[float, float]] = {}
+    for edge in edges:
+        (x0, y0), (x1, y1) = place(edge["writer"], False), place(edge["reader"], True)
+        score = float(edge["mean score"])
+        ax.plot([x0, x1], [y0, y1], color="tab:blue" if score > 0 else "tab:red",
+                linewidth=0.5 + 3.0 * abs(score) / largest, alpha=0.7)
+        nodes[edge["writer"]], nodes[edge["reader"]] = (x0, y0), (x1, y1)
+    for name, (x, y) in nodes.items():
+        ax.scatter([x], [y], s=14, color="black", zorder=3)
+        ax.annotate(name, (x, y), fontsize=6, xytext=(3, 2), textcoords="offset points")
+    ax.set_xlabel("head (0: the whole block)")
+    ax.set_ylabel("layer (attention, then MLP)")
+    ax.set_yticks([2 * layer for layer in range(0, depth, max(1, depth // 8))],
+                  [str(layer) for layer in range(0, depth, max(1, depth // 8))])
+    ax.set_title(wrapped(title, 6.5), fontsize=10)
+    ax.grid(alpha=0.2)
     fig.tight_layout()
     return fig
 

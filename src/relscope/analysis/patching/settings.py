@@ -170,6 +170,53 @@ class PatchSettings:
             _bad(self, "validate", self.validate, "needs an estimator to validate: add --attribution atp (or relp, ig)")
 
 
+ABLATIONS = ("mean", "corrupted")  # what an edge outside a circuit carries (edges.py)
+
+
+@dataclass(frozen=True)
+class CircuitSettings:
+    """`relscope circuit MODEL [ADAPTER]`: edge attribution (EAP-IG) and the faithfulness of its top-edge circuits."""
+
+    groups: str = _groups()
+    model: str = _model()
+    adapter: str | None = _adapter("analyse")
+    template: str | None = _template()
+    layout: str = _layout()
+    max_pairs: int | None = field(default=20, metadata=option("pairs (0: all)", unset_as=0))  # None: all
+    negative_kind: str = _negative_kind()
+    max_length: int | None = _max_length()
+    min_gap: float = field(default=0.1, metadata=option(
+        "leave out pairs whose |LD_clean - LD_corrupted| is below this"))
+    ig_steps: int = field(default=5, metadata=option(
+        "points on the corrupted -> clean path of the embeddings the edge gradients are averaged over (1: EAP)"))
+    ablation: str = field(default="mean", metadata=option(
+        "what an edge outside the circuit carries: its writer's mean over the pairs' prompts, or the pair's "
+        "corrupted value (interchange)", choices=ABLATIONS))
+    batch_size: int = field(default=4, metadata=option("circuits (or path points) per forward"))
+    target: float = field(default=0.8, metadata=option(
+        "the share of the logit difference the reported circuit must recover: the smallest top-k circuit that does"))
+    dtype: str = field(default="auto", metadata=option("auto: bf16 on CUDA, fp32 on CPU", choices=DTYPES))
+
+    def __post_init__(self) -> None:
+        """Checked before any model loads; max_pairs 0 means every pair (None)."""
+        _check_model_and_groups(self)
+        _max_pairs(self)
+        _choice(self, "ablation", ABLATIONS)
+        _choice(self, "dtype", DTYPES)
+        _whole(self, "ig_steps", 1)
+        _whole(self, "batch_size", 1)
+        for key, high in (("min_gap", math.inf), ("target", 1.0)):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, Real) or not 0 <= value <= high:
+                _bad(self, key, value, f"must be a number from 0 to {high}")
+
+    def patch_settings(self) -> PatchSettings:
+        """The model and prompts, as the patching job has them."""
+        return PatchSettings(groups=self.groups, model=self.model, adapter=self.adapter, template=self.template,
+                             layout=self.layout, max_pairs=self.max_pairs, negative_kind=self.negative_kind,
+                             max_length=self.max_length, dtype=self.dtype)
+
+
 @dataclass(frozen=True)
 class HeadsSettings:
     """`relscope heads MODEL [ADAPTER]`: interaction scores, logit lens and direct contributions of every head."""

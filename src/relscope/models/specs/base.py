@@ -33,6 +33,12 @@ class ModelSpec:
     # GPT-NeoX interleaves q/k/v per head in its fused output; Phi-3 concatenates them.
     qkv_layout: str = "concat"
     activation: str = "mlp.act_fn"  # the MLP's elementwise nonlinearity, inside a layer (RelP's Identity rule)
+    # The norms through which a layer's attention and MLP read the residual stream, and (Gemma 2/3's sandwich
+    # norms) those their outputs pass before being added to it: the ends of a residual-stream edge (edges.py).
+    attention_read_norm: str = "input_layernorm"
+    mlp_read_norm: str = "post_attention_layernorm"
+    attention_write_norm: str | None = None
+    mlp_write_norm: str | None = None
 
     def resolve(self, root: nn.Module, path: str) -> nn.Module:
         """The submodule of `root` at dotted `path`; a ModelError names the missing part (a spec that does not fit)."""
