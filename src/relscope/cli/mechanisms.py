@@ -43,8 +43,9 @@ def _circuit(settings: CircuitSettings, args: argparse.Namespace) -> int:
         print(f"top {row['edges']:>6} edges ({100 * row['share of edges']:6.2f} %): {row['recovered']:+.3f} of LD "
               "recovered")
     found = summary["circuit_edges"]
-    print(f"circuit: {found} edges recover {summary['target']:.0%}" if found else
-          f"no top-edge circuit recovers {summary['target']:.0%} short of the whole model")
+    band = f"{summary['target']:.0%}-{2 - summary['target']:.0%}"
+    print(f"circuit: {found} edges recover {band} of the logit difference" if found else
+          f"no top-edge circuit short of the whole model recovers {band} of the logit difference")
     print(f"outputs: {args.out}/ (edges.csv, faithfulness.md, circuit.md, faithfulness.png, circuit.png)")
     return 0
 

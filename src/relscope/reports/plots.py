@@ -228,38 +228,42 @@ def agreement(exact: np.ndarray, estimated: np.ndarray, types: Sequence[str], ti
     return fig
 
 
-def circuit(edges: Sequence[Mapping], depth: int, title: str) -> Figure:
+def circuit(edges: Sequence[Mapping], depth: int, n_heads: int, title: str) -> Figure:
     """A circuit's edges ({"writer", "reader", "mean score"} with relscope's node names: emb, a3.h5 or a3, m3;
-    a3.in, m3.in, logits) drawn on the residual stream: one row per layer's attention and MLP, a head's column its
-    index; each edge a line from its writer to its reader, blue raising the relevance judgment, red lowering it,
-    thicker the larger |score|."""
-    def place(name: str, reading: bool) -> tuple[float, float]:
-        if name == "emb":
-            return 0.0, -1.0
-        if name == "logits":
-            return 0.0, 2.0 * depth
-        part, _, rest = name.partition(".")
-        y = 2.0 * int(part[1:]) + (1.0 if part[0] == "m" else 0.0) - (0.4 if reading else 0.0)
-        x = float(rest[1:]) + 1.0 if rest.startswith("h") else 0.0
-        return x, y
+    a3.in, m3.in, logits) on the residual stream: a row per layer, attention inputs on the left, the heads (or the
+    whole attention block) in the middle, MLP inputs and outputs on the right; each edge an arc from its writer to
+    its reader, blue raising the relevance judgment, red lowering it, thicker the larger |score|."""
+    middle = (n_heads - 1) / 2
 
-    fig, ax = plt.subplots(figsize=(6.5, 2.0 + 0.25 * depth))
+    def place(name: str) -> tuple[float, float]:
+        if name in ("emb", "logits"):
+            return middle, (-1.0 if name == "emb" else float(depth))
+        part, _, rest = name.partition(".")
+        layer, mlp = int(part[1:]), part[0] == "m"
+        if rest == "in":
+            return (n_heads + 0.5 if mlp else -1.5), layer + (0.35 if mlp else -0.15)
+        if mlp:
+            return n_heads + 1.5, layer + 0.55
+        return (float(rest[1:]) if rest.startswith("h") else middle), layer + 0.2
+
+    fig, ax = plt.subplots(figsize=(2.5 + 0.35 * n_heads, 2.0 + 0.28 * depth))
     largest = max((abs(float(e["mean score"])) for e in edges), default=1.0) or 1.0
     nodes: dict[str, tuple[float, float]] = {}
     for edge in edges:
-        (x0, y0), (x1, y1) = place(edge["writer"], False), place(edge["reader"], True)
+        start, end = place(edge["writer"]), place(edge["reader"])
         score = float(edge["mean score"])
-        ax.plot([x0, x1], [y0, y1], color="tab:blue" if score > 0 else "tab:red",
-                linewidth=0.5 + 3.0 * abs(score) / largest, alpha=0.7)
-        nodes[edge["writer"]], nodes[edge["reader"]] = (x0, y0), (x1, y1)
+        ax.annotate("", xy=end, xytext=start, arrowprops=dict(
+            arrowstyle="-|>", color="tab:blue" if score > 0 else "tab:red", alpha=0.7, shrinkA=2, shrinkB=2,
+            linewidth=0.5 + 2.5 * abs(score) / largest, connectionstyle="arc3,rad=0.25"))
+        nodes[edge["writer"]], nodes[edge["reader"]] = start, end
     for name, (x, y) in nodes.items():
-        ax.scatter([x], [y], s=14, color="black", zorder=3)
+        ax.scatter([x], [y], s=12, color="black", zorder=3)
         ax.annotate(name, (x, y), fontsize=6, xytext=(3, 2), textcoords="offset points")
-    ax.set_xlabel("head (0: the whole block)")
-    ax.set_ylabel("layer (attention, then MLP)")
-    ax.set_yticks([2 * layer for layer in range(0, depth, max(1, depth // 8))],
-                  [str(layer) for layer in range(0, depth, max(1, depth // 8))])
-    ax.set_title(wrapped(title, 6.5), fontsize=10)
+    ax.set_xlim(-2.5, n_heads + 2.5)
+    ax.set_ylim(-1.5, depth + 0.5)
+    ax.set_xticks([-1.5, middle, n_heads + 0.5, n_heads + 1.5], ["attn in", "heads", "MLP in", "MLP"], fontsize=7)
+    ax.set_ylabel("layer")
+    ax.set_title(wrapped(title, 2.5 + 0.35 * n_heads), fontsize=9)
     ax.grid(alpha=0.2)
     fig.tight_layout()
     return fig

@@ -3,7 +3,8 @@ faithfulness by exact ablation (edges.py defines each).
 
 Outputs: edges.csv (every edge's mean score over the pairs, as a share of the clean - corrupted gap, and its
 standard deviation), faithfulness.csv/.md (for circuits of a growing share of the edges, the logit difference
-recovered with the rest ablated), circuit.csv/.md (the smallest circuit recovering --target of it, if one does),
+recovered with the rest ablated), circuit.csv/.md (the smallest circuit within 1 - --target of the whole model's
+logit difference, if one is),
 faithfulness.png, circuit.png and manifest.json.
 """
 
@@ -56,7 +57,9 @@ def circuit_job(settings: CircuitSettings, out: str | Path, progress: bool = Tru
                     for pair, *_ in tqdm(kept, desc="circuits", disable=not progress)])
     curve = recovered(lds, lds[:, 0], np.array([c for _, _, c, _ in kept]))
     rows = [{"edges": k, "share of edges": k / n_edges, "recovered": float(r)} for k, r in zip(sizes, curve)]
-    chosen = next((i for i, r in enumerate(curve) if r >= settings.target and sizes[i] > 0), None)
+    # Faithful: within 1 - target of the whole model's judgment, from below or above (a circuit that overshoots,
+    # the rest ablated, is not the model's mechanism either).
+    chosen = next((i for i, r in enumerate(curve) if abs(1 - r) <= 1 - settings.target and sizes[i] > 0), None)
     summary = {"pairs": len(pairs), "pairs kept": len(kept), "skipped_misaligned": report.skipped_misaligned,
                "edges": n_edges, "writers": len(graph.writers), "readers": len(graph.readers),
                "per_head": graph.per_head, "ablation": settings.ablation, "ig_steps": settings.ig_steps,
@@ -87,7 +90,8 @@ def _write(out: Path, graph: EdgeGraph, mean: np.ndarray, std: np.ndarray, curve
                out / f"{FAITHFULNESS}.png")
     if circuit is not None:
         kept = [row for row, (u, v) in zip(rows, ranked) if circuit[u, v]]
-        write_table(kept, out / CIRCUIT, f"The smallest top-edge circuit recovering {settings.target:.0%} of the "
-                    f"logit difference: {len(kept)} edges")
-        plots.save(plots.circuit(kept, graph.depth, f"{name}: relevance circuit, {len(kept)} edges "
+        band = f"{settings.target:.0%} to {2 - settings.target:.0%}"
+        write_table(kept, out / CIRCUIT, f"The smallest top-edge circuit recovering {band} of the logit "
+                    f"difference: {len(kept)} edges")
+        plots.save(plots.circuit(kept, graph.depth, graph.n_heads, f"{name}: relevance circuit, {len(kept)} edges "
                                  f"({pairs} pairs)"), out / f"{CIRCUIT}.png")

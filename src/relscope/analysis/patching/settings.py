@@ -194,7 +194,8 @@ class CircuitSettings:
         "corrupted value (interchange)", choices=ABLATIONS))
     batch_size: int = field(default=4, metadata=option("circuits (or path points) per forward"))
     target: float = field(default=0.8, metadata=option(
-        "the share of the logit difference the reported circuit must recover: the smallest top-k circuit that does"))
+        "the reported circuit is the smallest top-k one whose recovered share of the logit difference is within "
+        "1 - target of the whole model's (0.8: 0.8 to 1.2)"))
     dtype: str = field(default="auto", metadata=option("auto: bf16 on CUDA, fp32 on CPU", choices=DTYPES))
 
     def __post_init__(self) -> None:
