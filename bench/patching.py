@@ -15,6 +15,11 @@ head at {last, query, all}, on SmolLM2-135M-Instruct (yes/no prompt) with pairs 
     tl       TransformerLens 4.x's own patching (generic_activation_patch, the engine of get_act_patch_*) through a
              TransformerBridge over the same model (bench/tl_patching.py); needs `pip install -e .[bench]`
 
+The fast path's work is also put against the hardware: the FLOPs an exact sweep cannot avoid (each site re-runs
+only the layers from its own and the positions from its first changed one: the fast path's plan; matmuls and
+attention only, norms and activations left out), their rate in the fast path's seconds, and this CPU's fp32 matmul
+rate measured in the same run (torch.mm of 2048 x 2048 matrices, the same threads).
+
 The naive and TransformerLens times are measured on a seeded sample of sites per pair and scaled to the full sweep
 (printed as such); the max |delta IE| of each path against naive on those sites is printed beside the times, and
 TransformerLens's against relscope's fast path run under the same (eager) attention the bridge switches to.
@@ -34,7 +39,7 @@ import torch
 
 from relscope.analysis.patching.atp import attribution_patching
 from relscope.analysis.patching.engine import PatchingEngine
-from relscope.analysis.patching.fast import FastPatcher
+from relscope.analysis.patching.fast import FastPatcher, first_difference
 from relscope.analysis.patching.ig import integrated_gradients
 from relscope.analysis.patching.relp import relevance_patching
 from relscope.analysis.patching.validation import agreement
@@ -108,6 +113,12 @@ def main() -> None:
     if "tl" not in skip:
         totals["TransformerLens (scaled)"], worst["TransformerLens (scaled)"] = _transformer_lens(
             loaded, engine, pairs, sites, sample)
+    if "fast" in totals:
+        flops = sum(unavoidable_flops(loaded.model.config, pair, sites) for pair in pairs)
+        peak = matmul_gflops()
+        print(f"exact sweep: {flops / 1e9:.1f} GFLOP unavoidable, {flops / 1e9 / totals['fast']:.1f} GFLOP/s in the "
+              f"fast path, {100 * flops / 1e9 / totals['fast'] / peak:.0f}% of this CPU's fp32 matmul rate "
+              f"({peak:.0f} GFLOP/s)")
     tokens = np.mean([len(p.clean) for p in pairs])
     print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads; SmolLM2-135M, "
           f"{len(pairs)} pairs of ~{tokens:.0f} tokens, {len(sites)} sites per pair "
@@ -123,6 +134,37 @@ def main() -> None:
         print(f"{name:>24}: {seconds:8.1f} s  {seconds / len(pairs):7.1f} s/pair  {base / seconds:6.1f}x  {error}")
     if exact and args.estimators:
         _print_validation(np.stack(exact), estimated, estimate_seconds, forward_seconds, sites, len(pairs))
+
+
+def unavoidable_flops(config, pair, sites) -> float:
+    """Matmul and attention FLOPs of re-running, for every site, the layers from its start and the positions from
+    its first changed one (the fast path's plan: FastPatcher.sweep), one multiply-add counted as 2."""
+    text = config.get_text_config()
+    d, layers, heads = text.hidden_size, text.num_hidden_layers, text.num_attention_heads
+    head_dim = getattr(text, "head_dim", None) or d // heads
+    kv = getattr(text, "num_key_value_heads", None) or heads
+    mlp = (3 if getattr(text, "model_type", "") != "gpt_neox" else 2) * d * text.intermediate_size
+    per_token = 2 * (d * (heads + 2 * kv) * head_dim + heads * head_dim * d + mlp)
+    differ, length = first_difference(pair), len(pair.corrupted)
+    total = 0.0
+    for site in sites:
+        changed = [p for p in pair.corrupted.positions(site.rows) if p >= differ]
+        if not changed:
+            continue
+        first = min(changed)
+        rerun = layers - (site.layer + 1 if site.component == "resid_post" else site.layer)
+        rows = length - first
+        keys = sum(t + 1 for t in range(first, length))  # causal: row t reads t + 1 keys
+        total += rerun * (rows * per_token + 4 * heads * head_dim * keys)
+    return total
+
+
+def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
+    """This machine's fp32 matmul rate with torch's current threads: the best of a few 2048^3 products."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)
+    best = min(timed(lambda: torch.mm(a, b))[1] for _ in range(repeats))
+    return 2 * size ** 3 / best / 1e9
 
 
 # Each estimator as (engine, pair, sites, ig_steps) -> PairResult.
