@@ -87,10 +87,11 @@ def test_validation_rows_split_the_sites_by_type_and_score_agreement():
     assert list(rows) == ["resid", "mlp", "head", "score block"]
     assert [rows[t]["sites"] for t in rows] == [2, 3, 1, 1]
     assert rows["mlp"]["pearson"] == pytest.approx(1.0) and rows["mlp"]["spearman"] == pytest.approx(1.0)
-    assert rows["mlp"]["top-20 recall"] == 1.0  # k capped at the 3 mlp sites
+    assert np.isnan(rows["mlp"]["top-20 recall"])  # 3 sites: any estimate would recall all of them
     flipped = {r["site type"]: r for r in agreement(exact, -exact, sites)}
     assert flipped["mlp"]["pearson"] == pytest.approx(-1.0)
     assert top_k_recall(np.array([3.0, -2.0, 0.1, 0.0]), np.array([0.0, 5.0, 4.0, -1.0]), k=2) == 0.5
+    assert np.isnan(top_k_recall(np.array([3.0, np.nan, 0.1]), np.array([1.0, 2.0, 3.0]), k=1))
 
 
 def test_estimates_alone_are_written_as_the_grid_and_validate_needs_an_estimator(tiny_family_dir, tiny_groups,
@@ -164,7 +165,8 @@ def test_relp_validates_on_every_site_type(family, tiny_family_dir, tiny_groups,
     manifest = json.loads((out / "manifest.json").read_text())
     rows = {row["site type"]: row for row in manifest["validation"]}
     assert list(rows) == ["resid", "attn", "mlp", "head", "score block"]
-    assert all(row["passes per pair"] == 3 and -1 <= row["pearson"] <= 1 for row in rows.values())
+    assert all(np.isfinite(row["pearson"]) and -1 <= row["pearson"] <= 1 for row in rows.values())
+    assert rows["resid"]["passes per pair"] == 3 and rows["score block"]["passes per pair"] == 5  # + recording
     assert str(np.load(out / "ie_scores_relp.npz")["method"]) == "relp"
 
 
@@ -178,3 +180,34 @@ def test_relp_with_no_rule_is_attribution_patching_and_each_rule_changes_it(tiny
     np.testing.assert_array_equal(relevance_patching(engine, pairs[0], sites, ()).patched, atp.patched)
     for rule in LRP_RULES:
         assert not np.allclose(relevance_patching(engine, pairs[0], sites, (rule,)).patched, atp.patched), rule
+
+
+@pytest.mark.parametrize("dropped", ["norm", "activation", "gate", "attention"])
+def test_relevance_leaks_when_any_one_rule_is_left_out(dropped, tiny_groups):
+    """The complement of the conservation test: without any one of the four rules, sum(h * rho) at the embeddings
+    is no longer LD (so the conservation test checks each rule)."""
+    from relscope.analysis.patching.atp import embeddings_output
+    from relscope.analysis.patching.hooks import capturing
+    from relscope.analysis.patching.relp import lrp_rules
+    from relscope.analysis.patching.sites import LRP_RULES
+
+    engine, pairs = _setup("llama", tiny_groups, torch.float64)
+    store: dict = {}
+    rules = [rule for rule in LRP_RULES if rule != dropped]
+    with lrp_rules(engine.model, engine.spec, rules), torch.enable_grad(), embeddings_output(engine), \
+            capturing(engine.model, engine.spec, [("resid_pre", 0)], store, detach=False):
+        ld = engine.head(engine.backbone(input_ids=engine.ids(pairs[0].corrupted)).last_hidden_state[:, -1])[0]
+        grad = torch.autograd.grad(ld, [store[("resid_pre", 0)]])[0]
+    assert float((store[("resid_pre", 0)] * grad).sum()) != pytest.approx(float(ld.detach()), rel=1e-4)
+
+
+def test_compare_refuses_an_estimate_against_exact_effects(tiny_family_dir, tiny_groups, tmp_path, capsys):
+    from relscope.cli import main
+
+    args = ["patch", str(tiny_family_dir("llama")), "--groups", str(tiny_groups), "--max-pairs", "2", "--min-gap",
+            "0", "--components", "resid_pre", "mlp", "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "exact")]) == 0
+    assert main([*args, "--attribution", "atp", "--out", str(tmp_path / "atp")]) == 0
+    capsys.readouterr()
+    assert main(["compare", str(tmp_path / "exact"), str(tmp_path / "atp"), "--out", str(tmp_path / "c")]) == 2
+    assert "holds exact effects" in capsys.readouterr().err and not (tmp_path / "c").exists()

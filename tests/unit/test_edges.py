@@ -94,7 +94,10 @@ def test_circuit_command_writes_the_curve_from_none_to_the_whole_model(ablation,
     assert "edges recover 50%-150% of the logit difference" in capsys.readouterr().out
     manifest = json.loads((out / "manifest.json").read_text())
     curve = [row["recovered"] for row in manifest["curve"]]
-    assert curve[0] == pytest.approx(0.0, abs=1e-12) and curve[-1] == pytest.approx(1.0, abs=1e-4)
+    assert curve[0] == 0.0 and curve[-1] == 1.0  # the normalisation's own ends
+    assert manifest["ld_all"] == pytest.approx(manifest["ld_clean"], abs=1e-5)  # every edge kept: the clean run
+    if ablation == "corrupted":  # every edge given its corrupted value: the corrupted run
+        assert manifest["ld_none"] == pytest.approx(manifest["ld_corrupted"], abs=1e-5)
     edges = list(csv.DictReader((out / "edges.csv").open()))
     assert len(edges) == manifest["edges"] and (out / "circuit.png").exists() and (out / "faithfulness.png").exists()
     chosen = list(csv.DictReader((out / "circuit.csv").open()))

@@ -59,7 +59,7 @@ def first_order_estimates(engine: PatchingEngine, pair: PatchPair, sites: Sequen
             diff = clean[site][where]
         else:
             diff = clean[site.key][where][:, columns] - corrupted[site.key][where][:, columns]
-        estimates[i] = float((diff * grads[site.key][where][:, columns]).sum())
+        estimates[i] = float((diff.float() * grads[site.key][where][:, columns].float()).sum())  # not in bf16
     return estimates
 
 

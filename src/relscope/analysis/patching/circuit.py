@@ -55,7 +55,7 @@ def circuit_job(settings: CircuitSettings, out: str | Path, progress: bool = Tru
     means = mean_writer_values(graph, engine, [p for p, *_ in kept]) if settings.ablation == "mean" else None
     lds = np.stack([faithfulness(graph, engine, pair, circuits, settings.ablation, means)
                     for pair, *_ in tqdm(kept, desc="circuits", disable=not progress)])
-    curve = recovered(lds, lds[:, 0], np.array([c for _, _, c, _ in kept]))
+    curve = recovered(lds)
     rows = [{"edges": k, "share of edges": k / n_edges, "recovered": float(r)} for k, r in zip(sizes, curve)]
     # Faithful: within 1 - target of the whole model's judgment, from below or above (a circuit that overshoots,
     # the rest ablated, is not the model's mechanism either).
@@ -63,7 +63,9 @@ def circuit_job(settings: CircuitSettings, out: str | Path, progress: bool = Tru
     summary = {"pairs": len(pairs), "pairs kept": len(kept), "skipped_misaligned": report.skipped_misaligned,
                "edges": n_edges, "writers": len(graph.writers), "readers": len(graph.readers),
                "per_head": graph.per_head, "ablation": settings.ablation, "ig_steps": settings.ig_steps,
-               "target": settings.target, "curve": rows,
+               "target": settings.target, "curve": rows, "ld_none": float(lds[:, 0].mean()),
+               "ld_all": float(lds[:, -1].mean()), "ld_clean": float(np.mean([c for _, _, c, _ in kept])),
+               "ld_corrupted": float(np.mean([r for _, _, _, r in kept])),
                "circuit_edges": sizes[chosen] if chosen is not None else None, "forwards": engine.forwards}
     _write(out, graph, mean, scores.std(0), rows, circuits[chosen] if chosen is not None else None, loaded.name,
            settings, len(kept))

@@ -188,9 +188,10 @@ class EdgeGraph:
         def on_write(i: int, out: torch.Tensor) -> None:
             if not len(targets[i]):
                 return
-            change = ablated[i].to(out.dtype) - out  # (rows, seq, d)
+            wide = torch.promote_types(out.dtype, torch.float32)  # ~1,000 terms a reader: never summed in bf16
+            change = ablated[i].to(wide) - out.to(wide)  # (rows, seq, d)
             for j in targets[i]:
-                term = cut[:, i, j, None, None].to(out.dtype) * change
+                term = cut[:, i, j, None, None].to(wide) * change
                 pending[j] = term if pending[j] is None else pending[j] + term
 
         def on_read(j: int, x: torch.Tensor) -> torch.Tensor:
@@ -243,6 +244,13 @@ def faithfulness(graph: EdgeGraph, engine: PatchingEngine, pair: PatchPair, circ
     return np.concatenate(out)
 
 
-def recovered(ld: np.ndarray, ld_none: np.ndarray, ld_all: np.ndarray) -> np.ndarray:
-    """(LD(C) - LD(none)) / (LD(all) - LD(none)) of the means over pairs, for each circuit (columns of `ld`)."""
-    return (ld.mean(0) - ld_none.mean()) / (ld_all.mean() - ld_none.mean())
+def recovered(ld: np.ndarray) -> np.ndarray:
+    """(LD(C) - LD(none)) / (LD(all) - LD(none)) of the means over pairs for each circuit: `ld` is (pairs,
+    circuits), the first circuit empty and the last the whole graph, all from the same batched runs."""
+    mean = ld.mean(0)
+    whole = mean[-1] - mean[0]
+    if not abs(whole) > 1e-6 * max(1.0, abs(mean[-1])):
+        raise DataError(f"the whole model's logit difference ({mean[-1]:.4g}) is the ablated model's "
+                        f"({mean[0]:.4g}): nothing to recover; use pairs with a gap (--min-gap) or the other "
+                        "--ablation")
+    return (mean - mean[0]) / whole

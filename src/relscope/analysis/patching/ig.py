@@ -68,7 +68,7 @@ def integrated_gradients(engine: PatchingEngine, pair: PatchPair, sites: Sequenc
             corrupted = {k: store[k][0].detach() for k in keys}
             ld_corrupted = float(lds[0].detach())
         for key, grad in zip(keys, grads):
-            summed[key] = summed[key] + grad.sum(0)
+            summed[key] = summed[key] + grad.float().sum(0)  # m points summed in float32, not the model's bf16
     mean = {k: summed[k] / steps for k in keys}
     estimates = first_order_estimates(engine, pair, sites, clean, corrupted, mean)
     return PairResult(pair.qid, ld_clean, ld_corrupted, ld_corrupted + estimates)

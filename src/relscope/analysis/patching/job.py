@@ -266,11 +266,14 @@ class Effects:
         if self.settings.attribution is None or self.settings.validate:
             exact = over_items(self.cache.wrap(lambda pair: self.sweeper.sweep(pair, sites), what, sites),
                                self.pairs, f"pairs ({what})", self.progress)
+        if exact is not None:
+            _check_finite(indirect_effects(exact, 0.0)[0], f"an indirect effect ({what})", self.engine)
         if self.settings.attribution is not None:
             key = f"{what}-{self.method}" + {"ig": str(self.settings.ig_steps),
                                               "relp": "-".join(sorted(self.settings.relp_rules))}.get(self.method, "")
             estimated = over_items(self.cache.wrap(lambda pair: self.estimate(pair, sites), key, sites), self.pairs,
                                    f"pairs ({what}, {self.method})", self.progress)
+            _check_finite(indirect_effects(estimated, 0.0)[0], f"a {self.method} estimate ({what})", self.engine)
         return exact, estimated
 
 
@@ -290,8 +293,9 @@ def _validate(out: Path, compared: list, settings: PatchSettings, layers: list[i
     estimated = np.concatenate([indirect_effects(e, 0.0)[0] for _, _, e in compared], axis=1)
     rows = agreement(exact, estimated, sites)
     for row in rows:
-        row["passes per pair"] = estimator_passes(method, settings.ig_steps)
-        row["exact passes per pair"] = 2 + row["sites"]  # the naive sweep: both runs, one patched forward a site
+        recording = 2 if row["site type"] == "score block" else 0  # both prompts' attention weights, read once
+        row["passes per pair"] = estimator_passes(method, settings.ig_steps) + recording
+        row["exact passes per pair"] = 2 + recording + row["sites"]  # naive: both runs, a patched forward a site
     first = indirect_effects(compared[0][2], 0.0)[0]
     _write_grid(out, first.reshape(len(first), *shape), compared[0][2], settings, layers, name, method,
                 f"ie_{method}.npz")

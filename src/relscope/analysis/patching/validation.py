@@ -6,8 +6,8 @@ For each site type (resid, attn, mlp, head, score block; sites.SITE_TYPES) over 
   agreement RelP reports (Jafari et al. 2025, Table 1: Pearson r per component type on IOI);
 - Pearson r of the two mean IEs over pairs, per site (what a heatmap of means shows);
 - top-k recall: the share of the k sites of largest |mean exact IE| that are also among the k of largest |mean
-  estimate| (k = 20, or every site of the type when there are fewer): what preselecting k sites by the estimate
-  for exact patching keeps.
+  estimate| (k = 20): what preselecting k sites by the estimate for exact patching keeps. NaN for a site type of
+  k sites or fewer, where every estimate would score 1.
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ def site_type(site: Site) -> str:
 
 
 def top_k_recall(exact_means: np.ndarray, estimated_means: np.ndarray, k: int = TOP_K) -> float:
-    """|top-k by |exact| ∩ top-k by |estimate|| / k, with k capped at the number of sites."""
-    k = min(k, len(exact_means))
-    if k == 0:
+    """|top-k by |exact| ∩ top-k by |estimate|| / k; NaN unless there are more than k sites (or a value is not
+    finite), where it would say nothing."""
+    if len(exact_means) <= k or not (np.isfinite(exact_means).all() and np.isfinite(estimated_means).all()):
         return float("nan")
     exact_top = set(np.argsort(-np.abs(exact_means), kind="stable")[:k].tolist())
     estimated_top = set(np.argsort(-np.abs(estimated_means), kind="stable")[:k].tolist())
