@@ -7,16 +7,24 @@ head at {last, query, all}, on SmolLM2-135M-Instruct (yes/no prompt) with pairs 
              (what TransformerLens's get_act_patch_* functions do: a run_with_hooks per patched site)
     batched  relscope PatchingEngine: `batch` patch variants per forward, the clean run cached
     fast     relscope FastPatcher: layers >= l and positions >= p only, from the cached corrupted run
-    atp      relscope attribution patching: one clean forward, one corrupted forward + backward (an estimate;
-             its Pearson r with the exact effects is printed)
+    atp, relp, ig   relscope's attribution estimators (--estimators): attribution patching, relevance patching
+             (AtP with LRP rules) and integrated gradients (--ig-steps); each validated against the exact effects
+             of the fast path per site type (Pearson, Spearman, top-20 recall; analysis/patching/validation.py),
+             with its seconds a pair and those seconds in forward-equivalents (one plain forward of the corrupted
+             prompt, timed on every pair)
     tl       TransformerLens 4.x's own patching (generic_activation_patch, the engine of get_act_patch_*) through a
              TransformerBridge over the same model (bench/tl_patching.py); needs `pip install -e .[bench]`
+
+The fast path's work is also put against the hardware: the FLOPs an exact sweep cannot avoid (each site re-runs
+only the layers from its own and the positions from its first changed one: the fast path's plan; matmuls and
+attention only, norms and activations left out), their rate in the fast path's seconds, and this CPU's fp32 matmul
+rate measured in the same run (torch.mm of 2048 x 2048 matrices, the same threads).
 
 The naive and TransformerLens times are measured on a seeded sample of sites per pair and scaled to the full sweep
 (printed as such); the max |delta IE| of each path against naive on those sites is printed beside the times, and
 TransformerLens's against relscope's fast path run under the same (eager) attention the bridge switches to.
 
-    python bench/patching.py [--pairs 2] [--naive-sample 60] [--skip batched]
+    python bench/patching.py [--pairs 2] [--naive-sample 60] [--skip batched] [--estimators atp relp ig]
 """
 
 from __future__ import annotations
@@ -31,7 +39,10 @@ import torch
 
 from relscope.analysis.patching.atp import attribution_patching
 from relscope.analysis.patching.engine import PatchingEngine
-from relscope.analysis.patching.fast import FastPatcher
+from relscope.analysis.patching.fast import FastPatcher, first_difference
+from relscope.analysis.patching.ig import integrated_gradients
+from relscope.analysis.patching.relp import relevance_patching
+from relscope.analysis.patching.validation import agreement
 from relscope.analysis.patching.pairs import build_pairs
 from relscope.analysis.patching.sites import all_sites, head_sites
 from relscope.data.dataset import data_root
@@ -53,8 +64,11 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=2)
     parser.add_argument("--naive-sample", type=int, default=60, help="sites timed one forward each, per pair")
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--skip", nargs="*", default=[], choices=["naive", "batched", "fast", "atp", "tl"],
+    parser.add_argument("--skip", nargs="*", default=[], choices=["naive", "batched", "fast", "tl"],
                         help="paths not to time (batched is the slowest on a CPU)")
+    parser.add_argument("--estimators", nargs="*", default=list(ESTIMATE), choices=list(ESTIMATE),
+                        help="attribution estimators validated against the fast path (none: --estimators)")
+    parser.add_argument("--ig-steps", type=int, default=5)
     args = parser.parse_args()
     torch.manual_seed(0)
 
@@ -70,9 +84,12 @@ def main() -> None:
     skip = set(args.skip)
     if "naive" in skip:
         skip.add("batched")  # both are checked against naive
-    totals = {k: 0.0 for k in ("naive (scaled)", "batched", "fast", "atp") if k.split()[0] not in skip}
+    totals = {k: 0.0 for k in ("naive (scaled)", "batched", "fast") if k.split()[0] not in skip}
     worst = {k: 0.0 for k in ("batched", "fast") if k not in skip and "naive" not in skip}
-    exact, estimated = [], []
+    exact = []
+    estimated = {name: [] for name in args.estimators}
+    estimate_seconds = {name: 0.0 for name in args.estimators}
+    forward_seconds = 0.0
     for pair in pairs:
         naive = None
         if "naive" not in skip:
@@ -88,13 +105,20 @@ def main() -> None:
                 worst[name] = max(worst[name], float(np.max(np.abs((result.patched[sample] - naive) / gap))))
             if name == "fast" or "fast" in skip:
                 exact.append(result.indirect_effects())
-        if "atp" in totals:
-            estimate, seconds = timed(lambda: attribution_patching(engine, pair, sites))
-            totals["atp"] += seconds
-            estimated.append(estimate.indirect_effects())
+        forward_seconds += timed(lambda: engine.corrupted_logit_diff(pair))[1]
+        for name in args.estimators:
+            estimate, seconds = timed(lambda: ESTIMATE[name](engine, pair, sites, args.ig_steps))
+            estimate_seconds[name] += seconds
+            estimated[name].append(estimate.indirect_effects())
     if "tl" not in skip:
         totals["TransformerLens (scaled)"], worst["TransformerLens (scaled)"] = _transformer_lens(
             loaded, engine, pairs, sites, sample)
+    if "fast" in totals:
+        flops = sum(unavoidable_flops(loaded.model.config, pair, sites) for pair in pairs)
+        peak = matmul_gflops()
+        print(f"exact sweep: {flops / 1e9:.1f} GFLOP unavoidable, {flops / 1e9 / totals['fast']:.1f} GFLOP/s in the "
+              f"fast path, {100 * flops / 1e9 / totals['fast'] / peak:.0f}% of this CPU's fp32 matmul rate "
+              f"({peak:.0f} GFLOP/s)")
     tokens = np.mean([len(p.clean) for p in pairs])
     print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads; SmolLM2-135M, "
           f"{len(pairs)} pairs of ~{tokens:.0f} tokens, {len(sites)} sites per pair "
@@ -105,11 +129,64 @@ def main() -> None:
         error = ""
         if name.startswith("TransformerLens"):
             error = f"max |delta IE| vs relscope fast (eager attention) {worst[name]:.1e}"
-        elif name == "atp" and exact:
-            error = f"Pearson r with exact IE {np.corrcoef(np.concatenate(exact), np.concatenate(estimated))[0, 1]:.3f}"
         elif name in worst:
             error = f"max |delta IE| vs naive {worst[name]:.1e}"
         print(f"{name:>24}: {seconds:8.1f} s  {seconds / len(pairs):7.1f} s/pair  {base / seconds:6.1f}x  {error}")
+    if exact and args.estimators:
+        _print_validation(np.stack(exact), estimated, estimate_seconds, forward_seconds, sites, len(pairs))
+
+
+def unavoidable_flops(config, pair, sites) -> float:
+    """Matmul and attention FLOPs of re-running, for every site, the layers from its start and the positions from
+    its first changed one (the fast path's plan: FastPatcher.sweep), one multiply-add counted as 2."""
+    text = config.get_text_config()
+    d, layers, heads = text.hidden_size, text.num_hidden_layers, text.num_attention_heads
+    head_dim = getattr(text, "head_dim", None) or d // heads
+    kv = getattr(text, "num_key_value_heads", None) or heads
+    mlp = (3 if getattr(text, "model_type", "") != "gpt_neox" else 2) * d * text.intermediate_size
+    per_token = 2 * (d * (heads + 2 * kv) * head_dim + heads * head_dim * d + mlp)
+    differ, length = first_difference(pair), len(pair.corrupted)
+    total = 0.0
+    for site in sites:
+        changed = [p for p in pair.corrupted.positions(site.rows) if p >= differ]
+        if not changed:
+            continue
+        first = min(changed)
+        rerun = layers - (site.layer + 1 if site.component == "resid_post" else site.layer)
+        rows = length - first
+        keys = sum(t + 1 for t in range(first, length))  # causal: row t reads t + 1 keys
+        total += rerun * (rows * per_token + 4 * heads * head_dim * keys)
+    return total
+
+
+def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
+    """This machine's fp32 matmul rate with torch's current threads: the best of a few 2048^3 products."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)
+    best = min(timed(lambda: torch.mm(a, b))[1] for _ in range(repeats))
+    return 2 * size ** 3 / best / 1e9
+
+
+# Each estimator as (engine, pair, sites, ig_steps) -> PairResult.
+ESTIMATE = {
+    "atp": lambda engine, pair, sites, _steps: attribution_patching(engine, pair, sites),
+    "relp": lambda engine, pair, sites, _steps: relevance_patching(engine, pair, sites),
+    "ig": lambda engine, pair, sites, steps: integrated_gradients(engine, pair, sites, steps),
+}
+
+
+def _print_validation(exact: np.ndarray, estimated: dict, seconds: dict, forward_seconds: float, sites,
+                      pairs: int) -> None:
+    """Each estimator's agreement with the fast path's exact IEs per site type, and its cost."""
+    print(f"estimators against the exact IE of the fast path ({pairs} pairs; one plain forward "
+          f"{forward_seconds / pairs * 1000:.0f} ms)")
+    print(f"{'estimator':>10} {'site type':>12} {'sites':>6} {'pearson':>8} {'spearman':>8} {'of means':>8} "
+          f"{'top-20':>7} {'s/pair':>7} {'fwd-eq':>7}")
+    for name, values in estimated.items():
+        for row in agreement(exact, np.stack(values), sites):
+            print(f"{name:>10} {row['site type']:>12} {row['sites']:>6} {row['pearson']:8.3f} {row['spearman']:8.3f} "
+                  f"{row['pearson of means']:8.3f} {row['top-20 recall']:7.2f} {seconds[name] / pairs:7.2f} "
+                  f"{seconds[name] / forward_seconds:7.1f}")
 
 
 def _transformer_lens(loaded, engine, pairs, sites, sample) -> tuple[float, float]:

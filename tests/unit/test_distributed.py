@@ -56,7 +56,7 @@ def test_patching_split_across_two_processes_equals_one(tiny_family_dir, tiny_gr
     import numpy as np
 
     args = ["patch", str(tiny_family_dir("llama")), "--groups", str(tiny_groups), "--max-pairs", "3", "--min-gap",
-            "0", "--components", "resid_pre", "mlp", "--heads", "--atp", "--quiet"]
+            "0", "--components", "resid_pre", "mlp", "--heads", "--attribution", "atp", "--validate", "--quiet"]
     _run([sys.executable, "-m", "relscope", *args, "--out", str(tmp_path / "one")], tmp_path)
     _run([str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "relscope", *args, "--out",

@@ -94,10 +94,17 @@ def test_patch_command_writes_the_ie_grid_equal_to_the_engine(tiny_family_dir, t
     model = str(tiny_family_dir("llama"))
     out = tmp_path / "patch"
     assert main(["patch", model, "--groups", str(tiny_groups), "--max-pairs", "2", "--min-gap", "0",
-                 "--components", "resid_pre", "mlp", "--heads", "--atp", "--out", str(out), "--quiet"]) == 0
-    assert "attribution patching vs exact: Pearson r" in capsys.readouterr().out
+                 "--components", "resid_pre", "mlp", "--heads", "--attribution", "atp", "--validate", "--out",
+                 str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    for kind in ("resid", "mlp", "head"):  # one agreement line per site type patched
+        assert f"atp vs exact, {kind} (" in printed
     assert np.load(out / "ie_atp.npz")["ie"].shape == (2, 2, 3, 5)
+    assert str(np.load(out / "ie_atp.npz")["method"]) == "atp"
+    assert np.load(out / "ie_heads_atp.npz")["ie"].shape == np.load(out / "ie_heads.npz")["ie"].shape
+    assert (out / "validation.md").exists() and (out / "validation_atp.png").exists()
     saved = np.load(out / "ie.npz")
+    assert str(saved["method"]) == "exact"
     assert saved["ie"].shape == (2, 2, 3, 5)  # pairs, components, layers, position groups
     loaded = load_model(model)
     builder = PromptBuilder(loaded.tokenizer, get_template("yes_no", STUDY_LAYOUT), 256)  # the command's default
@@ -186,7 +193,7 @@ def test_a_rerun_resumes_from_the_pairs_already_done(tiny_family_dir, tiny_group
     from relscope.cli import main
 
     args = ["patch", str(tiny_family_dir("llama")), "--groups", str(tiny_groups), "--min-gap", "0", "--components",
-            "mlp", "--heads", "--atp", "--out", str(tmp_path / "p"), "--quiet"]
+            "mlp", "--heads", "--attribution", "atp", "--validate", "--out", str(tmp_path / "p"), "--quiet"]
     assert main([*args, "--max-pairs", "2"]) == 0
     first = np.load(tmp_path / "p" / "ie.npz")["ie"]
     assert main([*args, "--max-pairs", "3"]) == 0  # one more pair: only it is computed

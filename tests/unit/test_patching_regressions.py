@@ -69,8 +69,8 @@ def test_pairs_below_the_gap_are_dropped_by_pair_not_by_query_id(tiny_family_dir
     threshold = (q1[0] + q1[1]) / 2
     kept = gaps >= threshold
     assert 0 < kept.sum() < 6
-    assert main(_patch(model, groups, tmp_path / "some", "--min-gap", str(threshold), "--atp")) == 0, \
-        capsys.readouterr().err
+    assert main(_patch(model, groups, tmp_path / "some", "--min-gap", str(threshold), "--attribution", "atp",
+                       "--validate")) == 0, capsys.readouterr().err
     some = np.load(tmp_path / "some" / "ie.npz")
     assert len(some["ie"]) == len(some["qids"]) == len(some["ld_clean"]) == len(some["ld_corrupted"]) == kept.sum()
     assert list(some["qids"]) == [q for q, k in zip(qids, kept) if k]

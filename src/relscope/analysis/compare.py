@@ -30,6 +30,7 @@ NO_EFFECT = 1e-6  # mean IEs that all lie within this of each other have no orde
 class Ranking:
     labels: list[str]  # one per component
     values: np.ndarray  # mean IE per component
+    method: str = "exact"  # how the IEs were measured (relscope patch --attribution)
 
 
 def load_ranking(folder: str | Path, heads: bool = False, depth_bins: int | None = None) -> Ranking:
@@ -62,7 +63,7 @@ def load_ranking(folder: str | Path, heads: bool = False, depth_bins: int | None
     if np.ptp(values) <= NO_EFFECT:  # all equal (e.g. only positions before the first differing token): no order
         raise DataError(f"{path}: every component has the same mean IE ({values[0]:.3g}): there is no ranking to "
                         "compare; patch position groups that differ between clean and corrupted (document, last)")
-    return Ranking([labels[i] for i in keep], values)
+    return Ranking([labels[i] for i in keep], values, saved.method)
 
 
 def _bin_layers(mean: np.ndarray, layers: list[int], bins: int, axis: int) -> tuple[np.ndarray, list[int]]:
@@ -134,6 +135,9 @@ def compare_job(settings: CompareSettings, out: str | Path) -> dict:
 
     s = settings
     a, b = (load_ranking(r, s.heads, s.depth_bins) for r in (s.run_a, s.run_b))
+    if a.method != b.method:  # an estimate ranked against exact effects would read as a change of mechanism
+        raise ConfigError(f"{s.run_a} holds {a.method} effects and {s.run_b} {b.method} ones; compare runs measured "
+                          "the same way (patch both exactly, or both with the same --attribution)")
     summary = compare_rankings(a, b, s.p, s.top, by_magnitude=not s.signed)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,7 @@ attention output before adding it; there the normed output is split among the he
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -241,6 +242,9 @@ def _top_ie_heads(path: str, group: str, count: int) -> list[tuple[int, int]]:
     from relscope.analysis.patching.artefacts import load_ie_heads
 
     saved = load_ie_heads(path)
+    if saved.method != "exact":
+        logging.getLogger(__name__).warning("%s: heads outlined by %s estimates, not exact patching", path,
+                                            saved.method)
     groups = saved.groups
     if group not in groups:
         raise ConfigError(f"{path}: no position group {group!r} in its head patching; it has {', '.join(groups)}")

@@ -75,6 +75,9 @@ def head_sets(ie_heads: str, size: int | None = None, random_draws: int = 3, see
     from relscope.analysis.patching.artefacts import load_ie_heads
 
     saved = load_ie_heads(ie_heads)
+    if saved.method != "exact":
+        logging.getLogger(__name__).warning("%s: head sets ranked by %s estimates, not exact patching", ie_heads,
+                                            saved.method)
     groups, layers = saved.groups, saved.layers
     mean = saved.ie.mean(axis=0)  # (groups, layers, heads)
     rank = np.abs(mean) if by_magnitude else mean

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from relscope.analysis.patching.settings import HeadsSettings, KnockoutSettings, PatchSettings
+from relscope.analysis.patching.settings import CircuitSettings, HeadsSettings, KnockoutSettings, PatchSettings
 from relscope.analysis.settings import CompareSettings
 from relscope.cli.commands import Command, add_command, locked, print_table
 
@@ -20,10 +20,33 @@ def _patch(settings: PatchSettings, args: argparse.Namespace) -> int:
     print(f"{summary['pairs']} pairs ({len(summary['excluded_small_gap'])} excluded for a gap below "
           f"{summary['min_gap']}, {summary['skipped_misaligned']} misaligned skipped), {summary['sites']} sites, "
           f"{summary['processes']} process(es)")
-    if "atp_vs_exact" in summary:
-        print(f"attribution patching vs exact: Pearson r {summary['atp_vs_exact']['pearson_per_site']:.3f} per site "
-              f"and pair, {summary['atp_vs_exact']['pearson_of_means']:.3f} of the mean IEs")
-    print(f"outputs: {args.out}/ (ie.npz, ie_mean.csv, top_sites.md, ie_<component>.png)")
+    if summary["method"] != "exact":
+        print(f"indirect effects estimated by {summary['method']}, not patched exactly (--validate measures how well "
+              "they agree)")
+    for row in summary.get("validation", []):
+        print(f"{settings.attribution} vs exact, {row['site type']} ({row['sites']} sites): Pearson r "
+              f"{row['pearson']:.3f}, Spearman {row['spearman']:.3f}, of the means {row['pearson of means']:.3f}, "
+              f"top-20 recall {row['top-20 recall']:.2f}; {row['passes per pair']} passes a pair vs "
+              f"{row['exact passes per pair']}")
+    print(f"outputs: {args.out}/ (ie.npz, ie_mean.csv, top_sites.md, ie_<component>.png"
+          f"{', validation.md, validation_' + settings.attribution + '.png' if settings.validate else ''})")
+    return 0
+
+
+def _circuit(settings: CircuitSettings, args: argparse.Namespace) -> int:
+    from relscope.analysis.patching.circuit import circuit_job
+
+    summary = locked(circuit_job, settings, args.out, progress=not args.quiet)
+    print(f"{summary['pairs kept']} of {summary['pairs']} pairs, {summary['edges']} edges "
+          f"({summary['writers']} writers, {summary['readers']} readers); {summary['ablation']} ablation")
+    for row in summary["curve"]:
+        print(f"top {row['edges']:>6} edges ({100 * row['share of edges']:6.2f} %): {row['recovered']:+.3f} of LD "
+              "recovered")
+    found = summary["circuit_edges"]
+    band = f"{summary['target']:.0%}-{2 - summary['target']:.0%}"
+    print(f"circuit: {found} edges recover {band} of the logit difference" if found else
+          f"no top-edge circuit short of the whole model recovers {band} of the logit difference")
+    print(f"outputs: {args.out}/ (edges.csv, faithfulness.md, circuit.md, faithfulness.png, circuit.png)")
     return 0
 
 
@@ -59,6 +82,8 @@ COMMANDS = (
     Command("heads", "per head: attention interaction score, logit lens, direct effect", HeadsSettings, _heads,
             quiet=True),
     Command("knockout", "mean-ablate head sets; judgment F1 and nDCG@10 drops", KnockoutSettings, _knockout),
+    Command("circuit", "edge attribution (EAP-IG); circuits and their faithfulness by exact ablation",
+            CircuitSettings, _circuit, quiet=True),
     Command("compare", "do two patch runs rely on the same components? RBO, Spearman", CompareSettings, _compare),
 )
 

@@ -75,13 +75,15 @@ def spectra(curves: Mapping[str, Sequence[float]], title: str) -> Figure:
 
 
 def lines(x: Sequence[float], series: Mapping[str, Sequence[float]], title: str, xlabel: str, ylabel: str,
-          log_y: bool = False) -> Figure:
+          log_y: bool = False, log_x: bool = False) -> Figure:
     """One line per series against a shared x."""
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for name, values in series.items():
-        ax.plot(x, values, label=name, linewidth=1.2)
+        ax.plot(x, values, label=name, linewidth=1.2, marker="o" if log_x else None, markersize=3)
     if log_y:
         ax.set_yscale("log")
+    if log_x:
+        ax.set_xscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -202,6 +204,67 @@ def bars(names: Sequence[str], series: Mapping[str, Sequence[float]], title: str
     ax.set_title(title)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    return fig
+
+
+def agreement(exact: np.ndarray, estimated: np.ndarray, types: Sequence[str], title: str, method: str) -> Figure:
+    """One scatter per site type of estimated against exact values ((pairs, sites) arrays, `types` per site), the
+    diagonal drawn: a point on it is a site the estimate gets exactly."""
+    names = list(dict.fromkeys(types))
+    fig, axes = plt.subplots(1, len(names), figsize=(0.6 + 2.7 * len(names), 3.2), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        mask = np.array([t == name for t in types])
+        x, y = exact[:, mask].ravel(), estimated[:, mask].ravel()
+        ax.scatter(x, y, s=6, alpha=0.5)
+        bounds = [min(x.min(), y.min()), max(x.max(), y.max())] if len(x) else [0, 1]
+        ax.plot(bounds, bounds, color="grey", linewidth=0.8)
+        ax.set_title(f"{name} ({int(mask.sum())} sites)", fontsize=9)
+        ax.set_xlabel("exact IE")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(f"{method} estimate")
+    fig.suptitle(wrapped(title, 0.6 + 2.7 * len(names)), fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def circuit(edges: Sequence[Mapping], depth: int, n_heads: int, title: str) -> Figure:
+    """A circuit's edges ({"writer", "reader", "mean score"} with relscope's node names: emb, a3.h5 or a3, m3;
+    a3.in, m3.in, logits) on the residual stream: a row per layer, attention inputs on the left, the heads (or the
+    whole attention block) in the middle, MLP inputs and outputs on the right; each edge an arc from its writer to
+    its reader, blue raising the relevance judgment, red lowering it, thicker the larger |score|."""
+    middle = (n_heads - 1) / 2
+
+    def place(name: str) -> tuple[float, float]:
+        if name in ("emb", "logits"):
+            return middle, (-1.0 if name == "emb" else float(depth))
+        part, _, rest = name.partition(".")
+        layer, mlp = int(part[1:]), part[0] == "m"
+        if rest == "in":
+            return (n_heads + 0.5 if mlp else -1.5), layer + (0.35 if mlp else -0.15)
+        if mlp:
+            return n_heads + 1.5, layer + 0.55
+        return (float(rest[1:]) if rest.startswith("h") else middle), layer + 0.2
+
+    fig, ax = plt.subplots(figsize=(2.5 + 0.35 * n_heads, 2.0 + 0.28 * depth))
+    largest = max((abs(float(e["mean score"])) for e in edges), default=1.0) or 1.0
+    nodes: dict[str, tuple[float, float]] = {}
+    for edge in edges:
+        start, end = place(edge["writer"]), place(edge["reader"])
+        score = float(edge["mean score"])
+        ax.annotate("", xy=end, xytext=start, arrowprops=dict(
+            arrowstyle="-|>", color="tab:blue" if score > 0 else "tab:red", alpha=0.7, shrinkA=2, shrinkB=2,
+            linewidth=0.5 + 2.5 * abs(score) / largest, connectionstyle="arc3,rad=0.25"))
+        nodes[edge["writer"]], nodes[edge["reader"]] = start, end
+    for name, (x, y) in nodes.items():
+        ax.scatter([x], [y], s=12, color="black", zorder=3)
+        ax.annotate(name, (x, y), fontsize=6, xytext=(3, 2), textcoords="offset points")
+    ax.set_xlim(-2.5, n_heads + 2.5)
+    ax.set_ylim(-1.5, depth + 0.5)
+    ax.set_xticks([-1.5, middle, n_heads + 0.5, n_heads + 1.5], ["attn in", "heads", "MLP in", "MLP"], fontsize=7)
+    ax.set_ylabel("layer")
+    ax.set_title(wrapped(title, 2.5 + 0.35 * n_heads), fontsize=9)
+    ax.grid(alpha=0.2)
     fig.tight_layout()
     return fig
 

@@ -95,9 +95,15 @@ class MechanismSettings:
     random_draws: int = 2
     min_gap: float = 0.1  # pairs whose clean-corrupted logit difference gap is below this are left out
     max_length: int | None = None  # None: train.max_length, for base and fine-tuned alike
+    # The attribution estimator validated against the exact sweep of the fine-tuned model (None: none); what a
+    # researcher patching a 7-8B model with it alone needs to know it can be trusted.
+    attribution: str | None = "relp"
 
     def __post_init__(self) -> None:
-        from relscope.analysis.patching.sites import POSITION_GROUPS
+        from relscope.analysis.patching.sites import ESTIMATORS, POSITION_GROUPS
+
+        if self.attribution is not None and self.attribution not in ESTIMATORS:
+            raise ValueError(f"attribution must be one of {', '.join(ESTIMATORS)} or null, got {self.attribution!r}")
 
         _groups_path(self, "a group .jsonl file or a TREC folder")
         for key in ("max_pairs", "heads_pairs", "knockout_size", "knockout_groups", "random_draws"):

@@ -272,6 +272,13 @@ def patching(root: Path) -> Section:
               table_item(folder / layout.BASE_VS_TUNED_HEADS / compare.SUMMARY, "Base vs fine-tuned, per head"),
               figure_item(folder / layout.BASE / patching_job.component_figure("resid_post"),
                           "Base model: mean IE, residual stream")]
+    run = read_json(tuned / "manifest.json")  # this run's own estimator (an older run's figure may lie beside it)
+    method = run.get("config", {}).get("attribution") if "validation" in run else None
+    if method:
+        items += [table_item(tuned / patching_job.VALIDATION, f"Fine-tuned: the {method} attribution estimate "
+                             "against exact patching per site type (Pearson, Spearman, top-20 recall, passes a pair)"),
+                  figure_item(tuned / patching_job.validation_figure(method),
+                              f"Fine-tuned: {method} estimate against the exact IE of every site and pair")]
     return Section("Activation patching", "", items)
 
 

@@ -140,9 +140,11 @@ def _patch_settings(ctx: StudyContext, adapter: str | None):
     from relscope.analysis.patching.settings import PatchSettings
 
     m = ctx.config.mechanisms
+    validated = m.attribution if adapter is not None else None  # the estimator checked on the fine-tuned model
     return PatchSettings(groups=m.groups, model=ctx.config.model, adapter=adapter, max_pairs=m.max_pairs,
                          negative_kind="hard", min_gap=m.min_gap, heads=True, head_positions=m.head_positions,
-                         max_length=m.max_length or ctx.config.train.max_length)  # one length for base and tuned
+                         max_length=m.max_length or ctx.config.train.max_length,  # one length for base and tuned
+                         attribution=validated, validate=validated is not None)
 
 
 def _patching(ctx: StudyContext) -> None:

@@ -49,6 +49,7 @@ class IeGrid:
     layers: list[int]
     groups: list[str]
     qids: list[str] | None
+    method: str = "exact"  # or the attribution estimator whose estimates these are (relscope patch --attribution)
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class HeadGrid:
     groups: list[str]
     layers: list[int]
     qids: list[str] | None
+    method: str = "exact"
 
 
 def read_npz(path: str | Path, fix: str) -> dict[str, np.ndarray]:
@@ -88,7 +90,7 @@ def load_ie(path: str | Path) -> IeGrid:
     layers = _layers(arrays, ie.shape[2], path, fix)
     groups = _names(arrays, "groups", ie.shape[3], path, fix)
     qids = _per_pair(arrays, ie.shape[0], path, fix)
-    return IeGrid(ie, components, layers, groups, qids)
+    return IeGrid(ie, components, layers, groups, qids, _method(arrays))
 
 
 def load_ie_heads(path: str | Path) -> HeadGrid:
@@ -98,7 +100,13 @@ def load_ie_heads(path: str | Path) -> HeadGrid:
     ie = _floats(arrays, "ie", 4, path, fix)
     groups = _names(arrays, "groups", ie.shape[1], path, fix)
     layers = _layers(arrays, ie.shape[2], path, fix)
-    return HeadGrid(ie, groups, layers, _per_pair(arrays, ie.shape[0], path, fix))
+    return HeadGrid(ie, groups, layers, _per_pair(arrays, ie.shape[0], path, fix), _method(arrays))
+
+
+def _method(arrays: Mapping[str, np.ndarray]) -> str:
+    """How the effects were measured: "exact" (and for files from before estimates could be written), else the
+    estimator."""
+    return str(arrays["method"]) if "method" in arrays else "exact"
 
 
 def load_pair_result(path: Path, sites: int) -> tuple[float, float, np.ndarray] | None:

@@ -4,12 +4,14 @@ one corrupted forward + backward, whatever the number of sites:
     LD_patched(site) - LD_corrupted  ~=  sum over the site's positions of (a_clean - a_corrupted) . dLD/da
 
 It is exact for a site whose effect is linear and an estimate elsewhere; use it to rank sites and run exact
-patching on the top ones (`preselect`). Its agreement with exact patching is reported, not assumed.
+patching on the top ones (`preselect`). Its agreement with exact patching is reported, not assumed. The other
+estimators (integrated gradients, ig.py) keep this form and change only the gradient, so they share
+`first_order_estimates`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 import numpy as np
@@ -22,29 +24,33 @@ from relscope.analysis.patching.sites import Site
 
 
 @contextmanager
-def _embeddings_require_grad(engine: PatchingEngine) -> Iterator[None]:
-    """Make the embeddings a leaf that requires grad, so that a frozen (eval or PEFT-wrapped) model still builds the
-    graph the site gradients are read from."""
-    handle = engine.model.get_input_embeddings().register_forward_hook(
-        lambda _m, _a, out: out.detach().requires_grad_(True))
+def embeddings_output(engine: PatchingEngine, replace: torch.Tensor | None = None) -> Iterator[None]:
+    """Make the embeddings' output a leaf that requires grad, so that a frozen (eval or PEFT-wrapped) model still
+    builds the graph the site gradients are read from; with `replace`, that leaf is `replace` instead (integrated
+    gradients run interpolated embeddings through the model)."""
+    def leaf(_module, _args, out):
+        source = out if replace is None else replace.to(out.dtype)
+        return source.detach().requires_grad_(True)
+
+    handle = engine.model.get_input_embeddings().register_forward_hook(leaf)
     try:
         yield
     finally:
         handle.remove()
 
 
-def attribution_patching(engine: PatchingEngine, pair: PatchPair, sites: Sequence[Site]) -> PairResult:
-    """The AtP estimate for every site, as a PairResult whose `patched` is LD_corrupted + the estimate."""
-    keys = sorted({s.key for s in sites})
+def clean_side(engine: PatchingEngine, pair: PatchPair, sites: Sequence[Site]) -> tuple[dict, float]:
+    """The clean run's site activations (and each score site's change of its head's output) and LD_clean."""
     clean, ld_clean = engine.run(pair.clean, engine.activation_keys(sites))
     clean.update(engine.score_changes(pair, sites))  # a score patch's first-order effect: its change . dLD/dz
-    store: dict = {}
-    with torch.enable_grad(), _embeddings_require_grad(engine), \
-            capturing(engine.model, engine.spec, keys, store, detach=False):
-        hidden = engine.backbone(input_ids=engine.ids(pair.corrupted)).last_hidden_state[:, -1]
-        ld_corrupted = engine.head(hidden)[0]
-        grads = dict(zip(keys, torch.autograd.grad(ld_corrupted, [store[k] for k in keys])))
-    engine.forwards += 1
+    return clean, ld_clean
+
+
+def first_order_estimates(engine: PatchingEngine, pair: PatchPair, sites: Sequence[Site], clean: Mapping,
+                          corrupted: Mapping[tuple[str, int], torch.Tensor],
+                          grads: Mapping[tuple[str, int], torch.Tensor]) -> np.ndarray:
+    """(sites,) sum over each site's positions and columns of (a_clean - a_corrupted) . gradient: `corrupted` and
+    `grads` map (component, layer) to (seq, width) tensors of the corrupted run and of the estimator's gradient."""
     estimates = np.empty(len(sites))
     for i, site in enumerate(sites):
         where = engine.positions(pair.corrupted, site.rows)
@@ -52,10 +58,26 @@ def attribution_patching(engine: PatchingEngine, pair: PatchPair, sites: Sequenc
         if site.component == "scores":
             diff = clean[site][where]
         else:
-            diff = clean[site.key][where][:, columns] - store[site.key][0, where][:, columns].detach()
-        estimates[i] = float((diff * grads[site.key][0, where][:, columns]).sum())
-    corrupted = float(ld_corrupted.detach())
-    return PairResult(pair.qid, ld_clean, corrupted, corrupted + estimates)
+            diff = clean[site.key][where][:, columns] - corrupted[site.key][where][:, columns]
+        estimates[i] = float((diff.float() * grads[site.key][where][:, columns].float()).sum())  # not in bf16
+    return estimates
+
+
+def attribution_patching(engine: PatchingEngine, pair: PatchPair, sites: Sequence[Site]) -> PairResult:
+    """The AtP estimate for every site, as a PairResult whose `patched` is LD_corrupted + the estimate."""
+    keys = sorted({s.key for s in sites})
+    clean, ld_clean = clean_side(engine, pair, sites)
+    store: dict = {}
+    with torch.enable_grad(), embeddings_output(engine), \
+            capturing(engine.model, engine.spec, keys, store, detach=False):
+        hidden = engine.backbone(input_ids=engine.ids(pair.corrupted)).last_hidden_state[:, -1]
+        ld_corrupted = engine.head(hidden)[0]
+        grads = dict(zip(keys, (g[0] for g in torch.autograd.grad(ld_corrupted, [store[k] for k in keys]))))
+    engine.forwards += 1
+    corrupted = {k: store[k][0].detach() for k in keys}
+    estimates = first_order_estimates(engine, pair, sites, clean, corrupted, grads)
+    ld = float(ld_corrupted.detach())
+    return PairResult(pair.qid, ld_clean, ld, ld + estimates)
 
 
 def preselect(estimate: PairResult, sites: Sequence[Site], top: int) -> list[Site]:

@@ -3,8 +3,10 @@
 Outputs: ie.npz (ie[pair, component, layer, group], the clean and corrupted logit differences, the qids),
 ie_mean.csv, top_sites.{csv,md}, one heatmap per component (layer x position group), manifest.json; with --heads
 ie_heads.npz and a layer x head heatmap per position group; with --scores ie_scores.npz and one per attention block;
-with --atp ie_atp.npz and its agreement with the exact effects. Each pair's result is kept in pairs/ as it is done,
-so an interrupted or widened run resumes (PairCache).
+with --attribution METHOD the same files hold that estimator's IEs instead (their `method` says which), and with
+--validate as well the exact ones, the estimates beside them (ie_METHOD.npz, ie_heads_METHOD.npz, ...) and their
+agreement per site type (validation.csv/.md, validation_METHOD.png). Each pair's result is kept in pairs/ as it is
+done, so an interrupted or widened run resumes (PairCache).
 
 Under `accelerate launch` each process patches every n-th pair and the main process gathers and writes them, in
 the order one process would have produced (each pair is independent, so the numbers are the same; tested).
@@ -24,12 +26,15 @@ import numpy as np
 
 from relscope.analysis.patching.artefacts import IE_FILE, head_ie_file, load_pair_result
 from relscope.analysis.patching.atp import attribution_patching
+from relscope.analysis.patching.ig import integrated_gradients
 from relscope.analysis.patching.engine import PairResult, PatchingEngine, indirect_effects
 from relscope.analysis.patching.fast import FastPatcher
 from relscope.analysis.patching.pairs import PatchPair, build_pairs
+from relscope.analysis.patching.relp import relevance_patching
 from relscope.analysis.patching.scores import score_blocks, score_sites
 from relscope.analysis.patching.settings import PatchSettings
 from relscope.analysis.patching.sites import Site, all_sites, head_sites
+from relscope.analysis.patching.validation import agreement, site_type
 from relscope.errors import ConfigError, DataError, ModelError, overflow_hint
 from relscope.io import atomic_path, atomic_write_json, atomic_write_text
 from relscope.manifest import build_manifest, cache_identity
@@ -98,31 +103,32 @@ def patch_job(settings: PatchSettings, out: str | Path, progress: bool = True) -
         raise DataError(f"no pair left to patch: all {len(pairs)} pairs have |LD_clean - LD_corrupted| below --min-gap "
                         f"{settings.min_gap} (the largest is {np.abs(gaps).max():.3g}); lower --min-gap or use other "
                         "groups")
-    results = over_items(cache.wrap(lambda pair: sweeper.sweep(pair, sites), "sites", sites), kept_pairs, "pairs",
-                         show)
+    effects = Effects(settings, sweeper, engine, cache, kept_pairs, show)
+    exact, estimated = effects.of(sites, "sites")
+    results, method = (exact, EXACT) if exact is not None else (estimated, effects.method)  # ie.npz: exact if run
     ie, _ = indirect_effects(results, 0.0)
     _check_finite(ie, "an indirect effect", engine)
-    grid = ie.reshape(len(ie), len(settings.components), len(layers), len(settings.positions))  # all_sites' order
+    shape = (len(settings.components), len(layers), len(settings.positions))  # all_sites' order
+    grid = ie.reshape(len(ie), *shape)
     summary = {"pairs": report.pairs, "skipped_misaligned": report.skipped_misaligned,
                "skipped_no_negative": report.skipped_no_negative, "skipped_identical": report.skipped_identical,
                "excluded_small_gap": excluded, "min_gap": settings.min_gap, "sites": len(sites),
-               "processes": state.num_processes}
+               "processes": state.num_processes, "method": method}
     if state.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        _write_grid(out, grid, results, settings, layers, loaded.name)
-    if settings.atp:  # the first-order estimate beside the exact effects, and how well it agrees
-        estimates = over_items(cache.wrap(lambda pair: attribution_patching(engine, pair, sites), "atp", sites),
-                               kept_pairs, "AtP", show)
-        summary["atp_vs_exact"] = _agreement(out, grid, estimates, state.is_main_process)
+        _write_grid(out, grid, results, settings, layers, loaded.name, method)
+    compared = [(sites, exact, estimated)]  # each sweep's (sites, exact, estimated), for --validate
     n_heads = engine.n_heads
     if settings.heads:
         groups = list(settings.head_positions)
-        _head_sweep(sweeper, [s for s in head_sites(depth, n_heads, groups) if s.layer in layers], groups,
-                    kept_pairs, layers, out, loaded.name, "heads", show, cache)
+        head_list = [s for s in head_sites(depth, n_heads, groups) if s.layer in layers]
+        compared.append((head_list, *_head_sweep(effects, head_list, groups, layers, out, loaded.name, "heads")))
     if settings.scores:
         blocks = score_blocks(settings.query_block)
-        _head_sweep(sweeper, score_sites(layers, n_heads, blocks), blocks, kept_pairs, layers, out, loaded.name,
-                    "scores", show, cache)
+        score_list = score_sites(layers, n_heads, blocks)
+        compared.append((score_list, *_head_sweep(effects, score_list, blocks, layers, out, loaded.name, "scores")))
+    if settings.validate and state.is_main_process:  # the main process holds every pair's results
+        summary["validation"] = _validate(out, compared, settings, layers, shape, loaded.name)
     summary["forwards"] = engine.forwards  # this process's
     if state.is_main_process:
         recorded = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings).items()}
@@ -208,54 +214,132 @@ def _check_finite(values: np.ndarray, what: str, engine: PatchingEngine) -> None
 
 
 def _write_grid(out: Path, grid: np.ndarray, kept: list[PairResult], settings: PatchSettings, layers: list[int],
-                name: str) -> None:
+                name: str, method: str, file: str = IE_FILE) -> None:
     components, positions = list(settings.components), list(settings.positions)
-    with atomic_path(out / IE_FILE) as tmp, tmp.open("wb") as f:
+    with atomic_path(out / file) as tmp, tmp.open("wb") as f:
         np.savez(f, ie=grid, components=np.array(components), layers=np.array(layers), groups=np.array(positions),
                  qids=np.array([r.qid for r in kept]), ld_clean=np.array([r.clean for r in kept]),
-                 ld_corrupted=np.array([r.corrupted for r in kept]))
+                 ld_corrupted=np.array([r.corrupted for r in kept]), method=np.array(method))
+    if file != IE_FILE:  # an estimate beside the exact grid (--validate): the arrays only
+        return
+    label = "mean IE" if method == EXACT else f"mean IE estimated by {method}"
     mean, std = grid.mean(axis=0), grid.std(axis=0)
     rows = [{COMPONENT: c, LAYER: layer, POSITIONS: g, MEAN_IE: float(mean[i, j, k]), STD: float(std[i, j, k]),
              PAIRS: len(grid)}
             for i, c in enumerate(components) for j, layer in enumerate(layers) for k, g in enumerate(positions)]
     atomic_write_text(out / IE_MEAN, to_csv(rows))
     ranked = sorted((r for r in rows if r[POSITIONS] != "all"), key=lambda r: -abs(r[MEAN_IE]))[:settings.top]
-    write_table(ranked, out / TOP_SITES, f"Top {settings.top} sites by |mean IE| ({len(grid)} pairs; position "
+    write_table(ranked, out / TOP_SITES, f"Top {settings.top} sites by |{label}| ({len(grid)} pairs; position "
                 f"group 'all' left out)")
     for i, component in enumerate(components):
         plots.save(plots.heatmap(mean[i], [str(layer) for layer in layers], positions,
-                                 f"{name}: mean IE, {component} ({len(grid)} pairs)", "indirect effect",
+                                 f"{name}: {label}, {component} ({len(grid)} pairs)", "indirect effect",
                                  xlabel="position group", ylabel="layer", diverging=True),
                    out / component_figure(component))
 
 
-def _agreement(out: Path, grid: np.ndarray, estimates: list[PairResult], write: bool) -> dict:
-    ie_atp = np.stack([r.indirect_effects() for r in estimates]).reshape(grid.shape)
-    if write:
-        with atomic_path(out / "ie_atp.npz") as tmp, tmp.open("wb") as f:
-            np.savez(f, ie=ie_atp)
-    return {"pearson_per_site": float(np.corrcoef(grid.ravel(), ie_atp.ravel())[0, 1]),
-            "pearson_of_means": float(np.corrcoef(grid.mean(0).ravel(), ie_atp.mean(0).ravel())[0, 1])}
+EXACT = "exact"  # the method of exact patching's outputs (the others are sites.ESTIMATORS)
 
 
-def _head_sweep(sweeper, sites, groups: Sequence[str], pairs, layers: list[int], out: Path, name: str, what: str,
-                progress: bool, cache: PairCache) -> None:
-    """Patch every head of every layer for each group (per-head outputs at a position group, or attention-score
-    blocks); sites ordered group, layer, head. Writes ie_<what>.npz and one layer x head heatmap per group."""
-    n_heads = len(sites) // (len(groups) * len(layers))
-    results = over_items(cache.wrap(lambda pair: sweeper.sweep(pair, sites), what, sites), pairs, f"pairs ({what})",
-                         progress)
+class Effects:
+    """Each sweep's results over the kept pairs: exact patching's, an estimator's, or both (--validate). Every
+    pair's result is cached under its method's name (and --ig-steps), so a rerun with another method reuses the
+    exact ones."""
+
+    def __init__(self, settings: PatchSettings, sweeper, engine: PatchingEngine, cache: PairCache,
+                 pairs: list[PatchPair], progress: bool) -> None:
+        self.settings, self.sweeper, self.engine, self.cache = settings, sweeper, engine, cache
+        self.pairs, self.progress = pairs, progress
+        self.method = settings.attribution or EXACT
+
+    def estimate(self, pair: PatchPair, sites: Sequence[Site]) -> PairResult:
+        """The configured estimator's result for one pair."""
+        if self.settings.attribution == "ig":
+            return integrated_gradients(self.engine, pair, sites, self.settings.ig_steps)
+        if self.settings.attribution == "relp":
+            return relevance_patching(self.engine, pair, sites, self.settings.relp_rules)
+        return attribution_patching(self.engine, pair, sites)
+
+    def of(self, sites: Sequence[Site], what: str) -> tuple[list[PairResult] | None, list[PairResult] | None]:
+        """(exact results or None, estimated results or None) of every kept pair at `sites`."""
+        exact = estimated = None
+        if self.settings.attribution is None or self.settings.validate:
+            exact = over_items(self.cache.wrap(lambda pair: self.sweeper.sweep(pair, sites), what, sites),
+                               self.pairs, f"pairs ({what})", self.progress)
+        if exact is not None:
+            _check_finite(indirect_effects(exact, 0.0)[0], f"an indirect effect ({what})", self.engine)
+        if self.settings.attribution is not None:
+            key = f"{what}-{self.method}" + {"ig": str(self.settings.ig_steps),
+                                              "relp": "-".join(sorted(self.settings.relp_rules))}.get(self.method, "")
+            estimated = over_items(self.cache.wrap(lambda pair: self.estimate(pair, sites), key, sites), self.pairs,
+                                   f"pairs ({what}, {self.method})", self.progress)
+            _check_finite(indirect_effects(estimated, 0.0)[0], f"a {self.method} estimate ({what})", self.engine)
+        return exact, estimated
+
+
+def estimator_passes(method: str, ig_steps: int) -> int:
+    """Passes of one prompt an estimator runs per pair, a backward counted as one (as RelP and AtP* count "two
+    forwards and one backward"; in FLOPs a backward is about two forwards)."""
+    return 1 + 2 * ig_steps if method == "ig" else 3  # atp, relp: clean forward, corrupted forward + backward
+
+
+def _validate(out: Path, compared: list, settings: PatchSettings, layers: list[int], shape: tuple[int, ...],
+              name: str) -> list[dict]:
+    """Agreement of the estimates with the exact IEs per site type; the site estimates, a table and a figure
+    written."""
+    method = settings.attribution
+    sites = [site for group, _, _ in compared for site in group]
+    exact = np.concatenate([indirect_effects(e, 0.0)[0] for _, e, _ in compared], axis=1)
+    estimated = np.concatenate([indirect_effects(e, 0.0)[0] for _, _, e in compared], axis=1)
+    rows = agreement(exact, estimated, sites)
+    for row in rows:
+        recording = 2 if row["site type"] == "score block" else 0  # both prompts' attention weights, read once
+        row["passes per pair"] = estimator_passes(method, settings.ig_steps) + recording
+        row["exact passes per pair"] = 2 + recording + row["sites"]  # naive: both runs, a patched forward a site
+    first = indirect_effects(compared[0][2], 0.0)[0]
+    _write_grid(out, first.reshape(len(first), *shape), compared[0][2], settings, layers, name, method,
+                f"ie_{method}.npz")
+    write_table(rows, out / VALIDATION, f"{method} against exact patching per site type ({len(exact)} pairs; "
+                "Pearson and Spearman over every pair and site, top-20 recall of the mean IEs)")
+    plots.save(plots.agreement(exact, estimated, [site_type(s) for s in sites],
+                               f"{name}: {method} estimate vs exact IE ({len(exact)} pairs)", method),
+               out / validation_figure(method))
+    return rows
+
+
+def validation_figure(method: str) -> str:
+    """The file name of the estimate-vs-exact scatter of a --validate run."""
+    return f"validation_{method}.png"
+
+
+VALIDATION = "validation"  # validation.csv and validation.md
+
+
+def _head_sweep(effects: Effects, sites: Sequence[Site], groups: Sequence[str], layers: list[int], out: Path,
+                name: str, what: str) -> tuple[list[PairResult] | None, list[PairResult] | None]:
+    """Every head of every layer for each group (per-head outputs at a position group, or attention-score blocks);
+    sites ordered group, layer, head. Writes ie_<what>.npz (with --validate also ie_<what>_<method>.npz) and one
+    layer x head heatmap per group; returns (exact, estimated) results."""
+    exact, estimated = effects.of(sites, what)
     if not process_state().is_main_process:
-        return
-    ie, _ = indirect_effects(results, 0.0)
-    grid = ie.reshape(len(ie), len(groups), len(layers), n_heads)
-    with atomic_path(out / head_ie_file(what)) as tmp, tmp.open("wb") as f:
-        np.savez(f, ie=grid, groups=np.array(groups), layers=np.array(layers),
-                 qids=np.array([r.qid for r in results]))
+        return exact, estimated
+    n_heads = len(sites) // (len(groups) * len(layers))
+    shown = exact if exact is not None else estimated
+    outputs = [(shown, head_ie_file(what), effects.method if exact is None else EXACT)]
+    if exact is not None and estimated is not None:
+        outputs.append((estimated, head_ie_file(f"{what}_{effects.method}"), effects.method))
+    for results, file, method in outputs:
+        ie, _ = indirect_effects(results, 0.0)
+        with atomic_path(out / file) as tmp, tmp.open("wb") as f:
+            np.savez(f, ie=ie.reshape(len(ie), len(groups), len(layers), n_heads), groups=np.array(groups),
+                     layers=np.array(layers), qids=np.array([r.qid for r in results]), method=np.array(method))
+    grid = indirect_effects(shown, 0.0)[0].reshape(-1, len(groups), len(layers), n_heads)
     label = "positions" if what == "heads" else "attention weights"
+    value = "mean IE" if exact is not None else f"mean IE estimated by {effects.method}"
     for g, group in enumerate(groups):
         plots.save(plots.heatmap(grid[:, g].mean(axis=0), [str(layer) for layer in layers],
                                  [str(h) for h in range(n_heads)],
-                                 f"{name}: mean IE per head, {group} {label} ({len(grid)} pairs)", "indirect effect",
+                                 f"{name}: {value} per head, {group} {label} ({len(grid)} pairs)", "indirect effect",
                                  xlabel="head", ylabel="layer", diverging=True),
                    out / head_figure(what, group))
+    return exact, estimated

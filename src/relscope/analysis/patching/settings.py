@@ -16,7 +16,15 @@ from dataclasses import dataclass, field
 from numbers import Integral, Real
 from typing import Any, Literal
 
-from relscope.analysis.patching.sites import COMPONENTS, HEAD_GROUPS, NEGATIVE_KINDS, PERTURBATIONS, POSITION_GROUPS
+from relscope.analysis.patching.sites import (
+    COMPONENTS,
+    ESTIMATORS,
+    HEAD_GROUPS,
+    LRP_RULES,
+    NEGATIVE_KINDS,
+    PERTURBATIONS,
+    POSITION_GROUPS,
+)
 from relscope.analysis.settings import RELEVANCE_GROUPS
 from relscope.config import DTYPES, option
 from relscope.data.dev import DevSettings
@@ -115,8 +123,18 @@ class PatchSettings:
         "also patch every head's attention weights on three blocks: the query/document block (--query-block), last "
         "token to document, last token to query"))
     query_block: str = _query_block("attention-score patching (--scores)")
-    atp: bool = field(default=False, metadata=option(
-        "also estimate every site by attribution patching and report its correlation with the exact effects"))
+    attribution: str | None = field(default=None, metadata=option(
+        "estimate every site's effect instead of patching it (one backward for all sites): atp (attribution "
+        "patching), relp (relevance patching: AtP with LRP's rules in the backward), ig (integrated gradients along "
+        "the corrupted -> clean embeddings, EAP-IG's; --ig-steps)",
+        choices=ESTIMATORS))
+    ig_steps: int = field(default=5, metadata=option("points on the path for --attribution ig (EAP-IG's paper: 5)"))
+    relp_rules: tuple[str, ...] = field(default=LRP_RULES, metadata=option(
+        "the LRP rules of --attribution relp: norm (LN-rule), activation (Identity), gate (Half), attention (AH); "
+        "RelP's set is all four", choices=LRP_RULES))
+    validate: bool = field(default=False, metadata=option(
+        "with --attribution: also patch every site exactly and report their agreement per site type (Pearson, "
+        "Spearman, top-20 recall, cost; validation.csv and a figure)"))
     fast: bool = True
     dtype: str = field(default="auto", metadata=option("auto: bf16 on CUDA, fp32 on CPU", choices=DTYPES))
 
@@ -141,9 +159,63 @@ class PatchSettings:
             _bad(self, "min_gap", gap, "must be a finite number >= 0 (e.g. 0.1)")
         _whole(self, "batch_size", 1)
         _whole(self, "top", 1)
-        for key in ("heads", "scores", "atp", "fast"):
+        for key in ("heads", "scores", "validate", "fast"):
             if not isinstance(getattr(self, key), bool):
                 _bad(self, key, getattr(self, key), "must be true or false")
+        if self.attribution is not None:
+            _choice(self, "attribution", ESTIMATORS)
+        _whole(self, "ig_steps", 1)
+        _names(self, "relp_rules", LRP_RULES)
+        if self.validate and self.attribution is None:
+            _bad(self, "validate", self.validate, "needs an estimator to validate: add --attribution atp (or relp, ig)")
+
+
+ABLATIONS = ("mean", "corrupted")  # what an edge outside a circuit carries (edges.py)
+
+
+@dataclass(frozen=True)
+class CircuitSettings:
+    """`relscope circuit MODEL [ADAPTER]`: edge attribution (EAP-IG) and the faithfulness of its top-edge circuits."""
+
+    groups: str = _groups()
+    model: str = _model()
+    adapter: str | None = _adapter("analyse")
+    template: str | None = _template()
+    layout: str = _layout()
+    max_pairs: int | None = field(default=20, metadata=option("pairs (0: all)", unset_as=0))  # None: all
+    negative_kind: str = _negative_kind()
+    max_length: int | None = _max_length()
+    min_gap: float = field(default=0.1, metadata=option(
+        "leave out pairs whose |LD_clean - LD_corrupted| is below this"))
+    ig_steps: int = field(default=5, metadata=option(
+        "points on the corrupted -> clean path of the embeddings the edge gradients are averaged over (1: EAP)"))
+    ablation: str = field(default="mean", metadata=option(
+        "what an edge outside the circuit carries: its writer's mean over the pairs' prompts, or the pair's "
+        "corrupted value (interchange)", choices=ABLATIONS))
+    batch_size: int = field(default=4, metadata=option("circuits (or path points) per forward"))
+    target: float = field(default=0.8, metadata=option(
+        "the reported circuit is the smallest top-k one whose recovered share of the logit difference is within "
+        "1 - target of the whole model's (0.8: 0.8 to 1.2)"))
+    dtype: str = field(default="auto", metadata=option("auto: bf16 on CUDA, fp32 on CPU", choices=DTYPES))
+
+    def __post_init__(self) -> None:
+        """Checked before any model loads; max_pairs 0 means every pair (None)."""
+        _check_model_and_groups(self)
+        _max_pairs(self)
+        _choice(self, "ablation", ABLATIONS)
+        _choice(self, "dtype", DTYPES)
+        _whole(self, "ig_steps", 1)
+        _whole(self, "batch_size", 1)
+        for key, high in (("min_gap", math.inf), ("target", 1.0)):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, Real) or not 0 <= value <= high:
+                _bad(self, key, value, f"must be a number from 0 to {high}")
+
+    def patch_settings(self) -> PatchSettings:
+        """The model and prompts, as the patching job has them."""
+        return PatchSettings(groups=self.groups, model=self.model, adapter=self.adapter, template=self.template,
+                             layout=self.layout, max_pairs=self.max_pairs, negative_kind=self.negative_kind,
+                             max_length=self.max_length, dtype=self.dtype)
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,13 @@ class ModelSpec:
     fused_gate_up: bool = False  # gate and up are halves of one Linear (Phi-3)
     # GPT-NeoX interleaves q/k/v per head in its fused output; Phi-3 concatenates them.
     qkv_layout: str = "concat"
+    activation: str = "mlp.act_fn"  # the MLP's elementwise nonlinearity, inside a layer (RelP's Identity rule)
+    # The norms through which a layer's attention and MLP read the residual stream, and (Gemma 2/3's sandwich
+    # norms) those their outputs pass before being added to it: the ends of a residual-stream edge (edges.py).
+    attention_read_norm: str = "input_layernorm"
+    mlp_read_norm: str = "post_attention_layernorm"
+    attention_write_norm: str | None = None
+    mlp_write_norm: str | None = None
 
     def resolve(self, root: nn.Module, path: str) -> nn.Module:
         """The submodule of `root` at dotted `path`; a ModelError names the missing part (a spec that does not fit)."""
@@ -64,6 +71,10 @@ class ModelSpec:
             have = ", ".join(self.projections)
             raise ModelError(f"{self.model_type} has no {name!r} projection; it has: {have}")
         return self.resolve(self.layer_list(model)[layer], self.projections[name])
+
+    def activation_of(self, model: nn.Module, layer: int) -> nn.Module:
+        """The MLP's activation module of decoder layer `layer` (SiLU, GELU...)."""
+        return self.resolve(self.layer_list(model)[layer], self.activation)
 
     def module_names(self, name: str) -> str:
         """The leaf module name of a projection (what PEFT's target_modules matches)."""

@@ -19,8 +19,13 @@ _LLAMA_LIKE = dict(
     },
 )
 
-for _family in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text"):
+for _family in ("llama", "mistral", "qwen2", "qwen3", "gemma"):
     SPECS.register(_family, ModelSpec(model_type=_family, **_LLAMA_LIKE))
+
+for _family in ("gemma2", "gemma3_text"):  # sandwich norms: each block's output is normed before the residual add
+    SPECS.register(_family, ModelSpec(model_type=_family, **_LLAMA_LIKE, mlp_read_norm="pre_feedforward_layernorm",
+                                      attention_write_norm="post_attention_layernorm",
+                                      mlp_write_norm="post_feedforward_layernorm"))
 
 SPECS.register(
     "phi3",
@@ -42,6 +47,7 @@ SPECS.register(
         },
         fused_qkv=True,
         fused_gate_up=True,
+        activation="mlp.activation_fn",
     ),
 )
 
@@ -64,5 +70,6 @@ SPECS.register(
         },
         fused_qkv=True,
         qkv_layout="per_head",
+        activation="mlp.act",
     ),
 )

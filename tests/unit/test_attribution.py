@@ -1,0 +1,213 @@
+"""The attribution estimators against their definitions on tiny models of every family: integrated gradients with
+one step is AtP, and its estimate for the whole residual stream at the embeddings converges to the exact patch
+(the completeness of integrated gradients), faster as the steps grow."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from tiny import tiny_loaded
+
+from relscope.analysis.patching.atp import attribution_patching
+from relscope.analysis.patching.engine import PatchingEngine
+from relscope.analysis.patching.ig import integrated_gradients
+from relscope.analysis.patching.pairs import build_pairs
+from relscope.analysis.patching.sites import Site, head_sites
+from relscope.data.groups import read_groups
+from relscope.models.heads import build_head
+from relscope.prompts import PromptBuilder, get_template
+
+FAMILIES = ["llama", "gpt_neox", "phi3", "gemma3_text"]
+
+
+def _setup(family: str, tiny_groups, dtype=torch.float32):
+    loaded = tiny_loaded(family)
+    loaded.model.to(dtype)
+    builder = PromptBuilder(loaded.tokenizer, get_template("yes_no"), 128)
+    head = build_head("yes_no", loaded.model, builder)
+    pairs, _ = build_pairs(read_groups(tiny_groups), builder, max_pairs=2)
+    return PatchingEngine(loaded.model, loaded.spec, head, batch_size=8), pairs
+
+
+def _sites(engine: PatchingEngine) -> list[Site]:
+    return [Site("resid_pre", 1, "document"), Site("mlp", 0, "last"), Site("attn", 1, "all"),
+            Site("resid_post", 2, "query"), *head_sites(3, engine.n_heads, ("document",))[:2]]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_integrated_gradients_with_one_step_is_attribution_patching(family, tiny_groups):
+    engine, pairs = _setup(family, tiny_groups)
+    sites = _sites(engine)
+    for pair in pairs:
+        atp, ig = attribution_patching(engine, pair, sites), integrated_gradients(engine, pair, sites, steps=1)
+        assert (ig.clean, ig.corrupted) == pytest.approx((atp.clean, atp.corrupted), abs=1e-6)
+        np.testing.assert_allclose(ig.patched, atp.patched, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_integrated_gradients_of_the_embeddings_converge_to_the_whole_effect(family, tiny_groups):
+    """Completeness: the residual stream entering layer 0 at every position is the interpolated variable itself, so
+    its estimate tends to LD_clean - LD_corrupted (what patching it does exactly), with a left-Riemann error that
+    halves as the steps double. float64, so that the convergence is not lost in rounding."""
+    engine, pairs = _setup(family, tiny_groups, torch.float64)
+    site = [Site("resid_pre", 0, "all")]
+    for pair in pairs:
+        errors = []
+        for steps in (16, 32, 64):
+            ig = integrated_gradients(engine, pair, site, steps=steps)
+            errors.append(abs(ig.patched[0] - ig.clean))
+        gap = abs(ig.clean - ig.corrupted)
+        assert errors[-1] < 0.05 * gap + 1e-9, (family, errors, gap)
+        assert errors[2] < 0.7 * errors[0] + 1e-12, errors  # ~1/m: 4x the steps, ~4x smaller
+
+
+def test_integrated_gradients_refuse_a_pair_of_two_lengths(tiny_groups):
+    from dataclasses import replace
+
+    from relscope.analysis.patching.pairs import PatchPair
+    from relscope.errors import DataError
+
+    engine, pairs = _setup("llama", tiny_groups)
+    shorter = replace(pairs[0].corrupted, input_ids=pairs[0].corrupted.input_ids[:-1])
+    with pytest.raises(DataError, match="one length"):
+        integrated_gradients(engine, PatchPair(pairs[0].qid, pairs[0].clean, shorter), _sites(engine))
+
+
+def test_validation_rows_split_the_sites_by_type_and_score_agreement():
+    from relscope.analysis.patching.validation import agreement, top_k_recall
+
+    sites = [Site("resid_pre", 0, "all"), Site("resid_post", 1, "last"), Site("mlp", 0, "last"),
+             Site("mlp", 1, "last"), Site("mlp", 2, "all"), Site("z", 0, "last", 1), Site("scores", 0, "last>query", 0)]
+    rng = np.random.default_rng(0)
+    exact = rng.normal(size=(6, len(sites)))
+    rows = {r["site type"]: r for r in agreement(exact, 2 * exact + 1, sites)}  # a monotone, affine estimate
+    assert list(rows) == ["resid", "mlp", "head", "score block"]
+    assert [rows[t]["sites"] for t in rows] == [2, 3, 1, 1]
+    assert rows["mlp"]["pearson"] == pytest.approx(1.0) and rows["mlp"]["spearman"] == pytest.approx(1.0)
+    assert np.isnan(rows["mlp"]["top-20 recall"])  # 3 sites: any estimate would recall all of them
+    flipped = {r["site type"]: r for r in agreement(exact, -exact, sites)}
+    assert flipped["mlp"]["pearson"] == pytest.approx(-1.0)
+    assert top_k_recall(np.array([3.0, -2.0, 0.1, 0.0]), np.array([0.0, 5.0, 4.0, -1.0]), k=2) == 0.5
+    assert np.isnan(top_k_recall(np.array([3.0, np.nan, 0.1]), np.array([1.0, 2.0, 3.0]), k=1))
+
+
+def test_estimates_alone_are_written_as_the_grid_and_validate_needs_an_estimator(tiny_family_dir, tiny_groups,
+                                                                                  tmp_path, capsys):
+    from relscope.cli import main
+
+    args = ["patch", str(tiny_family_dir("llama")), "--groups", str(tiny_groups), "--max-pairs", "2", "--min-gap",
+            "0", "--components", "mlp", "--quiet"]
+    assert main([*args, "--validate", "--out", str(tmp_path / "bad")]) == 2
+    assert "--attribution" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    assert main([*args, "--attribution", "ig", "--ig-steps", "3", "--validate", "--out", str(tmp_path / "both")]) == 0
+    assert main([*args, "--attribution", "ig", "--ig-steps", "3", "--out", str(tmp_path / "alone")]) == 0
+    alone, both = np.load(tmp_path / "alone" / "ie.npz"), np.load(tmp_path / "both" / "ie_ig.npz")
+    assert str(alone["method"]) == "ig" and str(np.load(tmp_path / "both" / "ie.npz")["method"]) == "exact"
+    np.testing.assert_array_equal(alone["ie"], both["ie"])  # the estimate is the same, validated or not
+    assert "estimated by ig" in capsys.readouterr().out
+    forwards = [json.loads((tmp_path / name / "manifest.json").read_text())["forwards"] for name in ("alone", "both")]
+    assert forwards[0] < forwards[1]  # no exact sweep when nothing is validated
+
+
+@pytest.mark.parametrize("family", FAMILIES + ["qwen3", "mistral"])
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+def test_the_lrp_rules_leave_every_forward_bit_for_bit_and_change_the_backward(family, attention, tiny_groups):
+    from relscope.analysis.patching.relp import lrp_rules, relevance_patching
+
+    engine, pairs = _setup(family, tiny_groups)
+    engine.model.set_attn_implementation(attention)
+    ids = engine.ids(pairs[0].corrupted)
+    plain = engine.logit_diffs(ids)
+    with lrp_rules(engine.model, engine.spec):
+        ruled = engine.logit_diffs(ids)
+    assert np.array_equal(plain, ruled) and np.array_equal(engine.logit_diffs(ids), plain)
+    assert engine.model.config._attn_implementation == attention  # restored
+    sites = _sites(engine)
+    atp, relp = attribution_patching(engine, pairs[0], sites), relevance_patching(engine, pairs[0], sites)
+    assert (relp.clean, relp.corrupted) == (atp.clean, atp.corrupted)
+    assert not np.allclose(relp.patched, atp.patched)  # the rules are in the backward
+    np.testing.assert_array_equal(attribution_patching(engine, pairs[0], sites).patched, atp.patched)  # removed
+
+
+@pytest.mark.parametrize("family", ["llama", "phi3", "gemma3_text", "qwen3", "mistral"])
+def test_relevance_is_conserved_through_every_layer_of_a_bias_free_model(family, tiny_groups):
+    """LRP's conservation: with the rules on and no biases, sum(h * rho) of the residual stream entering each layer
+    (the embeddings first) is LD itself. A wrong rule (a norm's scale left in the backward, a gate not halved, the
+    softmax differentiated) breaks it by percents: that is what checks the rules. float64, though Hugging Face's
+    RMSNorms compute in float32, which bounds the agreement near 1e-8."""
+    from relscope.analysis.patching.atp import embeddings_output
+    from relscope.analysis.patching.hooks import capturing
+    from relscope.analysis.patching.relp import lrp_rules
+
+    engine, pairs = _setup(family, tiny_groups, torch.float64)
+    keys = [("resid_pre", layer) for layer in range(3)] + [("resid_post", 2)]
+    for pair in pairs:
+        store: dict = {}
+        with lrp_rules(engine.model, engine.spec), torch.enable_grad(), embeddings_output(engine), \
+                capturing(engine.model, engine.spec, keys, store, detach=False):
+            ld = engine.head(engine.backbone(input_ids=engine.ids(pair.corrupted)).last_hidden_state[:, -1])[0]
+            grads = torch.autograd.grad(ld, [store[k] for k in keys])
+        for key, grad in zip(keys, grads):
+            assert float((store[key] * grad).sum().detach()) == pytest.approx(float(ld.detach()), rel=1e-6), (family, key)
+
+
+@pytest.mark.parametrize("family", ["phi3", "gpt_neox"])
+def test_relp_validates_on_every_site_type(family, tiny_family_dir, tiny_groups, tmp_path):
+    from relscope.cli import main
+
+    out = tmp_path / "relp"
+    assert main(["patch", str(tiny_family_dir(family)), "--groups", str(tiny_groups), "--max-pairs", "2",
+                 "--min-gap", "0", "--heads", "--scores", "--attribution", "relp", "--validate", "--out", str(out),
+                 "--quiet"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    rows = {row["site type"]: row for row in manifest["validation"]}
+    assert list(rows) == ["resid", "attn", "mlp", "head", "score block"]
+    assert all(np.isfinite(row["pearson"]) and -1 <= row["pearson"] <= 1 for row in rows.values())
+    assert rows["resid"]["passes per pair"] == 3 and rows["score block"]["passes per pair"] == 5  # + recording
+    assert str(np.load(out / "ie_scores_relp.npz")["method"]) == "relp"
+
+
+def test_relp_with_no_rule_is_attribution_patching_and_each_rule_changes_it(tiny_groups):
+    from relscope.analysis.patching.relp import relevance_patching
+    from relscope.analysis.patching.sites import LRP_RULES
+
+    engine, pairs = _setup("llama", tiny_groups)
+    sites = _sites(engine)
+    atp = attribution_patching(engine, pairs[0], sites)
+    np.testing.assert_array_equal(relevance_patching(engine, pairs[0], sites, ()).patched, atp.patched)
+    for rule in LRP_RULES:
+        assert not np.allclose(relevance_patching(engine, pairs[0], sites, (rule,)).patched, atp.patched), rule
+
+
+@pytest.mark.parametrize("dropped", ["norm", "activation", "gate", "attention"])
+def test_relevance_leaks_when_any_one_rule_is_left_out(dropped, tiny_groups):
+    """The complement of the conservation test: without any one of the four rules, sum(h * rho) at the embeddings
+    is no longer LD (so the conservation test checks each rule)."""
+    from relscope.analysis.patching.atp import embeddings_output
+    from relscope.analysis.patching.hooks import capturing
+    from relscope.analysis.patching.relp import lrp_rules
+    from relscope.analysis.patching.sites import LRP_RULES
+
+    engine, pairs = _setup("llama", tiny_groups, torch.float64)
+    store: dict = {}
+    rules = [rule for rule in LRP_RULES if rule != dropped]
+    with lrp_rules(engine.model, engine.spec, rules), torch.enable_grad(), embeddings_output(engine), \
+            capturing(engine.model, engine.spec, [("resid_pre", 0)], store, detach=False):
+        ld = engine.head(engine.backbone(input_ids=engine.ids(pairs[0].corrupted)).last_hidden_state[:, -1])[0]
+        grad = torch.autograd.grad(ld, [store[("resid_pre", 0)]])[0]
+    assert float((store[("resid_pre", 0)] * grad).sum()) != pytest.approx(float(ld.detach()), rel=1e-4)
+
+
+def test_compare_refuses_an_estimate_against_exact_effects(tiny_family_dir, tiny_groups, tmp_path, capsys):
+    from relscope.cli import main
+
+    args = ["patch", str(tiny_family_dir("llama")), "--groups", str(tiny_groups), "--max-pairs", "2", "--min-gap",
+            "0", "--components", "resid_pre", "mlp", "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "exact")]) == 0
+    assert main([*args, "--attribution", "atp", "--out", str(tmp_path / "atp")]) == 0
+    capsys.readouterr()
+    assert main(["compare", str(tmp_path / "exact"), str(tmp_path / "atp"), "--out", str(tmp_path / "c")]) == 2
+    assert "holds exact effects" in capsys.readouterr().err and not any((tmp_path / "c").glob("*"))
