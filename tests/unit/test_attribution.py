@@ -151,7 +151,8 @@ def test_relevance_is_conserved_through_every_layer_of_a_bias_free_model(family,
             ld = engine.head(engine.backbone(input_ids=engine.ids(pair.corrupted)).last_hidden_state[:, -1])[0]
             grads = torch.autograd.grad(ld, [store[k] for k in keys])
         for key, grad in zip(keys, grads):
-            assert float((store[key] * grad).sum().detach()) == pytest.approx(float(ld.detach()), rel=1e-6), (family, key)
+            relevance = float((store[key] * grad).sum().detach())
+            assert relevance == pytest.approx(float(ld.detach()), rel=1e-6), (family, key)
 
 
 @pytest.mark.parametrize("family", ["phi3", "gpt_neox"])
