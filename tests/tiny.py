@@ -152,3 +152,19 @@ def tiny_study_yaml(path: Path, model: Path, trec: Path, groups: Path, **mechani
     }
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def tiny_patching(family: str, groups: Path, dtype: torch.dtype = torch.float32, pairs: int = 2):
+    """(PatchingEngine, pairs) of a tiny model in `dtype` with the yes/no head, on the first `pairs` groups."""
+    from relscope.analysis.patching.engine import PatchingEngine
+    from relscope.analysis.patching.pairs import build_pairs
+    from relscope.data.groups import read_groups
+    from relscope.models.heads import build_head
+    from relscope.prompts import PromptBuilder, get_template
+
+    loaded = tiny_loaded(family)
+    loaded.model.to(dtype)
+    builder = PromptBuilder(loaded.tokenizer, get_template("yes_no"), 128)
+    head = build_head("yes_no", loaded.model, builder)
+    built, _ = build_pairs(read_groups(groups), builder, max_pairs=pairs)
+    return PatchingEngine(loaded.model, loaded.spec, head, batch_size=8), built

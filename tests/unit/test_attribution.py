@@ -9,27 +9,18 @@ import json
 import numpy as np
 import pytest
 import torch
-from tiny import tiny_loaded
+from tiny import tiny_patching
 
 from relscope.analysis.patching.atp import attribution_patching
 from relscope.analysis.patching.engine import PatchingEngine
 from relscope.analysis.patching.ig import integrated_gradients
-from relscope.analysis.patching.pairs import build_pairs
 from relscope.analysis.patching.sites import Site, head_sites
-from relscope.data.groups import read_groups
-from relscope.models.heads import build_head
-from relscope.prompts import PromptBuilder, get_template
 
 FAMILIES = ["llama", "gpt_neox", "phi3", "gemma3_text"]
 
 
 def _setup(family: str, tiny_groups, dtype=torch.float32):
-    loaded = tiny_loaded(family)
-    loaded.model.to(dtype)
-    builder = PromptBuilder(loaded.tokenizer, get_template("yes_no"), 128)
-    head = build_head("yes_no", loaded.model, builder)
-    pairs, _ = build_pairs(read_groups(tiny_groups), builder, max_pairs=2)
-    return PatchingEngine(loaded.model, loaded.spec, head, batch_size=8), pairs
+    return tiny_patching(family, tiny_groups, dtype)
 
 
 def _sites(engine: PatchingEngine) -> list[Site]:
