@@ -190,7 +190,7 @@ def test_relevance_leaks_when_any_one_rule_is_left_out(dropped, tiny_groups):
             capturing(engine.model, engine.spec, [("resid_pre", 0)], store, detach=False):
         ld = engine.head(engine.backbone(input_ids=engine.ids(pairs[0].corrupted)).last_hidden_state[:, -1])[0]
         grad = torch.autograd.grad(ld, [store[("resid_pre", 0)]])[0]
-    assert float((store[("resid_pre", 0)] * grad).sum()) != pytest.approx(float(ld.detach()), rel=1e-4)
+    assert float((store[("resid_pre", 0)] * grad).sum().detach()) != pytest.approx(float(ld.detach()), rel=1e-4)
 
 
 def test_compare_refuses_an_estimate_against_exact_effects(tiny_family_dir, tiny_groups, tmp_path, capsys):
