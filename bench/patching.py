@@ -7,8 +7,9 @@ head at {last, query, all}, on SmolLM2-135M-Instruct (yes/no prompt) with pairs 
              (what TransformerLens's get_act_patch_* functions do: a run_with_hooks per patched site)
     batched  relscope PatchingEngine: `batch` patch variants per forward, the clean run cached
     fast     relscope FastPatcher: layers >= l and positions >= p only, from the cached corrupted run
-    atp, relp, ig   relscope's attribution estimators (--estimators): attribution patching, relevance patching
-             (AtP with LRP rules) and integrated gradients (--ig-steps); each validated against the exact effects
+    atp, atp-star, relp, ig   relscope's attribution estimators (--estimators): attribution patching, AtP*'s
+             GradDrop (|IE|, validated against the exact |IE|), relevance patching (AtP with LRP rules) and
+             integrated gradients (--ig-steps); each validated against the exact effects
              of the fast path per site type (Pearson, Spearman, top-20 recall; analysis/patching/validation.py),
              with its seconds a pair and those seconds in forward-equivalents (one plain forward of the corrupted
              prompt, timed on every pair)
@@ -40,6 +41,7 @@ import torch
 from relscope.analysis.patching.atp import attribution_patching
 from relscope.analysis.patching.engine import PatchingEngine
 from relscope.analysis.patching.fast import FastPatcher, first_difference
+from relscope.analysis.patching.graddrop import grad_drop
 from relscope.analysis.patching.ig import integrated_gradients
 from relscope.analysis.patching.relp import relevance_patching
 from relscope.analysis.patching.validation import agreement
@@ -171,6 +173,7 @@ def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
 ESTIMATE = {
     "atp": lambda engine, pair, sites, _steps: attribution_patching(engine, pair, sites),
     "relp": lambda engine, pair, sites, _steps: relevance_patching(engine, pair, sites),
+    "atp-star": lambda engine, pair, sites, _steps: grad_drop(engine, pair, sites),  # |IE|, against the exact |IE|
     "ig": lambda engine, pair, sites, steps: integrated_gradients(engine, pair, sites, steps),
 }
 
@@ -183,7 +186,7 @@ def _print_validation(exact: np.ndarray, estimated: dict, seconds: dict, forward
     print(f"{'estimator':>10} {'site type':>12} {'sites':>6} {'pearson':>8} {'spearman':>8} {'of means':>8} "
           f"{'top-20':>7} {'s/pair':>7} {'fwd-eq':>7}")
     for name, values in estimated.items():
-        for row in agreement(exact, np.stack(values), sites):
+        for row in agreement(exact, np.stack(values), sites, unsigned=name == "atp-star"):
             print(f"{name:>10} {row['site type']:>12} {row['sites']:>6} {row['pearson']:8.3f} {row['spearman']:8.3f} "
                   f"{row['pearson of means']:8.3f} {row['top-20 recall']:7.2f} {seconds[name] / pairs:7.2f} "
                   f"{seconds[name] / forward_seconds:7.1f}")

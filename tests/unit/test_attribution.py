@@ -203,3 +203,55 @@ def test_compare_refuses_an_estimate_against_exact_effects(tiny_family_dir, tiny
     capsys.readouterr()
     assert main(["compare", str(tmp_path / "exact"), str(tmp_path / "atp"), "--out", str(tmp_path / "c")]) == 2
     assert "holds exact effects" in capsys.readouterr().err and not any((tmp_path / "c").glob("*"))
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt_neox", "gemma3_text"])
+def test_graddrop_is_the_mean_of_absolute_estimates_with_one_layers_writes_detached(family, tiny_groups):
+    """AtP*'s definition computed another way: for each layer, its attention and MLP outputs replaced in the forward
+    by a value whose gradient is 0 (a different cut from the backward hooks graddrop.py uses), the plain AtP
+    estimate; then |.| averaged over the layers that can reach the site."""
+    from relscope.analysis.patching.graddrop import grad_drop, layer_terms
+
+    engine, pairs = _setup(family, tiny_groups)
+    sites = _sites(engine)
+    pair = pairs[0]
+    terms, _, _ = layer_terms(engine, pair, sites)
+    atp = attribution_patching(engine, pair, sites)
+    depth = len(engine.spec.layer_list(engine.model))
+    for layer in range(depth):
+        handles = [module.register_forward_hook(lambda _m, _a, out: (_cut(out[0]), *out[1:])
+                                                if isinstance(out, tuple) else _cut(out))
+                   for module in (engine.spec.attention_of(engine.model, layer),
+                                  engine.spec.mlp_of(engine.model, layer))]
+        try:
+            cut = attribution_patching(engine, pair, sites)
+        finally:
+            for handle in handles:
+                handle.remove()
+        expected = cut.patched - cut.corrupted
+        inside = [s.component not in ("resid_pre", "resid_post") and s.layer == layer for s in sites]
+        expected[inside] = 0.0
+        np.testing.assert_allclose(terms[layer], expected, rtol=1e-4, atol=1e-6)
+        below = [s.layer > layer for s in sites]  # a cut under the site leaves its gradient alone
+        np.testing.assert_allclose(terms[layer][below], (atp.patched - atp.corrupted)[below], rtol=1e-5, atol=1e-7)
+    result = grad_drop(engine, pair, sites)
+    counted = np.array([depth if s.component in ("resid_pre", "resid_post") else depth - 1 for s in sites])
+    np.testing.assert_allclose(np.abs(result.patched - result.corrupted), np.abs(terms).sum(0) / counted)
+    assert (result.indirect_effects() >= 0).all()
+
+
+def _cut(write: torch.Tensor) -> torch.Tensor:
+    """`write` in the forward; nothing flows back through it to what computed it."""
+    return write.detach() + 0.0 * write
+
+
+def test_atp_star_is_validated_on_magnitudes(tiny_family_dir, tiny_groups, tmp_path):
+    from relscope.cli import main
+
+    out = tmp_path / "star"
+    assert main(["patch", str(tiny_family_dir("llama")), "--groups", str(tiny_groups), "--max-pairs", "2",
+                 "--min-gap", "0", "--heads", "--attribution", "atp-star", "--validate", "--out", str(out),
+                 "--quiet"]) == 0
+    rows = json.loads((out / "manifest.json").read_text())["validation"]
+    assert [r["passes per pair"] for r in rows] == [2 + 3] * len(rows)  # tiny: 3 layers, one backward each
+    assert (np.load(out / "ie_atp-star.npz")["ie"] >= 0).all()

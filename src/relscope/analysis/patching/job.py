@@ -26,6 +26,7 @@ import numpy as np
 
 from relscope.analysis.patching.artefacts import IE_FILE, head_ie_file, load_pair_result
 from relscope.analysis.patching.atp import attribution_patching
+from relscope.analysis.patching.graddrop import grad_drop
 from relscope.analysis.patching.ig import integrated_gradients
 from relscope.analysis.patching.engine import PairResult, PatchingEngine, indirect_effects
 from relscope.analysis.patching.fast import FastPatcher
@@ -33,7 +34,7 @@ from relscope.analysis.patching.pairs import PatchPair, build_pairs
 from relscope.analysis.patching.relp import relevance_patching
 from relscope.analysis.patching.scores import score_blocks, score_sites
 from relscope.analysis.patching.settings import PatchSettings
-from relscope.analysis.patching.sites import Site, all_sites, head_sites
+from relscope.analysis.patching.sites import UNSIGNED_ESTIMATORS, Site, all_sites, head_sites
 from relscope.analysis.patching.validation import agreement, site_type
 from relscope.errors import ConfigError, DataError, ModelError, overflow_hint
 from relscope.io import atomic_path, atomic_write_json, atomic_write_text
@@ -128,7 +129,7 @@ def patch_job(settings: PatchSettings, out: str | Path, progress: bool = True) -
         score_list = score_sites(layers, n_heads, blocks)
         compared.append((score_list, *_head_sweep(effects, score_list, blocks, layers, out, loaded.name, "scores")))
     if settings.validate and state.is_main_process:  # the main process holds every pair's results
-        summary["validation"] = _validate(out, compared, settings, layers, shape, loaded.name)
+        summary["validation"] = _validate(out, compared, settings, layers, shape, loaded.name, depth)
     summary["forwards"] = engine.forwards  # this process's
     if state.is_main_process:
         recorded = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings).items()}
@@ -258,6 +259,8 @@ class Effects:
             return integrated_gradients(self.engine, pair, sites, self.settings.ig_steps)
         if self.settings.attribution == "relp":
             return relevance_patching(self.engine, pair, sites, self.settings.relp_rules)
+        if self.settings.attribution == "atp-star":
+            return grad_drop(self.engine, pair, sites)
         return attribution_patching(self.engine, pair, sites)
 
     def of(self, sites: Sequence[Site], what: str) -> tuple[list[PairResult] | None, list[PairResult] | None]:
@@ -277,24 +280,26 @@ class Effects:
         return exact, estimated
 
 
-def estimator_passes(method: str, ig_steps: int) -> int:
+def estimator_passes(method: str, ig_steps: int, depth: int) -> int:
     """Passes of one prompt an estimator runs per pair, a backward counted as one (as RelP and AtP* count "two
     forwards and one backward"; in FLOPs a backward is about two forwards)."""
-    return 1 + 2 * ig_steps if method == "ig" else 3  # atp, relp: clean forward, corrupted forward + backward
+    if method == "ig":
+        return 1 + 2 * ig_steps
+    return 2 + depth if method == "atp-star" else 3  # atp, relp: clean forward, corrupted forward + backward
 
 
 def _validate(out: Path, compared: list, settings: PatchSettings, layers: list[int], shape: tuple[int, ...],
-              name: str) -> list[dict]:
+              name: str, depth: int) -> list[dict]:
     """Agreement of the estimates with the exact IEs per site type; the site estimates, a table and a figure
     written."""
     method = settings.attribution
     sites = [site for group, _, _ in compared for site in group]
     exact = np.concatenate([indirect_effects(e, 0.0)[0] for _, e, _ in compared], axis=1)
     estimated = np.concatenate([indirect_effects(e, 0.0)[0] for _, _, e in compared], axis=1)
-    rows = agreement(exact, estimated, sites)
+    rows = agreement(exact, estimated, sites, unsigned=method in UNSIGNED_ESTIMATORS)
     for row in rows:
         recording = 2 if row["site type"] == "score block" else 0  # both prompts' attention weights, read once
-        row["passes per pair"] = estimator_passes(method, settings.ig_steps) + recording
+        row["passes per pair"] = estimator_passes(method, settings.ig_steps, depth) + recording
         row["exact passes per pair"] = 2 + recording + row["sites"]  # naive: both runs, a patched forward a site
     first = indirect_effects(compared[0][2], 0.0)[0]
     _write_grid(out, first.reshape(len(first), *shape), compared[0][2], settings, layers, name, method,

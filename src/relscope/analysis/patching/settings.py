@@ -125,8 +125,9 @@ class PatchSettings:
     query_block: str = _query_block("attention-score patching (--scores)")
     attribution: str | None = field(default=None, metadata=option(
         "estimate every site's effect instead of patching it (one backward for all sites): atp (attribution "
-        "patching), relp (relevance patching: AtP with LRP's rules in the backward), ig (integrated gradients along "
-        "the corrupted -> clean embeddings, EAP-IG's; --ig-steps)",
+        "patching), atp-star (AtP*'s GradDrop: |IE| for ranking, one backward per layer), relp (relevance "
+        "patching: AtP with LRP's rules in the backward), ig (integrated gradients along the corrupted -> clean "
+        "embeddings, EAP-IG's; --ig-steps)",
         choices=ESTIMATORS))
     ig_steps: int = field(default=5, metadata=option("points on the path for --attribution ig (EAP-IG's paper: 5)"))
     relp_rules: tuple[str, ...] = field(default=LRP_RULES, metadata=option(

@@ -15,7 +15,8 @@ PERTURBATIONS = ("negative", "inject")  # how the corrupted prompt differs (see 
 
 POSITION_GROUPS = ("instruction", "query", "document", "last", "all")
 # First-order estimators of a site's patching effect (atp.py, ig.py), all on the same clean/corrupted runs.
-ESTIMATORS = ("atp", "relp", "ig")
+ESTIMATORS = ("atp", "atp-star", "relp", "ig")
+UNSIGNED_ESTIMATORS = ("atp-star",)  # estimate |IE| (for ranking sites), validated against the exact |IE|
 # RelP's LRP rules (relp.py): LN-rule, Identity rule, Half rule (gated MLPs), AH-rule; the paper's set is all four.
 LRP_RULES = ("norm", "activation", "gate", "attention")
 # Site types the estimators are validated on, by component (z: one head's output; scores: one head's weights).

@@ -49,13 +49,16 @@ def _correlations(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
         return float(stats.pearsonr(x, y)[0]), float(stats.spearmanr(x, y)[0])
 
 
-def agreement(exact: np.ndarray, estimated: np.ndarray, sites: Sequence[Site], k: int = TOP_K) -> list[dict]:
-    """One row per site type present: `exact` and `estimated` are (pairs, sites) IE arrays over the same sites."""
+def agreement(exact: np.ndarray, estimated: np.ndarray, sites: Sequence[Site], k: int = TOP_K,
+              unsigned: bool = False) -> list[dict]:
+    """One row per site type present: `exact` and `estimated` are (pairs, sites) IE arrays over the same sites;
+    `unsigned` compares an estimate of |IE| (AtP*'s GradDrop) with the exact |IE|."""
     types = np.array([site_type(s) for s in sites])
     rows = []
     for name in (t for t in TYPE_ORDER if t in set(types)):
         mask = types == name
         x, y = exact[:, mask], estimated[:, mask]
+        x = np.abs(x) if unsigned else x
         pearson, spearman = _correlations(x.ravel(), y.ravel())
         rows.append({"site type": name, "sites": int(mask.sum()), "pairs": len(x), "pearson": pearson,
                      "spearman": spearman, "pearson of means": _correlations(x.mean(0), y.mean(0))[0],
