@@ -52,8 +52,9 @@ def first_order_estimates(engine: PatchingEngine, pair: PatchPair, sites: Sequen
     """(sites,) sum over each site's positions and columns of (a_clean - a_corrupted) . gradient: `corrupted` and
     `grads` map (component, layer) to (seq, width) tensors of the corrupted run and of the estimator's gradient."""
     estimates = np.empty(len(sites))
+    positions = {g: engine.positions(pair.corrupted, g) for g in {s.rows for s in sites}}  # once per group
     for i, site in enumerate(sites):
-        where = engine.positions(pair.corrupted, site.rows)
+        where = positions[site.rows]
         columns = engine.columns(site)
         if site.component == "scores":
             diff = clean[site][where]
