@@ -122,3 +122,32 @@ def test_almost_every_msmarco_group_gives_an_aligned_pair(smollm2, real_data, te
     pairs, report = build_pairs(read_groups(real_data / "relevance-mi" / "msmarco.jsonl"), builder)
     assert report.pairs >= 175 and report.skipped_misaligned <= 8
     assert all(same_layout(p.clean, p.corrupted) for p in pairs)
+
+
+def test_attribution_on_the_real_model_keeps_its_forward_and_its_edges_add_up(smollm2, real_data):
+    """On SmolLM2 itself (sdpa attention, as loaded): RelP's rules leave the logits bit for bit, one IG step is AtP,
+    and with every edge kept the edge graph's run is the model's own."""
+    from relscope.analysis.patching.atp import attribution_patching
+    from relscope.analysis.patching.edges import EdgeGraph
+    from relscope.analysis.patching.engine import PatchingEngine
+    from relscope.analysis.patching.ig import integrated_gradients
+    from relscope.analysis.patching.pairs import build_pairs
+    from relscope.analysis.patching.relp import lrp_rules
+    from relscope.analysis.patching.sites import Site
+    from relscope.models.heads import build_head
+    from relscope.prompts import PromptBuilder, get_template
+
+    builder = PromptBuilder(smollm2.tokenizer, get_template("yes_no"), 256)
+    pairs, _ = build_pairs(read_groups(real_data / "relevance-mi" / "msmarco.jsonl"), builder, 1)
+    engine = PatchingEngine(smollm2.model, smollm2.spec, build_head("yes_no", smollm2.model, builder))
+    pair = pairs[0]
+    ids = engine.ids(pair.corrupted)
+    plain = engine.logit_diffs(ids)
+    with lrp_rules(engine.model, engine.spec):
+        assert np.array_equal(engine.logit_diffs(ids), plain)
+    sites = [Site("mlp", 0, "document"), Site("attn", 15, "last"), Site("resid_pre", 20, "all")]
+    atp, ig = attribution_patching(engine, pair, sites), integrated_gradients(engine, pair, sites, steps=1)
+    np.testing.assert_allclose(ig.patched, atp.patched, rtol=1e-4, atol=1e-5)
+    graph = EdgeGraph(engine.model, engine.spec)
+    kept = graph.writer_values(engine, ids)
+    assert graph.run_with_edges(engine, ids, kept, graph.edges[None])[0] == pytest.approx(float(plain[0]), abs=1e-5)
