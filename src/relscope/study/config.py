@@ -98,6 +98,7 @@ class MechanismSettings:
     # The attribution estimator validated against the exact sweep of the fine-tuned model (None: none); what a
     # researcher patching a 7-8B model with it alone needs to know it can be trusted.
     attribution: str | None = "relp"
+    circuit: bool = True  # edge attribution of the fine-tuned model and its circuit (relscope circuit), max_pairs pairs
 
     def __post_init__(self) -> None:
         from relscope.analysis.patching.sites import ESTIMATORS, POSITION_GROUPS

@@ -10,5 +10,6 @@ KEEP, STATS = "keep", "stats"  # ablations/: keep-only ablations, ΔW statistics
 DYNAMICS, ATTENTION, PROBE = "dynamics", "attention", "probe"  # representations/
 TUNED, BASE = "fine-tuned", "base"  # patching/: the two patch runs
 BASE_VS_TUNED, BASE_VS_TUNED_HEADS = "base-vs-fine-tuned", "base-vs-fine-tuned-heads"  # patching/: their comparisons
+CIRCUIT = "circuit"  # patching/: the fine-tuned model's edge attribution and circuit
 HEAD_ANALYSIS, KNOCKOUT = "heads", "knockout"  # heads/
 REPORT_HTML, REPORT_MD = "report.html", "report.md"

@@ -20,6 +20,7 @@ from relscope.analysis import anatomy, attention, compare, dynamics, probe
 from relscope.analysis import heads as head_analysis
 from relscope.analysis import knockout as ko
 from relscope.analysis.patching import job as patching_job
+from relscope.analysis.patching.circuit import CIRCUIT, FAITHFULNESS
 from relscope.errors import DataError
 from relscope.evaluation.job import METRICS_FILE
 from relscope.io import atomic_write_text
@@ -272,6 +273,14 @@ def patching(root: Path) -> Section:
               table_item(folder / layout.BASE_VS_TUNED_HEADS / compare.SUMMARY, "Base vs fine-tuned, per head"),
               figure_item(folder / layout.BASE / patching_job.component_figure("resid_post"),
                           "Base model: mean IE, residual stream")]
+    circuit = folder / layout.CIRCUIT
+    if circuit.is_dir():  # the study's circuit run (mechanisms.circuit)
+        items += [table_item(circuit / FAITHFULNESS, "Fine-tuned: the logit difference its top-edge circuits "
+                             "recover, every other edge mean-ablated (edges scored by EAP-IG; exact ablation)"),
+                  figure_item(circuit / f"{FAITHFULNESS}.png", "Fine-tuned: faithfulness of the top-edge circuits")]
+        if (circuit / f"{CIRCUIT}.png").is_file():  # none when no circuit short of the whole model is faithful
+            items.append(figure_item(circuit / f"{CIRCUIT}.png", "Fine-tuned: the smallest top-edge circuit within "
+                                     "20 % of the whole model's judgment"))
     run = read_json(tuned / "manifest.json")  # this run's own estimator (an older run's figure may lie beside it)
     method = run.get("config", {}).get("attribution") if "validation" in run else None
     if method:

@@ -147,6 +147,17 @@ def _patch_settings(ctx: StudyContext, adapter: str | None):
                          attribution=validated, validate=validated is not None)
 
 
+def _circuit(ctx: StudyContext, out: Path) -> None:
+    """The fine-tuned model's edge attribution and the faithfulness of its top-edge circuits."""
+    from relscope.analysis.patching.circuit import circuit_job
+    from relscope.analysis.patching.settings import CircuitSettings
+
+    patch = _patch_settings(ctx, ctx.last_checkpoint())
+    circuit_job(CircuitSettings(groups=patch.groups, model=patch.model, adapter=patch.adapter,
+                                max_pairs=patch.max_pairs, min_gap=patch.min_gap, max_length=patch.max_length), out,
+                ctx.progress)
+
+
 def _patching(ctx: StudyContext) -> None:
     from relscope.analysis.compare import compare_job
     from relscope.analysis.patching.job import patch_job
@@ -155,6 +166,8 @@ def _patching(ctx: StudyContext) -> None:
     out = ctx.folder(layout.PATCHING)
     patch_job(_patch_settings(ctx, ctx.last_checkpoint()), out / layout.TUNED, ctx.progress)
     patch_job(_patch_settings(ctx, None), out / layout.BASE, ctx.progress)
+    if ctx.config.mechanisms.circuit:
+        _circuit(ctx, out / layout.CIRCUIT)
     runs = {"run_a": str(out / layout.BASE), "run_b": str(out / layout.TUNED)}
     compare_job(CompareSettings(**runs), out / layout.BASE_VS_TUNED)
     compare_job(CompareSettings(**runs, heads=True), out / layout.BASE_VS_TUNED_HEADS)

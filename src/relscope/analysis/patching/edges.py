@@ -246,11 +246,10 @@ def faithfulness(graph: EdgeGraph, engine: PatchingEngine, pair: PatchPair, circ
 
 def recovered(ld: np.ndarray) -> np.ndarray:
     """(LD(C) - LD(none)) / (LD(all) - LD(none)) of the means over pairs for each circuit: `ld` is (pairs,
-    circuits), the first circuit empty and the last the whole graph, all from the same batched runs."""
+    circuits), the first circuit empty and the last the whole graph, all from the same batched runs;
+    NaN throughout when the whole model's LD is the ablated one's: there is nothing to recover."""
     mean = ld.mean(0)
     whole = mean[-1] - mean[0]
     if not abs(whole) > 1e-6 * max(1.0, abs(mean[-1])):
-        raise DataError(f"the whole model's logit difference ({mean[-1]:.4g}) is the ablated model's "
-                        f"({mean[0]:.4g}): nothing to recover; use pairs with a gap (--min-gap) or the other "
-                        "--ablation")
+        return np.full(len(mean), np.nan)
     return (mean - mean[0]) / whole
