@@ -46,7 +46,7 @@ from relscope.analysis.patching.ig import integrated_gradients
 from relscope.analysis.patching.relp import relevance_patching
 from relscope.analysis.patching.validation import agreement
 from relscope.analysis.patching.pairs import build_pairs
-from relscope.analysis.patching.sites import all_sites, head_sites
+from relscope.analysis.patching.sites import UNSIGNED_ESTIMATORS, all_sites, head_sites
 from relscope.data.dataset import data_root
 from relscope.data.groups import read_groups
 from relscope.models.heads import build_head
@@ -186,7 +186,7 @@ def _print_validation(exact: np.ndarray, estimated: dict, seconds: dict, forward
     print(f"{'estimator':>10} {'site type':>12} {'sites':>6} {'pearson':>8} {'spearman':>8} {'of means':>8} "
           f"{'top-20':>7} {'s/pair':>7} {'fwd-eq':>7}")
     for name, values in estimated.items():
-        for row in agreement(exact, np.stack(values), sites, unsigned=name == "atp-star"):
+        for row in agreement(exact, np.stack(values), sites, unsigned=name in UNSIGNED_ESTIMATORS):
             print(f"{name:>10} {row['site type']:>12} {row['sites']:>6} {row['pearson']:8.3f} {row['spearman']:8.3f} "
                   f"{row['pearson of means']:8.3f} {row['top-20 recall']:7.2f} {seconds[name] / pairs:7.2f} "
                   f"{seconds[name] / forward_seconds:7.1f}")

@@ -92,3 +92,25 @@ def test_circuit_command_writes_the_curve_from_none_to_the_whole_model(ablation,
     assert len(edges) == manifest["edges"] and (out / "circuit.png").exists() and (out / "faithfulness.png").exists()
     chosen = list(csv.DictReader((out / "circuit.csv").open()))
     assert len(chosen) == manifest["circuit_edges"] and chosen == edges[:len(chosen)]  # the top edges
+
+
+def test_recovered_is_nan_when_the_whole_model_barely_differs_from_the_ablated_one():
+    from relscope.analysis.patching.edges import recovered
+
+    lds = np.array([[0.0, 0.5, 1.0], [0.2, 0.6, 1.4]])  # (pairs, circuits): none, half, all
+    np.testing.assert_allclose(recovered(lds, floor=0.1), [0.0, 0.45 / 1.1, 1.0])
+    assert np.isnan(recovered(lds * 0.05, floor=0.1)).all()  # a whole-model gap of 0.06 under the floor
+
+
+def test_a_run_without_a_circuit_removes_an_earlier_runs_circuit(tiny_groups, tmp_path):
+    from relscope.analysis.patching.circuit import CIRCUIT, _write
+    from relscope.analysis.patching.settings import CircuitSettings
+
+    engine, graph, _ = _setup("llama", tiny_groups)
+    for suffix in (".csv", ".md", ".png"):
+        (tmp_path / f"{CIRCUIT}{suffix}").write_text("an earlier run's")
+    scores = np.where(graph.edges, 1.0, 0.0)
+    _write(tmp_path, graph, scores, scores, [{"edges": 0, "share of edges": 0.0, "recovered": float("nan")},
+                                             {"edges": 1, "share of edges": 1.0, "recovered": float("nan")}],
+           None, "tiny", CircuitSettings(), 2)
+    assert not list(tmp_path.glob(f"{CIRCUIT}.*")) and (tmp_path / "edges.csv").exists()

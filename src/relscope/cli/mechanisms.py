@@ -43,6 +43,9 @@ def _circuit(settings: CircuitSettings, args: argparse.Namespace) -> int:
         print(f"top {row['edges']:>6} edges ({100 * row['share of edges']:6.2f} %): {row['recovered']:+.3f} of LD "
               "recovered")
     found = summary["circuit_edges"]
+    if any(row["recovered"] != row["recovered"] for row in summary["curve"]):  # NaN
+        print(f"the whole model's logit difference ({summary['ld_all']:.4g}) is within --min-gap of the ablated "
+              f"one's ({summary['ld_none']:.4g}): nothing to recover; use other pairs or --ablation")
     band = f"{summary['target']:.0%}-{2 - summary['target']:.0%}"
     print(f"circuit: {found} edges recover {band} of the logit difference" if found else
           f"no top-edge circuit short of the whole model recovers {band} of the logit difference")

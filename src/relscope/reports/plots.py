@@ -208,7 +208,8 @@ def bars(names: Sequence[str], series: Mapping[str, Sequence[float]], title: str
     return fig
 
 
-def agreement(exact: np.ndarray, estimated: np.ndarray, types: Sequence[str], title: str, method: str) -> Figure:
+def agreement(exact: np.ndarray, estimated: np.ndarray, types: Sequence[str], title: str, method: str,
+              what: str = "IE") -> Figure:
     """One scatter per site type of estimated against exact values ((pairs, sites) arrays, `types` per site), the
     diagonal drawn: a point on it is a site the estimate gets exactly."""
     names = list(dict.fromkeys(types))
@@ -220,7 +221,7 @@ def agreement(exact: np.ndarray, estimated: np.ndarray, types: Sequence[str], ti
         bounds = [min(x.min(), y.min()), max(x.max(), y.max())] if len(x) else [0, 1]
         ax.plot(bounds, bounds, color="grey", linewidth=0.8)
         ax.set_title(f"{name} ({int(mask.sum())} sites)", fontsize=9)
-        ax.set_xlabel("exact IE")
+        ax.set_xlabel(f"exact {what}")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel(f"{method} estimate")
     fig.suptitle(wrapped(title, 0.6 + 2.7 * len(names)), fontsize=10)

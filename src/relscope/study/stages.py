@@ -7,6 +7,7 @@ again since; see runner.py) and a function that runs it.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,6 +169,8 @@ def _patching(ctx: StudyContext) -> None:
     patch_job(_patch_settings(ctx, None), out / layout.BASE, ctx.progress)
     if ctx.config.mechanisms.circuit:
         _circuit(ctx, out / layout.CIRCUIT)
+    elif (out / layout.CIRCUIT).is_dir():  # left by an interrupted run with the circuit on: not this run's
+        shutil.rmtree(out / layout.CIRCUIT)
     runs = {"run_a": str(out / layout.BASE), "run_b": str(out / layout.TUNED)}
     compare_job(CompareSettings(**runs), out / layout.BASE_VS_TUNED)
     compare_job(CompareSettings(**runs, heads=True), out / layout.BASE_VS_TUNED_HEADS)

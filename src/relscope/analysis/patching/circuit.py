@@ -55,7 +55,7 @@ def circuit_job(settings: CircuitSettings, out: str | Path, progress: bool = Tru
     means = mean_writer_values(graph, engine, [p for p, *_ in kept]) if settings.ablation == "mean" else None
     lds = np.stack([faithfulness(graph, engine, pair, circuits, settings.ablation, means)
                     for pair, *_ in tqdm(kept, desc="circuits", disable=not progress)])
-    curve = recovered(lds)
+    curve = recovered(lds, settings.min_gap)  # the floor a pair's own gap must clear
     rows = [{"edges": k, "share of edges": k / n_edges, "recovered": float(r)} for k, r in zip(sizes, curve)]
     # Faithful: within 1 - target of the whole model's judgment, from below or above (a circuit that overshoots,
     # the rest ablated, is not the model's mechanism either).
@@ -90,7 +90,10 @@ def _write(out: Path, graph: EdgeGraph, mean: np.ndarray, std: np.ndarray, curve
                            f"{name}: faithfulness of the top-edge circuits ({settings.ablation} ablation, {pairs} "
                            "pairs)", "edges kept (% of the graph)", "share of LD recovered", log_x=True),
                out / f"{FAITHFULNESS}.png")
-    if circuit is not None:
+    if circuit is None:  # an earlier run's circuit in this folder must not pass for this one's
+        for stale in (out / f"{CIRCUIT}.csv", out / f"{CIRCUIT}.md", out / f"{CIRCUIT}.png"):
+            stale.unlink(missing_ok=True)
+    else:
         kept = [row for row, (u, v) in zip(rows, ranked) if circuit[u, v]]
         band = f"{settings.target:.0%} to {2 - settings.target:.0%}"
         write_table(kept, out / CIRCUIT, f"The smallest top-edge circuit recovering {band} of the logit "

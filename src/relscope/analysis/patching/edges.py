@@ -244,12 +244,13 @@ def faithfulness(graph: EdgeGraph, engine: PatchingEngine, pair: PatchPair, circ
     return np.concatenate(out)
 
 
-def recovered(ld: np.ndarray) -> np.ndarray:
+def recovered(ld: np.ndarray, floor: float) -> np.ndarray:
     """(LD(C) - LD(none)) / (LD(all) - LD(none)) of the means over pairs for each circuit: `ld` is (pairs,
     circuits), the first circuit empty and the last the whole graph, all from the same batched runs;
-    NaN throughout when the whole model's LD is the ablated one's: there is nothing to recover."""
+    NaN throughout when the whole model's LD is within `floor` of the ablated one's (pairs' gaps that cancel, or
+    an ablation that changes nothing): a ratio over that is noise, as an IE over a small gap is."""
     mean = ld.mean(0)
     whole = mean[-1] - mean[0]
-    if not abs(whole) > 1e-6 * max(1.0, abs(mean[-1])):
+    if not abs(whole) >= max(floor, 1e-6 * max(1.0, abs(mean[-1]))):
         return np.full(len(mean), np.nan)
     return (mean - mean[0]) / whole

@@ -14,8 +14,8 @@ AtP with GradDrop.
 A site inside layer l (its attention or MLP output, a head's output) reaches the judgment only through layer l's
 writes, so its term for l is 0 and the mean is over the other L - 1 layers, as AtP* writes it. A residual-stream
 site is inside no layer: none of its L terms vanishes and the mean is over L (relscope's choice; AtP* has no such
-nodes). The estimate is written as a magnitude of the IE: LD_patched = LD_corrupted + sign(gap) * c. Cost: AtP's
-passes and L more backward passes.
+nodes). The estimate is written as a magnitude of the IE: LD_patched = LD_corrupted + sign(gap) * c. Cost: the
+clean and corrupted forwards and L backward passes.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from relscope.analysis.patching.engine import PairResult, PatchingEngine
 from relscope.analysis.patching.hooks import capturing
 from relscope.analysis.patching.pairs import PatchPair
 from relscope.analysis.patching.sites import Site
+from relscope.errors import ModelError
 
 RESIDUAL = ("resid_pre", "resid_post")
 
@@ -38,9 +39,11 @@ RESIDUAL = ("resid_pre", "resid_post")
 def layer_terms(engine: PatchingEngine, pair: PatchPair, sites: Sequence[Site]) -> tuple[np.ndarray, float, float]:
     """((layers, sites) AtP estimates with each layer's residual writes cut from the backward, LD_clean,
     LD_corrupted): one forward of the corrupted prompt, one backward per layer."""
+    depth = len(engine.spec.layer_list(engine.model))
+    if depth < 2:  # a site's own layer is its only way out: nothing left to average
+        raise ModelError(f"GradDrop needs at least 2 layers; this model has {depth}: use --attribution atp")
     keys = sorted({s.key for s in sites})
     clean, ld_clean = clean_side(engine, pair, sites)
-    depth = len(engine.spec.layer_list(engine.model))
     dropped: list[int | None] = [None]
 
     def cut_at(layer: int):
@@ -74,6 +77,6 @@ def grad_drop(engine: PatchingEngine, pair: PatchPair, sites: Sequence[Site]) ->
     terms, ld_clean, ld_corrupted = layer_terms(engine, pair, sites)
     depth = len(terms)
     counted = np.array([depth if s.component in RESIDUAL else depth - 1 for s in sites])
-    magnitude = np.abs(terms).sum(0) / np.maximum(counted, 1)
+    magnitude = np.abs(terms).sum(0) / counted
     sign = 1.0 if ld_clean >= ld_corrupted else -1.0
     return PairResult(pair.qid, ld_clean, ld_corrupted, ld_corrupted + sign * magnitude)

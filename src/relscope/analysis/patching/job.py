@@ -306,8 +306,10 @@ def _validate(out: Path, compared: list, settings: PatchSettings, layers: list[i
                 f"ie_{method}.npz")
     write_table(rows, out / VALIDATION, f"{method} against exact patching per site type ({len(exact)} pairs; "
                 "Pearson and Spearman over every pair and site, top-20 recall of the mean IEs)")
-    plots.save(plots.agreement(exact, estimated, [site_type(s) for s in sites],
-                               f"{name}: {method} estimate vs exact IE ({len(exact)} pairs)", method),
+    unsigned = method in UNSIGNED_ESTIMATORS  # an estimate of |IE| is drawn against the exact |IE|
+    what = "|IE|" if unsigned else "IE"
+    plots.save(plots.agreement(np.abs(exact) if unsigned else exact, estimated, [site_type(s) for s in sites],
+                               f"{name}: {method} estimate vs exact {what} ({len(exact)} pairs)", method, what),
                out / validation_figure(method))
     return rows
 

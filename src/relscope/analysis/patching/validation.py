@@ -8,6 +8,8 @@ For each site type (resid, attn, mlp, head, score block; sites.SITE_TYPES) over 
 - top-k recall: the share of the k sites of largest |mean exact IE| that are also among the k of largest |mean
   estimate| (k = 20): what preselecting k sites by the estimate for exact patching keeps. NaN for a site type of
   k sites or fewer, where every estimate would score 1.
+An estimator of |IE| (AtP*'s GradDrop) is compared with the exact |IE| (`unsigned`): its means and top-k are then
+over mean |IE| per site, not |mean IE|, so its row is not comparable with the signed estimators' rows.
 """
 
 from __future__ import annotations
