@@ -86,7 +86,7 @@ def lines(x: Sequence[float], series: Mapping[str, Sequence[float]], title: str,
         ax.set_xscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_title(title)
+    ax.set_title(wrapped(title, 6), fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -96,8 +96,9 @@ class MechanismSettings:
     min_gap: float = 0.1  # pairs whose clean-corrupted logit difference gap is below this are left out
     max_length: int | None = None  # None: train.max_length, for base and fine-tuned alike
     # The attribution estimator validated against the exact sweep of the fine-tuned model (None: none); what a
-    # researcher patching a 7-8B model with it alone needs to know it can be trusted.
-    attribution: str | None = "relp"
+    # researcher patching a 7-8B model with it alone needs to know it can be trusted. AtP: the best-agreeing signed
+    # estimator at its cost on SmolLM2 (BENCHMARKS.md; RelP's rules made every site type worse there).
+    attribution: str | None = "atp"
     circuit: bool = True  # edge attribution of the fine-tuned model and its circuit (relscope circuit), max_pairs pairs
 
     def __post_init__(self) -> None:
