@@ -114,3 +114,18 @@ def test_a_run_without_a_circuit_removes_an_earlier_runs_circuit(tiny_groups, tm
                                              {"edges": 1, "share of edges": 1.0, "recovered": float("nan")}],
            None, "tiny", CircuitSettings(), 2)
     assert not list(tmp_path.glob(f"{CIRCUIT}.*")) and (tmp_path / "edges.csv").exists()
+
+
+def test_the_oriented_curve_runs_from_0_to_1_under_interchange_ablation(tiny_family_dir, tiny_groups, tmp_path):
+    """Interchange ablation with every edge cut is each pair's corrupted run: oriented per pair (clean the higher),
+    the curve starts at 0 and ends at 1 whatever the signs of the pairs' gaps."""
+    import json
+
+    from relscope.cli import main
+
+    out = tmp_path / "c"
+    assert main(["circuit", str(tiny_family_dir("gpt_neox")), "--groups", str(tiny_groups), "--max-pairs", "3",
+                 "--min-gap", "0", "--ig-steps", "1", "--ablation", "corrupted", "--out", str(out), "--quiet"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    curve = [row["recovered"] for row in manifest["curve"]]
+    assert all(np.isfinite(curve)) and curve[0] == 0.0 and curve[-1] == 1.0

@@ -55,7 +55,10 @@ def circuit_job(settings: CircuitSettings, out: str | Path, progress: bool = Tru
     means = mean_writer_values(graph, engine, [p for p, *_ in kept]) if settings.ablation == "mean" else None
     lds = np.stack([faithfulness(graph, engine, pair, circuits, settings.ablation, means)
                     for pair, *_ in tqdm(kept, desc="circuits", disable=not progress)])
-    curve = recovered(lds, settings.min_gap)  # the floor a pair's own gap must clear
+    # Each pair's LDs oriented so that its clean run is the higher: relevance pairs' gaps differ in sign (a judge
+    # can prefer the negative), and unaligned means over pairs could cancel to nothing.
+    orientation = np.sign([c - r for _, _, c, r in kept])[:, None]
+    curve = recovered(lds * orientation, settings.min_gap)  # the floor a pair's own gap must clear
     rows = [{"edges": k, "share of edges": k / n_edges, "recovered": float(r)} for k, r in zip(sizes, curve)]
     # Faithful: within 1 - target of the whole model's judgment, from below or above (a circuit that overshoots,
     # the rest ablated, is not the model's mechanism either).

@@ -246,7 +246,8 @@ def faithfulness(graph: EdgeGraph, engine: PatchingEngine, pair: PatchPair, circ
 
 def recovered(ld: np.ndarray, floor: float) -> np.ndarray:
     """(LD(C) - LD(none)) / (LD(all) - LD(none)) of the means over pairs for each circuit: `ld` is (pairs,
-    circuits), the first circuit empty and the last the whole graph, all from the same batched runs;
+    circuits), the first circuit empty and the last the whole graph, all from the same batched runs, each pair's
+    oriented so that its clean run is the higher (circuit.py);
     NaN throughout when the whole model's LD is within `floor` of the ablated one's (pairs' gaps that cancel, or
     an ablation that changes nothing): a ratio over that is noise, as an IE over a small gap is."""
     mean = ld.mean(0)
