@@ -38,15 +38,12 @@ import time
 import numpy as np
 import torch
 
-from relscope.analysis.patching.atp import attribution_patching
 from relscope.analysis.patching.engine import PatchingEngine
+from relscope.analysis.patching.estimators import estimate
 from relscope.analysis.patching.fast import FastPatcher, first_difference
-from relscope.analysis.patching.graddrop import grad_drop
-from relscope.analysis.patching.ig import integrated_gradients
-from relscope.analysis.patching.relp import relevance_patching
 from relscope.analysis.patching.validation import agreement
 from relscope.analysis.patching.pairs import build_pairs
-from relscope.analysis.patching.sites import UNSIGNED_ESTIMATORS, all_sites, head_sites
+from relscope.analysis.patching.sites import ESTIMATORS, UNSIGNED_ESTIMATORS, all_sites, head_sites
 from relscope.data.dataset import data_root
 from relscope.data.groups import read_groups
 from relscope.models.heads import build_head
@@ -68,7 +65,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--skip", nargs="*", default=[], choices=["naive", "batched", "fast", "tl"],
                         help="paths not to time (batched is the slowest on a CPU)")
-    parser.add_argument("--estimators", nargs="*", default=list(ESTIMATE), choices=list(ESTIMATE),
+    parser.add_argument("--estimators", nargs="*", default=list(ESTIMATORS), choices=ESTIMATORS,
                         help="attribution estimators validated against the fast path (none: --estimators)")
     parser.add_argument("--ig-steps", type=int, default=5)
     args = parser.parse_args()
@@ -109,9 +106,9 @@ def main() -> None:
                 exact.append(result.indirect_effects())
         forward_seconds += timed(lambda: engine.corrupted_logit_diff(pair))[1]
         for name in args.estimators:
-            estimate, seconds = timed(lambda: ESTIMATE[name](engine, pair, sites, args.ig_steps))
+            result, seconds = timed(lambda: estimate(name, engine, pair, sites, args.ig_steps))
             estimate_seconds[name] += seconds
-            estimated[name].append(estimate.indirect_effects())
+            estimated[name].append(result.indirect_effects())
     if "tl" not in skip:
         totals["TransformerLens (scaled)"], worst["TransformerLens (scaled)"] = _transformer_lens(
             loaded, engine, pairs, sites, sample)
@@ -167,15 +164,6 @@ def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
     torch.mm(a, b)
     best = min(timed(lambda: torch.mm(a, b))[1] for _ in range(repeats))
     return 2 * size ** 3 / best / 1e9
-
-
-# Each estimator as (engine, pair, sites, ig_steps) -> PairResult.
-ESTIMATE = {
-    "atp": lambda engine, pair, sites, _steps: attribution_patching(engine, pair, sites),
-    "relp": lambda engine, pair, sites, _steps: relevance_patching(engine, pair, sites),
-    "atp-star": lambda engine, pair, sites, _steps: grad_drop(engine, pair, sites),  # |IE|, against the exact |IE|
-    "ig": lambda engine, pair, sites, steps: integrated_gradients(engine, pair, sites, steps),
-}
 
 
 def _print_validation(exact: np.ndarray, estimated: dict, seconds: dict, forward_seconds: float, sites,

@@ -25,13 +25,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from relscope.analysis.patching.artefacts import IE_FILE, head_ie_file, load_pair_result
-from relscope.analysis.patching.atp import attribution_patching
-from relscope.analysis.patching.graddrop import grad_drop
-from relscope.analysis.patching.ig import integrated_gradients
 from relscope.analysis.patching.engine import PairResult, PatchingEngine, indirect_effects
+from relscope.analysis.patching.estimators import estimate
 from relscope.analysis.patching.fast import FastPatcher
 from relscope.analysis.patching.pairs import PatchPair, build_pairs
-from relscope.analysis.patching.relp import relevance_patching
 from relscope.analysis.patching.scores import score_blocks, score_sites
 from relscope.analysis.patching.settings import PatchSettings
 from relscope.analysis.patching.sites import UNSIGNED_ESTIMATORS, Site, all_sites, head_sites
@@ -107,8 +104,7 @@ def patch_job(settings: PatchSettings, out: str | Path, progress: bool = True) -
     effects = Effects(settings, sweeper, engine, cache, kept_pairs, show)
     exact, estimated = effects.of(sites, "sites")
     results, method = (exact, EXACT) if exact is not None else (estimated, effects.method)  # ie.npz: exact if run
-    ie, _ = indirect_effects(results, 0.0)
-    _check_finite(ie, "an indirect effect", engine)
+    ie, _ = indirect_effects(results, 0.0)  # checked finite in Effects.of
     shape = (len(settings.components), len(layers), len(settings.positions))  # all_sites' order
     grid = ie.reshape(len(ie), *shape)
     summary = {"pairs": report.pairs, "skipped_misaligned": report.skipped_misaligned,
@@ -255,13 +251,7 @@ class Effects:
 
     def estimate(self, pair: PatchPair, sites: Sequence[Site]) -> PairResult:
         """The configured estimator's result for one pair."""
-        if self.settings.attribution == "ig":
-            return integrated_gradients(self.engine, pair, sites, self.settings.ig_steps)
-        if self.settings.attribution == "relp":
-            return relevance_patching(self.engine, pair, sites, self.settings.relp_rules)
-        if self.settings.attribution == "atp-star":
-            return grad_drop(self.engine, pair, sites)
-        return attribution_patching(self.engine, pair, sites)
+        return estimate(self.method, self.engine, pair, sites, self.settings.ig_steps, self.settings.relp_rules)
 
     def of(self, sites: Sequence[Site], what: str) -> tuple[list[PairResult] | None, list[PairResult] | None]:
         """(exact results or None, estimated results or None) of every kept pair at `sites`."""

@@ -1,0 +1,27 @@
+"""One entry point to every attribution estimator (sites.ESTIMATORS), for the patch job and the benchmark alike."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from relscope.analysis.patching.atp import attribution_patching
+from relscope.analysis.patching.engine import PairResult, PatchingEngine
+from relscope.analysis.patching.graddrop import grad_drop
+from relscope.analysis.patching.ig import DEFAULT_STEPS, integrated_gradients
+from relscope.analysis.patching.pairs import PatchPair
+from relscope.analysis.patching.relp import relevance_patching
+from relscope.analysis.patching.sites import LRP_RULES, Site
+
+
+def estimate(method: str, engine: PatchingEngine, pair: PatchPair, sites: Sequence[Site],
+             ig_steps: int = DEFAULT_STEPS, relp_rules: Sequence[str] = LRP_RULES) -> PairResult:
+    """Estimator `method`'s result for one pair: atp, atp-star, relp (with `relp_rules`) or ig (`ig_steps`)."""
+    if method == "ig":
+        return integrated_gradients(engine, pair, sites, ig_steps)
+    if method == "relp":
+        return relevance_patching(engine, pair, sites, relp_rules)
+    if method == "atp-star":
+        return grad_drop(engine, pair, sites)
+    if method == "atp":
+        return attribution_patching(engine, pair, sites)
+    raise ValueError(f"unknown attribution estimator {method!r}")
