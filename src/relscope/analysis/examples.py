@@ -88,6 +88,7 @@ def load_with_prompts(model: str | None, adapter: str | None, template: str | No
     yes_no and 256)."""
     from relscope.models.adapters import load_trained, resolve_max_length
     from relscope.models.load import load_model
+    from relscope.prompts.presets import preset_for
     from relscope.prompts.templates import get_template
 
     max_length = resolve_max_length(max_length, adapter, 256)
@@ -96,4 +97,6 @@ def load_with_prompts(model: str | None, adapter: str | None, template: str | No
         template = meta["template"]
     else:
         loaded = load_model(model or "smollm2-135m-instruct")
+        preset = None if template else preset_for(model)
+        template = preset.template if preset else template  # a published reranker: its own prompt
     return loaded, PromptBuilder(loaded.tokenizer, get_template(template or "yes_no"), max_length)

@@ -1,4 +1,4 @@
-"""Commands over runs: rerank, evaluate, fuse, groups. Their flags come from the settings dataclasses."""
+"""Commands over runs: rerank, evaluate, fuse, groups, export. Their flags come from the settings dataclasses."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 
 from relscope.cli.commands import Command, add_command
 from relscope.data.training import GroupsSettings
-from relscope.evaluation.settings import EvaluateSettings, FuseSettings, RerankConfig
+from relscope.evaluation.settings import EvaluateSettings, ExportSettings, FuseSettings, RerankConfig
 
 
 def _rerank(config: RerankConfig, args: argparse.Namespace) -> int:
@@ -72,6 +72,17 @@ def _groups(settings: GroupsSettings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(settings: ExportSettings, args: argparse.Namespace) -> int:
+    from relscope.evaluation.export import export_job
+
+    info = export_job(settings, args.out)
+    loads = "transformers" + (" and sentence-transformers' CrossEncoder" if info["cross_encoder"] else "")
+    bias = f"; add score_bias {info['score_bias']:+.6f} for relscope's scores" if info["score_bias"] else ""
+    print(f"{args.out}: {info['kind']} ({info['head']} head), loads with {loads}{bias}; prompt and answer tokens in "
+          f"{args.out}/relscope_export.json")
+    return 0
+
+
 COMMANDS = (
     Command("rerank", "rerank a first-stage run with an LLM and evaluate it", RerankConfig, _rerank, quiet=True,
             config_file=True),
@@ -80,10 +91,12 @@ COMMANDS = (
             out="output .jsonl (its manifest goes beside it: <out>.manifest.json)"),
     Command("fuse", "interpolate runs (a reranker with its first stage) and evaluate", FuseSettings, _fuse,
             out="the fused TREC run (its manifest goes beside it: <out>.manifest.json)"),
+    Command("export", "a trained checkpoint as a merged Hugging Face model folder (and CrossEncoder) to serve",
+            ExportSettings, _export, out="the new folder to write"),
 )
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    """Add rerank, evaluate, groups and fuse to the `relscope` subcommands."""
+    """Add rerank, evaluate, groups, fuse and export to the `relscope` subcommands."""
     for command in COMMANDS:
         add_command(commands, command)

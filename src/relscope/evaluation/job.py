@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -27,7 +28,11 @@ from relscope.evaluation.settings import RerankConfig
 from relscope.io import atomic_write_json, atomic_write_text, output_lock
 from relscope.manifest import CONFIG_FILE, MANIFEST_FILE, build_manifest
 from relscope.models.load import load_model
+from relscope.models.adapters import adapter_folder
 from relscope.models.scoring import ScoringOptions
+from relscope.prompts.presets import RerankerPreset, preset_for
+
+log = logging.getLogger(__name__)
 
 # What `relscope rerank` writes (the study and its report read them back by these names).
 RUN_FILE, METRICS_FILE, PER_QUERY_FILE = "run.trec", "metrics.json", "per_query.csv"
@@ -61,8 +66,9 @@ def run_rerank_job(config: RerankConfig, out_dir: str | Path, progress: bool = T
 def _rerank_job(config: RerankConfig, out: Path, progress: bool) -> dict[str, Any]:
     from relscope.models.adapters import resolve_max_length
 
-    # An adapter is scored with the max_length it was trained with unless one is given; config.yaml says which.
-    config = replace(config, max_length=resolve_max_length(config.max_length, config.adapter, 512))
+    # An adapter is scored with the max_length it was trained with unless one is given (a published reranker: its
+    # preset's); config.yaml says which.
+    config = replace(config, max_length=resolve_max_length(config.max_length, config.adapter, default_max_length(config)))
     dataset = load_dataset(config)  # fail on bad data before loading a model
     check_dataset_evaluable(dataset)
     files = dict(dataset.files)
@@ -71,9 +77,11 @@ def _rerank_job(config: RerankConfig, out: Path, progress: bool) -> dict[str, An
     loaded = reranker.loaded
     result = rerank(reranker, dataset, config.top_k)
 
+    preset = chosen_preset(config)
     metrics = {
         "model": loaded.name,
         "adapter": config.adapter,
+        "preset": preset.name if preset else None,
         "template": reranker.builder.template.name,
         "max_length": reranker.builder.max_length,
         "top_k": config.top_k,
@@ -119,14 +127,37 @@ def check_dataset_evaluable(dataset: RerankDataset) -> None:
         check_evaluable(dataset.qrels, dataset.run, (str(dataset.files.get("qrels", "qrels")), str(run_source)))
 
 
+def chosen_preset(config: RerankConfig) -> RerankerPreset | None:
+    """The published reranker's preset that scores `config.model`: none for a relscope checkpoint, or when the user
+    chose the template (their choice overrides the preset's prompt and head)."""
+    return None if config.adapter or config.template else preset_for(config.model)
+
+
+def default_max_length(config: RerankConfig) -> int:
+    """The prompt length when neither the user nor a checkpoint gives one: the preset's, else 512."""
+    preset = chosen_preset(config)
+    return preset.max_length if preset else 512
+
+
 def build_reranker(config: RerankConfig, options: ScoringOptions, progress: bool) -> Reranker:
-    """The base model zero-shot, or a trained checkpoint with its own template, head and max_length."""
+    """The base model zero-shot (a published reranker with its preset's prompt and head), a preset's adapter on its
+    base (RankLLaMA), or a trained checkpoint with its own template, head and max_length."""
     from relscope.models.adapters import load_trained, resolve_max_length
 
-    max_length = resolve_max_length(config.max_length, config.adapter, 512)
+    max_length = resolve_max_length(config.max_length, config.adapter, default_max_length(config))
+    preset = chosen_preset(config)
+    if preset is not None:
+        log.info("model %s: scored as the %s preset (%s)", config.model, preset.name, preset.source)
+    if preset is not None and preset.base_model:  # the id names a PEFT adapter with a trained head
+        loaded, head, _ = load_trained(adapter_folder(config.model), dtype=config.dtype, device=config.device,
+                                       merge=True, model=preset.base_model, template=preset.template,
+                                       head=config.head or preset.head)
+        return Reranker.build(loaded, preset.template, head, max_length, options, progress)
     if config.adapter is None:
         loaded = load_model(config.model, dtype=config.dtype, device=config.device)
-        return Reranker.build(loaded, config.template or "yes_no", config.head, max_length, options, progress)
+        template = config.template or (preset.template if preset else "yes_no")
+        head = config.head or (preset.head if preset else None)
+        return Reranker.build(loaded, template, head, max_length, options, progress)
 
     loaded, head, meta = load_trained(config.adapter, dtype=config.dtype, device=config.device, merge=True)
     template = config.template or meta["template"]

@@ -110,3 +110,20 @@ class FuseSettings:
     def __post_init__(self) -> None:
         check_fusion(len(self.runs), self.weights, self.norm)
         check_measures(self.measures, "--measures")
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    """`relscope export`: a trained checkpoint as a merged Hugging Face model folder a serving library loads."""
+
+    checkpoint: str = field(metadata=option("a checkpoint-<step>/ folder of relscope train (or a PEFT adapter)",
+                                           positional=True))
+    model: str | None = field(default=None, metadata=option(
+        "the base model (unset: the one the checkpoint names)"))
+    cross_encoder: bool = field(default=True, metadata=option(
+        "also make the folder loadable as a sentence-transformers CrossEncoder where the installed version can "
+        "(--no-cross-encoder: do not)"))
+
+    def __post_init__(self) -> None:
+        if not str(self.checkpoint).strip():
+            raise ConfigError("export: give the checkpoint folder to export, e.g. runs/train/checkpoint-680")

@@ -259,6 +259,20 @@ def check_answer_ids(folder: Path, meta: dict, builder: PromptBuilder) -> None:
                          f"{list(builder.answer_ids)}; score it with the tokenizer it was trained with, or retrain")
 
 
+def adapter_folder(adapter: str) -> Path:
+    """A local adapter folder as given, or a hub id's files downloaded (once, into the Hugging Face cache)."""
+    path = Path(adapter).expanduser()
+    if path.is_dir():
+        return path
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(adapter, allow_patterns=["*.json", "*.safetensors", "*.bin"]))
+    except Exception as err:  # noqa: BLE001 - offline, unknown id, gated: one line either way
+        raise ModelError(f"adapter {adapter!r}: not a local folder and not downloadable ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0][:200]}); download it and give its folder") from None
+
+
 def _adapter_base(folder: Path) -> str | None:
     config = folder / "adapter_config.json"
     if not config.is_file():
@@ -272,9 +286,15 @@ def _external_meta(folder: Path, model: str | None, template: str | None, head: 
     if not (folder / "adapter_config.json").is_file():
         raise ModelError(f"{folder}: neither a relscope checkpoint ({META_FILE}) nor a PEFT adapter "
                          "(adapter_config.json); give a checkpoint-<step>/ folder or a PEFT adapter folder")
-    base = model or _adapter_base(folder)
+    from relscope.prompts.presets import preset_for
+
+    preset = preset_for(folder.name) if template is None else None  # a published adapter (RankLLaMA): its prompt
+    base = model or _adapter_base(folder) or (preset.base_model if preset else None)
     if not base:
         raise ModelError(f"{folder}/adapter_config.json names no base model; pass the base model explicitly")
+    if preset is not None:
+        return {"model": base, "template": preset.template, "head": head or preset.head, "external": True,
+                "max_length": preset.max_length}
     if _classifier_keys(folder):  # a trained score head (Tevatron, RankLLaMA): read with it, not with answer words
         return {"model": base, "template": template or "score", "head": head or "linear", "external": True}
     return {"model": base, "template": template or "yes_no", "head": head, "external": True}

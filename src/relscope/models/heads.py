@@ -3,6 +3,7 @@
     yes_no  logit("yes") - logit("no") through the model's own unembedding (zero-shot)
     linear  a trained Linear(d_model, 1) on the last token (RankLLaMA / Tevatron)
     ab      logit("A") - logit("B") for pairwise prompts (positive: A is more relevant)
+    first_answer  the first answer word's logit alone (bge-reranker-v2-gemma's "Yes")
     two_logit  a trained Linear(d_model, 2) on the last token, logit A - logit B (study 001's classifier head)
 
 Answer heads compute only the two unembedding rows they need, not the full vocabulary.
@@ -62,6 +63,14 @@ class AnswerLogitHead(Head):
         return logits[:, 0] - logits[:, 1]
 
 
+class FirstAnswerHead(AnswerLogitHead):
+    """The first answer word's logit alone (bge-reranker-v2-gemma scores by the logit of "Yes", no "No" term)."""
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(batch, d_model) -> (batch,): the first answer's logit."""
+        return self.answer_logits(hidden)[:, 0]
+
+
 class LinearScoreHead(Head):
     """A trained Linear(d_model, 1) on the last token (RankLLaMA / Tevatron)."""
 
@@ -93,18 +102,19 @@ HeadFactory = Callable[..., Head]
 HEADS: Registry[HeadFactory] = Registry("head")
 
 
-def _answer_head(kind: str) -> HeadFactory:
+def _answer_head(kind: str, head_class: type[AnswerLogitHead] = AnswerLogitHead) -> HeadFactory:
     def build(model: PreTrainedModel | PeftModel, builder: PromptBuilder) -> Head:
         if builder.template.kind != kind:
             raise ConfigError(f"the {kind} head needs a {kind} template, not {builder.template.name!r}")
         softcap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
-        return AnswerLogitHead(model.get_output_embeddings(), builder.answer_ids, softcap, kind)
+        return head_class(model.get_output_embeddings(), builder.answer_ids, softcap, kind)
 
     return build
 
 
 HEADS.register("yes_no", _answer_head("pointwise"))
 HEADS.register("ab", _answer_head("pairwise"))
+HEADS.register("first_answer", _answer_head("pointwise", FirstAnswerHead))
 HEADS.register("linear", lambda model, builder: LinearScoreHead(model.config.get_text_config().hidden_size))
 
 

@@ -43,6 +43,12 @@ class PromptTemplate:
     # The user text as (part, text) pairs in the default order, for templates that offer other layouts.
     parts: tuple[tuple[str, str], ...] = ()
     layout: str = DEFAULT_LAYOUT
+    # How an answer word becomes its token: "auto" reads the word as the model would write it after this prompt
+    # (space-led after plain text: PromptBuilder.answer_ids); "bare" reads the first token of the word tokenised
+    # alone, as the published rerankers' own code does (tokenizer("Yes", add_special_tokens=False)[0]).
+    answer_rule: Literal["auto", "bare"] = "auto"
+    # Where the text comes from (a preset's model page or reference code, with its commit).
+    source: str | None = None
 
     def __post_init__(self) -> None:
         """Every slot is in the user text, and the parts (when given) are the user text in the default layout."""
@@ -51,6 +57,8 @@ class PromptTemplate:
         for slot in self.document_slots + ("query",):
             if "{" + slot + "}" not in self.user:
                 raise ConfigError(f"template {self.name!r}: user text must contain the slot {{{slot}}}")
+        if self.answer_rule not in ("auto", "bare"):
+            raise ConfigError(f"template {self.name!r}: answer_rule must be auto or bare, got {self.answer_rule!r}")
 
     @property
     def document_slots(self) -> tuple[str, ...]:
@@ -60,10 +68,10 @@ class PromptTemplate:
     def with_layout(self, layout: str) -> PromptTemplate:
         """This template with its parts in `layout`'s order (the part a template lacks, e.g. an instruction, is
         left out); a template written as one text has only its own layout."""
-        if layout not in LAYOUTS:
-            raise ConfigError(f"layout {layout!r} is not one of {', '.join(LAYOUTS)}")
         if layout == self.layout:
             return self
+        if layout not in LAYOUTS:
+            raise ConfigError(f"layout {layout!r} is not one of {', '.join(LAYOUTS)}")
         if not self.parts:
             raise ConfigError(f"template {self.name!r} is one text, not parts: it has no layout but {self.layout}")
         texts = dict(self.parts)
@@ -71,8 +79,17 @@ class PromptTemplate:
         return replace(self, user=user, layout=layout)
 
     def fingerprint(self) -> str:
-        """A stable hash recorded in every manifest: same hash, same prompts."""
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        """A stable hash recorded in every manifest: same hash, same prompts. Fields added after the first release
+        count only when they differ from their default, so the hashes of earlier runs' templates stay the same."""
+        fields = asdict(self)
+        del fields["source"]  # documentation, not the prompt
+        for key, default in _LATER_FIELDS.items():
+            if fields[key] == default:
+                del fields[key]
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+_LATER_FIELDS = {"answer_rule": "auto"}
 
 
 TEMPLATES: Registry[PromptTemplate] = Registry("prompt template")
@@ -121,6 +138,74 @@ TEMPLATES.register(
 )
 
 
-def get_template(name: str, layout: str = DEFAULT_LAYOUT) -> PromptTemplate:
-    """The registered template `name` in `layout`; a ConfigError lists the known ones otherwise."""
-    return TEMPLATES.get(name).with_layout(layout)
+# -- the published rerankers' own prompts (relscope.prompts.presets maps model ids to them) ---------------------------
+# Each is the reference code's text exactly, written out as one plain text (chat markup included as text, so no chat
+# template of the tokenizer can change it); {query} and {document} are the only slots. The tokenizer adds what its own
+# special-token rule adds (Gemma's <bos>; nothing for Qwen). docs/notes/reranker-presets.md has the sources in full.
+
+QWEN3_RERANKER_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
+TEMPLATES.register(
+    "qwen3-reranker",
+    PromptTemplate(
+        name="qwen3-reranker",
+        kind="pointwise",
+        user=("<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the "
+              "Instruct provided. Note that the answer can only be \"yes\" or \"no\".<|im_end|>\n<|im_start|>user\n"
+              f"<Instruct>: {QWEN3_RERANKER_INSTRUCTION}\n<Query>: {{query}}\n<Document>: {{document}}<|im_end|>\n"
+              "<|im_start|>assistant\n<think>\n\n</think>\n\n"),
+        answers=("yes", "no"), chat=False, plain_suffix="", answer_rule="bare", layout="instruction-query-document",
+        source="https://huggingface.co/Qwen/Qwen3-Reranker-0.6B (github.com/QwenLM/Qwen3-Embedding @ f4ad0c43, "
+               "README, Transformers usage: format_instruction, prefix, suffix, compute_logits)",
+    ),
+)
+
+BGE_GEMMA_PROMPT = ("Given a query A and a passage B, determine whether the passage contains an answer to the query by "
+                    "providing a prediction of either 'Yes' or 'No'.")
+TEMPLATES.register(
+    "bge-reranker-v2-gemma",
+    PromptTemplate(
+        name="bge-reranker-v2-gemma",
+        kind="pointwise",
+        user=f"A: {{query}}\nB: {{document}}\n{BGE_GEMMA_PROMPT}",
+        answers=("Yes", "No"), chat=False, plain_suffix="", answer_rule="bare", layout="query-document-instruction",
+        source="https://huggingface.co/BAAI/bge-reranker-v2-gemma (github.com/FlagOpen/FlagEmbedding @ 637f8628, "
+               "research/llm_reranker/README.md: get_inputs, yes_loc)",
+    ),
+)
+
+MXBAI_TASK_PROMPT = ("You are a search relevance expert who evaluates how well documents match search queries. For "
+                     "each query-document pair, carefully analyze the semantic relationship between them, then provide "
+                     "your binary relevance judgment (0 for not relevant, 1 for relevant).\nRelevance:")
+TEMPLATES.register(
+    "mxbai-rerank-v2",
+    PromptTemplate(
+        name="mxbai-rerank-v2",
+        kind="pointwise",
+        user=("<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
+              f"<|im_start|>user\nquery: {{query}}\ndocument: {{document}}\n{MXBAI_TASK_PROMPT}<|im_end|>\n"
+              "<|im_start|>assistant\n"),
+        answers=("1", "0"), chat=False, plain_suffix="", answer_rule="bare", layout="query-document-instruction",
+        source="https://huggingface.co/mixedbread-ai/mxbai-rerank-base-v2 (github.com/mixedbread-ai/mxbai-rerank "
+               "@ 93a0be81, mxbai_rerank/mxbai_rerank_v2.py: chat_template, task_prompt, yes_loc/no_loc)",
+    ),
+)
+
+# RankLLaMA scores tokenizer(f"query: {q}", f"document: {title} {p}"): Llama-2's pair template puts a BOS before each
+# text, and MS MARCO passages have no title, hence two spaces after "document:".
+TEMPLATES.register(
+    "rankllama",
+    PromptTemplate(
+        name="rankllama",
+        kind="pointwise",
+        user="query: {query}<s>document:  {document}",
+        answers=None, chat=False, plain_suffix="", layout="query-document-instruction",
+        source="https://huggingface.co/castorini/rankllama-v1-7b-lora-passage (model card usage; "
+               "github.com/texttron/tevatron @ 7d38ef5d, examples/rankllama)",
+    ),
+)
+
+
+def get_template(name: str, layout: str | None = None) -> PromptTemplate:
+    """The registered template `name` in `layout` (None: its own); a ConfigError lists the known ones otherwise."""
+    template = TEMPLATES.get(name)
+    return template if layout is None else template.with_layout(layout)

@@ -118,6 +118,11 @@ class PromptBuilder:
             text = self.tokenizer.apply_chat_template(merged, tokenize=False, add_generation_prompt=True)
         return text + (self.tokenizer.eos_token or "" if t.append_eos else "")
 
+    def pieces(self) -> list[tuple[str, str]]:
+        """The rendered prompt as [(kind, text)]: kind "literal" with its text, or a slot name ("query",
+        "document", ...) with "" (an export writes the prompt with its slots from these)."""
+        return list(self._pieces)
+
     def render(self, query: str, documents: Sequence[str]) -> tuple[str, list[tuple[str, int, int, int]]]:
         """The prompt text and its character segments [(group, start, end, doc index)]."""
         slots = self.template.document_slots
@@ -199,11 +204,21 @@ class PromptBuilder:
         """
         if self.template.answers is None:
             raise ConfigError(f"template {self.template.name!r} has no answer words; use a linear score head")
-        text, _ = self.render("q", ["d"] * len(self.template.document_slots))
-        ids = [self._answer_token(text, word) for word in self.template.answers]
+        if self.template.answer_rule == "bare":  # the published reranker's own rule (its template says so)
+            ids = [self._bare_token(word) for word in self.template.answers]
+        else:
+            text, _ = self.render("q", ["d"] * len(self.template.document_slots))
+            ids = [self._answer_token(text, word) for word in self.template.answers]
         if ids[0] == ids[1]:
             raise ConfigError(f"answers {self.template.answers} map to the same token; choose distinct words")
         return ids[0], ids[1]
+
+    def _bare_token(self, word: str) -> int:
+        """The first token of `word` tokenised alone, without special tokens."""
+        ids = self.tokenizer(word, add_special_tokens=False)["input_ids"]
+        if len(ids) > 1:
+            log.warning("answer %r is %d tokens for this tokenizer; its first token is read", word, len(ids))
+        return ids[0]
 
     def _answer_token(self, text: str, word: str) -> int:
         """The first token of `word` as written after `text`: with a leading space unless text ends in one."""

@@ -182,6 +182,7 @@ def load_patch_model(settings: PatchSettings, device: str) -> tuple[LoadedModel,
     from relscope.models.adapters import load_trained, resolve_max_length
     from relscope.models.heads import build_head, default_head
     from relscope.models.load import load_model
+    from relscope.prompts.presets import preset_for
     from relscope.prompts.templates import get_template
     from relscope.prompts.tokenize import PromptBuilder
 
@@ -189,9 +190,15 @@ def load_patch_model(settings: PatchSettings, device: str) -> tuple[LoadedModel,
     if settings.adapter:
         loaded, head, meta = load_trained(settings.adapter, dtype=settings.dtype, device=device, merge=True,
                                           model=settings.model, template=settings.template)
-        template = get_template(meta["template"], settings.layout)
+        template = get_template(meta["template"])
+        template = template.with_layout(settings.layout) if template.parts else template  # a preset's: its own
         return loaded, head, PromptBuilder(loaded.tokenizer, template, max_length)
     loaded = load_model(settings.model, dtype=settings.dtype, device=device)
+    preset = None if settings.template else preset_for(settings.model)
+    if preset is not None:  # a published reranker: its own prompt (in its own order) and head
+        builder = PromptBuilder(loaded.tokenizer, get_template(preset.template), settings.max_length or
+                                preset.max_length)
+        return loaded, build_head(preset.head, loaded.model, builder), builder
     builder = PromptBuilder(loaded.tokenizer, get_template(settings.template or "yes_no", settings.layout), max_length)
     return loaded, build_head(default_head(builder.template), loaded.model, builder), builder
 

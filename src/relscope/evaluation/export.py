@@ -1,0 +1,169 @@
+"""`relscope export`: a trained checkpoint as a folder the serving libraries load, scoring as relscope does.
+
+The LoRA update is merged into the base weights (PEFT merge_and_unload), so no relscope and no PEFT are needed to
+serve it:
+
+    answer heads (yes_no, first_answer)  the merged causal LM; the score is logit(yes) - logit(no) at the prompt's
+                                         last token (or logit(yes) alone), as relscope reads it
+    linear head                          AutoModelForSequenceClassification with num_labels=1, its `score` row the
+                                         trained head's weight. transformers' score layers have no bias: the
+                                         exported score is relscope's minus the head's bias (a constant: the ranking
+                                         is the same), written as `score_bias` in relscope_export.json
+
+relscope_export.json holds the prompt with its {query} and {document} slots, the answer token ids and the bias. Where
+the installed sentence-transformers loads causal-LM rerankers (5.4 and later: its LogitScore module), the folder is
+also a CrossEncoder: a chat template renders a (query, document) pair as relscope's prompt, and the scores come out
+raw (an Identity activation, not the default sigmoid). relscope cuts long passages to max_length and keeps the
+instruction; a CrossEncoder truncates the prompt's end: scores agree when the prompt fits.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from relscope.errors import ConfigError, ModelError
+from relscope.evaluation.settings import ExportSettings
+from relscope.models.heads import AnswerLogitHead, FirstAnswerHead, Head, LinearScoreHead
+from relscope.models.load import LoadedModel
+from relscope.prompts.tokenize import PromptBuilder
+
+log = logging.getLogger(__name__)
+
+EXPORT_FILE = "relscope_export.json"
+
+
+def export_job(settings: ExportSettings, out: str | Path) -> dict[str, Any]:
+    """Write the merged model (and a CrossEncoder where possible) to `out`, all or nothing; return the export info."""
+    from relscope.models.adapters import load_trained
+    from relscope.prompts.templates import get_template
+
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"{out}: exists and is not empty; export into a new folder")
+    loaded, head, meta = load_trained(settings.checkpoint, dtype="float32", device="cpu", merge=True,
+                                      model=settings.model)
+    builder = PromptBuilder(loaded.tokenizer, get_template(meta["template"]), meta.get("max_length", 512))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        info = _write(loaded, head, builder, settings, tmp)
+        (tmp / EXPORT_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        if out.exists():
+            out.rmdir()  # empty (checked above)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return info
+
+
+def _write(loaded: LoadedModel, head: Head, builder: PromptBuilder, settings: ExportSettings,
+           folder: Path) -> dict[str, Any]:
+    template = builder.template
+    if template.kind != "pointwise":
+        raise ConfigError(f"{settings.checkpoint}: its template {template.name!r} compares two passages; export "
+                          "takes pointwise rerankers (a serving library scores one query-passage pair at a time)")
+    info: dict[str, Any] = {"checkpoint": str(settings.checkpoint), "base_model": loaded.name,
+                            "template": template.name, "prompt": prompt_pattern(builder),
+                            "max_length": builder.max_length, "score_bias": 0.0}
+    if isinstance(head, LinearScoreHead):
+        info.update(kind="sequence-classification", head="linear",
+                    score_bias=_save_classifier(loaded, head, folder))
+    elif isinstance(head, AnswerLogitHead):
+        loaded.model.save_pretrained(folder)
+        loaded.tokenizer.save_pretrained(folder)
+        single = isinstance(head, FirstAnswerHead)
+        yes, no = builder.answer_ids
+        info.update(kind="causal-lm", head="first_answer" if single else "answer_difference",
+                    answer_ids=[yes] if single else [yes, no],
+                    answers=[loaded.tokenizer.decode([i]) for i in ([yes] if single else [yes, no])])
+    else:
+        raise ConfigError(f"{settings.checkpoint}: its {type(head).__name__} has no counterpart in transformers; "
+                          "export takes linear and answer-word heads")
+    info["cross_encoder"] = settings.cross_encoder and _save_cross_encoder(folder, builder, info)
+    return info
+
+
+def _save_classifier(loaded: LoadedModel, head: LinearScoreHead, folder: Path) -> float:
+    """The merged backbone under AutoModelForSequenceClassification (num_labels=1) with the trained head's row as its
+    `score`; returns the head's bias, which transformers' bias-free score layer cannot hold."""
+    from transformers import AutoModelForSequenceClassification
+
+    loaded.model.save_pretrained(folder)  # the merged causal LM's weights: the classifier's backbone loads from them
+    loaded.tokenizer.save_pretrained(folder)
+    classifier = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=1, dtype=torch.float32)
+    if classifier.score.bias is not None:
+        raise ModelError(f"{type(classifier).__name__}'s score layer has a bias; relscope's export does not handle it")
+    with torch.no_grad():
+        classifier.score.weight.copy_(head.score.weight.detach().float().reshape(1, -1))
+    classifier.config.pad_token_id = loaded.tokenizer.pad_token_id  # it reads the last token that is not padding
+    for name in os.listdir(folder):  # only the classifier's files, not the causal LM's
+        if name.endswith((".safetensors", ".json")) and name.startswith("model"):
+            (folder / name).unlink()
+    classifier.save_pretrained(folder)
+    return float(head.score.bias.detach().float().item())
+
+
+def prompt_pattern(builder: PromptBuilder) -> str:
+    """The prompt as text with {query} and {document} slots, special tokens the tokenizer adds written out."""
+    before, after = special_affixes(builder)
+    return before + "".join(text if kind == "literal" else "{" + kind + "}" for kind, text in builder.pieces()) + after
+
+
+def special_affixes(builder: PromptBuilder) -> tuple[str, str]:
+    """The special tokens the tokenizer adds before and after a text (a BOS, an EOS), as text, when relscope's prompt
+    is tokenised with them (plain prompts; chat prompts hold their markup in the text already)."""
+    if builder.uses_chat:
+        return "", ""
+    tokenizer = builder.tokenizer
+    bare = tokenizer("x", add_special_tokens=False)["input_ids"]
+    full = tokenizer("x", add_special_tokens=True)["input_ids"]
+    start = next((i for i in range(len(full) - len(bare) + 1) if full[i:i + len(bare)] == bare), 0)
+    return tokenizer.decode(full[:start]), tokenizer.decode(full[start + len(bare):])
+
+
+def cross_encoder_template(builder: PromptBuilder) -> str:
+    """A chat template that renders a sentence-transformers (query, document) pair as relscope's prompt, the query
+    and passage whitespace-normalised as relscope normalises them."""
+    def role(name: str) -> str:
+        return (f'{{%- set m = (messages | selectattr("role", "eq", "{name}") | first).content -%}}'
+                '{%- if m is not string %}{% set m = m[0].text %}{% endif -%}'
+                '{{- m.split() | join(" ") -}}')
+
+    def raw(text: str) -> str:
+        if "endraw" in text:
+            raise ModelError("the prompt holds the word 'endraw'; it cannot be written as a chat template")
+        return "{% raw %}" + text + "{% endraw %}" if text else ""
+
+    before, after = special_affixes(builder)
+    body = "".join(raw(text) if kind == "literal" else role(kind) for kind, text in builder.pieces())
+    return raw(before) + body + raw(after)
+
+
+def _save_cross_encoder(folder: Path, builder: PromptBuilder, info: dict[str, Any]) -> bool:
+    """Make `folder` a CrossEncoder too, when sentence-transformers (5.4 or later) is installed; whether it did."""
+    try:
+        from sentence_transformers import CrossEncoder
+        from sentence_transformers.base.modules import Transformer
+        from sentence_transformers.cross_encoder.modules.logit_score import LogitScore
+    except ImportError:
+        log.info("sentence-transformers with causal-LM rerankers (5.4 or later) is not installed: no CrossEncoder "
+                 "files written; the folder loads with transformers")
+        return False
+    task = "sequence-classification" if info["kind"] == "sequence-classification" else "text-generation"
+    transformer = Transformer(str(folder), transformer_task=task,
+                              processor_kwargs={"chat_template": cross_encoder_template(builder)})
+    modules: list[torch.nn.Module] = [transformer]
+    if task == "text-generation":
+        ids = info["answer_ids"]
+        modules.append(LogitScore(true_token_id=ids[0], false_token_id=ids[1] if len(ids) > 1 else None))
+    model = CrossEncoder(modules=modules, activation_fn=torch.nn.Identity(), device="cpu")
+    model.save(str(folder))
+    return True

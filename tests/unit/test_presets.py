@@ -1,0 +1,205 @@
+"""Reranker presets (issue 21): each published reranker's prompt pinned as its reference code builds it, its tokens
+and spans, and relscope's score equal to the reference's own scoring recipe on a tiny random model of its family.
+
+The expected strings and token ids below are assembled the way each model's reference code assembles them
+(docs/notes/reranker-presets.md quotes that code): prefix, pair and suffix tokenised separately and concatenated,
+the answer tokens looked up as the reference looks them up. relscope renders one text from its template; these tests
+are what holds the two equal.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tokenizers import AddedToken, processors
+from transformers import AutoModelForCausalLM, Gemma2Config, GemmaConfig
+
+from relscope.evaluation.rerank import Reranker
+from relscope.models.load import LoadedModel
+from relscope.models.specs import get_spec
+from relscope.prompts.presets import PRESETS, preset_for
+from relscope.prompts.templates import get_template
+from relscope.prompts.tokenize import PromptBuilder
+from tiny import tiny_config, tiny_tokenizer
+
+QUERY = "what is the capital of france"
+DOCS = ["Paris is the capital and largest city of France.", "The quick brown fox jumps over the lazy dog."]
+
+QWEN3_PREFIX = ("<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the "
+                "Instruct provided. Note that the answer can only be \"yes\" or \"no\".<|im_end|>\n<|im_start|>user\n")
+QWEN3_SUFFIX = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+QWEN3_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
+BGE_PROMPT = ("Given a query A and a passage B, determine whether the passage contains an answer to the query by "
+              "providing a prediction of either 'Yes' or 'No'.")
+MXBAI_PREFIX = ("<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
+                "<|im_start|>user\n")
+MXBAI_SUFFIX = "<|im_end|>\n<|im_start|>assistant\n"
+MXBAI_TASK = ("You are a search relevance expert who evaluates how well documents match search queries. For each "
+              "query-document pair, carefully analyze the semantic relationship between them, then provide your "
+              "binary relevance judgment (0 for not relevant, 1 for relevant).\nRelevance:")
+
+
+def preset_tokenizer(bos: str | None = None):
+    """The tiny BPE tokenizer with the answer words as tokens and, for Gemma and Llama, a BOS that the tokenizer adds
+    before each text as theirs do (Llama-2's pair template: <s> A <s> B)."""
+    tokenizer = tiny_tokenizer(chat=False)
+    # the answer words as tokens, and a space-led " Yes" as Gemma's vocabulary has one ("▁Yes"): reading it instead of
+    # the bare "Yes" the reference reads would be the silent error the presets exist to prevent
+    tokenizer.add_tokens(["no", "Yes", "No", AddedToken(" Yes", normalized=False)])
+    if bos:
+        tokenizer.add_special_tokens({"bos_token": bos})
+        bos_id = tokenizer.convert_tokens_to_ids(bos)
+        tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, bos_id)])
+    return tokenizer
+
+
+def ids(tokenizer, text: str, special: bool = False) -> list[int]:
+    return tokenizer(text, add_special_tokens=special)["input_ids"]
+
+
+# -- each reference's own assembly of the tokens, and the ids its score reads -------------------------------------
+
+def qwen3_reference(tokenizer, query: str, doc: str) -> tuple[str, list[int], tuple[int, int]]:
+    pair = f"<Instruct>: {QWEN3_INSTRUCTION}\n<Query>: {query}\n<Document>: {doc}"
+    tokens = ids(tokenizer, QWEN3_PREFIX) + ids(tokenizer, pair, special=True) + ids(tokenizer, QWEN3_SUFFIX)
+    answers = (tokenizer.convert_tokens_to_ids("yes"), tokenizer.convert_tokens_to_ids("no"))
+    return QWEN3_PREFIX + pair + QWEN3_SUFFIX, tokens, answers
+
+
+def bge_reference(tokenizer, query: str, doc: str) -> tuple[str, list[int], tuple[int, int]]:
+    sep = ids(tokenizer, "\n")
+    tokens = [tokenizer.bos_token_id] + ids(tokenizer, f"A: {query}") + sep + ids(tokenizer, f"B: {doc}") + sep \
+        + ids(tokenizer, BGE_PROMPT)
+    yes = ids(tokenizer, "Yes")[0]
+    return f"A: {query}\nB: {doc}\n{BGE_PROMPT}", tokens, (yes, yes)
+
+
+def mxbai_reference(tokenizer, query: str, doc: str) -> tuple[str, list[int], tuple[int, int]]:
+    sep = ids(tokenizer, "\n")
+    tokens = ids(tokenizer, MXBAI_PREFIX) + ids(tokenizer, f"query: {query}") + sep + ids(tokenizer, f"document: {doc}") \
+        + sep + ids(tokenizer, MXBAI_TASK) + ids(tokenizer, MXBAI_SUFFIX)
+    text = f"{MXBAI_PREFIX}query: {query}\ndocument: {doc}\n{MXBAI_TASK}{MXBAI_SUFFIX}"
+    return text, tokens, (ids(tokenizer, "1")[0], ids(tokenizer, "0")[0])
+
+
+REFERENCES = {  # preset -> (reference, tokenizer's BOS, model family of the tiny model)
+    "qwen3-reranker": (qwen3_reference, None, "qwen3"),
+    "bge-reranker-v2-gemma": (bge_reference, "<bos>", "gemma"),
+    "mxbai-rerank-v2": (mxbai_reference, None, "qwen2"),
+}
+
+
+def tiny_family_model(family: str, vocab_size: int, seed: int = 0):
+    torch.manual_seed(seed)
+    common = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                  num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=1024,
+                  pad_token_id=0)
+    if family == "gemma":
+        config = GemmaConfig(**common)
+    elif family == "gemma2":
+        config = Gemma2Config(**common, query_pre_attn_scalar=8, sliding_window=16)
+    else:
+        config = tiny_config(family, vocab_size)
+    return AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCES))
+def test_preset_prompt_is_the_references_string_tokens_and_spans(name):
+    reference, bos, _ = REFERENCES[name]
+    tokenizer = preset_tokenizer(bos)
+    builder = PromptBuilder(tokenizer, get_template(PRESETS.get(name).template), 512)
+    text, tokens, answers = reference(tokenizer, QUERY, DOCS[0])
+    assert builder.render(QUERY, [DOCS[0]])[0] == text  # the golden string: as the model's page builds it
+    prompt = builder.build(QUERY, [DOCS[0]])
+    assert list(prompt.input_ids) == tokens
+    assert tokenizer.decode([prompt.input_ids[p] for p in prompt.positions("query")]).strip() == QUERY
+    assert tokenizer.decode([prompt.input_ids[p] for p in prompt.positions("document")]).strip() == DOCS[0]
+    assert prompt.positions("last") == [len(tokens) - 1]
+    assert builder.answer_ids[0] == answers[0] and (name == "bge-reranker-v2-gemma" or builder.answer_ids == answers)
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCES))
+@pytest.mark.parametrize("prefix_cache", [True, False])
+def test_preset_scores_equal_the_references_own_recipe_on_a_tiny_model(name, prefix_cache):
+    from relscope.models.scoring import ScoringOptions
+
+    reference, bos, family = REFERENCES[name]
+    tokenizer = preset_tokenizer(bos)
+    model = tiny_family_model(family, len(tokenizer))
+    preset = PRESETS.get(name)
+    loaded = LoadedModel(model, tokenizer, get_spec(model), name, "memory")
+    reranker = Reranker.build(loaded, preset.template, preset.head, 512, ScoringOptions(prefix_cache=prefix_cache),
+                              progress=False)
+    ours = reranker.scorer.score([reranker.builder.build(QUERY, [d]) for d in DOCS], [QUERY] * len(DOCS))
+    for doc, score in zip(DOCS, ours):
+        _, tokens, (yes, no) = reference(tokenizer, QUERY, doc)
+        with torch.no_grad():
+            logits = model(torch.tensor([tokens])).logits[0, -1]
+        expected = logits[yes] if preset.head == "first_answer" else logits[yes] - logits[no]
+        assert score == pytest.approx(float(expected), abs=1e-4)
+
+
+def test_gemma2_reads_the_yes_logit_after_its_final_softcap():
+    """bge-style scoring on Gemma 2 (final logits soft-capped): the head applies the model's own cap."""
+    tokenizer = preset_tokenizer("<bos>")
+    model = tiny_family_model("gemma2", len(tokenizer))
+    model.config.final_logit_softcapping = 0.5  # small enough that an uncapped read would differ
+    loaded = LoadedModel(model, tokenizer, get_spec(model), "bge-gemma2", "memory")
+    reranker = Reranker.build(loaded, "bge-reranker-v2-gemma", "first_answer", 512, progress=False)
+    score = reranker.scorer.score([reranker.builder.build(QUERY, [DOCS[0]])])[0]
+    _, tokens, (yes, _) = bge_reference(tokenizer, QUERY, DOCS[0])
+    with torch.no_grad():
+        expected = model(torch.tensor([tokens])).logits[0, -1, yes]
+    assert score == pytest.approx(float(expected), abs=1e-5)
+
+
+@pytest.mark.parametrize("model, preset", [
+    ("Qwen/Qwen3-Reranker-0.6B", "qwen3-reranker"), ("Qwen/Qwen3-Reranker-8B", "qwen3-reranker"),
+    ("/models/qwen3-reranker-4b/", "qwen3-reranker"), ("BAAI/bge-reranker-v2-gemma", "bge-reranker-v2-gemma"),
+    ("mixedbread-ai/mxbai-rerank-large-v2", "mxbai-rerank-v2"), ("mixedbread-ai/mxbai-rerank-base-v2", "mxbai-rerank-v2"),
+    ("castorini/rankllama-v1-7b-lora-passage", "rankllama"),
+    ("Qwen/Qwen3-0.6B", None), ("BAAI/bge-reranker-v2-m3", None), ("smollm2-135m-instruct", None), (None, None),
+])
+def test_preset_is_found_by_the_models_name(model, preset):
+    found = preset_for(model)
+    assert (found.name if found else None) == preset
+
+
+def test_rankllama_adapter_scores_as_its_reference_loads_it(tmp_path):
+    """A RankLLaMA-style PEFT adapter (LoRA + the trained `score` row in modules_to_save) on a tiny Llama base, found by
+    its folder's name: relscope's score equals AutoModelForSequenceClassification + PeftModel merged, read on
+    tokenizer(f"query: {q}", f"document: {title} {p}") as the model card does."""
+    from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    from relscope.models.adapters import load_trained
+
+    tokenizer = preset_tokenizer("<s>")
+    base = tiny_family_model("llama", len(tokenizer))
+    base.config.pad_token_id = tokenizer.pad_token_id
+    base.save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    classifier = AutoModelForSequenceClassification.from_pretrained(tmp_path / "base", num_labels=1)
+    peft = get_peft_model(classifier, LoraConfig(task_type=TaskType.SEQ_CLS, r=4, target_modules=["q_proj", "v_proj"]))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for param_name, param in peft.named_parameters():
+            if "lora_B" in param_name or "score" in param_name:
+                param.normal_(0, 0.5)
+    adapter = tmp_path / "rankllama-v1-7b-lora-passage"
+    peft.save_pretrained(adapter)
+
+    loaded, head, meta = load_trained(adapter, model=str(tmp_path / "base"), merge=True)
+    assert (meta["template"], meta["head"]) == ("rankllama", "linear")
+    reranker = Reranker.build(loaded, meta["template"], head, meta["max_length"], progress=False)
+    ours = reranker.scorer.score([reranker.builder.build(QUERY, [d]) for d in DOCS])
+
+    reference = PeftModel.from_pretrained(
+        AutoModelForSequenceClassification.from_pretrained(tmp_path / "base", num_labels=1), adapter).merge_and_unload()
+    for doc, score in zip(DOCS, ours):
+        inputs = tokenizer(f"query: {QUERY}", f"document: {''} {doc}", return_tensors="pt")
+        assert list(inputs["input_ids"][0]) == list(reranker.builder.build(QUERY, [doc]).input_ids)
+        with torch.no_grad():
+            expected = reference(**inputs).logits[0][0]
+        assert score == pytest.approx(float(expected), abs=1e-4)
