@@ -203,3 +203,39 @@ def test_rankllama_adapter_scores_as_its_reference_loads_it(tmp_path):
         with torch.no_grad():
             expected = reference(**inputs).logits[0][0]
         assert score == pytest.approx(float(expected), abs=1e-4)
+
+
+@pytest.fixture(scope="module")
+def qwen3_reranker_dir(tmp_path_factory):
+    """A tiny random Qwen3 saved under a Qwen3-Reranker name: relscope must find its preset by that name."""
+    folder = tmp_path_factory.mktemp("models") / "Qwen3-Reranker-tiny"
+    tokenizer = preset_tokenizer()
+    tiny_family_model("qwen3", len(tokenizer)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_rerank_picks_the_preset_by_name_and_template_overrides_it(qwen3_reranker_dir, trec_dir, tmp_path):
+    from relscope.evaluation.job import run_rerank_job
+    from relscope.evaluation.settings import RerankConfig
+
+    found = run_rerank_job(RerankConfig(model=str(qwen3_reranker_dir), data=str(trec_dir), top_k=3), tmp_path / "a",
+                           progress=False)
+    assert (found["preset"], found["template"], found["max_length"]) == ("qwen3-reranker", "qwen3-reranker", 8192)
+    chosen = run_rerank_job(RerankConfig(model=str(qwen3_reranker_dir), data=str(trec_dir), top_k=3,
+                                         template="yes_no"), tmp_path / "b", progress=False)
+    assert (chosen["preset"], chosen["template"], chosen["max_length"]) == (None, "yes_no", 512)
+
+
+def test_the_analyses_read_a_preset_model_with_its_prompt_and_head(qwen3_reranker_dir, tmp_path):
+    from relscope.analysis.examples import load_with_prompts
+    from relscope.analysis.patching.job import load_patch_model
+    from relscope.analysis.patching.settings import PatchSettings
+
+    _, builder = load_with_prompts(str(qwen3_reranker_dir), None, None, None)
+    assert builder.template.name == "qwen3-reranker"
+    loaded, head, builder = load_patch_model(PatchSettings(groups="unused", model=str(qwen3_reranker_dir)), "cpu")
+    assert builder.template.name == "qwen3-reranker"
+    tokenizer = loaded.tokenizer
+    assert [int(i) for i in head.answer_ids] == [tokenizer.convert_tokens_to_ids("yes"),
+                                                 tokenizer.convert_tokens_to_ids("no")]
