@@ -113,7 +113,7 @@ def main() -> None:
         totals["TransformerLens (scaled)"], worst["TransformerLens (scaled)"] = _transformer_lens(
             loaded, engine, pairs, sites, sample)
     if "fast" in totals:
-        flops = sum(unavoidable_flops(loaded.model.config, pair, sites) for pair in pairs)
+        flops = sum(unavoidable_flops(FastPatcher(engine), loaded.model.config, pair, sites) for pair in pairs)
         peak = matmul_gflops()
         print(f"exact sweep: {flops / 1e9:.1f} GFLOP unavoidable, {flops / 1e9 / totals['fast']:.1f} GFLOP/s in the "
               f"fast path, {100 * flops / 1e9 / totals['fast'] / peak:.0f}% of this CPU's fp32 matmul rate "
@@ -135,26 +135,22 @@ def main() -> None:
         _print_validation(np.stack(exact), estimated, estimate_seconds, forward_seconds, sites, len(pairs))
 
 
-def unavoidable_flops(config, pair, sites) -> float:
-    """Matmul and attention FLOPs of re-running, for every site, the layers from its start and the positions from
-    its first changed one (the fast path's plan: FastPatcher.sweep), one multiply-add counted as 2."""
+def unavoidable_flops(patcher: FastPatcher, config, pair, sites) -> float:
+    """Matmul and attention FLOPs of re-running each distinct patch from its start layer and its first changed position
+    (the fast path's plan, FastPatcher.plan: sites that change nothing or repeat another's patch run nothing), one
+    multiply-add counted as 2."""
     text = config.get_text_config()
     d, layers, heads = text.hidden_size, text.num_hidden_layers, text.num_attention_heads
     head_dim = getattr(text, "head_dim", None) or d // heads
     kv = getattr(text, "num_key_value_heads", None) or heads
     mlp = (3 if getattr(text, "model_type", "") != "gpt_neox" else 2) * d * text.intermediate_size
     per_token = 2 * (d * (heads + 2 * kv) * head_dim + heads * head_dim * d + mlp)
-    differ, length = first_difference(pair), len(pair.corrupted)
+    length = len(pair.corrupted)
     total = 0.0
-    for site in sites:
-        changed = [p for p in pair.corrupted.positions(site.rows) if p >= differ]
-        if not changed:
-            continue
-        first = min(changed)
-        rerun = layers - (site.layer + 1 if site.component == "resid_post" else site.layer)
+    for (start, first), members in patcher.plan(pair, sites).reruns.items():
         rows = length - first
         keys = sum(t + 1 for t in range(first, length))  # causal: row t reads t + 1 keys
-        total += rerun * (rows * per_token + 4 * heads * head_dim * keys)
+        total += len(members) * (layers - start) * (rows * per_token + 4 * heads * head_dim * keys)
     return total
 
 

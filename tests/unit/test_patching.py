@@ -156,6 +156,27 @@ def test_the_fast_path_equals_the_naive_one_for_every_site_and_head(family, temp
             assert np.max(np.abs(fast.indirect_effects() - slow.indirect_effects())) <= 1e-4
 
 
+@pytest.mark.parametrize("family", ["llama", "gpt_neox", "gemma3_text"])
+def test_the_fast_path_runs_resid_post_and_the_next_resid_pre_once_and_they_are_the_same_patch(family, tiny_groups):
+    """resid_post of layer l - 1 and resid_pre of layer l write the same clean tensor into the same stream: the plan
+    re-runs one of them, and each run alone gives the same number bit for bit."""
+    from relscope.analysis.patching.fast import FastPatcher
+
+    loaded, engine, pairs, _ = _setup(family, tiny_groups)
+    depth = loaded.model.config.num_hidden_layers
+    sites = all_sites(depth)
+    plan = FastPatcher(engine).plan(pairs[0], sites)
+    shared = {(sites[i].component, sites[i].layer, sites[i].group): (sites[j].component, sites[j].layer, sites[j].group)
+              for i, j in plan.same_as.items()}
+    assert shared[("resid_post", 0, "all")] == ("resid_pre", 1, "all")
+    assert all(a[0] == "resid_post" and b == ("resid_pre", a[1] + 1, a[2]) for a, b in shared.items())
+    assert ("resid_post", depth - 1, "all") not in shared  # the last layer's output has no next layer
+    for group in ("document", "all"):
+        post = FastPatcher(engine).sweep(pairs[0], [Site("resid_post", 1, group)]).patched[0]
+        pre = FastPatcher(engine).sweep(pairs[0], [Site("resid_pre", 2, group)]).patched[0]
+        assert post == pre
+
+
 @pytest.mark.parametrize("family", ["llama", "phi3"])
 def test_atp_is_the_directional_derivative_of_the_patch(family, tiny_groups):
     """A patch scaled by eps moves LD by eps x the AtP estimate, to first order: checked by finite differences."""

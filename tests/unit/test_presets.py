@@ -239,3 +239,25 @@ def test_the_analyses_read_a_preset_model_with_its_prompt_and_head(qwen3_reranke
     tokenizer = loaded.tokenizer
     assert [int(i) for i in head.answer_ids] == [tokenizer.convert_tokens_to_ids("yes"),
                                                  tokenizer.convert_tokens_to_ids("no")]
+
+
+def test_rerank_model_naming_an_adapter_preset_loads_it_on_its_base_with_its_head(tmp_path, trec_dir):
+    """`relscope rerank --model <RankLLaMA>`: the id names a PEFT adapter; relscope loads it on the base its
+    adapter_config names (the preset's base when it names none), with the preset's prompt and the trained head."""
+    from peft import LoraConfig, TaskType, get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    from relscope.evaluation.job import run_rerank_job
+    from relscope.evaluation.settings import RerankConfig
+
+    tokenizer = preset_tokenizer("<s>")
+    base = tiny_family_model("llama", len(tokenizer))
+    base.save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    peft = get_peft_model(AutoModelForSequenceClassification.from_pretrained(tmp_path / "base", num_labels=1),
+                          LoraConfig(task_type=TaskType.SEQ_CLS, r=4, target_modules=["q_proj", "v_proj"]))
+    adapter = tmp_path / "rankllama-v1-7b-lora-passage"
+    peft.save_pretrained(adapter)
+    metrics = run_rerank_job(RerankConfig(model=str(adapter), data=str(trec_dir), top_k=3), tmp_path / "out",
+                             progress=False)
+    assert (metrics["preset"], metrics["template"], metrics["max_length"]) == ("rankllama", "rankllama", 512)

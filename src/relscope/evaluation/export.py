@@ -12,8 +12,9 @@ serve it:
 
 relscope_export.json holds the prompt with its {query} and {document} slots, the answer token ids and the bias. Where
 the installed sentence-transformers loads causal-LM rerankers (5.4 and later: its LogitScore module), the folder is
-also a CrossEncoder: a chat template renders a (query, document) pair as relscope's prompt, and the scores come out
-raw (an Identity activation, not the default sigmoid). relscope cuts long passages to max_length and keeps the
+also a CrossEncoder: a chat template renders a (query, document) pair as relscope's prompt, a linear head's bias is
+added back by a 1 x 1 Dense module, and the scores come out raw (an Identity activation, not the default sigmoid):
+relscope's scores. relscope cuts long passages to max_length and keeps the
 instruction; a CrossEncoder truncates the prompt's end: scores agree when the prompt fits.
 """
 
@@ -112,9 +113,12 @@ def _save_classifier(loaded: LoadedModel, head: LinearScoreHead, folder: Path) -
 
 
 def prompt_pattern(builder: PromptBuilder) -> str:
-    """The prompt as text with {query} and {document} slots, special tokens the tokenizer adds written out."""
+    """The prompt as a Python format string with {query} and {document} slots (literal braces doubled), special
+    tokens the tokenizer adds written out."""
     before, after = special_affixes(builder)
-    return before + "".join(text if kind == "literal" else "{" + kind + "}" for kind, text in builder.pieces()) + after
+    pieces = [("literal", before), *builder.pieces(), ("literal", after)]
+    return "".join(text.replace("{", "{{").replace("}", "}}") if kind == "literal" else "{" + kind + "}"
+                   for kind, text in pieces)
 
 
 def special_affixes(builder: PromptBuilder) -> tuple[str, str]:
@@ -151,7 +155,7 @@ def _save_cross_encoder(folder: Path, builder: PromptBuilder, info: dict[str, An
     """Make `folder` a CrossEncoder too, when sentence-transformers (5.4 or later) is installed; whether it did."""
     try:
         from sentence_transformers import CrossEncoder
-        from sentence_transformers.base.modules import Transformer
+        from sentence_transformers.base.modules import Dense, Transformer
         from sentence_transformers.cross_encoder.modules.logit_score import LogitScore
     except ImportError:
         log.info("sentence-transformers with causal-LM rerankers (5.4 or later) is not installed: no CrossEncoder "
@@ -164,6 +168,10 @@ def _save_cross_encoder(folder: Path, builder: PromptBuilder, info: dict[str, An
     if task == "text-generation":
         ids = info["answer_ids"]
         modules.append(LogitScore(true_token_id=ids[0], false_token_id=ids[1] if len(ids) > 1 else None))
+    else:  # the head's bias, which the classifier's score layer cannot hold: 1 x score + bias, in the CrossEncoder
+        modules.append(Dense(1, 1, bias=True, activation_function=torch.nn.Identity(),
+                             init_weight=torch.ones(1, 1), init_bias=torch.tensor([info["score_bias"]]),
+                             module_input_name="scores"))
     model = CrossEncoder(modules=modules, activation_fn=torch.nn.Identity(), device="cpu")
     model.save(str(folder))
     return True

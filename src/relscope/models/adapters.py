@@ -227,7 +227,7 @@ def load_trained(checkpoint: str | Path, dtype: str = "auto", device: str | None
         raise ModelError(_damaged(folder / ADAPTER_FILE, err)) from None
     except (RuntimeError, ValueError, KeyError) as err:  # size mismatch, target modules not found
         raise ModelError(f"{folder}: this adapter does not fit {loaded.name!r} (made for "
-                         f"{_adapter_base(folder)!r}?): {str(err).splitlines()[0][:300]}. "
+                         f"{adapter_base(folder)!r}?): {str(err).splitlines()[0][:300]}. "
                          "Give the base model it was trained on") from None
     if merge:
         loaded.model = loaded.model.merge_and_unload()
@@ -273,7 +273,8 @@ def adapter_folder(adapter: str) -> Path:
                          f"{str(err).splitlines()[0][:200]}); download it and give its folder") from None
 
 
-def _adapter_base(folder: Path) -> str | None:
+def adapter_base(folder: Path) -> str | None:
+    """The base model a PEFT adapter names in its adapter_config.json, or None."""
     config = folder / "adapter_config.json"
     if not config.is_file():
         return None
@@ -289,7 +290,7 @@ def _external_meta(folder: Path, model: str | None, template: str | None, head: 
     from relscope.prompts.presets import preset_for
 
     preset = preset_for(folder.name) if template is None else None  # a published adapter (RankLLaMA): its prompt
-    base = model or _adapter_base(folder) or (preset.base_model if preset else None)
+    base = model or adapter_base(folder) or (preset.base_model if preset else None)
     if not base:
         raise ModelError(f"{folder}/adapter_config.json names no base model; pass the base model explicitly")
     if preset is not None:

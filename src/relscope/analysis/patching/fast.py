@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -61,6 +62,17 @@ def first_difference(pair: PatchPair) -> int:
                 len(pair.corrupted))
 
 
+@dataclass
+class Plan:
+    """A sweep's work: (start layer, first position) -> the sites re-run from there; the sites that change nothing
+    (every patched position precedes the prompts' first difference); site -> the site whose re-run it shares."""
+
+    positions: dict[str, torch.Tensor]  # position group -> its positions at or after the first difference
+    reruns: dict[tuple[int, int], list[int]] = field(default_factory=lambda: defaultdict(list))
+    unchanged: list[int] = field(default_factory=list)
+    same_as: dict[int, int] = field(default_factory=dict)
+
+
 class FastPatcher:
     def __init__(self, engine: PatchingEngine) -> None:
         self.engine = engine
@@ -89,37 +101,54 @@ class FastPatcher:
     def _start(site: Site) -> int:
         return site.layer + 1 if site.component == "resid_post" else site.layer
 
+    def plan(self, pair: PatchPair, sites: Sequence[Site]) -> Plan:
+        """Which sites re-run from which (start layer, first position), which change nothing, and which are the same
+        patch as another (resid_post of layer l - 1 and resid_pre of layer l write the same clean tensor into the same
+        stream: one re-run serves both, bit for bit)."""
+        differ = first_difference(pair)
+        positions = {g: torch.tensor([p for p in pair.corrupted.positions(g) if p >= differ],
+                                     device=self.engine.device, dtype=torch.long) for g in {s.rows for s in sites}}
+        plan = Plan(positions)
+        seen: dict[tuple, int] = {}
+        for i, site in enumerate(sites):
+            where = positions[site.rows]
+            if not len(where):
+                plan.unchanged.append(i)
+                continue
+            residual = site.component in RESIDUAL
+            signature = ("resid" if residual else site.component, self._start(site) if residual else site.layer,
+                         site.head, site.group if site.component == "scores" else None, tuple(where.tolist()))
+            if signature in seen:
+                plan.same_as[i] = seen[signature]
+                continue
+            seen[signature] = i
+            plan.reruns[self._start(site), int(where.min())].append(i)
+        return plan
+
     def sweep(self, pair: PatchPair, sites: Sequence[Site]) -> PairResult:
         """The same numbers as `PatchingEngine.sweep`, re-running only the layers and positions each patch changes."""
         engine = self.engine
         clean, ld_clean = engine.run(pair.clean, engine.activation_keys(sites))
         clean.update(engine.score_changes(pair, sites))
         stream, kv, ld_corrupted = self._corrupted_run(pair.corrupted)
-        differ = first_difference(pair)
-        positions = {g: torch.tensor([p for p in pair.corrupted.positions(g) if p >= differ], device=engine.device,
-                                     dtype=torch.long) for g in {s.rows for s in sites}}
-        plan: dict[tuple[int, int], list[int]] = defaultdict(list)  # (start layer, first position) -> site indices
-        unchanged = []
-        for i, site in enumerate(sites):
-            if len(positions[site.rows]):
-                plan[self._start(site), int(positions[site.rows].min())].append(i)
-            else:
-                unchanged.append(i)
+        plan = self.plan(pair, sites)
         patched = np.empty(len(sites))
-        patched[unchanged] = ld_corrupted
-        for (start, first), members in plan.items():
+        patched[plan.unchanged] = ld_corrupted
+        for (start, first), members in plan.reruns.items():
             for offset in range(0, len(members), engine.batch_size):
                 chunk = members[offset:offset + engine.batch_size]
                 inputs = stream[start][first:].unsqueeze(0).repeat(len(chunk), 1, 1)
                 edits: dict[tuple[str, int], list[Edit]] = defaultdict(list)
                 for row, i in enumerate(chunk):
                     site = sites[i]
-                    edit = engine.edit(row, site, positions[site.rows], clean, first)
+                    edit = engine.edit(row, site, plan.positions[site.rows], clean, first)
                     if site.component in RESIDUAL:
                         inputs[row, edit.positions, edit.columns] = edit.values
                     else:
                         edits[site.key].append(edit)
                 patched[chunk] = self._run(inputs, start, first, kv, edits)
+        for i, same in plan.same_as.items():
+            patched[i] = patched[same]
         return PairResult(pair.qid, ld_clean, ld_corrupted, patched)
 
     @torch.inference_mode()
