@@ -6,7 +6,7 @@ import functools
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
     AutoModelForCausalLM,
     Gemma3TextConfig,
@@ -59,6 +59,51 @@ def tiny_tokenizer(chat: bool = True) -> PreTrainedTokenizerFast:
     )
     if chat:
         tokenizer.chat_template = CHATML
+    return tokenizer
+
+
+# Qwen2's pre-tokenizer pattern: punctuation keeps the newlines after it (".\n" is one piece), which a one-call
+# tokenisation of the whole prompt would merge where the references tokenise document and separator apart.
+QWEN_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+                r"\s*[\r\n]+|\s+(?!\S)|\s+")
+NEWLINE_CORPUS = ["Paris is the capital and largest city of France.\nYou are a search relevance expert.\n",
+                  "The quick brown fox jumps over the lazy dog.\nRelevance:\nquery: document:\n"]
+
+
+@functools.lru_cache(maxsize=None)
+def _trained_like(kind: str) -> Tokenizer:
+    """A tiny BPE of one of three behaviours: "bpe" (GPT-2-style bytes), "qwen" (Qwen2's pattern: ".\n" merges) or
+    "sentencepiece" (Metaspace, "▁" marking the first word of each text only, as Llama's tokenizer does now)."""
+    tok = Tokenizer(models.BPE())
+    if kind == "sentencepiece":
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+        tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+        alphabet: list[str] = []
+    else:
+        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(QWEN_PATTERN), behavior="isolated"),
+                                                     pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]) \
+            if kind == "qwen" else pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        alphabet = pre_tokenizers.ByteLevel.alphabet()
+    trainer = trainers.BpeTrainer(vocab_size=500, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=alphabet, show_progress=False)
+    tok.train_from_iterator((CORPUS + NEWLINE_CORPUS) * 3, trainer=trainer)
+    return tok
+
+
+def preset_tokenizer(bos: str | None = None, kind: str = "bpe") -> PreTrainedTokenizerFast:
+    """A tiny tokenizer with the answer words as tokens and, for Gemma and Llama, a BOS that the tokenizer adds
+    before each text as theirs do (Llama-2's pair template: <s> A <s> B)."""
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(_trained_like(kind).to_str()),
+                                        eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    # the answer words as tokens, and a space-led " Yes" as Gemma's vocabulary has one ("▁Yes"): reading it instead of
+    # the bare "Yes" the reference reads would be the silent error the presets exist to prevent
+    tokenizer.add_tokens(["yes", "no", "Yes", "No", AddedToken(" Yes", normalized=False)])
+    if bos:
+        tokenizer.add_special_tokens({"bos_token": bos})
+        bos_id = tokenizer.convert_tokens_to_ids(bos)
+        tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, bos_id)])
     return tokenizer
 
 

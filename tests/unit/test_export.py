@@ -14,29 +14,48 @@ from relscope.cli import main
 from relscope.evaluation.export import EXPORT_FILE
 from relscope.evaluation.rerank import Reranker
 from relscope.models.adapters import load_trained
-from tiny import tiny_group_file
+from tiny import preset_tokenizer, tiny_config, tiny_group_file, tiny_tokenizer
 
 QUERY = "what is the capital of france"
 DOCS = ["Paris is the capital and largest city of France.", "The quick brown  fox jumps over the lazy dog.",
         "Rivers flow to the sea"]
 
 
-def _trained(tiny_family_dir, tmp_path_factory, objective: str, family: str = "llama") -> Path:
+def _base(folder: Path, tokenizer_kind: str) -> Path:
+    """A tiny random Llama with one of three tokenizers: the usual tiny one ("bpe"); one that pads with its EOS, as
+    Llama and Mistral load ("pad-is-eos"); a SentencePiece-like one that adds a BOS ("sentencepiece")."""
+    if tokenizer_kind == "pad-is-eos":
+        tokenizer = tiny_tokenizer()
+        tokenizer.pad_token = None  # relscope's loader then pads with the EOS, which the score template appends
+    elif tokenizer_kind == "sentencepiece":
+        tokenizer = preset_tokenizer("<s>", "sentencepiece")
+    else:
+        tokenizer = tiny_tokenizer()
+    config = tiny_config("llama", len(tokenizer))
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _trained(tmp_path_factory, objective: str, tokenizer_kind: str = "bpe") -> Path:
     from relscope.config import from_mapping
     from relscope.training.config import TrainConfig
     from relscope.training.job import run_train_job
 
-    tmp = tmp_path_factory.mktemp(objective)
+    tmp = tmp_path_factory.mktemp(f"{objective}-{tokenizer_kind}")
     config = from_mapping(TrainConfig, dict(
-        model=str(tiny_family_dir(family)), train=[str(tiny_group_file(tmp))], objective=objective, negatives=2,
-        max_length=96, max_steps=2, batch_size=2, save_steps=2, report_to=[], lora={"rank": 4}, learning_rate=0.05))
+        model=str(_base(tmp / "base", tokenizer_kind)), train=[str(tiny_group_file(tmp))], objective=objective,
+        negatives=2, max_length=96, max_steps=2, batch_size=2, save_steps=2, report_to=[], lora={"rank": 4},
+        learning_rate=0.05))
     run_train_job(config, tmp / "run", progress=False)
     return tmp / "run" / "checkpoint-2"
 
 
-@pytest.fixture(scope="module", params=["yes_no", "listwise"])
-def checkpoint(request, tiny_family_dir, tmp_path_factory) -> Path:
-    return _trained(tiny_family_dir, tmp_path_factory, request.param)
+@pytest.fixture(scope="module", params=[("yes_no", "bpe"), ("listwise", "bpe"), ("listwise", "pad-is-eos"),
+                                        ("listwise", "sentencepiece")], ids=lambda p: "-".join(p))
+def checkpoint(request, tmp_path_factory) -> Path:
+    return _trained(tmp_path_factory, *request.param)
 
 
 def relscope_scores(checkpoint: Path) -> list[float]:
@@ -46,13 +65,13 @@ def relscope_scores(checkpoint: Path) -> list[float]:
 
 
 def transformers_scores(folder: Path, info: dict) -> list[float]:
-    """What a user does with the export and transformers alone: fill the prompt, tokenise it without adding special
-    tokens (the prompt holds them), read the last token."""
+    """What a user does with the export and transformers alone: fill the prompt, tokenise it as the export says (with
+    the tokenizer's special tokens for a plain prompt), read the last token (the classifier finds it itself)."""
     tokenizer = AutoTokenizer.from_pretrained(folder)
     scores = []
     for doc in DOCS:
         text = info["prompt"].format(query=" ".join(QUERY.split()), document=" ".join(doc.split()))
-        ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])
+        ids = torch.tensor([tokenizer(text, add_special_tokens=info["add_special_tokens"])["input_ids"]])
         with torch.no_grad():
             if info["kind"] == "sequence-classification":
                 model = AutoModelForSequenceClassification.from_pretrained(folder)
@@ -98,6 +117,6 @@ def test_export_refuses_a_folder_that_is_not_empty_and_writes_nothing(checkpoint
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     assert main(["export", str(checkpoint), "--out", str(out)]) == 2
-    assert "not empty" in capsys.readouterr().err
+    assert "not an empty folder" in capsys.readouterr().err
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
     assert not list(tmp_path.glob(".taken*"))

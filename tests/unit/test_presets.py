@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tokenizers import AddedToken, processors
 from transformers import AutoModelForCausalLM, Gemma2Config, GemmaConfig
 
+from relscope.errors import ConfigError
 from relscope.evaluation.rerank import Reranker
 from relscope.models.load import LoadedModel
 from relscope.models.specs import get_spec
 from relscope.prompts.presets import PRESETS, preset_for
 from relscope.prompts.templates import get_template
 from relscope.prompts.tokenize import PromptBuilder
-from tiny import tiny_config, tiny_tokenizer
+from tiny import preset_tokenizer, tiny_config
 
 QUERY = "what is the capital of france"
 DOCS = ["Paris is the capital and largest city of France.", "The quick brown fox jumps over the lazy dog."]
@@ -37,21 +37,6 @@ MXBAI_SUFFIX = "<|im_end|>\n<|im_start|>assistant\n"
 MXBAI_TASK = ("You are a search relevance expert who evaluates how well documents match search queries. For each "
               "query-document pair, carefully analyze the semantic relationship between them, then provide your "
               "binary relevance judgment (0 for not relevant, 1 for relevant).\nRelevance:")
-
-
-def preset_tokenizer(bos: str | None = None):
-    """The tiny BPE tokenizer with the answer words as tokens and, for Gemma and Llama, a BOS that the tokenizer adds
-    before each text as theirs do (Llama-2's pair template: <s> A <s> B)."""
-    tokenizer = tiny_tokenizer(chat=False)
-    # the answer words as tokens, and a space-led " Yes" as Gemma's vocabulary has one ("▁Yes"): reading it instead of
-    # the bare "Yes" the reference reads would be the silent error the presets exist to prevent
-    tokenizer.add_tokens(["no", "Yes", "No", AddedToken(" Yes", normalized=False)])
-    if bos:
-        tokenizer.add_special_tokens({"bos_token": bos})
-        bos_id = tokenizer.convert_tokens_to_ids(bos)
-        tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
-            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, bos_id)])
-    return tokenizer
 
 
 def ids(tokenizer, text: str, special: bool = False) -> list[int]:
@@ -83,10 +68,10 @@ def mxbai_reference(tokenizer, query: str, doc: str) -> tuple[str, list[int], tu
     return text, tokens, (ids(tokenizer, "1")[0], ids(tokenizer, "0")[0])
 
 
-REFERENCES = {  # preset -> (reference, tokenizer's BOS, model family of the tiny model)
-    "qwen3-reranker": (qwen3_reference, None, "qwen3"),
-    "bge-reranker-v2-gemma": (bge_reference, "<bos>", "gemma"),
-    "mxbai-rerank-v2": (mxbai_reference, None, "qwen2"),
+REFERENCES = {  # preset -> (reference, tokenizer's BOS, model family of the tiny model, tokenizer behaviour)
+    "qwen3-reranker": (qwen3_reference, None, "qwen3", "qwen"),
+    "bge-reranker-v2-gemma": (bge_reference, "<bos>", "gemma", "bpe"),
+    "mxbai-rerank-v2": (mxbai_reference, None, "qwen2", "qwen"),
 }
 
 
@@ -106,8 +91,8 @@ def tiny_family_model(family: str, vocab_size: int, seed: int = 0):
 
 @pytest.mark.parametrize("name", sorted(REFERENCES))
 def test_preset_prompt_is_the_references_string_tokens_and_spans(name):
-    reference, bos, _ = REFERENCES[name]
-    tokenizer = preset_tokenizer(bos)
+    reference, bos, _, kind = REFERENCES[name]
+    tokenizer = preset_tokenizer(bos, kind)
     builder = PromptBuilder(tokenizer, get_template(PRESETS.get(name).template), 512)
     text, tokens, answers = reference(tokenizer, QUERY, DOCS[0])
     assert builder.render(QUERY, [DOCS[0]])[0] == text  # the golden string: as the model's page builds it
@@ -124,8 +109,8 @@ def test_preset_prompt_is_the_references_string_tokens_and_spans(name):
 def test_preset_scores_equal_the_references_own_recipe_on_a_tiny_model(name, prefix_cache):
     from relscope.models.scoring import ScoringOptions
 
-    reference, bos, family = REFERENCES[name]
-    tokenizer = preset_tokenizer(bos)
+    reference, bos, family, kind = REFERENCES[name]
+    tokenizer = preset_tokenizer(bos, kind)
     model = tiny_family_model(family, len(tokenizer))
     preset = PRESETS.get(name)
     loaded = LoadedModel(model, tokenizer, get_spec(model), name, "memory")
@@ -160,6 +145,7 @@ def test_gemma2_reads_the_yes_logit_after_its_final_softcap():
     ("mixedbread-ai/mxbai-rerank-large-v2", "mxbai-rerank-v2"), ("mixedbread-ai/mxbai-rerank-base-v2", "mxbai-rerank-v2"),
     ("castorini/rankllama-v1-7b-lora-passage", "rankllama"),
     ("Qwen/Qwen3-0.6B", None), ("BAAI/bge-reranker-v2-m3", None), ("smollm2-135m-instruct", None), (None, None),
+    ("tomaarsen/Qwen3-Reranker-0.6B-seq-cls", None),  # a converted sequence classifier, not the causal LM
 ])
 def test_preset_is_found_by_the_models_name(model, preset):
     found = preset_for(model)
@@ -175,7 +161,7 @@ def test_rankllama_adapter_scores_as_its_reference_loads_it(tmp_path):
 
     from relscope.models.adapters import load_trained
 
-    tokenizer = preset_tokenizer("<s>")
+    tokenizer = preset_tokenizer("<s>", "sentencepiece")
     base = tiny_family_model("llama", len(tokenizer))
     base.config.pad_token_id = tokenizer.pad_token_id
     base.save_pretrained(tmp_path / "base")
@@ -209,7 +195,7 @@ def test_rankllama_adapter_scores_as_its_reference_loads_it(tmp_path):
 def qwen3_reranker_dir(tmp_path_factory):
     """A tiny random Qwen3 saved under a Qwen3-Reranker name: relscope must find its preset by that name."""
     folder = tmp_path_factory.mktemp("models") / "Qwen3-Reranker-tiny"
-    tokenizer = preset_tokenizer()
+    tokenizer = preset_tokenizer(kind="qwen")
     tiny_family_model("qwen3", len(tokenizer)).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
@@ -239,6 +225,9 @@ def test_the_analyses_read_a_preset_model_with_its_prompt_and_head(qwen3_reranke
     tokenizer = loaded.tokenizer
     assert [int(i) for i in head.answer_ids] == [tokenizer.convert_tokens_to_ids("yes"),
                                                  tokenizer.convert_tokens_to_ids("no")]
+    with pytest.raises(ConfigError, match="one order"):  # another order asked for is refused, not ignored
+        load_patch_model(PatchSettings(groups="unused", model=str(qwen3_reranker_dir),
+                                       layout="query-document-instruction"), "cpu")
 
 
 def test_rerank_model_naming_an_adapter_preset_loads_it_on_its_base_with_its_head(tmp_path, trec_dir):
@@ -250,7 +239,7 @@ def test_rerank_model_naming_an_adapter_preset_loads_it_on_its_base_with_its_hea
     from relscope.evaluation.job import run_rerank_job
     from relscope.evaluation.settings import RerankConfig
 
-    tokenizer = preset_tokenizer("<s>")
+    tokenizer = preset_tokenizer("<s>", "sentencepiece")
     base = tiny_family_model("llama", len(tokenizer))
     base.save_pretrained(tmp_path / "base")
     tokenizer.save_pretrained(tmp_path / "base")
@@ -261,3 +250,41 @@ def test_rerank_model_naming_an_adapter_preset_loads_it_on_its_base_with_its_hea
     metrics = run_rerank_job(RerankConfig(model=str(adapter), data=str(trec_dir), top_k=3), tmp_path / "out",
                              progress=False)
     assert (metrics["preset"], metrics["template"], metrics["max_length"]) == ("rankllama", "rankllama", 512)
+
+
+@pytest.mark.parametrize("name, kind, bos", [("mxbai-rerank-v2", "qwen", None), ("rankllama", "sentencepiece", "<s>")])
+def test_one_call_tokenisation_would_differ_from_the_reference_where_units_do_not(name, kind, bos):
+    """The tokenizers above do what the real ones do (Qwen merges ".\n"; Llama marks only a text's first word), so a
+    prompt tokenised in one call differs from the reference's pieces: the units are what makes the tokens equal."""
+    tokenizer = preset_tokenizer(bos, kind)
+    template = get_template(PRESETS.get(name).template)
+    builder = PromptBuilder(tokenizer, template, 512)
+    text = builder.render(QUERY, [DOCS[0]])[0]
+    one_call = tokenizer(text, add_special_tokens=True)["input_ids"]
+    assert list(builder.build(QUERY, [DOCS[0]]).input_ids) != one_call
+    if name == "rankllama":
+        reference = tokenizer(f"query: {QUERY}", f"document: {''} {DOCS[0]}")["input_ids"]
+    else:
+        reference = mxbai_reference(tokenizer, QUERY, DOCS[0])[1]
+    assert list(builder.build(QUERY, [DOCS[0]]).input_ids) == reference
+
+
+def test_an_adapter_saved_as_a_pickle_loads_its_trained_head(tmp_path):
+    """RankLLaMA's repositories ship adapter_model.bin (PEFT before safetensors): its score row must still be found, or
+    the linear head would be refused (or, worse, random)."""
+    from peft import LoraConfig, TaskType, get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    from relscope.models.adapters import external_classifier
+
+    tokenizer = preset_tokenizer("<s>", "sentencepiece")
+    tiny_family_model("llama", len(tokenizer)).save_pretrained(tmp_path / "base")
+    peft = get_peft_model(AutoModelForSequenceClassification.from_pretrained(tmp_path / "base", num_labels=1),
+                          LoraConfig(task_type=TaskType.SEQ_CLS, r=4, target_modules=["q_proj", "v_proj"]))
+    adapter = tmp_path / "rankllama-v1-7b-lora-passage"
+    peft.save_pretrained(adapter, safe_serialization=False)
+    assert (adapter / "adapter_model.bin").is_file() and not (adapter / "adapter_model.safetensors").exists()
+    classifier = external_classifier(adapter, "cpu")
+    score = dict(peft.named_parameters())
+    expected = next(v for k, v in score.items() if k.endswith("score.modules_to_save.default.weight"))
+    assert torch.equal(classifier["weight"], expected.detach())

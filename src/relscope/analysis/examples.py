@@ -86,7 +86,7 @@ def load_with_prompts(model: str | None, adapter: str | None, template: str | No
     """(loaded model, prompt builder): the base model, or base + adapter unmerged (so the adapter can be switched off
     for the base half of a comparison), with the adapter's template and max_length unless they are given (else
     yes_no and 256)."""
-    from relscope.models.adapters import load_trained, resolve_max_length
+    from relscope.models.adapters import load_preset_adapter, load_trained, resolve_max_length
     from relscope.models.load import load_model
     from relscope.prompts.presets import preset_for
     from relscope.prompts.templates import get_template
@@ -95,8 +95,9 @@ def load_with_prompts(model: str | None, adapter: str | None, template: str | No
     if adapter:
         loaded, _, meta = load_trained(adapter, model=model, template=template)
         template = meta["template"]
+    elif (preset := None if template else preset_for(model)) is not None:  # a published reranker: its own prompt
+        loaded = load_preset_adapter(model, preset)[0] if preset.base_model else load_model(model)
+        template = preset.template
     else:
         loaded = load_model(model or "smollm2-135m-instruct")
-        preset = None if template else preset_for(model)
-        template = preset.template if preset else template  # a published reranker: its own prompt
     return loaded, PromptBuilder(loaded.tokenizer, get_template(template or "yes_no"), max_length)

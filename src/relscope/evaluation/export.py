@@ -10,9 +10,12 @@ serve it:
                                          exported score is relscope's minus the head's bias (a constant: the ranking
                                          is the same), written as `score_bias` in relscope_export.json
 
-relscope_export.json holds the prompt with its {query} and {document} slots, the answer token ids and the bias. Where
+relscope_export.json holds the prompt with its {query} and {document} slots, whether to tokenise it with the
+tokenizer's special tokens (as relscope does), the answer token ids and the bias. Where the tokenizer pads with a
+token a prompt holds (the EOS), the classifier gets a pad token of its own, or it would read the token before it. Where
 the installed sentence-transformers loads causal-LM rerankers (5.4 and later: its LogitScore module), the folder is
-also a CrossEncoder: a chat template renders a (query, document) pair as relscope's prompt, a linear head's bias is
+also a CrossEncoder: a chat template renders a (query, document) pair as relscope's prompt (checked at export to
+tokenise to relscope's very tokens on probe pairs; no CrossEncoder is written when none does), a linear head's bias is
 added back by a 1 x 1 Dense module, and the scores come out raw (an Identity activation, not the default sigmoid):
 relscope's scores. relscope cuts long passages to max_length and keeps the
 instruction; a CrossEncoder truncates the prompt's end: scores agree when the prompt fits.
@@ -20,6 +23,7 @@ instruction; a CrossEncoder truncates the prompt's end: scores agree when the pr
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -38,6 +42,7 @@ from relscope.prompts.tokenize import PromptBuilder
 log = logging.getLogger(__name__)
 
 EXPORT_FILE = "relscope_export.json"
+PAD_TOKEN = "<|relscope_pad|>"  # added when the tokenizer's pad token can occur in a prompt (see _save_classifier)
 
 
 def export_job(settings: ExportSettings, out: str | Path) -> dict[str, Any]:
@@ -46,8 +51,8 @@ def export_job(settings: ExportSettings, out: str | Path) -> dict[str, Any]:
     from relscope.prompts.templates import get_template
 
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise ConfigError(f"{out}: exists and is not empty; export into a new folder")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"{out}: exists and is not an empty folder; export into a new folder")
     loaded, head, meta = load_trained(settings.checkpoint, dtype="float32", device="cpu", merge=True,
                                       model=settings.model)
     builder = PromptBuilder(loaded.tokenizer, get_template(meta["template"]), meta.get("max_length", 512))
@@ -73,10 +78,14 @@ def _write(loaded: LoadedModel, head: Head, builder: PromptBuilder, settings: Ex
                           "takes pointwise rerankers (a serving library scores one query-passage pair at a time)")
     info: dict[str, Any] = {"checkpoint": str(settings.checkpoint), "base_model": loaded.name,
                             "template": template.name, "prompt": prompt_pattern(builder),
+                            # tokenise the filled prompt as relscope does: with the tokenizer's special tokens for a
+                            # plain prompt (a BOS), without for a chat prompt (its markup is in the text)
+                            "add_special_tokens": not builder.uses_chat,
+                            "units": [_escaped(unit) for unit in template.units],  # tokenised one by one, if any
                             "max_length": builder.max_length, "score_bias": 0.0}
     if isinstance(head, LinearScoreHead):
         info.update(kind="sequence-classification", head="linear",
-                    score_bias=_save_classifier(loaded, head, folder))
+                    score_bias=_save_classifier(loaded, head, builder, folder))
     elif isinstance(head, AnswerLogitHead):
         loaded.model.save_pretrained(folder)
         loaded.tokenizer.save_pretrained(folder)
@@ -92,19 +101,26 @@ def _write(loaded: LoadedModel, head: Head, builder: PromptBuilder, settings: Ex
     return info
 
 
-def _save_classifier(loaded: LoadedModel, head: LinearScoreHead, folder: Path) -> float:
+def _save_classifier(loaded: LoadedModel, head: LinearScoreHead, builder: PromptBuilder, folder: Path) -> float:
     """The merged backbone under AutoModelForSequenceClassification (num_labels=1) with the trained head's row as its
     `score`; returns the head's bias, which transformers' bias-free score layer cannot hold."""
     from transformers import AutoModelForSequenceClassification
 
+    tokenizer = copy.deepcopy(loaded.tokenizer)
     loaded.model.save_pretrained(folder)  # the merged causal LM's weights: the classifier's backbone loads from them
-    loaded.tokenizer.save_pretrained(folder)
     classifier = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=1, dtype=torch.float32)
     if classifier.score.bias is not None:
         raise ModelError(f"{type(classifier).__name__}'s score layer has a bias; relscope's export does not handle it")
     with torch.no_grad():
         classifier.score.weight.copy_(head.score.weight.detach().float().reshape(1, -1))
-    classifier.config.pad_token_id = loaded.tokenizer.pad_token_id  # it reads the last token that is not padding
+    # transformers' classifier reads the last token that is not padding: a pad id that prompts hold (the EOS that
+    # the score template appends, when the tokenizer pads with EOS) would make it read the token before. A pad token
+    # of its own then, whose embedding row no prompt ever reads.
+    if tokenizer.pad_token_id is None or tokenizer.pad_token_id in builder.build("q", ["d"]).input_ids:
+        tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
+        classifier.resize_token_embeddings(len(tokenizer))
+    classifier.config.pad_token_id = tokenizer.pad_token_id
+    tokenizer.save_pretrained(folder)
     for name in os.listdir(folder):  # only the classifier's files, not the causal LM's
         if name.endswith((".safetensors", ".json")) and name.startswith("model"):
             (folder / name).unlink()
@@ -113,29 +129,17 @@ def _save_classifier(loaded: LoadedModel, head: LinearScoreHead, folder: Path) -
 
 
 def prompt_pattern(builder: PromptBuilder) -> str:
-    """The prompt as a Python format string with {query} and {document} slots (literal braces doubled), special
-    tokens the tokenizer adds written out."""
-    before, after = special_affixes(builder)
-    pieces = [("literal", before), *builder.pieces(), ("literal", after)]
-    return "".join(text.replace("{", "{{").replace("}", "}}") if kind == "literal" else "{" + kind + "}"
-                   for kind, text in pieces)
+    """The prompt as a Python format string with {query} and {document} slots (literal braces doubled)."""
+    return "".join(_escaped(text) if kind == "literal" else "{" + kind + "}" for kind, text in builder.pieces())
 
 
-def special_affixes(builder: PromptBuilder) -> tuple[str, str]:
-    """The special tokens the tokenizer adds before and after a text (a BOS, an EOS), as text, when relscope's prompt
-    is tokenised with them (plain prompts; chat prompts hold their markup in the text already)."""
-    if builder.uses_chat:
-        return "", ""
-    tokenizer = builder.tokenizer
-    bare = tokenizer("x", add_special_tokens=False)["input_ids"]
-    full = tokenizer("x", add_special_tokens=True)["input_ids"]
-    start = next((i for i in range(len(full) - len(bare) + 1) if full[i:i + len(bare)] == bare), 0)
-    return tokenizer.decode(full[:start]), tokenizer.decode(full[start + len(bare):])
+def _escaped(text: str) -> str:
+    return text.replace("{", "{{").replace("}", "}}")
 
 
-def cross_encoder_template(builder: PromptBuilder) -> str:
-    """A chat template that renders a sentence-transformers (query, document) pair as relscope's prompt, the query
-    and passage whitespace-normalised as relscope normalises them."""
+def cross_encoder_template(builder: PromptBuilder, before: str = "", after: str = "") -> str:
+    """A chat template that renders a sentence-transformers (query, document) pair as relscope's prompt (the query
+    and passage whitespace-normalised as relscope normalises them), `before` and `after` written around it."""
     def role(name: str) -> str:
         return (f'{{%- set m = (messages | selectattr("role", "eq", "{name}") | first).content -%}}'
                 '{%- if m is not string %}{% set m = m[0].text %}{% endif -%}'
@@ -146,9 +150,35 @@ def cross_encoder_template(builder: PromptBuilder) -> str:
             raise ModelError("the prompt holds the word 'endraw'; it cannot be written as a chat template")
         return "{% raw %}" + text + "{% endraw %}" if text else ""
 
-    before, after = special_affixes(builder)
     body = "".join(raw(text) if kind == "literal" else role(kind) for kind, text in builder.pieces())
     return raw(before) + body + raw(after)
+
+
+# Pairs on which an export's CrossEncoder template must tokenise exactly as relscope does (punctuation before a
+# newline, runs of spaces, a passage starting with a space-led word)
+PROBES = (("what is the capital of france?", "Paris is the capital of France.\nIt is  large."),
+          ("q", " leading space"), ("a  b", "end."))
+
+
+def matching_cross_encoder_template(builder: PromptBuilder) -> str | None:
+    """The chat template whose renders of PROBES tokenise (without special tokens, as sentence-transformers does) to
+    relscope's own tokens; the special tokens relscope's tokenizer adds (a BOS) are written as text, with or without
+    a following space (tokenizers differ in how they mark the word after a special token). None: no template does
+    (e.g. a prompt tokenised in units), and no CrossEncoder is written."""
+    tokenizer = builder.tokenizer
+    before_ids, after_ids = builder.special_affix_ids()
+    before, after = tokenizer.decode(before_ids), tokenizer.decode(after_ids)
+    for candidate in dict.fromkeys([before, before + " "] if before else [before]):
+        template = cross_encoder_template(builder, candidate, after)
+        if all(_rendered_ids(tokenizer, template, q, d) == list(builder.build(q, [d]).input_ids) for q, d in PROBES):
+            return template
+    return None
+
+
+def _rendered_ids(tokenizer, template: str, query: str, document: str) -> list[int]:
+    messages = [{"role": "query", "content": query}, {"role": "document", "content": document}]
+    text = tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def _save_cross_encoder(folder: Path, builder: PromptBuilder, info: dict[str, Any]) -> bool:
@@ -161,9 +191,13 @@ def _save_cross_encoder(folder: Path, builder: PromptBuilder, info: dict[str, An
         log.info("sentence-transformers with causal-LM rerankers (5.4 or later) is not installed: no CrossEncoder "
                  "files written; the folder loads with transformers")
         return False
+    chat_template = matching_cross_encoder_template(builder)
+    if chat_template is None:
+        log.warning("no chat template reproduces relscope's tokens for this prompt (%s): no CrossEncoder files "
+                    "written; relscope_export.json says how to tokenise it", builder.template.name)
+        return False
     task = "sequence-classification" if info["kind"] == "sequence-classification" else "text-generation"
-    transformer = Transformer(str(folder), transformer_task=task,
-                              processor_kwargs={"chat_template": cross_encoder_template(builder)})
+    transformer = Transformer(str(folder), transformer_task=task, processor_kwargs={"chat_template": chat_template})
     modules: list[torch.nn.Module] = [transformer]
     if task == "text-generation":
         ids = info["answer_ids"]

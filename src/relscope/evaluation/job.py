@@ -28,7 +28,7 @@ from relscope.evaluation.settings import RerankConfig
 from relscope.io import atomic_write_json, atomic_write_text, output_lock
 from relscope.manifest import CONFIG_FILE, MANIFEST_FILE, build_manifest
 from relscope.models.load import load_model
-from relscope.models.adapters import adapter_base, adapter_folder
+from relscope.models.adapters import load_preset_adapter
 from relscope.models.scoring import ScoringOptions
 from relscope.prompts.presets import RerankerPreset, preset_for
 
@@ -149,10 +149,8 @@ def build_reranker(config: RerankConfig, options: ScoringOptions, progress: bool
     if preset is not None:
         log.info("model %s: scored as the %s preset (%s)", config.model, preset.name, preset.source)
     if preset is not None and preset.base_model:  # the id names a PEFT adapter with a trained head
-        folder = adapter_folder(config.model)
-        loaded, head, _ = load_trained(folder, dtype=config.dtype, device=config.device, merge=True,
-                                       model=adapter_base(folder) or preset.base_model, template=preset.template,
-                                       head=config.head or preset.head)
+        loaded, head, _ = load_preset_adapter(config.model, preset, config.dtype, config.device, merge=True,
+                                              head=config.head)
         return Reranker.build(loaded, preset.template, head, max_length, options, progress)
     if config.adapter is None:
         loaded = load_model(config.model, dtype=config.dtype, device=config.device)

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
     from relscope.models.heads import Head
     from relscope.models.load import LoadedModel
+    from relscope.prompts.presets import RerankerPreset
     from relscope.prompts.tokenize import PromptBuilder
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 META_FILE = "relscope.json"
 HEAD_FILE = "head.safetensors"
 ADAPTER_FILE = "adapter_model.safetensors"
+LEGACY_ADAPTER_FILE = "adapter_model.bin"
 
 
 def load_weights(peft_model: nn.Module, head: nn.Module, checkpoint: str | Path) -> None:
@@ -259,6 +261,16 @@ def check_answer_ids(folder: Path, meta: dict, builder: PromptBuilder) -> None:
                          f"{list(builder.answer_ids)}; score it with the tokenizer it was trained with, or retrain")
 
 
+def load_preset_adapter(model: str, preset: RerankerPreset, dtype: str = "auto", device: str | None = None,
+                        merge: bool = False, head: str | None = None) -> tuple[LoadedModel, Head, dict[str, Any]]:
+    """A published reranker distributed as a PEFT adapter with a trained head (RankLLaMA): `model` names the adapter
+    (a hub id or a folder); it loads on the base its adapter_config names (else the preset's), read with the
+    preset's prompt and head."""
+    folder = adapter_folder(model)
+    return load_trained(folder, dtype=dtype, device=device, merge=merge, model=adapter_base(folder) or
+                        preset.base_model, template=preset.template, head=head or preset.head)
+
+
 def adapter_folder(adapter: str) -> Path:
     """A local adapter folder as given, or a hub id's files downloaded (once, into the Hugging Face cache)."""
     path = Path(adapter).expanduser()
@@ -312,13 +324,26 @@ def _classifier_keys(folder: Path) -> dict[str, str]:
 
     path = folder / ADAPTER_FILE
     if not path.is_file():
-        return {}
+        legacy = folder / LEGACY_ADAPTER_FILE  # adapters saved before PEFT wrote safetensors (RankLLaMA's)
+        return _matching_keys(_read_legacy(legacy, "cpu")) if legacy.is_file() else {}
     try:
         with safe_open(str(path), framework="pt") as weights:
             keys = list(weights.keys())
     except (SafetensorError, OSError) as err:
         raise ModelError(_damaged(path, err)) from None
+    return _matching_keys(keys)
+
+
+def _matching_keys(keys) -> dict[str, str]:
     return {m[2]: key for key in keys if (m := _CLASSIFIER_KEY.fullmatch(key))}
+
+
+def _read_legacy(path: Path, device: str) -> dict:
+    """A PEFT adapter's pickled adapter_model.bin, tensors only (weights_only: no code runs from the file)."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - unpickling errors come in many types; each is one line here
+        raise ModelError(_damaged(path, err)) from None
 
 
 def external_classifier(folder: Path, device: str) -> dict[str, torch.Tensor] | None:
@@ -326,7 +351,8 @@ def external_classifier(folder: Path, device: str) -> dict[str, torch.Tensor] | 
     keys = _classifier_keys(folder)
     if not keys:
         return None
-    tensors = read_tensors(folder / ADAPTER_FILE, device)
+    path = folder / ADAPTER_FILE
+    tensors = read_tensors(path, device) if path.is_file() else _read_legacy(folder / LEGACY_ADAPTER_FILE, device)
     return {name: tensors[key] for name, key in keys.items()}
 
 

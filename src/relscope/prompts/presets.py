@@ -40,12 +40,15 @@ class RerankerPreset:
     source: str  # the model page
     # Presets over adapters (RankLLaMA): the id is a PEFT adapter with a trained head, loaded onto this base.
     base_model: str | None = None
+    # Names the patterns match that are other models (Qwen3-Reranker-*-seq-cls: converted sequence classifiers).
+    excludes: tuple[str, ...] = ()
 
 
 PRESETS: Registry[RerankerPreset] = Registry("reranker preset")
 
 PRESETS.register("qwen3-reranker", RerankerPreset(
-    name="qwen3-reranker", patterns=("qwen3-reranker-*",), template="qwen3-reranker", head="yes_no",
+    name="qwen3-reranker", patterns=("qwen3-reranker-*",), excludes=("*-seq-cls*",), template="qwen3-reranker",
+    head="yes_no",
     max_length=8192, padding_side="left", score="sigmoid(logit yes - logit no) = P(yes)",
     source="https://huggingface.co/Qwen/Qwen3-Reranker-0.6B"))
 PRESETS.register("bge-reranker-v2-gemma", RerankerPreset(
@@ -69,6 +72,7 @@ def preset_for(model: str | None) -> RerankerPreset | None:
     name = PurePath(model.rstrip("/")).name.lower()
     for preset_name in PRESETS.names():
         preset = PRESETS.get(preset_name)
-        if any(fnmatch.fnmatchcase(name, pattern) for pattern in preset.patterns):
+        if any(fnmatch.fnmatchcase(name, pattern) for pattern in preset.patterns) and \
+                not any(fnmatch.fnmatchcase(name, pattern) for pattern in preset.excludes):
             return preset
     return None

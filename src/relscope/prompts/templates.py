@@ -49,6 +49,9 @@ class PromptTemplate:
     answer_rule: Literal["auto", "bare"] = "auto"
     # Where the text comes from (a preset's model page or reference code, with its commit).
     source: str | None = None
+    # The pieces a published reranker's code tokenises one by one (each without special tokens, then concatenated;
+    # relscope.prompts.tokenize): their concatenation is the user text. Empty: the whole prompt in one call.
+    units: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         """Every slot is in the user text, and the parts (when given) are the user text in the default layout."""
@@ -57,6 +60,10 @@ class PromptTemplate:
         for slot in self.document_slots + ("query",):
             if "{" + slot + "}" not in self.user:
                 raise ConfigError(f"template {self.name!r}: user text must contain the slot {{{slot}}}")
+        if self.units and ("".join(self.units) != self.user or self.chat or self.system or self.plain_suffix
+                           or self.append_eos):
+            raise ConfigError(f"template {self.name!r}: its units must make up its user text, a plain prompt "
+                              "(chat: false) with no system text, suffix or appended EOS")
         if self.answer_rule not in ("auto", "bare"):
             raise ConfigError(f"template {self.name!r}: answer_rule must be auto or bare, got {self.answer_rule!r}")
 
@@ -89,7 +96,7 @@ class PromptTemplate:
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
-_LATER_FIELDS = {"answer_rule": "auto"}
+_LATER_FIELDS = {"answer_rule": "auto", "units": ()}
 
 
 TEMPLATES: Registry[PromptTemplate] = Registry("prompt template")
@@ -140,19 +147,22 @@ TEMPLATES.register(
 
 # -- the published rerankers' own prompts (relscope.prompts.presets maps model ids to them) ---------------------------
 # Each is the reference code's text exactly, written out as one plain text (chat markup included as text, so no chat
-# template of the tokenizer can change it); {query} and {document} are the only slots. The tokenizer adds what its own
-# special-token rule adds (Gemma's <bos>; nothing for Qwen). docs/notes/reranker-presets.md has the sources in full.
+# template of the tokenizer can change it); {query} and {document} are the only slots. `units` are the pieces the
+# reference tokenises one by one; the tokenizer adds what its own special-token rule adds around them (Gemma's <bos>,
+# Llama's <s>; nothing for Qwen). docs/notes/reranker-presets.md has the sources in full.
 
 QWEN3_RERANKER_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
+QWEN3_PREFIX = ("<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the "
+                "Instruct provided. Note that the answer can only be \"yes\" or \"no\".<|im_end|>\n<|im_start|>user\n")
+QWEN3_PAIR = f"<Instruct>: {QWEN3_RERANKER_INSTRUCTION}\n<Query>: {{query}}\n<Document>: {{document}}"
+QWEN3_SUFFIX = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
 TEMPLATES.register(
     "qwen3-reranker",
     PromptTemplate(
         name="qwen3-reranker",
         kind="pointwise",
-        user=("<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the "
-              "Instruct provided. Note that the answer can only be \"yes\" or \"no\".<|im_end|>\n<|im_start|>user\n"
-              f"<Instruct>: {QWEN3_RERANKER_INSTRUCTION}\n<Query>: {{query}}\n<Document>: {{document}}<|im_end|>\n"
-              "<|im_start|>assistant\n<think>\n\n</think>\n\n"),
+        user=QWEN3_PREFIX + QWEN3_PAIR + QWEN3_SUFFIX,
+        units=(QWEN3_PREFIX, QWEN3_PAIR, QWEN3_SUFFIX),
         answers=("yes", "no"), chat=False, plain_suffix="", answer_rule="bare", layout="instruction-query-document",
         source="https://huggingface.co/Qwen/Qwen3-Reranker-0.6B (github.com/QwenLM/Qwen3-Embedding @ f4ad0c43, "
                "README, Transformers usage: format_instruction, prefix, suffix, compute_logits)",
@@ -167,12 +177,16 @@ TEMPLATES.register(
         name="bge-reranker-v2-gemma",
         kind="pointwise",
         user=f"A: {{query}}\nB: {{document}}\n{BGE_GEMMA_PROMPT}",
+        units=("A: {query}", "\n", "B: {document}", "\n", BGE_GEMMA_PROMPT),
         answers=("Yes", "No"), chat=False, plain_suffix="", answer_rule="bare", layout="query-document-instruction",
         source="https://huggingface.co/BAAI/bge-reranker-v2-gemma (github.com/FlagOpen/FlagEmbedding @ 637f8628, "
                "research/llm_reranker/README.md: get_inputs, yes_loc)",
     ),
 )
 
+MXBAI_PREFIX = ("<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
+                "<|im_start|>user\n")
+MXBAI_SUFFIX = "<|im_end|>\n<|im_start|>assistant\n"
 MXBAI_TASK_PROMPT = ("You are a search relevance expert who evaluates how well documents match search queries. For "
                      "each query-document pair, carefully analyze the semantic relationship between them, then provide "
                      "your binary relevance judgment (0 for not relevant, 1 for relevant).\nRelevance:")
@@ -181,9 +195,8 @@ TEMPLATES.register(
     PromptTemplate(
         name="mxbai-rerank-v2",
         kind="pointwise",
-        user=("<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
-              f"<|im_start|>user\nquery: {{query}}\ndocument: {{document}}\n{MXBAI_TASK_PROMPT}<|im_end|>\n"
-              "<|im_start|>assistant\n"),
+        user=f"{MXBAI_PREFIX}query: {{query}}\ndocument: {{document}}\n{MXBAI_TASK_PROMPT}{MXBAI_SUFFIX}",
+        units=(MXBAI_PREFIX, "query: {query}", "\n", "document: {document}", "\n", MXBAI_TASK_PROMPT, MXBAI_SUFFIX),
         answers=("1", "0"), chat=False, plain_suffix="", answer_rule="bare", layout="query-document-instruction",
         source="https://huggingface.co/mixedbread-ai/mxbai-rerank-base-v2 (github.com/mixedbread-ai/mxbai-rerank "
                "@ 93a0be81, mxbai_rerank/mxbai_rerank_v2.py: chat_template, task_prompt, yes_loc/no_loc)",
@@ -191,13 +204,15 @@ TEMPLATES.register(
 )
 
 # RankLLaMA scores tokenizer(f"query: {q}", f"document: {title} {p}"): Llama-2's pair template puts a BOS before each
-# text, and MS MARCO passages have no title, hence two spaces after "document:".
+# text, each text tokenised alone (so SentencePiece marks each one's first word as word-initial), and MS MARCO
+# passages have no title, hence two spaces after "document:".
 TEMPLATES.register(
     "rankllama",
     PromptTemplate(
         name="rankllama",
         kind="pointwise",
         user="query: {query}<s>document:  {document}",
+        units=("query: {query}", "<s>", "document:  {document}"),
         answers=None, chat=False, plain_suffix="", layout="query-document-instruction",
         source="https://huggingface.co/castorini/rankllama-v1-7b-lora-passage (model card usage; "
                "github.com/texttron/tevatron @ 7d38ef5d, examples/rankllama)",

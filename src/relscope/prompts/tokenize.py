@@ -156,10 +156,13 @@ class PromptBuilder:
 
     def _tokenize(self, query: str, docs: list[str]) -> _Encoding:
         text, segments = self.render(query, docs)
-        enc = self.tokenizer(
-            text, add_special_tokens=not self.uses_chat, return_offsets_mapping=True, return_attention_mask=False
-        )
-        offsets = [tuple(o) for o in enc["offset_mapping"]]
+        if self.template.units:
+            ids, offsets = self._tokenize_units(text, query, docs)
+        else:
+            enc = self.tokenizer(
+                text, add_special_tokens=not self.uses_chat, return_offsets_mapping=True, return_attention_mask=False
+            )
+            ids, offsets = list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
         owner = np.full(len(text) + 1, -1, dtype=np.int64)  # char -> segment number
         for k, (_, start, end, _) in enumerate(segments):
             owner[start:end] = k
@@ -168,7 +171,39 @@ class PromptBuilder:
             k = owner[end - 1] if end > start else -1  # a token belongs to the segment of its last char
             labels.append((INSTRUCTION, 0) if k < 0 else (segments[k][0], segments[k][3]))
         labels[-1] = (LAST, 0)
-        return _Encoding(list(enc["input_ids"]), _runs(labels), offsets, segments)
+        return _Encoding(ids, _runs(labels), offsets, segments)
+
+    def _tokenize_units(self, text: str, query: str, docs: list[str]) -> tuple[list[int], list[tuple[int, int]]]:
+        """A published reranker's prompt tokenised as its reference code does: each unit alone (a tokenizer may
+        merge across a unit boundary what the reference never lets it, e.g. Qwen's ".\n"), then concatenated, with
+        the special tokens the tokenizer adds to a text (a BOS) around the whole; offsets in the full text."""
+        values = {"query": query, **dict(zip(self.template.document_slots, docs))}
+        units = [unit.format(**values) for unit in self.template.units]
+        if "".join(units) != text:
+            raise ModelError(f"template {self.template.name!r}: its units do not make up its prompt")
+        ids: list[int] = []
+        offsets: list[tuple[int, int]] = []
+        start = 0
+        for unit in units:
+            enc = self.tokenizer(unit, add_special_tokens=False, return_offsets_mapping=True,
+                                 return_attention_mask=False)
+            ids += enc["input_ids"]
+            offsets += [(a + start, b + start) for a, b in enc["offset_mapping"]]
+            start += len(unit)
+        before, after = self.special_affix_ids()
+        return before + ids + after, [(0, 0)] * len(before) + offsets + [(len(text), len(text))] * len(after)
+
+    @cached_property
+    def _affixes(self) -> tuple[list[int], list[int]]:
+        bare = self.tokenizer("x", add_special_tokens=False)["input_ids"]
+        full = self.tokenizer("x", add_special_tokens=True)["input_ids"]
+        start = next((i for i in range(len(full) - len(bare) + 1) if full[i:i + len(bare)] == bare), 0)
+        return full[:start], full[start + len(bare):]
+
+    def special_affix_ids(self) -> tuple[list[int], list[int]]:
+        """The special tokens the tokenizer adds before and after a text (a BOS, an EOS) when relscope tokenises
+        with them (plain prompts; a chat prompt holds its markup in its text): ([], []) when none."""
+        return ([], []) if self.uses_chat else (list(self._affixes[0]), list(self._affixes[1]))
 
     def _shorten(self, docs: list[str], enc: _Encoding, excess: int) -> list[str]:
         """Cut passages at token boundaries so that `excess` tokens go, longest passage first."""

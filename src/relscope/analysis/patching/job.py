@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, astuple
@@ -30,7 +31,7 @@ from relscope.analysis.patching.estimators import estimate
 from relscope.analysis.patching.fast import FastPatcher
 from relscope.analysis.patching.pairs import PatchPair, build_pairs
 from relscope.analysis.patching.scores import score_blocks, score_sites
-from relscope.analysis.patching.settings import PatchSettings
+from relscope.analysis.patching.settings import STUDY_LAYOUT, PatchSettings
 from relscope.analysis.patching.sites import UNSIGNED_ESTIMATORS, Site, all_sites, head_sites
 from relscope.analysis.patching.validation import agreement, site_type
 from relscope.errors import ConfigError, DataError, ModelError, overflow_hint
@@ -44,7 +45,10 @@ if TYPE_CHECKING:
     from relscope.data.groups import TrainingGroup
     from relscope.models.heads import Head
     from relscope.models.load import LoadedModel
+    from relscope.prompts.templates import PromptTemplate
     from relscope.prompts.tokenize import PromptBuilder
+
+log = logging.getLogger(__name__)
 
 IE_MEAN, TOP_SITES = "ie_mean.csv", "top_sites"  # the tables written (top_sites as .csv and .md)
 COMPONENT, LAYER, POSITIONS, MEAN_IE, STD, PAIRS = "component", "layer", "positions", "mean IE", "std", "pairs"
@@ -179,7 +183,7 @@ class PairCache:
 
 def load_patch_model(settings: PatchSettings, device: str) -> tuple[LoadedModel, Head, PromptBuilder]:
     """(loaded model, head, prompt builder): the base model, or base + adapter merged, with its template."""
-    from relscope.models.adapters import load_trained, resolve_max_length
+    from relscope.models.adapters import load_preset_adapter, load_trained, resolve_max_length
     from relscope.models.heads import build_head, default_head
     from relscope.models.load import load_model
     from relscope.prompts.presets import preset_for
@@ -191,16 +195,31 @@ def load_patch_model(settings: PatchSettings, device: str) -> tuple[LoadedModel,
         loaded, head, meta = load_trained(settings.adapter, dtype=settings.dtype, device=device, merge=True,
                                           model=settings.model, template=settings.template)
         template = get_template(meta["template"])
-        template = template.with_layout(settings.layout) if template.parts else template  # a preset's: its own
+        template = template.with_layout(settings.layout) if template.parts else own_order(template, settings.layout)
         return loaded, head, PromptBuilder(loaded.tokenizer, template, max_length)
-    loaded = load_model(settings.model, dtype=settings.dtype, device=device)
     preset = None if settings.template else preset_for(settings.model)
     if preset is not None:  # a published reranker: its own prompt (in its own order) and head
-        builder = PromptBuilder(loaded.tokenizer, get_template(preset.template), settings.max_length or
-                                preset.max_length)
+        template = own_order(get_template(preset.template), settings.layout)
+        if preset.base_model:  # an adapter with a trained head (RankLLaMA)
+            loaded, head, _ = load_preset_adapter(settings.model, preset, settings.dtype, device, merge=True)
+            return loaded, head, PromptBuilder(loaded.tokenizer, template, max_length)
+        loaded = load_model(settings.model, dtype=settings.dtype, device=device)
+        builder = PromptBuilder(loaded.tokenizer, template, max_length)
         return loaded, build_head(preset.head, loaded.model, builder), builder
+    loaded = load_model(settings.model, dtype=settings.dtype, device=device)
     builder = PromptBuilder(loaded.tokenizer, get_template(settings.template or "yes_no", settings.layout), max_length)
     return loaded, build_head(default_head(builder.template), loaded.model, builder), builder
+
+
+def own_order(template: PromptTemplate, layout: str) -> PromptTemplate:
+    """A one-text template (a published reranker's) in its own order: the analyses' default layout gives way to it,
+    another layout asked for is refused rather than silently ignored."""
+    if layout not in (STUDY_LAYOUT, template.layout):
+        raise ConfigError(f"--layout {layout}: template {template.name!r} is a published reranker's prompt in one "
+                          f"order ({template.layout}); leave --layout unset, or give --template to patch another prompt")
+    if layout != template.layout:
+        log.info("template %s: patched in its own order, %s", template.name, template.layout)
+    return template
 
 
 def pair_groups(source: str) -> list[TrainingGroup]:
