@@ -62,7 +62,8 @@ def bge_reference(tokenizer, query: str, doc: str) -> tuple[str, list[int], tupl
 
 def mxbai_reference(tokenizer, query: str, doc: str) -> tuple[str, list[int], tuple[int, int]]:
     sep = ids(tokenizer, "\n")
-    tokens = ids(tokenizer, MXBAI_PREFIX) + ids(tokenizer, f"query: {query}") + sep + ids(tokenizer, f"document: {doc}") \
+    tokens = ids(tokenizer, MXBAI_PREFIX) + ids(tokenizer, f"query: {query}") + sep \
+        + ids(tokenizer, f"document: {doc}") \
         + sep + ids(tokenizer, MXBAI_TASK) + ids(tokenizer, MXBAI_SUFFIX)
     text = f"{MXBAI_PREFIX}query: {query}\ndocument: {doc}\n{MXBAI_TASK}{MXBAI_SUFFIX}"
     return text, tokens, (ids(tokenizer, "1")[0], ids(tokenizer, "0")[0])
@@ -142,7 +143,8 @@ def test_gemma2_reads_the_yes_logit_after_its_final_softcap():
 @pytest.mark.parametrize("model, preset", [
     ("Qwen/Qwen3-Reranker-0.6B", "qwen3-reranker"), ("Qwen/Qwen3-Reranker-8B", "qwen3-reranker"),
     ("/models/qwen3-reranker-4b/", "qwen3-reranker"), ("BAAI/bge-reranker-v2-gemma", "bge-reranker-v2-gemma"),
-    ("mixedbread-ai/mxbai-rerank-large-v2", "mxbai-rerank-v2"), ("mixedbread-ai/mxbai-rerank-base-v2", "mxbai-rerank-v2"),
+    ("mixedbread-ai/mxbai-rerank-large-v2", "mxbai-rerank-v2"),
+    ("mixedbread-ai/mxbai-rerank-base-v2", "mxbai-rerank-v2"),
     ("castorini/rankllama-v1-7b-lora-passage", "rankllama"),
     ("Qwen/Qwen3-0.6B", None), ("BAAI/bge-reranker-v2-m3", None), ("smollm2-135m-instruct", None), (None, None),
     ("tomaarsen/Qwen3-Reranker-0.6B-seq-cls", None),  # a converted sequence classifier, not the causal LM
@@ -228,6 +230,8 @@ def test_the_analyses_read_a_preset_model_with_its_prompt_and_head(qwen3_reranke
     with pytest.raises(ConfigError, match="one order"):  # another order asked for is refused, not ignored
         load_patch_model(PatchSettings(groups="unused", model=str(qwen3_reranker_dir),
                                        layout="query-document-instruction"), "cpu")
+    with pytest.raises(ConfigError, match="query-block"):  # its query precedes the passage: that block is empty
+        load_patch_model(PatchSettings(groups="unused", model=str(qwen3_reranker_dir), scores=True), "cpu")
 
 
 def test_rerank_model_naming_an_adapter_preset_loads_it_on_its_base_with_its_head(tmp_path, trec_dir):
@@ -238,6 +242,7 @@ def test_rerank_model_naming_an_adapter_preset_loads_it_on_its_base_with_its_hea
 
     from relscope.evaluation.job import run_rerank_job
     from relscope.evaluation.settings import RerankConfig
+    from relscope.models.adapters import load_trained
 
     tokenizer = preset_tokenizer("<s>", "sentencepiece")
     base = tiny_family_model("llama", len(tokenizer))
@@ -250,6 +255,19 @@ def test_rerank_model_naming_an_adapter_preset_loads_it_on_its_base_with_its_hea
     metrics = run_rerank_job(RerankConfig(model=str(adapter), data=str(trec_dir), top_k=3), tmp_path / "out",
                              progress=False)
     assert (metrics["preset"], metrics["template"], metrics["max_length"]) == ("rankllama", "rankllama", 512)
+
+    from relscope.analysis.examples import load_with_prompts
+    from relscope.analysis.patching.job import load_patch_model, preset_adapter
+    from relscope.analysis.patching.settings import PatchSettings
+
+    settings = PatchSettings(groups="unused", model=str(adapter))
+    assert preset_adapter(settings) == str(adapter)  # the pair cache and the manifest identify the adapter
+    assert preset_adapter(PatchSettings(groups="unused", model=str(tmp_path / "base"))) is None
+    _, head, builder = load_patch_model(settings, "cpu")
+    assert builder.template.name == "rankllama"
+    assert torch.equal(head.score.weight, load_trained(adapter, merge=True)[1].score.weight)  # trained, not random
+    with pytest.raises(ConfigError, match="published adapter"):  # probes/attention need base and adapter named
+        load_with_prompts(str(adapter), None, None, None)
 
 
 @pytest.mark.parametrize("name, kind, bos", [("mxbai-rerank-v2", "qwen", None), ("rankllama", "sentencepiece", "<s>")])

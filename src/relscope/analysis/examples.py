@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from relscope.data.groups import TrainingGroup, first_negative
-from relscope.errors import DataError
+from relscope.errors import ConfigError, DataError
 from relscope.models.scoring import pad_sequences
 from relscope.prompts.tokenize import PromptBuilder, TokenizedPrompt
 
@@ -86,7 +86,7 @@ def load_with_prompts(model: str | None, adapter: str | None, template: str | No
     """(loaded model, prompt builder): the base model, or base + adapter unmerged (so the adapter can be switched off
     for the base half of a comparison), with the adapter's template and max_length unless they are given (else
     yes_no and 256)."""
-    from relscope.models.adapters import load_preset_adapter, load_trained, resolve_max_length
+    from relscope.models.adapters import load_trained, resolve_max_length
     from relscope.models.load import load_model
     from relscope.prompts.presets import preset_for
     from relscope.prompts.templates import get_template
@@ -96,7 +96,11 @@ def load_with_prompts(model: str | None, adapter: str | None, template: str | No
         loaded, _, meta = load_trained(adapter, model=model, template=template)
         template = meta["template"]
     elif (preset := None if template else preset_for(model)) is not None:  # a published reranker: its own prompt
-        loaded = load_preset_adapter(model, preset)[0] if preset.base_model else load_model(model)
+        if preset.base_model:  # these analyses compare an adapter with its base: they need both named
+            raise ConfigError(f"{model}: a published adapter ({preset.name}) on {preset.base_model}; give it as "
+                              f"--adapter <its downloaded folder> with --model <its base model>, so the base half is "
+                              "the base model")
+        loaded = load_model(model)
         template = preset.template
     else:
         loaded = load_model(model or "smollm2-135m-instruct")

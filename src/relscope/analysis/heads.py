@@ -210,7 +210,8 @@ def heads_job(settings: HeadsSettings, out: str | Path, progress: bool = True) -
                out / DIRECT_FIGURE)
     atomic_write_json(out / "manifest.json", build_manifest(
         {"model": loaded.source, "adapter": settings.adapter, "template": builder.template.name,
-         "layout": settings.layout, "groups": settings.groups, "max_pairs": settings.max_pairs, "ie_heads": ie_heads,
+         "layout": builder.template.layout, "groups": settings.groups, "max_pairs": settings.max_pairs,
+         "ie_heads": ie_heads,
          "ie_group": ie_group},
         {}, pairs=report.pairs, interaction_block=block, forwards=analysis.engine.forwards,
         logit_lens="W_U a + b on each head's write (study 002); the columns marked 'final norm' read it through the "

@@ -283,7 +283,7 @@ def knockout_job(settings: KnockoutSettings, out: str | Path, progress: bool = T
                           "relative change", errors), out / KNOCKOUT_FIGURE)
     atomic_write_json(out / "manifest.json", build_manifest(
         {"model": loaded.source, "adapter": settings.adapter, "template": builder.template.name,
-         "layout": settings.layout, "ie_heads": ie_heads, "size": size, "rank": settings.rank,
+         "layout": builder.template.layout, "ie_heads": ie_heads, "size": size, "rank": settings.rank,
          "positions": list(positions) if positions else "each set at its own group (Random: all)", "ablation": kind,
          "random_draws": random_draws, "max_groups": max_groups, "dev": dev and vars(dev)},
         {}, head_sets={s.name: [list(t) for t in s.targets] for s in sets}))

@@ -81,7 +81,9 @@ def _write(loaded: LoadedModel, head: Head, builder: PromptBuilder, settings: Ex
                             # tokenise the filled prompt as relscope does: with the tokenizer's special tokens for a
                             # plain prompt (a BOS), without for a chat prompt (its markup is in the text)
                             "add_special_tokens": not builder.uses_chat,
-                            "units": [_escaped(unit) for unit in template.units],  # tokenised one by one, if any
+                            # the pieces tokenised one by one (without special tokens; add_special_tokens then
+                            # means once around the whole), if any
+                            "units": [_escaped(unit) for unit in template.units],
                             "max_length": builder.max_length, "score_bias": 0.0}
     if isinstance(head, LinearScoreHead):
         info.update(kind="sequence-classification", head="linear",
@@ -118,7 +120,8 @@ def _save_classifier(loaded: LoadedModel, head: LinearScoreHead, builder: Prompt
     # of its own then, whose embedding row no prompt ever reads.
     if tokenizer.pad_token_id is None or tokenizer.pad_token_id in builder.build("q", ["d"]).input_ids:
         tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
-        classifier.resize_token_embeddings(len(tokenizer))
+        if len(tokenizer) > classifier.get_input_embeddings().num_embeddings:  # never shrink a padded vocabulary
+            classifier.resize_token_embeddings(len(tokenizer))
     classifier.config.pad_token_id = tokenizer.pad_token_id
     tokenizer.save_pretrained(folder)
     for name in os.listdir(folder):  # only the classifier's files, not the causal LM's
@@ -154,8 +157,9 @@ def cross_encoder_template(builder: PromptBuilder, before: str = "", after: str 
     return raw(before) + body + raw(after)
 
 
-# Pairs on which an export's CrossEncoder template must tokenise exactly as relscope does (punctuation before a
-# newline, runs of spaces, a passage starting with a space-led word)
+# Pairs on which an export's CrossEncoder template must tokenise exactly as relscope does. Both sides collapse
+# whitespace, so what they test is the characters at the ends of the query and the passage (punctuation before the
+# template's newline, the word after a special token)
 PROBES = (("what is the capital of france?", "Paris is the capital of France.\nIt is  large."),
           ("q", " leading space"), ("a  b", "end."))
 

@@ -68,7 +68,8 @@ def _rerank_job(config: RerankConfig, out: Path, progress: bool) -> dict[str, An
 
     # An adapter is scored with the max_length it was trained with unless one is given (a published reranker: its
     # preset's); config.yaml says which.
-    config = replace(config, max_length=resolve_max_length(config.max_length, config.adapter, default_max_length(config)))
+    config = replace(config, max_length=resolve_max_length(config.max_length, config.adapter,
+                                                           default_max_length(config)))
     dataset = load_dataset(config)  # fail on bad data before loading a model
     check_dataset_evaluable(dataset)
     files = dict(dataset.files)

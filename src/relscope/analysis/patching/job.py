@@ -31,7 +31,7 @@ from relscope.analysis.patching.estimators import estimate
 from relscope.analysis.patching.fast import FastPatcher
 from relscope.analysis.patching.pairs import PatchPair, build_pairs
 from relscope.analysis.patching.scores import score_blocks, score_sites
-from relscope.analysis.patching.settings import STUDY_LAYOUT, PatchSettings
+from relscope.analysis.patching.settings import STUDY_LAYOUT, PatchSettings, check_block_layout
 from relscope.analysis.patching.sites import UNSIGNED_ESTIMATORS, Site, all_sites, head_sites
 from relscope.analysis.patching.validation import agreement, site_type
 from relscope.errors import ConfigError, DataError, ModelError, overflow_hint
@@ -91,7 +91,8 @@ def patch_job(settings: PatchSettings, out: str | Path, progress: bool = True) -
     # Keyed on what the model is (the adapter's bytes, the base's files, relscope's version), not on its path:
     # an adapter retrained into the same folder must not get the old one's pairs. Hashed once per job.
     revision = getattr(loaded.model.config, "_commit_hash", None)  # a hub model's commit
-    fingerprint = {**cache_identity(loaded.source, settings.adapter, revision), "template": builder.template.name,
+    fingerprint = {**cache_identity(loaded.source, settings.adapter or preset_adapter(settings), revision),
+                   "template": builder.template.name,
                    "dtype": str(next(loaded.model.parameters()).dtype)}
     cache = PairCache(out / "pairs", fingerprint)
     # Which pairs have a gap worth dividing by is known from two forwards per pair (or their cached sweep), so an
@@ -134,7 +135,8 @@ def patch_job(settings: PatchSettings, out: str | Path, progress: bool = True) -
     if state.is_main_process:
         recorded = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings).items()}
         atomic_write_json(out / "manifest.json", build_manifest(
-            {**recorded, "model": loaded.source, "template": builder.template.name, "layers": layers}, {},
+            {**recorded, "model": loaded.source, "template": builder.template.name, "layout": builder.template.layout,
+             "adapter": settings.adapter or preset_adapter(settings), "layers": layers}, {},
             **summary))
     return summary
 
@@ -200,6 +202,8 @@ def load_patch_model(settings: PatchSettings, device: str) -> tuple[LoadedModel,
     preset = None if settings.template else preset_for(settings.model)
     if preset is not None:  # a published reranker: its own prompt (in its own order) and head
         template = own_order(get_template(preset.template), settings.layout)
+        if settings.scores:  # the block was checked against --layout; the preset's own order is what runs
+            check_block_layout(settings.query_block, template.layout, "--query-block")
         if preset.base_model:  # an adapter with a trained head (RankLLaMA)
             loaded, head, _ = load_preset_adapter(settings.model, preset, settings.dtype, device, merge=True)
             return loaded, head, PromptBuilder(loaded.tokenizer, template, max_length)
@@ -211,12 +215,23 @@ def load_patch_model(settings: PatchSettings, device: str) -> tuple[LoadedModel,
     return loaded, build_head(default_head(builder.template), loaded.model, builder), builder
 
 
+def preset_adapter(settings: PatchSettings) -> str | None:
+    """The folder of the published adapter `settings.model` names (RankLLaMA), which the pair cache and the manifest
+    must identify as they identify an --adapter; None for any other model."""
+    from relscope.models.adapters import adapter_folder
+    from relscope.prompts.presets import preset_for
+
+    preset = None if settings.adapter or settings.template else preset_for(settings.model)
+    return str(adapter_folder(settings.model)) if preset is not None and preset.base_model else None
+
+
 def own_order(template: PromptTemplate, layout: str) -> PromptTemplate:
     """A one-text template (a published reranker's) in its own order: the analyses' default layout gives way to it,
     another layout asked for is refused rather than silently ignored."""
     if layout not in (STUDY_LAYOUT, template.layout):
         raise ConfigError(f"--layout {layout}: template {template.name!r} is a published reranker's prompt in one "
-                          f"order ({template.layout}); leave --layout unset, or give --template to patch another prompt")
+                          f"order ({template.layout}); leave --layout unset, or give --template to patch another "
+                          "prompt")
     if layout != template.layout:
         log.info("template %s: patched in its own order, %s", template.name, template.layout)
     return template
