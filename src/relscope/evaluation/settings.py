@@ -39,11 +39,14 @@ class RerankConfig:
     top_k: int = field(default=100, metadata=option("rerank this many first-stage passages per query"))
     max_queries: int | None = field(default=None, metadata=option("the run's first n queries only (unset: all)"))
     template: str | None = field(default=None, metadata=option(
-        "prompt template: yes_no, score, pairwise (unset: the adapter's, else yes_no)"))
+        "prompt template: yes_no, score, pairwise or a published reranker's (unset: the adapter's, the model's "
+        "preset, else yes_no)"))
     head: str | None = field(default=None, metadata=option(
-        "scoring head: yes_no, linear, ab (unset: the adapter's, else the template's)"))
+        "scoring head: yes_no, first_answer, linear, ab (unset: the adapter's or the model's preset, else the "
+        "template's)"))
     max_length: int | None = field(default=None, metadata=option(
-        "prompt tokens; passages are truncated to fit (unset: the adapter's, what it was trained with; else 512)"))
+        "prompt tokens; passages are truncated to fit (unset: the adapter's, what it was trained with; the model's "
+        "preset's; else 512)"))
     max_batch_tokens: int = field(default=0, metadata=option(
         "padded tokens per forward; 0: by device (1024 on CPU, 16384 on CUDA)"))
     prefix_cache: bool = field(default=True, metadata=option(
