@@ -9,6 +9,7 @@ are what holds the two equal.
 
 from __future__ import annotations
 
+import json
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, Gemma2Config, GemmaConfig
@@ -255,6 +256,8 @@ def test_rerank_model_naming_an_adapter_preset_loads_it_on_its_base_with_its_hea
     metrics = run_rerank_job(RerankConfig(model=str(adapter), data=str(trec_dir), top_k=3), tmp_path / "out",
                              progress=False)
     assert (metrics["preset"], metrics["template"], metrics["max_length"]) == ("rankllama", "rankllama", 512)
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["data"]["adapter"]["path"] == str(adapter / "adapter_model.safetensors")  # its bytes identify it
 
     from relscope.analysis.examples import load_with_prompts
     from relscope.analysis.patching.job import load_patch_model, preset_adapter

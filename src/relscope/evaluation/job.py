@@ -27,8 +27,14 @@ from relscope.evaluation.rerank import Reranker, rerank
 from relscope.evaluation.settings import RerankConfig
 from relscope.io import atomic_write_json, atomic_write_text, output_lock
 from relscope.manifest import CONFIG_FILE, MANIFEST_FILE, build_manifest
+from relscope.models.adapters import (
+    adapter_folder,
+    adapter_weights,
+    load_preset_adapter,
+    load_trained,
+    resolve_max_length,
+)
 from relscope.models.load import load_model
-from relscope.models.adapters import load_preset_adapter
 from relscope.models.scoring import ScoringOptions
 from relscope.prompts.presets import RerankerPreset, preset_for
 
@@ -64,8 +70,6 @@ def run_rerank_job(config: RerankConfig, out_dir: str | Path, progress: bool = T
 
 
 def _rerank_job(config: RerankConfig, out: Path, progress: bool) -> dict[str, Any]:
-    from relscope.models.adapters import resolve_max_length
-
     # An adapter is scored with the max_length it was trained with unless one is given (a published reranker: its
     # preset's); config.yaml says which.
     config = replace(config, max_length=resolve_max_length(config.max_length, config.adapter,
@@ -111,8 +115,9 @@ def _rerank_job(config: RerankConfig, out: Path, progress: bool) -> dict[str, An
     atomic_write_json(out / METRICS_FILE, metrics)
     if per_query:
         atomic_write_text(out / PER_QUERY_FILE, per_query_csv(per_query, config.measures))
-    if config.adapter:
-        files["adapter"] = Path(config.adapter) / "adapter_model.safetensors"
+    adapter = config.adapter or (adapter_folder(config.model) if preset and preset.base_model else None)
+    if adapter:  # hashed in the manifest: the run is identified by the adapter's bytes
+        files["adapter"] = adapter_weights(Path(adapter))
     manifest = build_manifest(
         to_mapping(config), files, template_hash=reranker.builder.template.fingerprint(),
         model_source=loaded.source, missing_passages=[list(m) for m in dataset.missing[:100]],
@@ -143,8 +148,6 @@ def default_max_length(config: RerankConfig) -> int:
 def build_reranker(config: RerankConfig, options: ScoringOptions, progress: bool) -> Reranker:
     """The base model zero-shot (a published reranker with its preset's prompt and head), a preset's adapter on its
     base (RankLLaMA), or a trained checkpoint with its own template, head and max_length."""
-    from relscope.models.adapters import load_trained, resolve_max_length
-
     max_length = resolve_max_length(config.max_length, config.adapter, default_max_length(config))
     preset = chosen_preset(config)
     if preset is not None:

@@ -271,6 +271,12 @@ def load_preset_adapter(model: str, preset: RerankerPreset, dtype: str = "auto",
                         preset.base_model, template=preset.template, head=head or preset.head)
 
 
+def adapter_weights(folder: Path) -> Path:
+    """An adapter folder's weights file: adapter_model.safetensors, or the pickled .bin older PEFT wrote."""
+    legacy = folder / LEGACY_ADAPTER_FILE
+    return legacy if not (folder / ADAPTER_FILE).is_file() and legacy.is_file() else folder / ADAPTER_FILE
+
+
 def adapter_folder(adapter: str) -> Path:
     """A local adapter folder as given, or a hub id's files downloaded (once, into the Hugging Face cache)."""
     path = Path(adapter).expanduser()
