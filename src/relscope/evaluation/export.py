@@ -92,10 +92,9 @@ def _write(loaded: LoadedModel, head: Head, builder: PromptBuilder, settings: Ex
         loaded.model.save_pretrained(folder)
         loaded.tokenizer.save_pretrained(folder)
         single = isinstance(head, FirstAnswerHead)
-        yes, no = builder.answer_ids
-        info.update(kind="causal-lm", head="first_answer" if single else "answer_difference",
-                    answer_ids=[yes] if single else [yes, no],
-                    answers=[loaded.tokenizer.decode([i]) for i in ([yes] if single else [yes, no])])
+        ids = list(builder.answer_ids[:1] if single else builder.answer_ids)
+        info.update(kind="causal-lm", head="first_answer" if single else "answer_difference", answer_ids=ids,
+                    answers=[loaded.tokenizer.decode([i]) for i in ids])
     else:
         raise ConfigError(f"{settings.checkpoint}: its {type(head).__name__} has no counterpart in transformers; "
                           "export takes linear and answer-word heads")

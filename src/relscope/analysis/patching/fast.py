@@ -115,14 +115,14 @@ class FastPatcher:
             if not len(where):
                 plan.unchanged.append(i)
                 continue
-            residual = site.component in RESIDUAL
-            signature = ("resid" if residual else site.component, self._start(site) if residual else site.layer,
-                         site.head, site.group if site.component == "scores" else None, tuple(where.tolist()))
+            start = self._start(site)
+            signature = ("resid" if site.component in RESIDUAL else site.component, start, site.head,
+                         site.group if site.component == "scores" else None, tuple(where.tolist()))
             if signature in seen:
                 plan.same_as[i] = seen[signature]
                 continue
             seen[signature] = i
-            plan.reruns[self._start(site), int(where.min())].append(i)
+            plan.reruns[start, int(where.min())].append(i)
         return plan
 
     def sweep(self, pair: PatchPair, sites: Sequence[Site]) -> PairResult:

@@ -91,7 +91,8 @@ def patch_job(settings: PatchSettings, out: str | Path, progress: bool = True) -
     # Keyed on what the model is (the adapter's bytes, the base's files, relscope's version), not on its path:
     # an adapter retrained into the same folder must not get the old one's pairs. Hashed once per job.
     revision = getattr(loaded.model.config, "_commit_hash", None)  # a hub model's commit
-    fingerprint = {**cache_identity(loaded.source, settings.adapter or preset_adapter(settings), revision),
+    adapter = settings.adapter or preset_adapter(settings)  # resolved once: a hub id is looked up in the cache
+    fingerprint = {**cache_identity(loaded.source, adapter, revision),
                    "template": builder.template.name,
                    "dtype": str(next(loaded.model.parameters()).dtype)}
     cache = PairCache(out / "pairs", fingerprint)
@@ -136,7 +137,7 @@ def patch_job(settings: PatchSettings, out: str | Path, progress: bool = True) -
         recorded = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings).items()}
         atomic_write_json(out / "manifest.json", build_manifest(
             {**recorded, "model": loaded.source, "template": builder.template.name, "layout": builder.template.layout,
-             "adapter": settings.adapter or preset_adapter(settings), "layers": layers}, {},
+             "adapter": adapter, "layers": layers}, {},
             **summary))
     return summary
 
