@@ -90,7 +90,7 @@ def test_atp_estimates_a_score_patch_by_its_directional_derivative(tiny_groups):
 
     loaded, engine, pairs, _ = _setup("llama", tiny_groups)
     pair, site = pairs[0], Site("scores", 1, "last>document", 1)
-    change = engine.score_changes(pair, [site])[site]
+    change = engine.attention_changes(pair, [site])[site]
     atp = attribution_patching(engine, pair, [site])
     eps = 1e-2
     where = torch.tensor(pair.corrupted.positions(site.rows))

@@ -54,7 +54,8 @@ class IeGrid:
 
 @dataclass(frozen=True)
 class HeadGrid:
-    """ie_heads.npz (or ie_scores.npz): the indirect effect of each pair at each (group, layer, head)."""
+    """ie_heads.npz (or ie_scores.npz, ie_queries.npz): the indirect effect of each pair at each (group, layer,
+    head). ie_keys.npz counts key/value heads instead (its head_axis says so) and is not read as one."""
 
     ie: np.ndarray  # (pairs, groups, layers, heads)
     groups: list[str]
@@ -97,6 +98,8 @@ def load_ie_heads(path: str | Path) -> HeadGrid:
     """ie_heads.npz (or ie_scores.npz) of a `relscope patch --heads` run, checked."""
     fix = _fix(path, "relscope patch --heads")
     arrays = read_npz(path, fix)
+    if str(arrays.get("head_axis", "head")) != "head":  # a key/value head is not a head a knockout can ablate
+        raise DataError(f"{path}: counts {arrays['head_axis']}s (a --qk run's key sites), not heads; {fix}")
     ie = _floats(arrays, "ie", 4, path, fix)
     groups = _names(arrays, "groups", ie.shape[1], path, fix)
     layers = _layers(arrays, ie.shape[2], path, fix)

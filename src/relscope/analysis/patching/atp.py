@@ -20,7 +20,7 @@ import torch
 from relscope.analysis.patching.engine import PairResult, PatchingEngine
 from relscope.analysis.patching.hooks import capturing
 from relscope.analysis.patching.pairs import PatchPair
-from relscope.analysis.patching.sites import Site
+from relscope.analysis.patching.sites import ATTENTION_EDITS, Site
 
 
 @contextmanager
@@ -39,10 +39,14 @@ def embeddings_output(engine: PatchingEngine, replace: torch.Tensor | None = Non
         handle.remove()
 
 
-def clean_side(engine: PatchingEngine, pair: PatchPair, sites: Sequence[Site]) -> tuple[dict, float]:
-    """The clean run's site activations (and each score site's change of its head's output) and LD_clean."""
+def clean_side(engine: PatchingEngine, pair: PatchPair, sites: Sequence[Site],
+               qk_fix: bool = False) -> tuple[dict, float]:
+    """The clean run's site activations (and each score, query or key site's change of its head outputs) and
+    LD_clean. A query or key site's change is its first-order one (plain AtP: the gradient through the softmax), or
+    with `qk_fix` the exact one (AtP*'s QK fix: the softmax recomputed, linear only after it)."""
     clean, ld_clean = engine.run(pair.clean, engine.activation_keys(sites))
-    clean.update(engine.score_changes(pair, sites))  # a score patch's first-order effect: its change . dLD/dz
+    # such a site's estimate is then its change . dLD/dz
+    clean.update(engine.attention_changes(pair, sites, linear=not qk_fix))
     return clean, ld_clean
 
 
@@ -56,7 +60,7 @@ def first_order_estimates(engine: PatchingEngine, pair: PatchPair, sites: Sequen
     for i, site in enumerate(sites):
         where = positions[site.rows]
         columns = engine.columns(site)
-        if site.component == "scores":
+        if site.component in ATTENTION_EDITS:
             diff = clean[site][where]
         else:
             diff = clean[site.key][where][:, columns] - corrupted[site.key][where][:, columns]
@@ -64,10 +68,12 @@ def first_order_estimates(engine: PatchingEngine, pair: PatchPair, sites: Sequen
     return estimates
 
 
-def attribution_patching(engine: PatchingEngine, pair: PatchPair, sites: Sequence[Site]) -> PairResult:
-    """The AtP estimate for every site, as a PairResult whose `patched` is LD_corrupted + the estimate."""
+def attribution_patching(engine: PatchingEngine, pair: PatchPair, sites: Sequence[Site],
+                         qk_fix: bool = False) -> PairResult:
+    """The AtP estimate for every site, as a PairResult whose `patched` is LD_corrupted + the estimate; with
+    `qk_fix`, query and key sites get AtP*'s QK fix (see clean_side)."""
     keys = sorted({s.key for s in sites})
-    clean, ld_clean = clean_side(engine, pair, sites)
+    clean, ld_clean = clean_side(engine, pair, sites, qk_fix)
     store: dict = {}
     with torch.enable_grad(), embeddings_output(engine), \
             capturing(engine.model, engine.spec, keys, store, detach=False):

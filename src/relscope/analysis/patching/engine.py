@@ -17,8 +17,8 @@ import torch
 
 from relscope.analysis.patching.hooks import Edit, capturing, patching
 from relscope.analysis.patching.pairs import PatchPair
-from relscope.analysis.patching.scores import record_attention, score_delta, split_block
-from relscope.analysis.patching.sites import Site
+from relscope.analysis.patching.scores import qk_change, record_attention, score_delta, split_block
+from relscope.analysis.patching.sites import ATTENTION_EDITS, Site
 from relscope.models.scoring import unwrap
 from relscope.models.specs import ModelSpec
 
@@ -62,6 +62,7 @@ class PatchingEngine:
         self.spec = spec
         text = self.model.config.get_text_config()
         self.n_heads = int(text.num_attention_heads)
+        self.n_kv_heads = int(getattr(text, "num_key_value_heads", None) or self.n_heads)
         self.head_dim = spec.projection_of(self.model, 0, "o").in_features // self.n_heads
         self.backbone = spec.backbone_of(self.model)
         self.head = head
@@ -113,7 +114,7 @@ class PatchingEngine:
     def sweep(self, pair: PatchPair, sites: Sequence[Site]) -> PairResult:
         """Patch each site from clean into corrupted: one batched forward per `batch_size` sites."""
         clean, ld_clean = self.run(pair.clean, self.activation_keys(sites))
-        clean.update(self.score_changes(pair, sites))
+        clean.update(self.attention_changes(pair, sites))
         positions = {g: self.positions(pair.corrupted, g) for g in {s.rows for s in sites}}
         patched = np.empty(len(sites))
         for start in range(0, len(sites), self.batch_size):
@@ -130,18 +131,25 @@ class PatchingEngine:
 
     @staticmethod
     def activation_keys(sites: Sequence[Site]) -> list[tuple[str, int]]:
-        """The clean activations the sites copy (a score patch copies weights, recorded apart)."""
-        return sorted({s.key for s in sites if s.component != "scores"})
+        """The clean activations the sites copy (score, query and key patches are changes of head outputs, computed
+        from the recorded attention instead)."""
+        return sorted({s.key for s in sites if s.component not in ATTENTION_EDITS})
 
-    def score_changes(self, pair: PatchPair, sites: Sequence[Site]) -> dict[Site, torch.Tensor]:
-        """For each attention-score site, the (seq, head_dim) change of its head's output at the block's rows (zero
-        elsewhere): what writing the clean weights on the block's columns does (see scores.py)."""
-        wanted = [s for s in sites if s.component == "scores"]
+    def attention_changes(self, pair: PatchPair, sites: Sequence[Site],
+                          linear: bool = False) -> dict[Site, torch.Tensor]:
+        """For each attention-score, query and key site, the (seq, width) change of the head outputs it patches
+        (its columns of the o_proj input; zero at rows it cannot reach): what writing the clean weights on a block's
+        columns, or the clean queries or keys at a group's positions, does (see scores.py). With `linear`, the
+        first-order change of a query or key patch (a score patch is linear in the weights already)."""
+        wanted = [s for s in sites if s.component in ATTENTION_EDITS]
         if not wanted:
             return {}
         clean, corrupted = record_attention(self, pair.clean), record_attention(self, pair.corrupted)
         changes = {}
         for site in wanted:
+            if site.component != "scores":
+                changes[site] = qk_change(site, self.positions(pair.corrupted, site.group), clean, corrupted, linear)
+                continue
             rows, columns = (self.positions(pair.corrupted, g) for g in split_block(site.group))
             change = torch.zeros(len(pair.corrupted), self.head_dim, device=self.device)
             change[rows] = score_delta(site, rows, columns, clean, corrupted)
@@ -149,21 +157,26 @@ class PatchingEngine:
         return changes
 
     def columns(self, site: Site) -> slice:
-        """The site's slice of its activation's last axis: one head's block of the o_proj input, else all."""
-        return slice(None) if site.head is None else slice(site.head * self.head_dim, (site.head + 1) * self.head_dim)
+        """The site's slice of its activation's last axis: one head's block of the o_proj input (a key site: the
+        blocks of its group's n_rep query heads, side by side), else all."""
+        if site.head is None:
+            return slice(None)
+        heads = self.n_heads // self.n_kv_heads if site.component == "k" else 1
+        return slice(site.head * heads * self.head_dim, (site.head + 1) * heads * self.head_dim)
 
     def edit(self, row: int, site: Site, where: torch.Tensor, clean: dict, first: int = 0) -> Edit:
-        """Batch row `row` gets the clean activation at positions `where` (and the site's columns), or for a score
-        site its head's output change added there; `clean` maps (component, layer) to the clean activation and a
-        score site to its change. The edit's positions count from `first` (the fast path runs positions first..)."""
+        """Batch row `row` gets the clean activation at positions `where` (and the site's columns), or for a score,
+        query or key site the change of its head outputs added there; `clean` maps (component, layer) to the clean
+        activation and such a site to its change. The edit's positions count from `first` (the fast path runs
+        positions first..)."""
         columns = self.columns(site)
-        if site.component == "scores":
+        if site.component in ATTENTION_EDITS:
             return Edit(row, where - first, clean[site][where], columns, add=True)
         return Edit(row, where - first, clean[site.key][where][:, columns], columns)
 
     def naive(self, pair: PatchPair, site: Site) -> float:
         """The reference: a full clean forward to read the activation, then one full forward with the patch."""
         clean = self.activations(pair.clean, self.activation_keys([site]))
-        clean.update(self.score_changes(pair, [site]))
+        clean.update(self.attention_changes(pair, [site]))
         edit = {site.key: [self.edit(0, site, self.positions(pair.corrupted, site.rows), clean)]}
         return float(self.logit_diffs(self.ids(pair.corrupted), edit)[0])

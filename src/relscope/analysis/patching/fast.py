@@ -27,7 +27,7 @@ from transformers import DynamicCache
 from relscope.analysis.patching.engine import PairResult, PatchingEngine
 from relscope.analysis.patching.hooks import Edit, capturing, patching
 from relscope.analysis.patching.pairs import PatchPair
-from relscope.analysis.patching.sites import Site
+from relscope.analysis.patching.sites import ATTENTION_EDITS, Site
 
 if TYPE_CHECKING:
     from relscope.models.specs import ModelSpec
@@ -68,6 +68,7 @@ class Plan:
     (every patched position precedes the prompts' first difference); site -> the site whose re-run it shares."""
 
     positions: dict[str, torch.Tensor]  # position group -> its positions at or after the first difference
+    where: dict[int, torch.Tensor] = field(default_factory=dict)  # site -> the positions its edit writes
     reruns: dict[tuple[int, int], list[int]] = field(default_factory=lambda: defaultdict(list))
     unchanged: list[int] = field(default_factory=list)
     same_as: dict[int, int] = field(default_factory=dict)
@@ -106,18 +107,23 @@ class FastPatcher:
         patch as another (resid_post of layer l - 1 and resid_pre of layer l write the same clean tensor into the same
         stream: one re-run serves both, bit for bit)."""
         differ = first_difference(pair)
+        groups = {s.rows for s in sites} | {s.group for s in sites if s.component == "k"}
         positions = {g: torch.tensor([p for p in pair.corrupted.positions(g) if p >= differ],
-                                     device=self.engine.device, dtype=torch.long) for g in {s.rows for s in sites}}
+                                     device=self.engine.device, dtype=torch.long) for g in groups}
         plan = Plan(positions)
         seen: dict[tuple, int] = {}
         for i, site in enumerate(sites):
             where = positions[site.rows]
+            if site.component == "k":  # rows before its first patched key read none of them: their change is 0
+                keys = positions[site.group]
+                where = where[where >= keys.min()] if len(keys) else keys
             if not len(where):
                 plan.unchanged.append(i)
                 continue
+            plan.where[i] = where
             start = self._start(site)
             signature = ("resid" if site.component in RESIDUAL else site.component, start, site.head,
-                         site.group if site.component == "scores" else None, tuple(where.tolist()))
+                         site.group if site.component in ATTENTION_EDITS else None, tuple(where.tolist()))
             if signature in seen:
                 plan.same_as[i] = seen[signature]
                 continue
@@ -129,7 +135,7 @@ class FastPatcher:
         """The same numbers as `PatchingEngine.sweep`, re-running only the layers and positions each patch changes."""
         engine = self.engine
         clean, ld_clean = engine.run(pair.clean, engine.activation_keys(sites))
-        clean.update(engine.score_changes(pair, sites))
+        clean.update(engine.attention_changes(pair, sites))
         stream, kv, ld_corrupted = self._corrupted_run(pair.corrupted)
         plan = self.plan(pair, sites)
         patched = np.empty(len(sites))
@@ -141,7 +147,7 @@ class FastPatcher:
                 edits: dict[tuple[str, int], list[Edit]] = defaultdict(list)
                 for row, i in enumerate(chunk):
                     site = sites[i]
-                    edit = engine.edit(row, site, plan.positions[site.rows], clean, first)
+                    edit = engine.edit(row, site, plan.where[i], clean, first)
                     if site.component in RESIDUAL:
                         inputs[row, edit.positions, edit.columns] = edit.values
                     else:

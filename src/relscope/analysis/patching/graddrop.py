@@ -7,9 +7,9 @@ estimates averaged:
 where dLD^(l) is the gradient with layer l's attention and MLP writes into the residual stream cut (their forward
 unchanged). A site whose effects cancel along one path and add along another gets a large c where AtP's signed sum
 is near 0: AtP* uses it to rank sites for exact patching, not as a signed effect. Its other part, the QK fix,
-recomputes the attention softmax for query and key nodes; relscope's sites have no query or key nodes (an
-attention-score site's first-order effect is already its exact change of the head's output), so `atp-star` here is
-AtP with GradDrop.
+recomputes the attention softmax for query and key nodes (`relscope patch --qk`): a query or key site's change of
+its head outputs is the exact one (scores.qk_change), linearised only after the softmax, where plain AtP takes the
+gradient through it. An attention-score site's change is exact in every estimator (it is linear in the weights).
 
 A site inside layer l (its attention or MLP output, a head's output) reaches the judgment only through layer l's
 writes, so its term for l is 0 and the mean is over the other L - 1 layers, as AtP* writes it. A residual-stream
@@ -43,7 +43,7 @@ def layer_terms(engine: PatchingEngine, pair: PatchPair, sites: Sequence[Site]) 
     if depth < 2:  # a site's own layer is its only way out: nothing left to average
         raise ModelError(f"GradDrop needs at least 2 layers; this model has {depth}: use --attribution atp")
     keys = sorted({s.key for s in sites})
-    clean, ld_clean = clean_side(engine, pair, sites)
+    clean, ld_clean = clean_side(engine, pair, sites, qk_fix=True)
     dropped: list[int | None] = [None]
 
     def cut_at(layer: int):

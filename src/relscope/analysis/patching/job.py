@@ -32,7 +32,7 @@ from relscope.analysis.patching.fast import FastPatcher
 from relscope.analysis.patching.pairs import PatchPair, build_pairs
 from relscope.analysis.patching.scores import score_blocks, score_sites
 from relscope.analysis.patching.settings import STUDY_LAYOUT, PatchSettings, check_block_layout
-from relscope.analysis.patching.sites import UNSIGNED_ESTIMATORS, Site, all_sites, head_sites
+from relscope.analysis.patching.sites import UNSIGNED_ESTIMATORS, Site, all_sites, head_sites, qk_sites
 from relscope.analysis.patching.validation import agreement, site_type
 from relscope.errors import ConfigError, DataError, ModelError, overflow_hint
 from relscope.io import atomic_path, atomic_write_json, atomic_write_text
@@ -130,6 +130,10 @@ def patch_job(settings: PatchSettings, out: str | Path, progress: bool = True) -
         blocks = score_blocks(settings.query_block)
         score_list = score_sites(layers, n_heads, blocks)
         compared.append((score_list, *_head_sweep(effects, score_list, blocks, layers, out, loaded.name, "scores")))
+    if settings.qk:
+        groups = list(settings.head_positions)
+        for what, qk_list in zip(("queries", "keys"), qk_sites(layers, n_heads, engine.n_kv_heads, groups)):
+            compared.append((qk_list, *_head_sweep(effects, qk_list, groups, layers, out, loaded.name, what)))
     if settings.validate and state.is_main_process:  # the main process holds every pair's results
         summary["validation"] = _validate(out, compared, settings, layers, shape, loaded.name, depth)
     summary["forwards"] = engine.forwards  # this process's
@@ -330,7 +334,8 @@ def _validate(out: Path, compared: list, settings: PatchSettings, layers: list[i
     estimated = np.concatenate([indirect_effects(e, 0.0)[0] for _, _, e in compared], axis=1)
     rows = agreement(exact, estimated, sites, unsigned=method in UNSIGNED_ESTIMATORS)
     for row in rows:
-        recording = 2 if row["site type"] == "score block" else 0  # both prompts' attention weights, read once
+        # both prompts' attention read once for score, query and key sites
+        recording = 2 if row["site type"] in ("score block", "query", "key") else 0
         row["passes per pair"] = estimator_passes(method, settings.ig_steps, depth) + recording
         row["exact passes per pair"] = 2 + recording + row["sites"]  # naive: both runs, a patched forward a site
     first = indirect_effects(compared[0][2], 0.0)[0]
@@ -356,9 +361,10 @@ VALIDATION = "validation"  # validation.csv and validation.md
 
 def _head_sweep(effects: Effects, sites: Sequence[Site], groups: Sequence[str], layers: list[int], out: Path,
                 name: str, what: str) -> tuple[list[PairResult] | None, list[PairResult] | None]:
-    """Every head of every layer for each group (per-head outputs at a position group, or attention-score blocks);
-    sites ordered group, layer, head. Writes ie_<what>.npz (with --validate also ie_<what>_<method>.npz) and one
-    layer x head heatmap per group; returns (exact, estimated) results."""
+    """Every head of every layer for each group (per-head outputs, queries or keys at a position group, or
+    attention-score blocks); sites ordered group, layer, head (a key/value head for keys). Writes ie_<what>.npz
+    (with --validate also ie_<what>_<method>.npz) and one layer x head heatmap per group; returns (exact,
+    estimated) results."""
     exact, estimated = effects.of(sites, what)
     if not process_state().is_main_process:
         return exact, estimated
@@ -371,9 +377,11 @@ def _head_sweep(effects: Effects, sites: Sequence[Site], groups: Sequence[str], 
         ie, _ = indirect_effects(results, 0.0)
         with atomic_path(out / file) as tmp, tmp.open("wb") as f:
             np.savez(f, ie=ie.reshape(len(ie), len(groups), len(layers), n_heads), groups=np.array(groups),
-                     layers=np.array(layers), qids=np.array([r.qid for r in results]), method=np.array(method))
+                     layers=np.array(layers), qids=np.array([r.qid for r in results]), method=np.array(method),
+                     head_axis=np.array("key/value head" if what == "keys" else "head"))
     grid = indirect_effects(shown, 0.0)[0].reshape(-1, len(groups), len(layers), n_heads)
-    label = "positions" if what == "heads" else "attention weights"
+    label = {"heads": "positions", "scores": "attention weights", "queries": "query vectors",
+             "keys": "key vectors"}[what]
     value = "mean IE" if exact is not None else f"mean IE estimated by {effects.method}"
     for g, group in enumerate(groups):
         plots.save(plots.heatmap(grid[:, g].mean(axis=0), [str(layer) for layer in layers],

@@ -24,6 +24,7 @@ from relscope.analysis.patching.sites import (
     NEGATIVE_KINDS,
     PERTURBATIONS,
     POSITION_GROUPS,
+    QK_ESTIMATORS,
 )
 from relscope.analysis.settings import RELEVANCE_GROUPS
 from relscope.config import DTYPES, option
@@ -123,11 +124,15 @@ class PatchSettings:
         "also patch every head's attention weights on three blocks: the query/document block (--query-block), last "
         "token to document, last token to query"))
     query_block: str = _query_block("attention-score patching (--scores)")
+    qk: bool = field(default=False, metadata=option(
+        "also patch every head's query vectors and every key/value head's key vectors at each of --head-positions "
+        "(AtP*'s query and key nodes; ie_queries.npz, ie_keys.npz)"))
     attribution: str | None = field(default=None, metadata=option(
         "estimate every site's effect instead of patching it (one backward for all sites): atp (attribution "
-        "patching), atp-star (AtP*'s GradDrop: |IE| for ranking, one backward per layer), relp (relevance "
-        "patching: AtP with LRP's rules in the backward), ig (integrated gradients along the corrupted -> clean "
-        "embeddings, EAP-IG's; --ig-steps)",
+        "patching), atp-star (AtP*: GradDrop, |IE| for ranking, one backward per layer, and the QK fix for --qk), "
+        "relp (relevance patching: AtP with LRP's rules in the backward), ig (integrated gradients along the "
+        "corrupted -> clean embeddings, EAP-IG's; --ig-steps), atp-qk (atp with AtP*'s QK fix on --qk's sites, "
+        "signed)",
         choices=ESTIMATORS))
     ig_steps: int = field(default=5, metadata=option("points on the path for --attribution ig (EAP-IG's paper: 5)"))
     relp_rules: tuple[str, ...] = field(default=LRP_RULES, metadata=option(
@@ -160,11 +165,14 @@ class PatchSettings:
             _bad(self, "min_gap", gap, "must be a finite number >= 0 (e.g. 0.1)")
         _whole(self, "batch_size", 1)
         _whole(self, "top", 1)
-        for key in ("heads", "scores", "validate", "fast"):
+        for key in ("heads", "scores", "qk", "validate", "fast"):
             if not isinstance(getattr(self, key), bool):
                 _bad(self, key, getattr(self, key), "must be true or false")
         if self.attribution is not None:
             _choice(self, "attribution", ESTIMATORS)
+            if self.qk and self.attribution not in QK_ESTIMATORS:
+                _bad(self, "attribution", self.attribution, f"has no estimate for --qk's query and key sites: use "
+                     f"{' or '.join(QK_ESTIMATORS)}, or drop --qk")
         _whole(self, "ig_steps", 1)
         _names(self, "relp_rules", LRP_RULES)
         if self.validate and self.attribution is None:

@@ -1,7 +1,7 @@
 """How well an attribution estimate agrees with exact patching, per site type: what `relscope patch --attribution
 METHOD --validate` reports.
 
-For each site type (resid, attn, mlp, head, score block; sites.SITE_TYPES) over the pairs patched:
+For each site type (resid, attn, mlp, head, score block, query, key; sites.SITE_TYPES) over the pairs patched:
 - Pearson r and Spearman rho of the estimated against the exact IE, over every (pair, site) value: the per-example
   agreement RelP reports (Jafari et al. 2025, Table 1: Pearson r per component type on IOI);
 - Pearson r of the two mean IEs over pairs, per site (what a heatmap of means shows);
@@ -19,15 +19,16 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from relscope.analysis.patching.sites import SITE_TYPES, Site
+from relscope.analysis.patching.sites import ATTENTION_EDITS, SITE_TYPES, Site
 
 TOP_K = 20
-TYPE_ORDER = ("resid", "attn", "mlp", "head", "score block")
+TYPE_ORDER = ("resid", "attn", "mlp", "head", "score block", "query", "key")
 
 
 def site_type(site: Site) -> str:
-    """resid, attn, mlp, head (one head's output) or score block (one head's attention weights on a block)."""
-    return SITE_TYPES["scores" if site.component == "scores" else site.key[0]]
+    """resid, attn, mlp, head (one head's output), score block (one head's attention weights on a block), query or
+    key (one head's query vectors, one key/value head's key vectors)."""
+    return SITE_TYPES[site.component if site.component in ATTENTION_EDITS else site.key[0]]
 
 
 def top_k_recall(exact_means: np.ndarray, estimated_means: np.ndarray, k: int = TOP_K) -> float:
