@@ -96,7 +96,7 @@ class HeadAnalysis:
         with recording_attention(engine.model) as store, capturing(engine.model, engine.spec, keys, acts):
             engine.backbone(input_ids=engine.ids(prompt))
         engine.forwards += 1
-        return {layer: w[0] for layer, (w, _) in store.items()}, {k: v[0, -1] for k, v in acts.items()}
+        return {layer: a.weights[0] for layer, a in store.items()}, {k: v[0, -1] for k, v in acts.items()}
 
     @torch.inference_mode()
     def head_writes(self, last: dict) -> torch.Tensor:
