@@ -151,3 +151,25 @@ def test_attribution_on_the_real_model_keeps_its_forward_and_its_edges_add_up(sm
     graph = EdgeGraph(engine.model, engine.spec)
     kept = graph.writer_values(engine, ids)
     assert graph.run_with_edges(engine, ids, kept, graph.edges[None])[0] == pytest.approx(float(plain[0]), abs=1e-5)
+
+
+def test_query_and_key_patches_on_the_real_model(smollm2, real_data):
+    """On SmolLM2 itself (sdpa attention, grouped-query keys): the fast path equals the batched one and the naive
+    one on query and key sites, and the patches move the judgment."""
+    from relscope.analysis.patching.engine import PatchingEngine
+    from relscope.analysis.patching.fast import FastPatcher
+    from relscope.analysis.patching.pairs import build_pairs
+    from relscope.analysis.patching.sites import Site
+    from relscope.models.heads import build_head
+    from relscope.prompts import PromptBuilder, get_template
+
+    builder = PromptBuilder(smollm2.tokenizer, get_template("yes_no"), 256)
+    pairs, _ = build_pairs(read_groups(real_data / "relevance-mi" / "msmarco.jsonl"), builder, 1)
+    engine = PatchingEngine(smollm2.model, smollm2.spec, build_head("yes_no", smollm2.model, builder))
+    assert engine.n_kv_heads < engine.n_heads
+    sites = [Site("q", 20, "last", 3), Site("q", 5, "all", 0), Site("k", 10, "all", 1), Site("k", 25, "all", 2)]
+    fast, batched = FastPatcher(engine).sweep(pairs[0], sites), engine.sweep(pairs[0], sites)
+    np.testing.assert_allclose(fast.patched, batched.patched, atol=1e-4)
+    np.testing.assert_allclose([engine.naive(pairs[0], s) for s in sites[2:]], batched.patched[2:], atol=1e-4)
+    assert np.abs(batched.patched - batched.corrupted).max() > 1e-3
+

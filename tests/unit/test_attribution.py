@@ -219,15 +219,7 @@ def test_graddrop_is_the_mean_of_absolute_estimates_with_one_layers_writes_detac
     atp = attribution_patching(engine, pair, sites)
     depth = len(engine.spec.layer_list(engine.model))
     for layer in range(depth):
-        handles = [module.register_forward_hook(lambda _m, _a, out: (_cut(out[0]), *out[1:])
-                                                if isinstance(out, tuple) else _cut(out))
-                   for module in (engine.spec.attention_of(engine.model, layer),
-                                  engine.spec.mlp_of(engine.model, layer))]
-        try:
-            cut = attribution_patching(engine, pair, sites)
-        finally:
-            for handle in handles:
-                handle.remove()
+        cut = atp_with_writes_cut(engine, pair, sites, layer)
         expected = cut.patched - cut.corrupted
         inside = [s.component not in ("resid_pre", "resid_post") and s.layer == layer for s in sites]
         expected[inside] = 0.0
@@ -238,6 +230,18 @@ def test_graddrop_is_the_mean_of_absolute_estimates_with_one_layers_writes_detac
     counted = np.array([depth if s.component in ("resid_pre", "resid_post") else depth - 1 for s in sites])
     np.testing.assert_allclose(np.abs(result.patched - result.corrupted), np.abs(terms).sum(0) / counted)
     assert (result.indirect_effects() >= 0).all()
+
+
+def atp_with_writes_cut(engine: PatchingEngine, pair, sites, layer: int, qk_fix: bool = False):
+    """AtP with layer `layer`'s attention and MLP outputs replaced in the forward by a value whose gradient is 0."""
+    handles = [module.register_forward_hook(lambda _m, _a, out: (_cut(out[0]), *out[1:])
+                                            if isinstance(out, tuple) else _cut(out))
+               for module in (engine.spec.attention_of(engine.model, layer), engine.spec.mlp_of(engine.model, layer))]
+    try:
+        return attribution_patching(engine, pair, sites, qk_fix=qk_fix)
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def _cut(write: torch.Tensor) -> torch.Tensor:

@@ -191,6 +191,8 @@ def test_the_qk_fix_is_the_derivative_along_the_exact_change_of_the_head_outputs
 
 def test_graddrop_uses_the_qk_fix(tiny_groups):
     """GradDrop's term for a query/key site and layer m is the QK-fixed AtP estimate with layer m's writes cut."""
+    from test_attribution import atp_with_writes_cut
+
     from relscope.analysis.patching.graddrop import layer_terms
 
     loaded, engine, pairs, _ = _setup("llama", tiny_groups)
@@ -198,22 +200,10 @@ def test_graddrop_uses_the_qk_fix(tiny_groups):
     sites = _some_sites(depth, engine.n_heads, engine.n_kv_heads)
     terms, _, _ = layer_terms(engine, pairs[0], sites)
     for layer in range(depth):
-        handles = [module.register_forward_hook(lambda _m, _a, out: (_cut(out[0]), *out[1:])
-                                                if isinstance(out, tuple) else _cut(out))
-                   for module in (engine.spec.attention_of(engine.model, layer),
-                                  engine.spec.mlp_of(engine.model, layer))]
-        try:
-            cut = attribution_patching(engine, pairs[0], sites, qk_fix=True)
-        finally:
-            for handle in handles:
-                handle.remove()
+        cut = atp_with_writes_cut(engine, pairs[0], sites, layer, qk_fix=True)
         expected = cut.patched - cut.corrupted
         expected[[s.layer == layer for s in sites]] = 0.0
         np.testing.assert_allclose(terms[layer], expected, rtol=1e-4, atol=1e-6)
-
-
-def _cut(write: torch.Tensor) -> torch.Tensor:
-    return write.detach() + 0.0 * write
 
 
 def test_estimators_without_a_query_key_definition_are_refused(tiny_groups, tiny_family_dir):
