@@ -35,6 +35,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING, Protocol
 
 import torch
@@ -71,6 +72,14 @@ class LayerAttention:
     queries: torch.Tensor  # (1, heads, seq, head_dim), as attention multiplies them (after rotary, q-norm)
     keys: torch.Tensor  # (1, kv_heads, seq, head_dim)
     attend: Attend  # in the dtype of the queries given
+
+    @cached_property
+    def wide(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(queries, keys, their attention output) in float32 (float64 for a float64 model): the point every query
+        and key change of this layer is taken from, computed once."""
+        dtype = torch.promote_types(self.queries.dtype, torch.float32)
+        queries, keys = self.queries.to(dtype), self.keys.to(dtype)
+        return queries, keys, self.attend(queries, keys)
 
 
 _store: dict[int, LayerAttention] | None = None
@@ -183,20 +192,19 @@ def qk_change(site: Site, positions: torch.Tensor, clean: AttentionRecord, corru
     the model's dtype, as the difference of two runs of the same attention, so unreached rows are exactly 0."""
     layer = corrupted.layers[site.layer]
     which = "queries" if site.component == "q" else "keys"
-    dtype = torch.promote_types(layer.queries.dtype, torch.float32)  # float32, or the model's float64
-    queries, keys = layer.queries.to(dtype), layer.keys.to(dtype)
+    queries, keys, output = layer.wide
     before = queries if site.component == "q" else keys
     after = before.clone()
-    after[0, site.head, positions] = getattr(clean.layers[site.layer], which)[0, site.head, positions].to(dtype)
+    after[0, site.head, positions] = getattr(clean.layers[site.layer], which)[0, site.head, positions].to(after.dtype)
     n_rep = layer.queries.shape[1] // layer.keys.shape[1]
     heads = slice(site.head, site.head + 1) if site.component == "q" else \
         slice(site.head * n_rep, (site.head + 1) * n_rep)
     if linear:
         change = _tangent(layer.attend, queries, keys, site.component, after - before)
     elif site.component == "q":
-        change = layer.attend(after, keys) - layer.attend(queries, keys)
+        change = layer.attend(after, keys) - output
     else:
-        change = layer.attend(queries, after) - layer.attend(queries, keys)
+        change = layer.attend(queries, after) - output
     return change[0, :, heads].flatten(1)
 
 
