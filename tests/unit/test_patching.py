@@ -168,13 +168,31 @@ def test_the_fast_path_runs_resid_post_and_the_next_resid_pre_once_and_they_are_
     plan = FastPatcher(engine).plan(pairs[0], sites)
     shared = {(sites[i].component, sites[i].layer, sites[i].group): (sites[j].component, sites[j].layer, sites[j].group)
               for i, j in plan.same_as.items()}
-    assert shared[("resid_post", 0, "all")] == ("resid_pre", 1, "all")
+    assert shared[("resid_post", 0, "document")] == ("resid_pre", 1, "document")
     assert all(a[0] == "resid_post" and b == ("resid_pre", a[1] + 1, a[2]) for a, b in shared.items())
-    assert ("resid_post", depth - 1, "all") not in shared  # the last layer's output has no next layer
-    for group in ("document", "all"):
-        post = FastPatcher(engine).sweep(pairs[0], [Site("resid_post", 1, group)]).patched[0]
-        pre = FastPatcher(engine).sweep(pairs[0], [Site("resid_pre", 2, group)]).patched[0]
-        assert post == pre
+    assert ("resid_post", depth - 1, "document") not in shared  # the last layer's output has no next layer
+    post = FastPatcher(engine).sweep(pairs[0], [Site("resid_post", 1, "document")]).patched[0]
+    pre = FastPatcher(engine).sweep(pairs[0], [Site("resid_pre", 2, "document")]).patched[0]
+    assert post == pre
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3_text"])
+def test_a_residual_stream_patched_at_every_position_is_the_clean_run_and_is_not_re_run(family, tiny_groups):
+    """Patching the whole stream entering (or leaving) a layer makes every later activation the clean run's: the fast
+    path returns the clean logit difference itself (before, it re-ran the layers and returned it up to rounding)."""
+    from relscope.analysis.patching.fast import FastPatcher
+
+    loaded, engine, pairs, _ = _setup(family, tiny_groups)
+    depth = loaded.model.config.num_hidden_layers
+    sites = [Site(c, layer, "all") for c in ("resid_pre", "resid_post") for layer in range(depth)]
+    sites.append(Site("resid_pre", 1, "document"))  # a partial patch of the stream still re-runs
+    plan = FastPatcher(engine).plan(pairs[0], sites)
+    assert sorted(plan.clean) == list(range(len(sites) - 1))
+    assert [m for members in plan.reruns.values() for m in members] == [len(sites) - 1]
+    fast = FastPatcher(engine).sweep(pairs[0], sites)
+    assert all(value == fast.clean for value in fast.patched[:-1])
+    naive = engine.sweep(pairs[0], sites)  # one full forward a patch: the same numbers up to float reordering
+    np.testing.assert_allclose(fast.patched, naive.patched, atol=1e-5)
 
 
 @pytest.mark.parametrize("family", ["llama", "phi3"])

@@ -10,14 +10,14 @@ from relscope.analysis.patching.graddrop import grad_drop
 from relscope.analysis.patching.ig import DEFAULT_STEPS, integrated_gradients
 from relscope.analysis.patching.pairs import PatchPair
 from relscope.analysis.patching.relp import relevance_patching
-from relscope.analysis.patching.sites import LRP_RULES, QK_ESTIMATORS, Site
+from relscope.analysis.patching.sites import LRP_RULES, QK_COMPONENTS, QK_ESTIMATORS, Site
 
 
 def estimate(method: str, engine: PatchingEngine, pair: PatchPair, sites: Sequence[Site],
              ig_steps: int = DEFAULT_STEPS, relp_rules: Sequence[str] = LRP_RULES) -> PairResult:
     """Estimator `method`'s result for one pair: atp, atp-qk, atp-star, relp (with `relp_rules`) or ig (`ig_steps`).
     Query and key sites have a definition in atp (first order), atp-qk and atp-star (the QK fix) only."""
-    if method not in QK_ESTIMATORS and any(s.component in ("q", "k") for s in sites):
+    if method not in QK_ESTIMATORS and any(s.component in QK_COMPONENTS for s in sites):
         raise ValueError(f"{method} has no estimate for query or key sites; use {' or '.join(QK_ESTIMATORS)}")
     if method == "ig":
         return integrated_gradients(engine, pair, sites, ig_steps)

@@ -3,7 +3,9 @@
 A patch at layer l and positions >= p leaves everything before layer l, and every position before p, exactly as in
 the corrupted run (causal attention). And before the first token where the two prompts differ, the clean and the
 corrupted activations are the same numbers, so those positions are dropped from every patch (a patch of only such
-positions, e.g. the query of a pointwise pair, changes nothing and is not run).
+positions, e.g. the query of a pointwise pair, changes nothing and is not run). By the same argument, a patch of
+the whole residual stream at a layer (every position from the first difference on) makes the clean run, and its
+logit difference is the clean one, not re-run.
 
 So the corrupted run is done once with its residual stream and its keys and values cached; each patch then re-runs
 layers >= l only, on positions >= p only, from the cached residual, attending to the cached keys/values of
@@ -65,12 +67,14 @@ def first_difference(pair: PatchPair) -> int:
 @dataclass
 class Plan:
     """A sweep's work: (start layer, first position) -> the sites re-run from there; the sites that change nothing
-    (every patched position precedes the prompts' first difference); site -> the site whose re-run it shares."""
+    (every patched position precedes the prompts' first difference); the sites that make the clean run (a residual
+    stream patched at every position); site -> the site whose re-run it shares."""
 
     positions: dict[str, torch.Tensor]  # position group -> its positions at or after the first difference
     where: dict[int, torch.Tensor] = field(default_factory=dict)  # site -> the positions its edit writes
     reruns: dict[tuple[int, int], list[int]] = field(default_factory=lambda: defaultdict(list))
     unchanged: list[int] = field(default_factory=list)
+    clean: list[int] = field(default_factory=list)
     same_as: dict[int, int] = field(default_factory=dict)
 
 
@@ -120,6 +124,9 @@ class FastPatcher:
             if not len(where):
                 plan.unchanged.append(i)
                 continue
+            if site.component in RESIDUAL and len(where) == len(pair.corrupted) - differ:
+                plan.clean.append(i)  # the whole stream entering a layer is the clean one: so is all that follows
+                continue
             plan.where[i] = where
             start = self._start(site)
             signature = ("resid" if site.component in RESIDUAL else site.component, start, site.head,
@@ -140,6 +147,7 @@ class FastPatcher:
         plan = self.plan(pair, sites)
         patched = np.empty(len(sites))
         patched[plan.unchanged] = ld_corrupted
+        patched[plan.clean] = ld_clean
         for (start, first), members in plan.reruns.items():
             for offset in range(0, len(members), engine.batch_size):
                 chunk = members[offset:offset + engine.batch_size]

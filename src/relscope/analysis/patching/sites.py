@@ -21,7 +21,8 @@ UNSIGNED_ESTIMATORS = ("atp-star",)  # estimate |IE| (for ranking sites), valida
 LRP_RULES = ("norm", "activation", "gate", "attention")
 # Sites patched as an exact change of head outputs computed from the recorded attention (scores.py): a head's
 # weights on a block (scores), a head's query vectors (q), a key/value head's key vectors (k, AtP*'s key nodes).
-ATTENTION_EDITS = ("scores", "q", "k")
+QK_COMPONENTS = ("q", "k")
+ATTENTION_EDITS = ("scores", *QK_COMPONENTS)
 # The estimators defined on query/key sites: atp (first order), atp-qk (AtP*'s QK fix alone, signed), atp-star.
 QK_ESTIMATORS = ("atp", "atp-qk", "atp-star")
 # Site types the estimators are validated on, by component (z: one head's output; scores: one head's weights).
