@@ -31,6 +31,7 @@ TransformerLens's against relscope's fast path run under the same (eager) attent
 from __future__ import annotations
 
 import argparse
+import copy
 import platform
 import random
 import time
@@ -112,8 +113,10 @@ def main() -> None:
             estimate_seconds[name] += seconds
             estimated[name].append(result.indirect_effects())
     if "tl" not in skip:
-        totals["TransformerLens (scaled)"], worst["TransformerLens (scaled)"] = _transformer_lens(
-            loaded, engine, pairs, sites, sample)
+        totals["TransformerLens (scaled)"], worst["TransformerLens (scaled)"], against_float64 = _transformer_lens(
+            loaded, engine, builder, pairs, sites, sample)
+        print(f"on the sampled sites, max |delta IE| against a float64 copy of the model (batched path): relscope "
+              f"fast {against_float64['fast']:.1e}, TransformerLens {against_float64['tl']:.1e}")
     if "fast" in totals:
         flops = sum(unavoidable_flops(FastPatcher(engine), loaded.model.config, pair, sites) for pair in pairs)
         peak = matmul_gflops()
@@ -178,9 +181,10 @@ def _print_validation(exact: np.ndarray, estimated: dict, seconds: dict, forward
                   f"{seconds[name] / forward_seconds:7.1f}")
 
 
-def _transformer_lens(loaded, engine, pairs, sites, sample) -> tuple[float, float]:
-    """TransformerLens's seconds for the whole sweep (scaled from the sample) and its max |delta IE| against relscope's
-    fast path on the sampled sites, both under eager attention (which the bridge needs). relscope runs first: the
+def _transformer_lens(loaded, engine, builder, pairs, sites, sample) -> tuple[float, float, dict[str, float]]:
+    """TransformerLens's seconds for the whole sweep (scaled from the sample), its max |delta IE| against relscope's
+    fast path on the sampled sites, both under eager attention (which the bridge needs), and each one's max |delta IE|
+    against a float64 copy of the model (the reference neither fp32 path's rounding is in). relscope runs first: the
     bridge replaces the model's attention forward with its own hooked one, which the fast path's cached keys and
     values do not go through."""
     from tl_patching import boot_bridge, tl_logit_diffs
@@ -190,13 +194,20 @@ def _transformer_lens(loaded, engine, pairs, sites, sample) -> tuple[float, floa
     chosen = [sites[i] for i in sample]
     loaded.model.set_attn_implementation("eager")
     ours = [FastPatcher(engine).sweep(pair, chosen) for pair in pairs]
+    model64 = copy.deepcopy(loaded.model).double()
+    engine64 = PatchingEngine(model64, loaded.spec, build_head("yes_no", model64, builder), 16)
+    float64 = [engine64.sweep(pair, chosen) for pair in pairs]
+    del engine64, model64
     bridge = boot_bridge(loaded, str(gguf_to_cache(resolve_source("smollm2-135m-instruct")[1])))
     seconds_total, worst = 0.0, 0.0
-    for pair, reference in zip(pairs, ours):
+    against = {"fast": 0.0, "tl": 0.0}
+    for pair, reference, truth in zip(pairs, ours, float64):
         tl, seconds = timed(lambda: tl_logit_diffs(bridge, engine.head, pair, chosen))
         seconds_total += seconds * len(sites) / len(sample)
         worst = max(worst, float(np.max(np.abs((tl - reference.patched) / reference.gap))))
-    return seconds_total, worst
+        for name, patched in (("fast", reference.patched), ("tl", tl)):
+            against[name] = max(against[name], float(np.max(np.abs((patched - truth.patched) / truth.gap))))
+    return seconds_total, worst, against
 
 
 if __name__ == "__main__":

@@ -176,7 +176,8 @@ class PatchSettings:
         _whole(self, "ig_steps", 1)
         _names(self, "relp_rules", LRP_RULES)
         if self.validate and self.attribution is None:
-            _bad(self, "validate", self.validate, "needs an estimator to validate: add --attribution atp (or atp-star, relp, ig)")
+            _bad(self, "validate", self.validate,
+                 "needs an estimator to validate: add --attribution atp (or atp-star, relp, ig)")
 
 
 ABLATIONS = ("mean", "corrupted")  # what an edge outside a circuit carries (edges.py)
