@@ -309,3 +309,18 @@ def test_an_adapter_saved_as_a_pickle_loads_its_trained_head(tmp_path):
     score = dict(peft.named_parameters())
     expected = next(v for k, v in score.items() if k.endswith("score.modules_to_save.default.weight"))
     assert torch.equal(classifier["weight"], expected.detach())
+
+
+def test_an_adapter_in_the_hugging_face_cache_is_known_by_its_hub_id(tmp_path):
+    """`adapter_folder` downloads a hub adapter into .../models--owner--name/snapshots/<commit>: its preset must be
+    found by the hub id, not by the commit hash the folder is named after (before, it was read as a plain yes/no
+    adapter)."""
+    from relscope.models.adapters import _external_meta, adapter_name
+
+    snapshot = tmp_path / "hub" / "models--castorini--rankllama-v1-7b-lora-passage" / "snapshots" / ("a1" * 20)
+    snapshot.mkdir(parents=True)
+    (snapshot / "adapter_config.json").write_text('{"base_model_name_or_path": "meta-llama/Llama-2-7b-hf"}')
+    assert adapter_name(snapshot) == "castorini/rankllama-v1-7b-lora-passage"
+    assert adapter_name(tmp_path / "hub") == "hub"  # any other folder: its own name
+    meta = _external_meta(snapshot, None, None, None)
+    assert (meta["template"], meta["head"], meta["model"]) == ("rankllama", "linear", "meta-llama/Llama-2-7b-hf")
