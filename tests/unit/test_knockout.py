@@ -169,3 +169,30 @@ def test_pairwise_knockout_scores_judgments_of_both_orders_and_reranks(tiny_fami
     # The dev run is reranked pairwise (every ordered pair of the top 3) under each knockout.
     assert 0.0 <= float(rows["full model"]["nDCG@10"]) <= 1.0 and float(rows["full model"]["nDCG@10 change"]) == 0
     assert "8 prompts" in (out / "knockout.md").read_text()  # 4 groups, each in both orders
+
+
+def test_knockout_reranks_the_dev_run_in_the_layout_its_heads_were_found_in(tiny_family_dir, tiny_groups, trec_dir,
+                                                                             tmp_path, monkeypatch):
+    """The dev run is reranked with the knockout's own prompts (study 002's layout: document, query, instruction, the
+    layout the heads were found in); it was reranked in the template's default layout (query first)."""
+    import relscope.evaluation.rerank as rerank_module
+    from relscope.analysis.patching.settings import STUDY_LAYOUT
+    from relscope.cli import main
+
+    model = str(tiny_family_dir("llama"))
+    assert main(["patch", model, "--groups", str(tiny_groups), "--max-pairs", "2", "--min-gap", "0", "--components",
+                 "mlp", "--heads", "--head-positions", "document", "last", "--out", str(tmp_path / "patch"),
+                 "--quiet"]) == 0
+    reranked, original = [], rerank_module.rerank
+
+    def recording(reranker, dataset, top_k):
+        groups = [span.group for span in reranker.builder.build("a query", ["a passage"]).spans]
+        reranked.append(groups.index("document") < groups.index("query"))
+        return original(reranker, dataset, top_k)
+
+    monkeypatch.setattr(rerank_module, "rerank", recording)
+    assert main(["knockout", model, "--ie-heads", str(tmp_path / "patch" / "ie_heads.npz"), "--groups",
+                 str(tiny_groups), "--size", "2", "--random-draws", "1", "--data", str(trec_dir), "--top-k", "3",
+                 "--out", str(tmp_path / "knockout")]) == 0
+    assert reranked and all(reranked)  # the document comes before the query, as in STUDY_LAYOUT
+    assert STUDY_LAYOUT.startswith("document")

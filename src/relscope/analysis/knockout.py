@@ -246,8 +246,9 @@ def knockout_job(settings: KnockoutSettings, out: str | Path, progress: bool = T
     options = ScoringOptions(prefix_cache=False)  # the ablation hooks need each row's own positions
     scorer = Scorer(loaded.model, loaded.spec, head, loaded.tokenizer.pad_token_id, options, progress=False)
     dataset = load_dev_run(dev) if dev else None
-    reranker = Reranker.build(loaded, builder.template.name, head, builder.max_length, options, progress=False) \
-        if dev else None
+    # the dev run is read in the prompt layout the heads were found in (builder's), not the template's default one
+    reranker = Reranker(loaded, builder, Scorer(loaded.model, loaded.spec, head, loaded.tokenizer.pad_token_id, options,
+                                                progress=False)) if dev else None
 
     def measure(ablation: HeadAblation | None) -> dict:
         scorer.on_batch = ablation.set_batch if ablation else None

@@ -40,8 +40,9 @@ STAGE_FILE = "stage.json"
 # What the stages compute, beyond their config: raised when a release changes a definition or default a stage uses,
 # so a study folder made before it reruns those stages instead of reporting old-definition outputs (issue 18: the
 # study-faithful layouts, knockout sets, logit lens, probe/attention layers, gradient norms and held-out accuracy;
-# 19: the ablation's paired contrasts, which the findings read, and the training log's step timing).
-DEFINITIONS = 19
+# 19: the ablation's paired contrasts, which the findings read, and the training log's step timing; 20: knockout's
+# dev run reranked in the knockout's own prompt layout).
+DEFINITIONS = 20
 
 
 def stage_keys(config: StudyConfig) -> dict[str, str]:
