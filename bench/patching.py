@@ -115,7 +115,8 @@ def main() -> None:
     if "tl" not in skip:
         totals["TransformerLens (scaled)"], worst["TransformerLens (scaled)"], against_float64 = _transformer_lens(
             loaded, engine, builder, pairs, sites, sample)
-        print(f"on the sampled sites, max |delta IE| against a float64 copy of the model (batched path): relscope "
+        print(f"on the sampled sites, max |delta IE| against a float64 copy of the model (norms, rotary and softmax "
+              f"in float32, as Hugging Face runs them): relscope "
               f"fast {against_float64['fast']:.1e}, TransformerLens {against_float64['tl']:.1e}")
     if "fast" in totals:
         flops = sum(unavoidable_flops(FastPatcher(engine), loaded.model.config, pair, sites) for pair in pairs)
@@ -142,7 +143,8 @@ def main() -> None:
 
 def unavoidable_flops(patcher: FastPatcher, config, pair, sites) -> float:
     """Matmul and attention FLOPs of re-running each distinct patch from its start layer and its first changed position
-    (the fast path's plan, FastPatcher.plan: sites that change nothing or repeat another's patch run nothing), one
+    (the fast path's plan, FastPatcher.plan: sites that change nothing, make the clean run or repeat another's patch
+    run nothing), one
     multiply-add counted as 2."""
     text = config.get_text_config()
     d, layers, heads = text.hidden_size, text.num_hidden_layers, text.num_attention_heads
@@ -184,7 +186,8 @@ def _print_validation(exact: np.ndarray, estimated: dict, seconds: dict, forward
 def _transformer_lens(loaded, engine, builder, pairs, sites, sample) -> tuple[float, float, dict[str, float]]:
     """TransformerLens's seconds for the whole sweep (scaled from the sample), its max |delta IE| against relscope's
     fast path on the sampled sites, both under eager attention (which the bridge needs), and each one's max |delta IE|
-    against a float64 copy of the model (the reference neither fp32 path's rounding is in). relscope runs first: the
+    against a float64 copy of the model (its matmuls in float64; Hugging Face still runs its norms, rotary and
+    softmax in float32, so the reference is closer to exact than either, not exact). relscope runs first: the
     bridge replaces the model's attention forward with its own hooked one, which the fast path's cached keys and
     values do not go through."""
     from tl_patching import boot_bridge, tl_logit_diffs
@@ -195,7 +198,7 @@ def _transformer_lens(loaded, engine, builder, pairs, sites, sample) -> tuple[fl
     loaded.model.set_attn_implementation("eager")
     ours = [FastPatcher(engine).sweep(pair, chosen) for pair in pairs]
     model64 = copy.deepcopy(loaded.model).double()
-    engine64 = PatchingEngine(model64, loaded.spec, build_head("yes_no", model64, builder), 16)
+    engine64 = PatchingEngine(model64, loaded.spec, build_head("yes_no", model64, builder), engine.batch_size)
     float64 = [engine64.sweep(pair, chosen) for pair in pairs]
     del engine64, model64
     bridge = boot_bridge(loaded, str(gguf_to_cache(resolve_source("smollm2-135m-instruct")[1])))

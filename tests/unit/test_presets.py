@@ -315,12 +315,16 @@ def test_an_adapter_in_the_hugging_face_cache_is_known_by_its_hub_id(tmp_path):
     """`adapter_folder` downloads a hub adapter into .../models--owner--name/snapshots/<commit>: its preset must be
     found by the hub id, not by the commit hash the folder is named after (before, it was read as a plain yes/no
     adapter)."""
-    from relscope.models.adapters import _external_meta, adapter_name
+    from relscope.models.adapters import _external_meta
+    from relscope.prompts.presets import known_name
 
     snapshot = tmp_path / "hub" / "models--castorini--rankllama-v1-7b-lora-passage" / "snapshots" / ("a1" * 20)
     snapshot.mkdir(parents=True)
     (snapshot / "adapter_config.json").write_text('{"base_model_name_or_path": "meta-llama/Llama-2-7b-hf"}')
-    assert adapter_name(snapshot) == "castorini/rankllama-v1-7b-lora-passage"
-    assert adapter_name(tmp_path / "hub") == "hub"  # any other folder: its own name
+    assert known_name(str(snapshot)) == "castorini/rankllama-v1-7b-lora-passage"
+    (tmp_path / "link").symlink_to(snapshot)  # a user's link into the cache
+    assert preset_for(str(tmp_path / "link")).name == "rankllama"
+    assert known_name(str(tmp_path / "hub")) == str(tmp_path / "hub")  # any other folder or id: as given
+    assert known_name("castorini/rankllama-v1-7b-lora-passage") == "castorini/rankllama-v1-7b-lora-passage"
     meta = _external_meta(snapshot, None, None, None)
     assert (meta["template"], meta["head"], meta["model"]) == ("rankllama", "linear", "meta-llama/Llama-2-7b-hf")

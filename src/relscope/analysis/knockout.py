@@ -270,8 +270,8 @@ def knockout_job(settings: KnockoutSettings, out: str | Path, progress: bool = T
     out.mkdir(parents=True, exist_ok=True)
     kind = "zero" if zero else "mean"
     where = "+".join(positions) if positions else "their own (Random: all)"
-    write_table(rows, out / KNOCKOUT, f"{kind}-ablation of head sets at {where} positions ({settings.layout} "
-                f"prompts): judgment "
+    write_table(rows, out / KNOCKOUT, f"{kind}-ablation of head sets at {where} positions ({builder.template.layout} "
+                f"prompts, the dev run's too): judgment "
                 f"F1 and pair accuracy over {len(prompts)} prompts"
                 + (f", nDCG@10 on {dev.data} top-{dev.top_k}" if dev else "")
                 + "; drops relative to the full model, 95% bootstrap CI over queries")

@@ -301,22 +301,13 @@ def adapter_base(folder: Path) -> str | None:
     return base if isinstance(base, str) and base.strip() else None
 
 
-def adapter_name(folder: Path) -> str:
-    """The name an adapter folder is known by: the hub id of a Hugging Face cache snapshot
-    (.../models--owner--name/snapshots/<commit>, which `adapter_folder` downloads into), else the folder's name."""
-    repo = folder.resolve().parent.parent.name if folder.resolve().parent.name == "snapshots" else ""
-    if repo.startswith("models--"):
-        return repo.removeprefix("models--").replace("--", "/")
-    return folder.name
-
-
 def _external_meta(folder: Path, model: str | None, template: str | None, head: str | None) -> dict:
     if not (folder / "adapter_config.json").is_file():
         raise ModelError(f"{folder}: neither a relscope checkpoint ({META_FILE}) nor a PEFT adapter "
                          "(adapter_config.json); give a checkpoint-<step>/ folder or a PEFT adapter folder")
     from relscope.prompts.presets import preset_for
 
-    preset = preset_for(adapter_name(folder)) if template is None else None  # a published adapter (RankLLaMA)
+    preset = preset_for(str(folder)) if template is None else None  # a published adapter (RankLLaMA): its prompt
     base = model or adapter_base(folder) or (preset.base_model if preset else None)
     if not base:
         raise ModelError(f"{folder}/adapter_config.json names no base model; pass the base model explicitly")

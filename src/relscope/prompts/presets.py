@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass
-from pathlib import PurePath
+from pathlib import Path, PurePath
 from typing import Literal
 
 from relscope.registry import Registry
@@ -65,11 +65,23 @@ PRESETS.register("rankllama", RerankerPreset(
     source="https://huggingface.co/castorini/rankllama-v1-7b-lora-passage", base_model="meta-llama/Llama-2-7b-hf"))
 
 
+def known_name(model: str) -> str:
+    """The name a model or adapter is known by: a Hugging Face cache snapshot folder
+    (.../models--owner--name/snapshots/<commit>, where hub downloads land) by its hub id, anything else as given."""
+    folder = Path(model).expanduser()
+    if folder.is_dir() and folder.resolve().parent.name == "snapshots":
+        repo = folder.resolve().parent.parent.name
+        if repo.startswith("models--"):
+            return repo.removeprefix("models--").replace("--", "/")
+    return model
+
+
 def preset_for(model: str | None) -> RerankerPreset | None:
-    """The preset whose pattern matches the model's name (an id's last part, or a folder's name), or None."""
+    """The preset whose pattern matches the model's name (an id's last part, a folder's name, or a cache snapshot's
+    hub id), or None."""
     if not model:
         return None
-    name = PurePath(model.rstrip("/")).name.lower()
+    name = PurePath(known_name(model).rstrip("/")).name.lower()
     for preset_name in PRESETS.names():
         preset = PRESETS.get(preset_name)
         if any(fnmatch.fnmatchcase(name, pattern) for pattern in preset.patterns) and \
