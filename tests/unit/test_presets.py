@@ -326,5 +326,7 @@ def test_an_adapter_in_the_hugging_face_cache_is_known_by_its_hub_id(tmp_path):
     assert preset_for(str(tmp_path / "link")).name == "rankllama"
     assert known_name(str(tmp_path / "hub")) == str(tmp_path / "hub")  # any other folder or id: as given
     assert known_name("castorini/rankllama-v1-7b-lora-passage") == "castorini/rankllama-v1-7b-lora-passage"
+    for odd in ("x" * 5000, "~no-such-user-relscope/model"):  # no folder can be named so: the name as given
+        assert known_name(odd) == odd and preset_for(odd) is None
     meta = _external_meta(snapshot, None, None, None)
     assert (meta["template"], meta["head"], meta["model"]) == ("rankllama", "linear", "meta-llama/Llama-2-7b-hf")

@@ -68,12 +68,13 @@ PRESETS.register("rankllama", RerankerPreset(
 def known_name(model: str) -> str:
     """The name a model or adapter is known by: a Hugging Face cache snapshot folder
     (.../models--owner--name/snapshots/<commit>, where hub downloads land) by its hub id, anything else as given."""
-    folder = Path(model).expanduser()
-    if folder.is_dir() and folder.resolve().parent.name == "snapshots":
-        repo = folder.resolve().parent.parent.name
-        if repo.startswith("models--"):
-            return repo.removeprefix("models--").replace("--", "/")
-    return model
+    try:
+        folder = Path(model).expanduser()
+        snapshot = folder.resolve() if folder.is_dir() else None
+    except (OSError, RuntimeError):  # a name no folder can have (too long, ~unknown-user): not a snapshot
+        return model
+    repo = snapshot.parent.parent.name if snapshot is not None and snapshot.parent.name == "snapshots" else ""
+    return repo.removeprefix("models--").replace("--", "/") if repo.startswith("models--") else model
 
 
 def preset_for(model: str | None) -> RerankerPreset | None:
