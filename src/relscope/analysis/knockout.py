@@ -246,14 +246,11 @@ def knockout_job(settings: KnockoutSettings, out: str | Path, progress: bool = T
     options = ScoringOptions(prefix_cache=False)  # the ablation hooks need each row's own positions
     scorer = Scorer(loaded.model, loaded.spec, head, loaded.tokenizer.pad_token_id, options, progress=False)
     dataset = load_dev_run(dev) if dev else None
-    # the dev run is read in the prompt layout the heads were found in (builder's), not the template's default one
-    reranker = Reranker(loaded, builder, Scorer(loaded.model, loaded.spec, head, loaded.tokenizer.pad_token_id, options,
-                                                progress=False)) if dev else None
+    # the dev run is read with the same scorer, in the prompt layout the heads were found in (builder's)
+    reranker = Reranker(loaded, builder, scorer) if dev else None
 
     def measure(ablation: HeadAblation | None) -> dict:
         scorer.on_batch = ablation.set_batch if ablation else None
-        if reranker:
-            reranker.scorer.on_batch = scorer.on_batch
         with ablation.active() if ablation else nullcontext():
             result = {"judgments": _judgments(scorer.score(prompts), labels, qids)}
             if reranker:
