@@ -172,4 +172,3 @@ def test_query_and_key_patches_on_the_real_model(smollm2, real_data):
     np.testing.assert_allclose(fast.patched, batched.patched, atol=1e-4)
     np.testing.assert_allclose([engine.naive(pairs[0], s) for s in sites[2:]], batched.patched[2:], atol=1e-4)
     assert np.abs(batched.patched - batched.corrupted).max() > 1e-3
-
