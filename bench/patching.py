@@ -7,9 +7,10 @@ head at {last, query, all}, on SmolLM2-135M-Instruct (yes/no prompt) with pairs 
              (what TransformerLens's get_act_patch_* functions do: a run_with_hooks per patched site)
     batched  relscope PatchingEngine: `batch` patch variants per forward, the clean run cached
     fast     relscope FastPatcher: layers >= l and positions >= p only, from the cached corrupted run
-    atp, atp-star, relp, ig   relscope's attribution estimators (--estimators): attribution patching, AtP*'s
-             GradDrop (|IE|, validated against the exact |IE|), relevance patching (AtP with LRP rules) and
-             integrated gradients (--ig-steps); each validated against the exact effects
+    atp, atp-star, relp, ig, atp-nearest   relscope's attribution estimators (--estimators): attribution
+             patching, AtP*'s GradDrop (|IE|, validated against the exact |IE|), relevance patching (AtP with LRP
+             rules), integrated gradients (--ig-steps) and atp-nearest (residual sites linearised about the nearer
+             of the two runs); each validated against the exact effects
              of the fast path per site type (Pearson, Spearman, top-20 recall; analysis/patching/validation.py),
              with its seconds a pair and those seconds in forward-equivalents (one plain forward of the corrupted
              prompt, timed on every pair)

@@ -259,3 +259,110 @@ def test_atp_star_is_validated_on_magnitudes(tiny_family_dir, tiny_groups, tmp_p
     rows = json.loads((out / "manifest.json").read_text())["validation"]
     assert [r["passes per pair"] for r in rows] == [2 + 3] * len(rows)  # tiny: 3 layers, one backward each
     assert (np.load(out / "ie_atp-star.npz")["ie"] >= 0).all()
+
+
+def _complement(pair, site: Site) -> torch.Tensor:
+    """The positions from the first difference on that a residual site does not patch (its C)."""
+    from relscope.analysis.patching.fast import first_difference
+
+    patched = set(pair.corrupted.positions(site.rows))
+    return torch.tensor([p for p in range(first_difference(pair), len(pair.corrupted)) if p not in patched],
+                        dtype=torch.long)
+
+
+def _clean_with(engine: PatchingEngine, pair, key, where: torch.Tensor, values: torch.Tensor) -> float:
+    """LD of the clean prompt with the (component, layer) activation overwritten at `where`, in the model's dtype."""
+    from relscope.analysis.patching.hooks import Edit, patching
+
+    with torch.inference_mode(), patching(engine.model, engine.spec, {key: [Edit(0, where, values)]}):
+        hidden = engine.backbone(input_ids=engine.ids(pair.clean)).last_hidden_state[:, -1]
+        return float(engine.head(hidden)[0])
+
+
+RESIDUAL_SITES = [Site("resid_pre", 1, "document"), Site("resid_post", 0, "last"), Site("resid_pre", 2, "query"),
+                  Site("resid_post", 2, "document")]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_residual_patch_is_the_clean_run_with_the_rest_of_the_stream_corrupted(family, tiny_groups):
+    """The identity atp-nearest stands on: patching positions G of the residual stream into the corrupted run is the
+    clean prompt with every other position from the first difference on set to its corrupted value."""
+    engine, pairs = _setup(family, tiny_groups)
+    for pair in pairs:
+        exact = engine.sweep(pair, RESIDUAL_SITES)
+        for i, site in enumerate(RESIDUAL_SITES):
+            rest = _complement(pair, site)
+            corrupted = engine.activations(pair.corrupted, [site.key])[site.key]
+            assert _clean_with(engine, pair, site.key, rest, corrupted[rest]) == pytest.approx(
+                exact.patched[i], abs=1e-5), (family, site)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_estimate_about_the_clean_run_is_the_derivative_of_corrupting_the_rest(family, tiny_groups):
+    """Its first-order term about the clean run, by central differences along r_corrupted - r_clean on C. float64
+    weights; Hugging Face still runs norms in float32, whose rounding swamps steps below ~1e-2, hence steps of 0.1
+    and 0.05 extrapolated."""
+    from relscope.analysis.patching.atp import gradient_run
+    from relscope.analysis.patching.nearest import ResidualSides
+
+    engine, pairs = _setup(family, tiny_groups, torch.float64)
+    pair = pairs[0]
+    keys = sorted({s.key for s in RESIDUAL_SITES})
+    clean, clean_grads, _ = gradient_run(engine, pair.clean, keys, keys)
+    corrupted, _, _ = gradient_run(engine, pair.corrupted, keys, keys)
+    sides = ResidualSides(engine, pair, clean, corrupted, clean_grads)
+    for site in RESIDUAL_SITES:
+        rest = _complement(pair, site)
+        step = corrupted[site.key][rest] - clean[site.key][rest]
+
+        def central(eps: float) -> float:
+            moved = [_clean_with(engine, pair, site.key, rest, clean[site.key][rest] + s * eps * step) for s in (1, -1)]
+            return (moved[0] - moved[1]) / (2 * eps)
+
+        derivative = (4 * central(0.05) - central(0.1)) / 3  # Richardson: the eps^2 error cancels
+        effect = sides.per_position(site.key)[1][~sides.in_group(site.rows)].sum()
+        assert derivative == pytest.approx(float(effect), rel=1e-3, abs=1e-6), site
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_atp_nearest_is_atp_off_the_residual_stream_and_exact_for_the_whole_stream(family, tiny_groups):
+    from relscope.analysis.patching.nearest import nearest_end_patching
+
+    engine, pairs = _setup(family, tiny_groups)
+    sites = _sites(engine) + [Site("resid_pre", 0, "all"), Site("resid_post", 2, "all"), Site("resid_pre", 1, "last")]
+    residual = [i for i, s in enumerate(sites) if s.component in ("resid_pre", "resid_post")]
+    for pair in pairs:
+        atp, nearest = attribution_patching(engine, pair, sites), nearest_end_patching(engine, pair, sites)
+        assert (nearest.clean, nearest.corrupted) == pytest.approx((atp.clean, atp.corrupted), abs=1e-6)
+        others = [i for i in range(len(sites)) if i not in residual]
+        np.testing.assert_allclose(nearest.patched[others], atp.patched[others], rtol=1e-5, atol=1e-6)
+        ie = nearest.indirect_effects()
+        assert ie[-3] == ie[-2] == pytest.approx(1.0, abs=1e-6)  # no step from the clean run: the clean run
+        assert ie[3] == pytest.approx(0.0, abs=1e-6)  # the query precedes the first difference: nothing to patch, nothing estimated
+        # the last token is a short step from the corrupted run, the rest of the stream a long one from the clean run
+        assert nearest.patched[-1] == pytest.approx(atp.patched[-1], abs=1e-6)
+
+
+def test_atp_nearest_refuses_a_pair_of_two_layouts(tiny_groups):
+    from dataclasses import replace
+
+    from relscope.analysis.patching.nearest import nearest_end_patching
+    from relscope.analysis.patching.pairs import PatchPair
+    from relscope.errors import DataError
+
+    engine, pairs = _setup("llama", tiny_groups)
+    shorter = replace(pairs[0].corrupted, input_ids=pairs[0].corrupted.input_ids[:-1])
+    with pytest.raises(DataError, match="one token layout"):
+        nearest_end_patching(engine, PatchPair(pairs[0].qid, pairs[0].clean, shorter), _sites(engine))
+
+
+def test_atp_nearest_validates_with_its_passes(tiny_family_dir, tiny_groups, tmp_path):
+    from relscope.cli import main
+
+    out = tmp_path / "p"
+    assert main(["patch", str(tiny_family_dir("gemma3_text")), "--groups", str(tiny_groups), "--max-pairs", "2",
+                 "--min-gap", "0", "--components", "resid_pre", "mlp", "--attribution", "atp-nearest", "--validate",
+                 "--out", str(out), "--quiet"]) == 0
+    estimate = np.load(out / "ie_atp-nearest.npz")
+    assert str(estimate["method"]) == "atp-nearest" and np.isfinite(estimate["ie"]).all()
+    assert "atp-nearest" in (out / "validation.md").read_text()

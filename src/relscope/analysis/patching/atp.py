@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -21,6 +22,9 @@ from relscope.analysis.patching.engine import PairResult, PatchingEngine
 from relscope.analysis.patching.hooks import capturing
 from relscope.analysis.patching.pairs import PatchPair
 from relscope.analysis.patching.sites import ATTENTION_EDITS, Site
+
+if TYPE_CHECKING:
+    from relscope.prompts.tokenize import TokenizedPrompt
 
 
 @contextmanager
@@ -68,22 +72,28 @@ def first_order_estimates(engine: PatchingEngine, pair: PatchPair, sites: Sequen
     return estimates
 
 
+def gradient_run(engine: PatchingEngine, prompt: TokenizedPrompt, keys: Sequence[tuple[str, int]],
+                 wrt: Sequence[tuple[str, int]]) -> tuple[dict, dict, float]:
+    """One forward + backward of one prompt: each of `keys`' (seq, width) activation, dLD/da for each of `wrt` (a
+    subset of `keys`), and LD."""
+    store: dict = {}
+    with torch.enable_grad(), embeddings_output(engine), \
+            capturing(engine.model, engine.spec, keys, store, detach=False):
+        hidden = engine.backbone(input_ids=engine.ids(prompt)).last_hidden_state[:, -1]
+        logit_diff = engine.head(hidden)[0]
+        grads = dict(zip(wrt, (g[0] for g in torch.autograd.grad(logit_diff, [store[k] for k in wrt]))))
+    engine.forwards += 1
+    return {k: store[k][0].detach() for k in keys}, grads, float(logit_diff.detach())
+
+
 def attribution_patching(engine: PatchingEngine, pair: PatchPair, sites: Sequence[Site],
                          qk_fix: bool = False) -> PairResult:
     """The AtP estimate for every site, as a PairResult whose `patched` is LD_corrupted + the estimate; with
     `qk_fix`, query and key sites get AtP*'s QK fix (see clean_side)."""
     keys = sorted({s.key for s in sites})
     clean, ld_clean = clean_side(engine, pair, sites, qk_fix)
-    store: dict = {}
-    with torch.enable_grad(), embeddings_output(engine), \
-            capturing(engine.model, engine.spec, keys, store, detach=False):
-        hidden = engine.backbone(input_ids=engine.ids(pair.corrupted)).last_hidden_state[:, -1]
-        ld_corrupted = engine.head(hidden)[0]
-        grads = dict(zip(keys, (g[0] for g in torch.autograd.grad(ld_corrupted, [store[k] for k in keys]))))
-    engine.forwards += 1
-    corrupted = {k: store[k][0].detach() for k in keys}
+    corrupted, grads, ld = gradient_run(engine, pair.corrupted, keys, keys)
     estimates = first_order_estimates(engine, pair, sites, clean, corrupted, grads)
-    ld = float(ld_corrupted.detach())
     return PairResult(pair.qid, ld_clean, ld, ld + estimates)
 
 

@@ -321,6 +321,8 @@ def estimator_passes(method: str, ig_steps: int, depth: int) -> int:
     forwards and one backward"; in FLOPs a backward is about two forwards)."""
     if method == "ig":
         return 1 + 2 * ig_steps
+    if method == "atp-nearest":
+        return 4  # a forward and a backward of each prompt
     return 2 + depth if method == "atp-star" else 3  # atp, relp: clean forward, corrupted forward + backward
 
 

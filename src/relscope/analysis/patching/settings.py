@@ -132,7 +132,8 @@ class PatchSettings:
         "patching), atp-star (AtP*: GradDrop, |IE| for ranking, one backward per layer, and the QK fix for --qk), "
         "relp (relevance patching: AtP with LRP's rules in the backward), ig (integrated gradients along the "
         "corrupted -> clean embeddings, EAP-IG's; --ig-steps), atp-qk (atp with AtP*'s QK fix on --qk's sites, "
-        "signed)",
+        "signed), atp-nearest (relscope's: residual sites linearised about the nearer of the clean and corrupted "
+        "runs, one backward more than atp)",
         choices=ESTIMATORS))
     ig_steps: int = field(default=5, metadata=option("points on the path for --attribution ig (EAP-IG's paper: 5)"))
     relp_rules: tuple[str, ...] = field(default=LRP_RULES, metadata=option(

@@ -14,8 +14,9 @@ PERTURBATIONS = ("negative", "inject")  # how the corrupted prompt differs (see 
 
 
 POSITION_GROUPS = ("instruction", "query", "document", "last", "all")
-# First-order estimators of a site's patching effect (atp.py, ig.py), all on the same clean/corrupted runs.
-ESTIMATORS = ("atp", "atp-star", "relp", "ig", "atp-qk")
+# First-order estimators of a site's patching effect (atp.py, ig.py, ...), all on the same clean/corrupted runs;
+# atp-nearest (nearest.py) is relscope's own: residual sites linearised about the nearer of the two runs.
+ESTIMATORS = ("atp", "atp-star", "relp", "ig", "atp-qk", "atp-nearest")
 UNSIGNED_ESTIMATORS = ("atp-star",)  # estimate |IE| (for ranking sites), validated against the exact |IE|
 # RelP's LRP rules (relp.py): LN-rule, Identity rule, Half rule (gated MLPs), AH-rule; the paper's set is all four.
 LRP_RULES = ("norm", "activation", "gate", "attention")
