@@ -211,7 +211,7 @@ def test_estimators_without_a_query_key_definition_are_refused(tiny_groups, tiny
     from relscope.analysis.patching.settings import PatchSettings
 
     _, engine, pairs, _ = _setup("llama", tiny_groups)
-    for method in ("relp", "ig"):
+    for method in ("relp", "ig", "atp-nearest"):
         with pytest.raises(ValueError, match="query or key"):
             estimate(method, engine, pairs[0], [Site("q", 0, "last", 0)])
         with pytest.raises(ConfigError, match="--qk"):
