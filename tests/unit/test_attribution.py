@@ -338,9 +338,49 @@ def test_atp_nearest_is_atp_off_the_residual_stream_and_exact_for_the_whole_stre
         np.testing.assert_allclose(nearest.patched[others], atp.patched[others], rtol=1e-5, atol=1e-6)
         ie = nearest.indirect_effects()
         assert ie[-3] == ie[-2] == pytest.approx(1.0, abs=1e-6)  # no step from the clean run: the clean run
-        assert ie[3] == pytest.approx(0.0, abs=1e-6)  # the query precedes the first difference: nothing to patch, nothing estimated
+        assert ie[3] == pytest.approx(0.0, abs=1e-6)  # the query precedes the first difference: nothing to patch
         # the last token is a short step from the corrupted run, the rest of the stream a long one from the clean run
         assert nearest.patched[-1] == pytest.approx(atp.patched[-1], abs=1e-6)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_atp_nearest_takes_the_side_of_the_shorter_step(family, tiny_groups):
+    """Each residual site's estimate is LD_clean + (r_corrupted - r_clean) . dLD/dr on the clean run summed over the
+    rest of the stream when that step is the shorter, else AtP's (the gradient read here by autograd on the clean
+    prompt, the norms from plain forwards); both sides occur among the document's patches."""
+    from relscope.analysis.patching.nearest import nearest_end_patching
+
+    engine, pairs = _setup(family, tiny_groups)
+    sites = [Site(c, layer, g) for c in ("resid_pre", "resid_post") for layer in range(3)
+             for g in ("document", "instruction")]
+    sides = []
+    for pair in pairs:
+        nearest, atp = nearest_end_patching(engine, pair, sites), attribution_patching(engine, pair, sites)
+        for i, site in enumerate(sites):
+            rest = _complement(pair, site)
+            patched = torch.tensor(sorted(set(range(len(pair.corrupted))) - set(rest.tolist())), dtype=torch.long)
+            clean = engine.activations(pair.clean, [site.key])[site.key].clone().requires_grad_(True)
+            corrupted = engine.activations(pair.corrupted, [site.key])[site.key]
+            change = (corrupted - clean.detach()).double()
+            if change[rest].norm() >= change[patched].norm():
+                sides.append("corrupted")
+                assert nearest.patched[i] == pytest.approx(atp.patched[i], abs=1e-6), (family, site)
+                continue
+            sides.append("clean")
+            with torch.enable_grad(), _replaced(engine, site.key, clean):
+                hidden = engine.backbone(input_ids=engine.ids(pair.clean)).last_hidden_state[:, -1]
+                (grad,) = torch.autograd.grad(engine.head(hidden)[0], clean)
+            expected = nearest.clean + float((change * grad.double())[rest].sum())
+            assert nearest.patched[i] == pytest.approx(expected, rel=1e-4, abs=1e-5), (family, site)
+    assert set(sides) == {"clean", "corrupted"}, sides
+
+
+def _replaced(engine: PatchingEngine, key, values: torch.Tensor):
+    """Write `values` (seq, width) over the (component, layer) activation at every position: a leaf to read the
+    gradient at, through the engine's own patching hook."""
+    from relscope.analysis.patching.hooks import Edit, patching
+
+    return patching(engine.model, engine.spec, {key: [Edit(0, torch.arange(len(values)), values)]})
 
 
 def test_atp_nearest_refuses_a_pair_of_two_layouts(tiny_groups):
@@ -361,8 +401,11 @@ def test_atp_nearest_validates_with_its_passes(tiny_family_dir, tiny_groups, tmp
 
     out = tmp_path / "p"
     assert main(["patch", str(tiny_family_dir("gemma3_text")), "--groups", str(tiny_groups), "--max-pairs", "2",
-                 "--min-gap", "0", "--components", "resid_pre", "mlp", "--attribution", "atp-nearest", "--validate",
-                 "--out", str(out), "--quiet"]) == 0
+                 "--min-gap", "0", "--components", "resid_pre", "mlp", "--heads", "--attribution", "atp-nearest",
+                 "--validate", "--out", str(out), "--quiet"]) == 0
     estimate = np.load(out / "ie_atp-nearest.npz")
     assert str(estimate["method"]) == "atp-nearest" and np.isfinite(estimate["ie"]).all()
     assert "atp-nearest" in (out / "validation.md").read_text()
+    rows = {r["site type"]: r for r in json.loads((out / "manifest.json").read_text())["validation"]}
+    # the heads' call has no residual site, so no clean backward: AtP's passes
+    assert [rows[t]["passes per pair"] for t in ("resid", "mlp", "head")] == [4, 4, 3]

@@ -38,7 +38,7 @@ def test_the_study_runs_every_stage_and_reports_everything(study):
     assert html.count("<img ") >= 15 and html.count("data:image/png;base64,") == html.count("<img ")
     assert 'src="http' not in html and "<script" not in html  # self-contained
     for caption in ("Zero-shot baseline", "LoRA anatomy", "Activation patching", "Knockout: top-IE vs random",
-                    "source study", "budget 10 min: kept", "atp attribution estimate against exact patching",
+                    "source study", "budget 10 min: kept", "atp-nearest attribution estimate against exact patching",
                     "faithfulness of the top-edge circuits"):
         assert caption in html
     for figure in md.split("](")[1:]:  # every figure the markdown links exists beside it

@@ -96,9 +96,10 @@ class MechanismSettings:
     min_gap: float = 0.1  # pairs whose clean-corrupted logit difference gap is below this are left out
     max_length: int | None = None  # None: train.max_length, for base and fine-tuned alike
     # The attribution estimator validated against the exact sweep of the fine-tuned model (None: none); what a
-    # researcher patching a 7-8B model with it alone needs to know it can be trusted. AtP: the best-agreeing signed
-    # estimator at its cost on SmolLM2 (BENCHMARKS.md; RelP's rules made every site type worse there).
-    attribution: str | None = "atp"
+    # researcher patching a 7-8B model with it alone needs to know it can be trusted. atp-nearest: AtP except on the
+    # residual stream, where it agrees far better with exact patching on SmolLM2, held-out pairs included, for one
+    # backward more (BENCHMARKS.md; RelP's rules made every site type worse there).
+    attribution: str | None = "atp-nearest"
     circuit: bool = True  # edge attribution of the fine-tuned model and its circuit (relscope circuit), max_pairs pairs
 
     def __post_init__(self) -> None:

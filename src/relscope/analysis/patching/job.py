@@ -28,7 +28,7 @@ import numpy as np
 from relscope.analysis.patching.artefacts import IE_FILE, head_ie_file, load_pair_result
 from relscope.analysis.patching.engine import PairResult, PatchingEngine, indirect_effects
 from relscope.analysis.patching.estimators import estimate
-from relscope.analysis.patching.fast import FastPatcher
+from relscope.analysis.patching.fast import RESIDUAL, FastPatcher
 from relscope.analysis.patching.pairs import PatchPair, build_pairs
 from relscope.analysis.patching.scores import score_blocks, score_sites
 from relscope.analysis.patching.settings import STUDY_LAYOUT, PatchSettings, check_block_layout
@@ -316,13 +316,14 @@ class Effects:
         return exact, estimated
 
 
-def estimator_passes(method: str, ig_steps: int, depth: int) -> int:
+def estimator_passes(method: str, ig_steps: int, depth: int, residual: bool = True) -> int:
     """Passes of one prompt an estimator runs per pair, a backward counted as one (as RelP and AtP* count "two
-    forwards and one backward"; in FLOPs a backward is about two forwards)."""
+    forwards and one backward"; in FLOPs a backward is about two forwards); `residual`: whether the sweep estimated
+    in the same call has residual-stream sites (only atp-nearest's cost depends on it)."""
     if method == "ig":
         return 1 + 2 * ig_steps
     if method == "atp-nearest":
-        return 4  # a forward and a backward of each prompt
+        return 4 if residual else 3  # a forward and a backward of each prompt; AtP's passes without residual sites
     return 2 + depth if method == "atp-star" else 3  # atp, relp: clean forward, corrupted forward + backward
 
 
@@ -335,10 +336,14 @@ def _validate(out: Path, compared: list, settings: PatchSettings, layers: list[i
     exact = np.concatenate([indirect_effects(e, 0.0)[0] for _, e, _ in compared], axis=1)
     estimated = np.concatenate([indirect_effects(e, 0.0)[0] for _, _, e in compared], axis=1)
     rows = agreement(exact, estimated, sites, unsigned=method in UNSIGNED_ESTIMATORS)
+    # the site types estimated in one call with residual sites (atp-nearest's clean backward serves that call)
+    with_residual = {site_type(s) for group, _, _ in compared if any(x.component in RESIDUAL for x in group)
+                     for s in group}
     for row in rows:
         # both prompts' attention read once for score, query and key sites
         recording = 2 if row["site type"] in ("score block", "query", "key") else 0
-        row["passes per pair"] = estimator_passes(method, settings.ig_steps, depth) + recording
+        residual = row["site type"] in with_residual
+        row["passes per pair"] = estimator_passes(method, settings.ig_steps, depth, residual) + recording
         row["exact passes per pair"] = 2 + recording + row["sites"]  # naive: both runs, a patched forward a site
     first = indirect_effects(compared[0][2], 0.0)[0]
     _write_grid(out, first.reshape(len(first), *shape), compared[0][2], settings, layers, name, method,
