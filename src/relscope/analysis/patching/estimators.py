@@ -8,8 +8,8 @@ from relscope.analysis.patching.atp import attribution_patching
 from relscope.analysis.patching.engine import PairResult, PatchingEngine
 from relscope.analysis.patching.graddrop import grad_drop
 from relscope.analysis.patching.ig import DEFAULT_STEPS, integrated_gradients
-from relscope.analysis.patching.pairs import PatchPair
 from relscope.analysis.patching.nearest import nearest_end_patching
+from relscope.analysis.patching.pairs import PatchPair
 from relscope.analysis.patching.relp import relevance_patching
 from relscope.analysis.patching.sites import LRP_RULES, QK_COMPONENTS, QK_ESTIMATORS, Site
 

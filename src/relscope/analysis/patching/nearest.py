@@ -9,8 +9,8 @@ first-order estimates, one about each end:
     about the clean run (noising C):             LD_clean     + sum over C of (r_corrupted - r_clean) . dLD/dr
 
 with each gradient taken on its own run. A first-order estimate is good when its step is small, so each residual
-site takes the one whose step (the norm of the change it linearises over, summed over its positions) is the
-smaller. A patch of a whole document is then a short step from the clean run (the positions after the document)
+site takes the one whose step (the Frobenius norm of the change it linearises over, all its positions together)
+is the smaller. A patch of a whole document is then a short step from the clean run (the positions after the document)
 where AtP's step is the whole document; a patch of the last token stays AtP. Sites that are not the residual stream
 get AtP's estimate: for them the same identity holds only at a residual point after the site, which differs by
 family (Gemma's post-norms, GPT-NeoX's parallel blocks). Costs one backward more than AtP (4 passes a pair) when
