@@ -409,3 +409,8 @@ def test_atp_nearest_validates_with_its_passes(tiny_family_dir, tiny_groups, tmp
     rows = {r["site type"]: r for r in json.loads((out / "manifest.json").read_text())["validation"]}
     # the heads' call has no residual site, so no clean backward: AtP's passes
     assert [rows[t]["passes per pair"] for t in ("resid", "mlp", "head")] == [4, 4, 3]
+    assert main(["patch", str(tiny_family_dir("gemma3_text")), "--groups", str(tiny_groups), "--max-pairs", "2",
+                 "--min-gap", "0", "--components", "attn", "mlp", "--heads", "--attribution", "atp-nearest",
+                 "--validate", "--out", str(tmp_path / "none"), "--quiet"]) == 0
+    rows = json.loads((tmp_path / "none" / "manifest.json").read_text())["validation"]
+    assert [r["passes per pair"] for r in rows] == [3] * 3  # attn, mlp, head: AtP's run, AtP's passes
